@@ -1,0 +1,1 @@
+"""Weight conversion into HookedCLIP, one module per source library."""
