@@ -582,5 +582,6 @@ def _write_png(path: str, rgb: np.ndarray) -> None:
     h, w, _ = rgb.shape
     raw = b"".join(b"\x00" + np.ascontiguousarray(row).tobytes() for row in rgb)  # filter 0 per row
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        f.write(png)
