@@ -1,0 +1,91 @@
+"""Zero-shot classification: the open_clip recipe, plus per-group and worst-group accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+class ZeroShotClassifier:
+    """Unit class embeddings ``W_cls [d_out, n_classes]`` built from class names and templates.
+
+    Each class embedding is the mean of its L2-normalised template embeddings, normalised
+    again (open_clip's ``build_zero_shot_classifier``). Logits are ``normalize(e) @ W_cls``.
+    """
+
+    def __init__(self, weights: Float[Tensor, "d_out n_classes"], classnames: Sequence[str]) -> None:
+        if weights.shape[1] != len(classnames):
+            raise ValueError(f"{weights.shape[1]} class columns but {len(classnames)} class names")
+        self.weights = weights
+        self.classnames = list(classnames)
+
+    @classmethod
+    @torch.no_grad()
+    def from_classnames(
+        cls,
+        model,
+        classnames: Sequence[str],
+        templates: Sequence[str] | Sequence[callable] = ("a photo of a {}.",),
+        batch_size: int = 256,
+    ) -> "ZeroShotClassifier":
+        """Templates are format strings with one ``{}`` (or callables ``name -> text``)."""
+        columns = []
+        for name in classnames:
+            texts = [t(name) if callable(t) else t.format(name) for t in templates]
+            emb = torch.cat([model.encode_text(model.tokenize(texts[i : i + batch_size]), normalize=True)
+                             for i in range(0, len(texts), batch_size)])
+            columns.append(F.normalize(emb.mean(0), dim=-1))
+        return cls(torch.stack(columns, dim=1), classnames)
+
+    @classmethod
+    @torch.no_grad()
+    def from_prompts(cls, model, prompts: dict[str, Sequence[str]]) -> "ZeroShotClassifier":
+        """Each class given by its own list of full prompts: ``{"circle": ["a circle.", ...]}``."""
+        columns = [F.normalize(model.encode_text(model.tokenize(list(p)), normalize=True).mean(0), dim=-1)
+                   for p in prompts.values()]
+        return cls(torch.stack(columns, dim=1), list(prompts))
+
+    def logits(self, embeddings: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch n_classes"]:
+        return F.normalize(embeddings, dim=-1) @ self.weights.to(embeddings)
+
+    def predict(self, embeddings: Float[Tensor, "batch d_out"]) -> Int[Tensor, " batch"]:
+        return self.logits(embeddings).argmax(-1)
+
+
+@torch.no_grad()
+def embed_images(model, batches: Iterable[Tensor]) -> Float[Tensor, "n d_out"]:
+    """Image embeddings of every batch, concatenated."""
+    return torch.cat([model.encode_image(b.to(model.device, model.dtype)) for b in batches])
+
+
+def accuracy(predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"]) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    labels = torch.as_tensor(labels, device=predictions.device)
+    return float((predictions == labels).float().mean())
+
+
+def group_accuracies(
+    predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"], groups: Int[Tensor, " n"]
+) -> dict[int, float]:
+    """Accuracy within each group id present in ``groups``."""
+    labels = torch.as_tensor(labels, device=predictions.device)
+    groups = torch.as_tensor(groups, device=predictions.device)
+    return {int(g): accuracy(predictions[groups == g], labels[groups == g]) for g in torch.unique(groups)}
+
+
+def worst_group_accuracy(predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"], groups: Int[Tensor, " n"]) -> float:
+    """The minimum over groups of the within-group accuracy (Waterbirds' WGA)."""
+    return min(group_accuracies(predictions, labels, groups).values())
+
+
+def imagenet_classifier(model, templates: str = "openai") -> ZeroShotClassifier:
+    """The 1000 ImageNet classes with open_clip's class names and templates
+    (``"openai"``: the 80 OpenAI templates, ``"simple"``: open_clip's short set)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+    chosen = OPENAI_IMAGENET_TEMPLATES if templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
+    return ZeroShotClassifier.from_classnames(model, IMAGENET_CLASSNAMES, chosen)

@@ -1,0 +1,45 @@
+"""Zero-shot classifier recipe and group metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hookedclip import HookedCLIP
+from hookedclip.zeroshot import ZeroShotClassifier, accuracy, group_accuracies, worst_group_accuracy
+from tests.conftest import tiny_open_clip
+
+
+@pytest.fixture(scope="module")
+def bpe_model() -> HookedCLIP:
+    return HookedCLIP.from_open_clip(tiny_open_clip(vocab_size=49408))
+
+
+def test_classifier_is_mean_of_normalised_templates(bpe_model):
+    templates = ["a photo of a {}.", "a {}."]
+    clf = ZeroShotClassifier.from_classnames(bpe_model, ["dog", "cat"], templates)
+    with torch.no_grad():
+        dog = bpe_model.encode_text(bpe_model.tokenize(["a photo of a dog.", "a dog."]), normalize=True)
+    torch.testing.assert_close(clf.weights[:, 0], F.normalize(dog.mean(0), dim=-1))
+    torch.testing.assert_close(clf.weights.norm(dim=0), torch.ones(2))
+    same = ZeroShotClassifier.from_prompts(bpe_model, {"dog": ["a photo of a dog.", "a dog."], "cat": ["a photo of a cat.", "a cat."]})
+    torch.testing.assert_close(same.weights, clf.weights)
+
+
+def test_predict_picks_nearest_class():
+    weights = torch.eye(3)[:, :2]  # classes along axes 0 and 1
+    clf = ZeroShotClassifier(weights, ["a", "b"])
+    emb = torch.tensor([[2.0, 1.0, 0.0], [0.1, 5.0, 3.0]])
+    assert clf.predict(emb).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="class names"):
+        ZeroShotClassifier(weights, ["a"])
+
+
+def test_group_metrics():
+    pred = torch.tensor([0, 0, 1, 1, 0, 1])
+    label = torch.tensor([0, 1, 1, 1, 0, 0])
+    group = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert accuracy(pred, label) == pytest.approx(4 / 6)
+    assert group_accuracies(pred, label, group) == {0: 0.5, 1: 1.0, 2: 0.5}
+    assert worst_group_accuracy(pred, label, group) == 0.5
