@@ -1,0 +1,350 @@
+"""Residual-stream decomposition of CLIP embeddings into per-component direct contributions.
+
+The image embedding is ``e = LN_post(pool(r^L)) @ P + b_proj``. The residual stream is a
+sum of component outputs (the embedding slot ``m^0``, every head, every MLP), and with the
+LayerNorm statistics frozen at the clean run LN_post is affine, so ``e`` splits exactly
+into one row per component (TextSpan's convention; ``specs/pclens_textspan.md`` §1).
+
+Pooling and LayerNorm are handled by readout weights ``κ_q`` over query positions: the
+embedding before projection is ``γ ⊙ Σ_q κ_q (x_q − μ_q) + β``, with ``κ_q = π_q / σ_q``
+(pool weights ``π``: one-hot CLS, or uniform over patches for average pooling; ``σ_q``
+from ``ln_post``) or ``κ_q = π_q / σ`` when ``ln_post`` follows the pooling. A head's
+contribution is then its attention, re-weighted by ``κ`` over queries, times
+``W_O · diag(γ) · P`` — no ``[batch, pos, head, d_model]`` tensor is ever formed.
+
+Two conventions distribute the frozen mean ``μ`` and ``β`` over components
+(``ln_mode``): ``"reference"`` gives component ``c`` the share ``ω_c`` of both (MLP and
+embedding slots ``1/N_c`` with ``N_c = 2L + 1``, heads ``1/(N_c H)``, head-tokens
+``1/(N_c H T)``); ``"center_each"`` centres each component by its own mean and shares
+only ``β``. Both sum to the same embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, all_components, parse
+
+Tokens = Literal["cls", "all"]
+LnMode = Literal["reference", "center_each"]
+
+
+@dataclass
+class ComponentStack:
+    """Per-component contributions ``tensor [component, batch, (pos,) d]`` with ``labels``.
+
+    ``bias [d]`` is the part that belongs to no component (the projection bias, non-zero
+    after ``fold_ln``); ``rows.sum(0) + bias`` is the decomposed quantity. With
+    ``tokens="all"`` the ``pos`` axis is where a contribution enters the readout: the
+    source token for heads, the token's own position for MLP and embedding slots.
+    """
+
+    tensor: Tensor
+    labels: list[str]
+    bias: Tensor
+    components: list[Component | None] = field(default_factory=list)
+    scale: Tensor | None = None  # 1/‖e‖ per image if the rows were normalised, else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sum(self, include_bias: bool = True) -> Tensor:
+        """Sum over components: ``[batch, (pos,) d]`` (``pos`` summed away as well unless kept)."""
+        total = self.tensor.sum(0)
+        if include_bias:
+            bias = self.bias if self.scale is None else self.bias * self.scale[:, None]
+            if total.ndim == 3:  # per-token rows: the bias enters once, at the first position
+                total = total.clone()
+                total[:, 0] += bias
+            else:
+                total = total + bias
+        return total
+
+    def select(self, which: ComponentLike | Sequence[ComponentLike] | Callable[[str], bool]) -> "ComponentStack":
+        """The rows named by labels / components, or whose label satisfies a predicate."""
+        if callable(which) and not isinstance(which, (Head, MLP, Embed)):
+            idx = [i for i, label in enumerate(self.labels) if which(label)]
+        else:
+            wanted = {str(c) for c in parse(which)}
+            idx = [i for i, label in enumerate(self.labels) if label in wanted]
+            missing = wanted - {self.labels[i] for i in idx}
+            if missing:
+                raise KeyError(f"not in this stack: {', '.join(sorted(missing))}")
+        return ComponentStack(
+            self.tensor[idx], [self.labels[i] for i in idx], torch.zeros_like(self.bias),
+            [self.components[i] for i in idx] if self.components else [], self.scale,
+        )
+
+    def sum_tokens(self) -> "ComponentStack":
+        """Per-token rows summed over positions: the CLS-only (``tokens="cls"``) stack."""
+        if self.tensor.ndim != 4:
+            return self
+        return ComponentStack(self.tensor.sum(2), self.labels, self.bias, self.components, self.scale)
+
+    def norms(self) -> Float[Tensor, "component batch *pos"]:
+        return self.tensor.norm(dim=-1)
+
+    def layer_totals(self) -> "ComponentStack":
+        """Heads of each layer summed into one ``attn{l}`` row (MLP and embed rows kept)."""
+        rows, labels, comps = [], [], []
+        for i, (label, comp) in enumerate(zip(self.labels, self.components)):
+            if isinstance(comp, Head):
+                key = f"attn{comp.layer}"
+                if labels and labels[-1] == key:
+                    rows[-1] = rows[-1] + self.tensor[i]
+                    continue
+                labels.append(key)
+                comps.append(None)
+            else:
+                labels.append(label)
+                comps.append(comp)
+            rows.append(self.tensor[i])
+        return ComponentStack(torch.stack(rows), labels, self.bias, comps, self.scale)
+
+
+# ---------------------------------------------------------------------------- readout
+@dataclass
+class _Readout:
+    """How the final residual stream becomes the (pre-projection) embedding."""
+
+    kappa: Tensor  # [batch, pos]: κ_q = π_q / σ_q
+    mu_kappa: Tensor  # [batch, pos]: κ_q μ_q (the frozen mean, weighted)
+    embedding: Tensor  # [batch, d_out]: the model's output e
+
+
+def _pool_weights(tower, inputs: Tensor, pos: int, dtype) -> Tensor:
+    """π [batch, pos]: how the tower pools its final residual stream."""
+    batch = inputs.shape[0]
+    pi = torch.zeros(batch, pos, device=inputs.device, dtype=dtype)
+    if hasattr(tower, "pool_index"):  # text: the EOT (or configured) token
+        pi[torch.arange(batch), tower.pool_index(inputs)] = 1.0
+    elif tower.cfg.pool_type == "tok":
+        pi[:, 0] = 1.0
+    else:
+        start = int(tower.cfg.class_token)
+        pi[:, start:] = 1.0 / (pos - start)
+    return pi
+
+
+def _final_ln(tower):
+    return tower.ln_post if hasattr(tower, "ln_post") else tower.ln_final
+
+
+def _run(model, name: str, inputs: Tensor, wanted: set[str]) -> dict[str, Tensor]:
+    with torch.no_grad(), model.cache(names_filter=lambda n: n in wanted) as cache:
+        model.encode_image(inputs) if name == "visual" else model.encode_text(inputs)
+    return dict(cache)
+
+
+def _readout(model, name: str, inputs: Tensor) -> tuple[_Readout, dict[str, Tensor]]:
+    """One forward pass caching what the decomposition needs."""
+    tower = getattr(model, name)
+    L = len(tower.blocks)
+    last = f"{name}.blocks.{L - 1}.hook_resid_post"
+    ln = "ln_post" if name == "visual" else "ln_final"
+    wanted = {last, f"{name}.hook_out", f"{name}.{ln}.hook_scale", f"{name}.blocks.0.hook_resid_pre"}
+    wanted |= {f"{name}.blocks.{l}.{n}" for l in range(L) for n in ("attn.hook_pattern", "attn.hook_v", "hook_mlp_out")}
+    cache = _run(model, name, inputs, wanted)
+    x = cache[last]
+    pi = _pool_weights(tower, inputs, x.shape[1], x.dtype)
+    sigma = cache[f"{name}.{ln}.hook_scale"]
+    if getattr(tower.cfg, "final_ln_after_pool", False):
+        pooled = (pi.unsqueeze(-1) * x).sum(1)
+        kappa = pi / sigma.view(-1, 1)
+        mu = pooled.mean(-1, keepdim=True).expand_as(pi)
+    else:
+        kappa = pi / sigma.squeeze(-1)
+        mu = x.mean(-1)
+    return _Readout(kappa, kappa * mu, cache[f"{name}.hook_out"]), cache
+
+
+# ---------------------------------------------------------------------------- main entry
+@torch.no_grad()
+def decompose_image(
+    model,
+    images: Float[Tensor, "batch channel height width"],
+    tokens: Tokens = "cls",
+    components: Sequence[ComponentLike] | None = None,
+    ln_mode: LnMode = "reference",
+    normalize: bool = True,
+    target: str | tuple[str, int] = "embed",
+    head_chunk: int = 8,
+) -> ComponentStack:
+    """Direct contributions of components to the image embedding (or to the residual stream).
+
+    Args:
+        images: ``[batch, C, H, W]`` preprocessed images.
+        tokens: ``"cls"``: one row per component ``[component, batch, d]``; ``"all"``:
+            per token ``[component, batch, pos, d]`` (heads by source token).
+        components: keep these rows (``"L10H3"``, ``"mlp9"``, ``"L8-11"``, ...); everything
+            else is summed into one ``"rest"`` row so the identity still holds.
+            ``None``: every component (``embed``, then each layer's heads and MLP).
+        ln_mode: ``"reference"`` (TextSpan's fractional shares) or ``"center_each"``.
+        normalize: divide every row by ``‖e‖`` so rows sum to the unit embedding.
+        target: ``"embed"`` (joint space, ``d = d_out``) or ``("resid", layer)``: raw
+            width-space contributions to ``blocks[layer].hook_resid_pre`` at every query
+            position (the LLaVA case: no ``ln_post``, no projection).
+        head_chunk: heads processed at once for per-token rows (bounds the transient).
+
+    Returns:
+        :class:`ComponentStack`; ``stack.sum()`` equals ``encode_image(images)`` (normalised
+        when ``normalize``).
+    """
+    if target != "embed":
+        return _decompose_resid(model, images, target, tokens, components, head_chunk)
+    return _decompose_embed(model, "visual", images, tokens, components, ln_mode, normalize, head_chunk)
+
+
+@torch.no_grad()
+def decompose_text(
+    model,
+    tokens: Int[Tensor, "batch seq"],
+    positions: Tokens = "cls",
+    components: Sequence[ComponentLike] | None = None,
+    ln_mode: LnMode = "reference",
+    normalize: bool = True,
+    head_chunk: int = 8,
+) -> ComponentStack:
+    """Direct contributions of the text tower's components to the text embedding, with the
+    same conventions as :func:`decompose_image` (the pooled position is the EOT token, or
+    whatever the tower pools). ``positions="all"``: per source token."""
+    if model.text is None:
+        raise ValueError("this model has no text tower")
+    return _decompose_embed(model, "text", tokens, positions, components, ln_mode, normalize, head_chunk)
+
+
+def _decompose_embed(model, name: str, inputs: Tensor, tokens: Tokens, components, ln_mode: LnMode,
+                     normalize: bool, head_chunk: int) -> ComponentStack:
+    tower = getattr(model, name)
+    L, H = len(tower.blocks), tower.cfg.heads
+    if tower.W_proj is None:
+        raise ValueError(f"the {name} tower has no projection; use target=('resid', layer)")
+    if ln_mode not in ("reference", "center_each"):
+        raise ValueError(f"ln_mode must be 'reference' or 'center_each', got {ln_mode!r}")
+    readout, cache = _readout(model, name, inputs)
+    gamma, beta = _final_ln(tower).w, _final_ln(tower).b
+    P = tower.W_proj
+    G = gamma[:, None] * P  # diag(γ) P: [d_model, d_out]
+    if ln_mode == "center_each":
+        G = G - G.mean(0, keepdim=True)  # (c - mean(c)) ⊙ γ @ P == c @ (C_D diag(γ) P)
+    n_c = 2 * L + 1
+    g, b_beta = gamma @ P, beta @ P
+    batch, pos = readout.kappa.shape
+    kappa_sum = readout.kappa.sum(1)  # [batch]
+
+    rows: list[Tensor] = []
+    labels: list[str] = []
+    comps: list[Component] = []
+    positional = tokens == "all"
+    pos_share = readout.kappa / kappa_sum[:, None]  # where token-wise slots sit
+
+    def slot_row(values: Tensor, omega: float) -> Tensor:
+        """Embedding / MLP slot: values [batch, pos, d_model] at their own positions."""
+        per_pos = (readout.kappa.unsqueeze(-1) * values) @ G  # [batch, pos, d_out]
+        per_pos = per_pos + omega * pos_share.unsqueeze(-1) * b_beta
+        if ln_mode == "reference":
+            per_pos = per_pos - omega * readout.mu_kappa.unsqueeze(-1) * g
+        return per_pos if positional else per_pos.sum(1)
+
+    rows.append(slot_row(cache[f"{name}.blocks.0.hook_resid_pre"], 1.0 / n_c))
+    labels.append("embed")
+    comps.append(Embed())
+    mu_total = readout.mu_kappa.sum(1)  # [batch]: Σ_q κ_q μ_q
+    for layer, block in enumerate(tower.blocks):
+        attn = block.attn
+        pattern = cache[f"{name}.blocks.{layer}.attn.hook_pattern"]  # [b, h, q, k]
+        v = cache[f"{name}.blocks.{layer}.attn.hook_v"]  # [b, k, h, e]
+        alpha = torch.einsum("bq,bhqk->bhk", readout.kappa, pattern)  # κ-weighted attention
+        W_joint = torch.einsum("hem,md->hed", attn.W_O, G)  # W_O[h] diag(γ) P: [h, d_head, d_out]
+        bias_joint = (attn.b_O @ G) / H  # b_O split uniformly over heads
+        omega_h = 1.0 / (n_c * H)
+        if positional:
+            head_rows = _per_token_heads(alpha, v, W_joint, head_chunk)  # [h, b, k, d]
+            head_rows = head_rows + (kappa_sum[None, :, None, None] * bias_joint / pos)
+            head_rows = head_rows + omega_h / pos * b_beta
+            if ln_mode == "reference":
+                head_rows = head_rows - (omega_h / pos) * mu_total[None, :, None, None] * g
+        else:
+            z_bar = torch.einsum("bhk,bkhe->bhe", alpha, v)
+            head_rows = torch.einsum("bhe,hed->hbd", z_bar, W_joint)
+            head_rows = head_rows + kappa_sum[None, :, None] * bias_joint + omega_h * b_beta
+            if ln_mode == "reference":
+                head_rows = head_rows - omega_h * mu_total[None, :, None] * g
+        rows += list(head_rows)
+        labels += [f"L{layer}H{h}" for h in range(H)]
+        comps += [Head(layer, h) for h in range(H)]
+        rows.append(slot_row(cache[f"{name}.blocks.{layer}.hook_mlp_out"], 1.0 / n_c))
+        labels.append(f"mlp{layer}")
+        comps.append(MLP(layer))
+    stack = ComponentStack(torch.stack(rows), labels, tower.b_proj.detach().clone(), comps)
+    if normalize:
+        scale = 1.0 / readout.embedding.norm(dim=-1)
+        stack.tensor = stack.tensor * scale.view(1, -1, *[1] * (stack.tensor.ndim - 2))
+        stack.scale = scale
+    return _keep(stack, components, L, H)
+
+
+def _per_token_heads(alpha: Tensor, v: Tensor, W_joint: Tensor, chunk: int) -> Tensor:
+    """``α[b,h,k] · v[b,k,h] @ W_joint[h]`` for every head and source token, ``[h, b, k, d]``,
+    a few heads at a time."""
+    parts = []
+    for start in range(0, W_joint.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        weighted = alpha[:, sl].transpose(1, 2).unsqueeze(-1) * v[:, :, sl]  # [b, k, h', e]
+        parts.append(torch.einsum("bkhe,hed->hbkd", weighted, W_joint[sl]))
+    return torch.cat(parts)
+
+
+def _keep(stack: ComponentStack, components: Sequence[ComponentLike] | None, L: int, H: int) -> ComponentStack:
+    """Restrict to the requested components, summing the others into a ``rest`` row."""
+    if components is None:
+        return stack
+    wanted = {str(c) for c in parse(components, n_layers=L, n_heads=H)}
+    keep = [i for i, label in enumerate(stack.labels) if label in wanted]
+    rest = [i for i in range(len(stack.labels)) if i not in set(keep)]
+    tensor = stack.tensor[keep]
+    labels = [stack.labels[i] for i in keep]
+    comps = [stack.components[i] for i in keep]
+    if rest:
+        tensor = torch.cat([tensor, stack.tensor[rest].sum(0, keepdim=True)])
+        labels.append("rest")
+        comps.append(None)
+    return ComponentStack(tensor, labels, stack.bias, comps, stack.scale)
+
+
+def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, head_chunk: int) -> ComponentStack:
+    """Raw contributions to the residual stream after ``layer`` blocks (HF's
+    ``hidden_states[layer]``), at every query position: ``[component, batch, pos, d_model]``
+    (``tokens="cls"``: position 0 only)."""
+    visual = model.visual
+    L, H = len(visual.blocks), visual.cfg.heads
+    kind, layer = target if isinstance(target, tuple) else (target, None)
+    if kind != "resid" or not isinstance(layer, int) or not 0 <= layer <= L:
+        raise ValueError(f"target must be 'embed' or ('resid', layer) with 0 <= layer <= {L}, got {target!r}")
+    wanted = {"visual.blocks.0.hook_resid_pre"}
+    wanted |= {f"visual.blocks.{l}.{n}" for l in range(layer) for n in ("attn.hook_z", "hook_mlp_out")}
+    cache = _run(model, "visual", images, wanted)
+    at = slice(None) if tokens == "all" else slice(0, 1)
+    rows, labels, comps = [cache["visual.blocks.0.hook_resid_pre"][:, at]], ["embed"], [Embed()]
+    for l in range(layer):
+        attn = visual.blocks[l].attn
+        z = cache[f"visual.blocks.{l}.attn.hook_z"][:, at]
+        for start in range(0, H, head_chunk):
+            sl = slice(start, start + head_chunk)
+            rows += list(torch.einsum("bphe,hem->hbpm", z[:, :, sl], attn.W_O[sl]) + attn.b_O / H)
+        labels += [f"L{l}H{h}" for h in range(H)]
+        comps += [Head(l, h) for h in range(H)]
+        rows.append(cache[f"visual.blocks.{l}.hook_mlp_out"][:, at])
+        labels.append(f"mlp{l}")
+        comps.append(MLP(l))
+    tensor = torch.stack(rows)
+    if tokens != "all":
+        tensor = tensor[:, :, 0]
+    stack = ComponentStack(tensor, labels, torch.zeros(tensor.shape[-1], dtype=tensor.dtype, device=tensor.device), comps)
+    return _keep(stack, components, L, H)
