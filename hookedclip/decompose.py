@@ -118,10 +118,10 @@ class _Readout:
     embedding: Tensor  # [batch, d_out]: the model's output e
 
 
-def _pool_weights(tower, inputs: Tensor, pos: int, dtype) -> Tensor:
-    """π [batch, pos]: how the tower pools its final residual stream."""
-    batch = inputs.shape[0]
-    pi = torch.zeros(batch, pos, device=inputs.device, dtype=dtype)
+def _pool_weights(tower, inputs: Tensor | None, x: Tensor) -> Tensor:
+    """π [batch, pos]: how the tower pools its final residual stream ``x``."""
+    batch, pos = x.shape[:2]
+    pi = torch.zeros(batch, pos, device=x.device, dtype=x.dtype)
     if hasattr(tower, "pool_index"):  # text: the EOT (or configured) token
         pi[torch.arange(batch), tower.pool_index(inputs)] = 1.0
     elif tower.cfg.pool_type == "tok":
@@ -142,17 +142,22 @@ def _run(model, name: str, inputs: Tensor, wanted: set[str]) -> dict[str, Tensor
     return dict(cache)
 
 
-def _readout(model, name: str, inputs: Tensor) -> tuple[_Readout, dict[str, Tensor]]:
-    """One forward pass caching what the decomposition needs."""
+def needed_hooks(model, name: str = "visual") -> set[str]:
+    """The hook points a decomposition of ``name``'s embedding reads."""
     tower = getattr(model, name)
     L = len(tower.blocks)
-    last = f"{name}.blocks.{L - 1}.hook_resid_post"
     ln = "ln_post" if name == "visual" else "ln_final"
-    wanted = {last, f"{name}.hook_out", f"{name}.{ln}.hook_scale", f"{name}.blocks.0.hook_resid_pre"}
+    wanted = {f"{name}.blocks.{L - 1}.hook_resid_post", f"{name}.{ln}.hook_scale", f"{name}.blocks.0.hook_resid_pre"}
     wanted |= {f"{name}.blocks.{l}.{n}" for l in range(L) for n in ("attn.hook_pattern", "attn.hook_v", "hook_mlp_out")}
-    cache = _run(model, name, inputs, wanted)
-    x = cache[last]
-    pi = _pool_weights(tower, inputs, x.shape[1], x.dtype)
+    return wanted
+
+
+def _readout(model, name: str, inputs: Tensor, cache: dict[str, Tensor], embedding: Tensor) -> _Readout:
+    """Readout weights and frozen LayerNorm statistics from a forward pass's cache."""
+    tower = getattr(model, name)
+    x = cache[f"{name}.blocks.{len(tower.blocks) - 1}.hook_resid_post"]
+    pi = _pool_weights(tower, inputs, x)
+    ln = "ln_post" if name == "visual" else "ln_final"
     sigma = cache[f"{name}.{ln}.hook_scale"]
     if getattr(tower.cfg, "final_ln_after_pool", False):
         pooled = (pi.unsqueeze(-1) * x).sum(1)
@@ -161,7 +166,7 @@ def _readout(model, name: str, inputs: Tensor) -> tuple[_Readout, dict[str, Tens
     else:
         kappa = pi / sigma.squeeze(-1)
         mu = x.mean(-1)
-    return _Readout(kappa, kappa * mu, cache[f"{name}.hook_out"]), cache
+    return _Readout(kappa, kappa * mu, embedding)
 
 
 # ---------------------------------------------------------------------------- main entry
@@ -227,7 +232,19 @@ def _decompose_embed(model, name: str, inputs: Tensor, tokens: Tokens, component
         raise ValueError(f"the {name} tower has no projection; use target=('resid', layer)")
     if ln_mode not in ("reference", "center_each"):
         raise ValueError(f"ln_mode must be 'reference' or 'center_each', got {ln_mode!r}")
-    readout, cache = _readout(model, name, inputs)
+    cache = _run(model, name, inputs, needed_hooks(model, name) | {f"{name}.hook_out"})
+    return stack_from_cache(model, name, inputs, cache, cache[f"{name}.hook_out"], tokens, components, ln_mode,
+                            normalize, head_chunk)
+
+
+def stack_from_cache(model, name: str, inputs: Tensor, cache: dict[str, Tensor], embedding: Tensor,
+                     tokens: Tokens = "cls", components=None, ln_mode: LnMode = "reference",
+                     normalize: bool = True, head_chunk: int = 8) -> ComponentStack:
+    """The decomposition from an already-run forward pass: ``cache`` holds at least
+    :func:`needed_hooks` and ``embedding`` is the tower's output in that pass."""
+    tower = getattr(model, name)
+    L, H = len(tower.blocks), tower.cfg.heads
+    readout = _readout(model, name, inputs, cache, embedding)
     gamma, beta = _final_ln(tower).w, _final_ln(tower).b
     P = tower.W_proj
     G = gamma[:, None] * P  # diag(γ) P: [d_model, d_out]

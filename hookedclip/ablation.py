@@ -1,0 +1,226 @@
+"""Ablations as context managers over ``model.hooks``: they compose and always undo themselves.
+
+Every context takes a set of components (``"L10H3"``, ``"mlp9"``, ``"embed"``, ``"L8-11"``)
+and a ``mode``:
+
+- ``mode="total"`` changes the component's output inside the real forward pass, so
+  downstream layers see the change. Heads are edited at ``hook_z`` (zero / mean /
+  resample) or ``hook_result`` (projections), MLPs at ``hook_mlp_out``, the embedding slot
+  at ``blocks.0.hook_resid_pre``.
+- ``mode="direct"`` changes only the component's direct path into the image embedding,
+  with ``ln_post`` statistics frozen at the clean run: the embedding becomes
+  ``e' = ‖e‖ (Σ_kept φ_c + Σ_ablated φ'_c)`` where ``φ_c`` are the decomposition rows of
+  :func:`hookedclip.decompose.decompose_image` (TextSpan/PCLens accuracy protocol). The rest
+  of the network is untouched.
+
+Replacement values (``means``, ``directions``) live in the space the mode edits: for
+``"total"``, the hook's space (``hook_z`` ``[pos, d_head]`` per head, ``[pos, d_model]`` for
+MLPs and embed; directions in ``d_model``); for ``"direct"``, the joint space ``d_out``.
+:func:`component_means` computes either kind from batches of images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, parse
+from hookedclip.decompose import ComponentStack, needed_hooks, stack_from_cache
+
+Mode = Literal["total", "direct"]
+# replace(values, component) -> new values; values are the component's output in the edited space
+Replace = Callable[[Tensor, Component], Tensor]
+
+
+def _components(model, components: ComponentLike | Sequence[ComponentLike]) -> list[Component]:
+    cfg = model.cfg.vision
+    return parse(components, n_layers=cfg.layers, n_heads=cfg.heads)
+
+
+def ablate(
+    model,
+    components: ComponentLike | Sequence[ComponentLike],
+    replace: Replace,
+    mode: Mode = "total",
+    head_space: Literal["z", "result"] = "z",
+) -> contextlib.AbstractContextManager:
+    """The general ablation context: ``replace`` maps each listed component's output to its
+    new value. ``head_space`` picks where heads are edited in total mode (``hook_z``,
+    ``[batch, pos, d_head]``, or ``hook_result``, ``[batch, pos, d_model]``)."""
+    comps = _components(model, components)
+    if mode == "total":
+        hooks = _total_hooks(comps, replace, head_space)
+    elif mode == "direct":
+        hooks = _direct_hooks(model, comps, replace)
+    else:
+        raise ValueError(f"mode must be 'total' or 'direct', got {mode!r}")
+    return model.hooks(fwd_hooks=hooks)
+
+
+def _total_hooks(comps: list[Component], replace: Replace, head_space: str) -> list:
+    hooks = []
+    for comp in comps:
+        if isinstance(comp, Head):
+            name = f"visual.blocks.{comp.layer}.attn.hook_{head_space}"
+            hooks.append((name, _edit_head(comp, replace)))
+        elif isinstance(comp, MLP):
+            hooks.append((f"visual.blocks.{comp.layer}.hook_mlp_out", lambda x, hook, c=comp: replace(x, c)))
+        else:
+            hooks.append(("visual.blocks.0.hook_resid_pre", lambda x, hook, c=comp: replace(x, c)))
+    return hooks
+
+
+def _edit_head(comp: Head, replace: Replace):
+    def hook(x: Tensor, hp) -> Tensor:  # x: [batch, pos, head, d]
+        x = x.clone()
+        x[:, :, comp.head] = replace(x[:, :, comp.head], comp)
+        return x
+
+    return hook
+
+
+def _direct_hooks(model, comps: list[Component], replace: Replace) -> list:
+    """Capture the decomposition's inputs during the forward, then rewrite ``hook_out``."""
+    captured: dict[str, Tensor] = {}
+    names = needed_hooks(model, "visual")
+    labels = [str(c) for c in comps]
+
+    def capture(x: Tensor, hook) -> None:
+        captured[hook.name] = x
+
+    def rewrite(e: Tensor, hook) -> Tensor:
+        stack = stack_from_cache(model, "visual", None, captured, e, components=labels)
+        norm = e.norm(dim=-1, keepdim=True)
+        delta = sum(replace(row, comp) - row for row, comp in zip(stack.tensor, stack.components) if comp is not None)
+        captured.clear()
+        return e + norm * delta
+
+    return [(lambda n: n in names, capture), ("visual.hook_out", rewrite)]
+
+
+# ---------------------------------------------------------------------------- the usual ablations
+def zero_ablate(model, components, mode: Mode = "total"):
+    """Set each component's output to zero."""
+    return ablate(model, components, lambda x, c: torch.zeros_like(x), mode)
+
+
+def mean_ablate(model, components, means: Mapping[str, Tensor], mode: Mode = "total"):
+    """Replace each component's output by its mean (``means[label]``, see :func:`component_means`)."""
+    comps = _components(model, components)
+    missing = [str(c) for c in comps if str(c) not in means]
+    if missing:
+        raise KeyError(f"no mean for {', '.join(missing)}; compute them with ablation.component_means(model, batches, mode={mode!r})")
+    return ablate(model, comps, lambda x, c: means[str(c)].to(x).expand_as(x), mode)
+
+
+def resample_ablate(model, components, source: Tensor, mode: Mode = "total"):
+    """Replace each component's output by its output on ``source`` images (same batch size,
+    or one image broadcast to the batch)."""
+    comps = _components(model, components)
+    values = _outputs_on(model, comps, source, mode)
+    return ablate(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode)
+
+
+def project_out(model, components, directions: Tensor | Mapping[str, Tensor], means: Mapping[str, Tensor] | None = None,
+                mode: Mode = "direct"):
+    """Remove the span of ``directions`` (``[k, d]``, one set for all or a dict per label)
+    from each component's output, relative to its mean when ``means`` is given:
+    ``φ' = φ − (φ − m) Q Qᵀ``."""
+    return _projection(model, components, directions, means, mode, keep=False)
+
+
+def keep_only(model, components, directions: Tensor | Mapping[str, Tensor], means: Mapping[str, Tensor] | None = None,
+              mode: Mode = "direct"):
+    """Keep only the span of ``directions``: ``φ' = m + (φ − m) Q Qᵀ`` (``m`` = mean or zero).
+    With no directions this is mean (or zero) ablation."""
+    return _projection(model, components, directions, means, mode, keep=True)
+
+
+def _projection(model, components, directions, means, mode: Mode, keep: bool):
+    comps = _components(model, components)
+
+    def basis(c: Component, like: Tensor) -> Tensor:
+        d = directions[str(c)] if isinstance(directions, Mapping) else directions
+        if d.numel() == 0:
+            return d.new_zeros(like.shape[-1], 0).to(like)
+        return torch.linalg.qr(d.to(like).T).Q  # orthonormal columns spanning the directions
+
+    def replace(x: Tensor, c: Component) -> Tensor:
+        m = means[str(c)].to(x) if means is not None else torch.zeros_like(x)
+        Q = basis(c, x)
+        inside = ((x - m) @ Q) @ Q.T
+        return m + inside if keep else x - inside
+
+    return ablate(model, comps, replace, mode, head_space="result")
+
+
+# ---------------------------------------------------------------------------- statistics
+def _outputs_on(model, comps: list[Component], images: Tensor, mode: Mode) -> dict[str, Tensor]:
+    """Each component's output on ``images`` in the space ``mode`` edits."""
+    with torch.no_grad():
+        if mode == "direct":
+            from hookedclip.decompose import decompose_image
+
+            stack = decompose_image(model, images, components=[str(c) for c in comps])
+            return {label: row for label, row in zip(stack.labels, stack.tensor) if label != "rest"}
+        names = {_hook_name(c) for c in comps}
+        _, cache = model.run_with_cache(images, names_filter=lambda n: n in names)
+        return {str(c): _slice(cache[_hook_name(c)], c) for c in comps}
+
+
+def _hook_name(c: Component) -> str:
+    if isinstance(c, Head):
+        return f"visual.blocks.{c.layer}.attn.hook_z"
+    if isinstance(c, MLP):
+        return f"visual.blocks.{c.layer}.hook_mlp_out"
+    return "visual.blocks.0.hook_resid_pre"
+
+
+def _slice(x: Tensor, c: Component) -> Tensor:
+    return x[:, :, c.head] if isinstance(c, Head) else x
+
+
+def component_means(
+    model,
+    batches: Iterable[Tensor],
+    components: Sequence[ComponentLike] | None = None,
+    mode: Mode = "direct",
+) -> dict[str, Float[Tensor, "..."]]:
+    """Dataset means of component outputs for :func:`mean_ablate`, accumulated in float64
+    over ``batches`` of images (never the batch under test unless you pass it).
+
+    ``mode="direct"``: mean decomposition rows ``[d_out]`` (normalised, reference LN
+    convention); ``mode="total"``: mean hook activations per position (``[pos, d_head]`` for
+    heads, ``[pos, d_model]`` for MLPs and the embedding slot).
+    """
+    cfg = model.cfg.vision
+    comps = _components(model, components) if components is not None else _every_component(cfg)
+    sums: dict[str, Tensor] = {}
+    count = 0
+    for images in batches:
+        images = images.to(model.device, model.dtype)
+        outputs = _outputs_on(model, comps, images, mode)
+        for label, value in outputs.items():
+            total = value.double().sum(0)
+            sums[label] = sums[label] + total if label in sums else total
+        count += images.shape[0]
+    if count == 0:
+        raise ValueError("component_means got no images")
+    return {label: (s / count).to(model.dtype) for label, s in sums.items()}
+
+
+def _every_component(cfg) -> list[Component]:
+    from hookedclip.components import all_components
+
+    return all_components(cfg.layers, cfg.heads)
+
+
+__all__ = [
+    "ablate", "zero_ablate", "mean_ablate", "resample_ablate", "project_out", "keep_only", "component_means",
+    "ComponentStack",
+]
