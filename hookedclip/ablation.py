@@ -53,12 +53,14 @@ def ablate(
     new value. ``head_space`` picks where heads are edited in total mode (``hook_z``,
     ``[batch, pos, d_head]``, or ``hook_result``, ``[batch, pos, d_model]``)."""
     comps = _components(model, components)
+    if mode not in ("total", "direct"):
+        raise ValueError(f"mode must be 'total' or 'direct', got {mode!r}")
+    if not comps:
+        return model.hooks()
     if mode == "total":
         hooks = _total_hooks(comps, replace, head_space)
-    elif mode == "direct":
-        hooks = _direct_hooks(model, comps, replace)
     else:
-        raise ValueError(f"mode must be 'total' or 'direct', got {mode!r}")
+        hooks = _direct_hooks(model, comps, replace)
     return model.hooks(fwd_hooks=hooks)
 
 
@@ -87,8 +89,8 @@ def _edit_head(comp: Head, replace: Replace):
 def _direct_hooks(model, comps: list[Component], replace: Replace) -> list:
     """Capture the decomposition's inputs during the forward, then rewrite ``hook_out``."""
     captured: dict[str, Tensor] = {}
-    names = needed_hooks(model, "visual")
     labels = [str(c) for c in comps]
+    names = needed_hooks(model, "visual", labels)
 
     def capture(x: Tensor, hook) -> None:
         captured[hook.name] = x

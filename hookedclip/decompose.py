@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -142,13 +143,27 @@ def _run(model, name: str, inputs: Tensor, wanted: set[str]) -> dict[str, Tensor
     return dict(cache)
 
 
-def needed_hooks(model, name: str = "visual") -> set[str]:
-    """The hook points a decomposition of ``name``'s embedding reads."""
+def _selection(model, name: str, components) -> list[Component]:
+    tower = getattr(model, name)
+    L, H = len(tower.blocks), tower.cfg.heads
+    if components is None:
+        return all_components(L, H)
+    return list(dict.fromkeys(parse(components, n_layers=L, n_heads=H)))  # request order, no repeats
+
+
+def needed_hooks(model, name: str = "visual", components=None) -> set[str]:
+    """The hook points a decomposition of ``name``'s embedding into ``components`` reads."""
     tower = getattr(model, name)
     L = len(tower.blocks)
     ln = "ln_post" if name == "visual" else "ln_final"
-    wanted = {f"{name}.blocks.{L - 1}.hook_resid_post", f"{name}.{ln}.hook_scale", f"{name}.blocks.0.hook_resid_pre"}
-    wanted |= {f"{name}.blocks.{l}.{n}" for l in range(L) for n in ("attn.hook_pattern", "attn.hook_v", "hook_mlp_out")}
+    wanted = {f"{name}.blocks.{L - 1}.hook_resid_post", f"{name}.{ln}.hook_scale"}
+    for comp in _selection(model, name, components):
+        if isinstance(comp, Embed):
+            wanted.add(f"{name}.blocks.0.hook_resid_pre")
+        elif isinstance(comp, MLP):
+            wanted.add(f"{name}.blocks.{comp.layer}.hook_mlp_out")
+        else:
+            wanted |= {f"{name}.blocks.{comp.layer}.attn.hook_pattern", f"{name}.blocks.{comp.layer}.attn.hook_v"}
     return wanted
 
 
@@ -232,79 +247,112 @@ def _decompose_embed(model, name: str, inputs: Tensor, tokens: Tokens, component
         raise ValueError(f"the {name} tower has no projection; use target=('resid', layer)")
     if ln_mode not in ("reference", "center_each"):
         raise ValueError(f"ln_mode must be 'reference' or 'center_each', got {ln_mode!r}")
-    cache = _run(model, name, inputs, needed_hooks(model, name) | {f"{name}.hook_out"})
+    cache = _run(model, name, inputs, needed_hooks(model, name, components) | {f"{name}.hook_out"})
     return stack_from_cache(model, name, inputs, cache, cache[f"{name}.hook_out"], tokens, components, ln_mode,
                             normalize, head_chunk)
 
 
-def stack_from_cache(model, name: str, inputs: Tensor, cache: dict[str, Tensor], embedding: Tensor,
+def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, Tensor], embedding: Tensor,
                      tokens: Tokens = "cls", components=None, ln_mode: LnMode = "reference",
                      normalize: bool = True, head_chunk: int = 8) -> ComponentStack:
     """The decomposition from an already-run forward pass: ``cache`` holds at least
-    :func:`needed_hooks` and ``embedding`` is the tower's output in that pass."""
+    :func:`needed_hooks` for ``components`` and ``embedding`` is the tower's output in that pass.
+
+    Only the requested rows are computed; when some components are left out, their total
+    is one ``"rest"`` row (the embedding minus the computed rows; at position 0 when
+    ``tokens="all"``)."""
     tower = getattr(model, name)
     L, H = len(tower.blocks), tower.cfg.heads
+    selection = _selection(model, name, components)
     readout = _readout(model, name, inputs, cache, embedding)
-    gamma, beta = _final_ln(tower).w, _final_ln(tower).b
-    P = tower.W_proj
-    G = gamma[:, None] * P  # diag(γ) P: [d_model, d_out]
-    if ln_mode == "center_each":
-        G = G - G.mean(0, keepdim=True)  # (c - mean(c)) ⊙ γ @ P == c @ (C_D diag(γ) P)
-    n_c = 2 * L + 1
-    g, b_beta = gamma @ P, beta @ P
-    batch, pos = readout.kappa.shape
-    kappa_sum = readout.kappa.sum(1)  # [batch]
-
-    rows: list[Tensor] = []
-    labels: list[str] = []
-    comps: list[Component] = []
-    positional = tokens == "all"
-    pos_share = readout.kappa / kappa_sum[:, None]  # where token-wise slots sit
-
-    def slot_row(values: Tensor, omega: float) -> Tensor:
-        """Embedding / MLP slot: values [batch, pos, d_model] at their own positions."""
-        per_pos = (readout.kappa.unsqueeze(-1) * values) @ G  # [batch, pos, d_out]
-        per_pos = per_pos + omega * pos_share.unsqueeze(-1) * b_beta
-        if ln_mode == "reference":
-            per_pos = per_pos - omega * readout.mu_kappa.unsqueeze(-1) * g
-        return per_pos if positional else per_pos.sum(1)
-
-    rows.append(slot_row(cache[f"{name}.blocks.0.hook_resid_pre"], 1.0 / n_c))
-    labels.append("embed")
-    comps.append(Embed())
-    mu_total = readout.mu_kappa.sum(1)  # [batch]: Σ_q κ_q μ_q
-    for layer, block in enumerate(tower.blocks):
-        attn = block.attn
-        pattern = cache[f"{name}.blocks.{layer}.attn.hook_pattern"]  # [b, h, q, k]
-        v = cache[f"{name}.blocks.{layer}.attn.hook_v"]  # [b, k, h, e]
-        alpha = torch.einsum("bq,bhqk->bhk", readout.kappa, pattern)  # κ-weighted attention
-        W_joint = torch.einsum("hem,md->hed", attn.W_O, G)  # W_O[h] diag(γ) P: [h, d_head, d_out]
-        bias_joint = (attn.b_O @ G) / H  # b_O split uniformly over heads
-        omega_h = 1.0 / (n_c * H)
-        if positional:
-            head_rows = _per_token_heads(alpha, v, W_joint, head_chunk)  # [h, b, k, d]
-            head_rows = head_rows + (kappa_sum[None, :, None, None] * bias_joint / pos)
-            head_rows = head_rows + omega_h / pos * b_beta
-            if ln_mode == "reference":
-                head_rows = head_rows - (omega_h / pos) * mu_total[None, :, None, None] * g
-        else:
-            z_bar = torch.einsum("bhk,bkhe->bhe", alpha, v)
-            head_rows = torch.einsum("bhe,hed->hbd", z_bar, W_joint)
-            head_rows = head_rows + kappa_sum[None, :, None] * bias_joint + omega_h * b_beta
-            if ln_mode == "reference":
-                head_rows = head_rows - omega_h * mu_total[None, :, None] * g
-        rows += list(head_rows)
-        labels += [f"L{layer}H{h}" for h in range(H)]
-        comps += [Head(layer, h) for h in range(H)]
-        rows.append(slot_row(cache[f"{name}.blocks.{layer}.hook_mlp_out"], 1.0 / n_c))
-        labels.append(f"mlp{layer}")
-        comps.append(MLP(layer))
-    stack = ComponentStack(torch.stack(rows), labels, tower.b_proj.detach().clone(), comps)
+    rows = _Rows(tower, readout, ln_mode, tokens == "all", head_chunk)
+    tensors: list[Tensor] = []
+    for comp in selection:
+        if isinstance(comp, Embed):
+            tensors.append(rows.slot(cache[f"{name}.blocks.0.hook_resid_pre"]))
+        elif isinstance(comp, MLP):
+            tensors.append(rows.slot(cache[f"{name}.blocks.{comp.layer}.hook_mlp_out"]))
+    heads_by_layer: dict[int, list[int]] = {}
+    for comp in selection:
+        if isinstance(comp, Head):
+            heads_by_layer.setdefault(comp.layer, []).append(comp.head)
+    head_rows = {
+        Head(layer, h): row
+        for layer, heads in heads_by_layer.items()
+        for h, row in zip(heads, rows.heads(tower.blocks[layer].attn, heads,
+                                            cache[f"{name}.blocks.{layer}.attn.hook_pattern"],
+                                            cache[f"{name}.blocks.{layer}.attn.hook_v"]))
+    }
+    slots = iter(tensors)
+    ordered = [head_rows[c] if isinstance(c, Head) else next(slots) for c in selection]
+    bias = tower.b_proj.detach().clone()
+    width = (readout.kappa.shape[1],) if tokens == "all" else ()
+    tensor = torch.stack(ordered) if ordered else embedding.new_zeros(0, embedding.shape[0], *width, embedding.shape[-1])
+    labels, comps = [str(c) for c in selection], list(selection)
+    if len(selection) < 1 + L * (H + 1):
+        rest = embedding - bias - tensor.sum(0).reshape(embedding.shape[0], -1, embedding.shape[-1]).sum(1)
+        if tokens == "all":
+            rest = F.pad(rest.unsqueeze(1), (0, 0, 0, tensor.shape[2] - 1))
+        tensor = torch.cat([tensor, rest.unsqueeze(0)])
+        labels.append("rest")
+        comps.append(None)
+    stack = ComponentStack(tensor, labels, bias, comps)
     if normalize:
         scale = 1.0 / readout.embedding.norm(dim=-1)
         stack.tensor = stack.tensor * scale.view(1, -1, *[1] * (stack.tensor.ndim - 2))
         stack.scale = scale
-    return _keep(stack, components, L, H)
+    return stack
+
+
+class _Rows:
+    """Joint-space rows of the decomposition for one forward pass (see the module doc)."""
+
+    def __init__(self, tower, readout: _Readout, ln_mode: LnMode, positional: bool, head_chunk: int) -> None:
+        ln = _final_ln(tower)
+        P = tower.W_proj
+        G = ln.w[:, None] * P  # diag(γ) P: [d_model, d_out]
+        if ln_mode == "center_each":
+            G = G - G.mean(0, keepdim=True)  # (c - mean(c)) ⊙ γ @ P == c @ (C_D diag(γ) P)
+        self.G, self.g, self.b_beta = G, ln.w @ P, ln.b @ P
+        self.reference = ln_mode == "reference"
+        self.readout, self.positional, self.head_chunk = readout, positional, head_chunk
+        L, H = len(tower.blocks), tower.cfg.heads
+        self.n_heads = H
+        self.omega_slot = 1.0 / (2 * L + 1)  # N_c = 2L + 1 slots share μ and β
+        self.omega_head = self.omega_slot / H
+        self.kappa_sum = readout.kappa.sum(1)  # [batch]
+        self.mu_total = readout.mu_kappa.sum(1)  # [batch]: Σ_q κ_q μ_q
+
+    def slot(self, values: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        """Embedding or MLP slot; per token, each position keeps its own share."""
+        r, omega = self.readout, self.omega_slot
+        per_pos = (r.kappa.unsqueeze(-1) * values) @ self.G
+        per_pos = per_pos + omega * (r.kappa / self.kappa_sum[:, None]).unsqueeze(-1) * self.b_beta
+        if self.reference:
+            per_pos = per_pos - omega * r.mu_kappa.unsqueeze(-1) * self.g
+        return per_pos if self.positional else per_pos.sum(1)
+
+    def heads(self, attn, heads: list[int], pattern: Tensor, v: Tensor) -> Tensor:
+        """Rows ``[len(heads), batch, (pos,) d_out]`` of the listed heads of one layer."""
+        idx = torch.tensor(heads, device=pattern.device)
+        alpha = torch.einsum("bq,bhqk->bhk", self.readout.kappa, pattern[:, idx])  # κ-weighted attention
+        v = v[:, :, idx]
+        W_joint = torch.einsum("hem,md->hed", attn.W_O[idx], self.G)  # W_O[h] diag(γ) P
+        bias_joint = (attn.b_O @ self.G) / self.n_heads  # b_O split uniformly over heads
+        omega = self.omega_head
+        if self.positional:
+            pos = v.shape[1]
+            out = _per_token_heads(alpha, v, W_joint, self.head_chunk)  # [h, b, k, d]
+            out = out + (self.kappa_sum[None, :, None, None] * bias_joint + omega * self.b_beta) / pos
+            if self.reference:
+                out = out - (omega / pos) * self.mu_total[None, :, None, None] * self.g
+            return out
+        z_bar = torch.einsum("bhk,bkhe->bhe", alpha, v)
+        out = torch.einsum("bhe,hed->hbd", z_bar, W_joint)
+        out = out + self.kappa_sum[None, :, None] * bias_joint + omega * self.b_beta
+        if self.reference:
+            out = out - omega * self.mu_total[None, :, None] * self.g
+        return out
 
 
 def _per_token_heads(alpha: Tensor, v: Tensor, W_joint: Tensor, chunk: int) -> Tensor:
@@ -316,23 +364,6 @@ def _per_token_heads(alpha: Tensor, v: Tensor, W_joint: Tensor, chunk: int) -> T
         weighted = alpha[:, sl].transpose(1, 2).unsqueeze(-1) * v[:, :, sl]  # [b, k, h', e]
         parts.append(torch.einsum("bkhe,hed->hbkd", weighted, W_joint[sl]))
     return torch.cat(parts)
-
-
-def _keep(stack: ComponentStack, components: Sequence[ComponentLike] | None, L: int, H: int) -> ComponentStack:
-    """Restrict to the requested components, summing the others into a ``rest`` row."""
-    if components is None:
-        return stack
-    wanted = {str(c) for c in parse(components, n_layers=L, n_heads=H)}
-    keep = [i for i, label in enumerate(stack.labels) if label in wanted]
-    rest = [i for i in range(len(stack.labels)) if i not in set(keep)]
-    tensor = stack.tensor[keep]
-    labels = [stack.labels[i] for i in keep]
-    comps = [stack.components[i] for i in keep]
-    if rest:
-        tensor = torch.cat([tensor, stack.tensor[rest].sum(0, keepdim=True)])
-        labels.append("rest")
-        comps.append(None)
-    return ComponentStack(tensor, labels, stack.bias, comps, stack.scale)
 
 
 def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, head_chunk: int) -> ComponentStack:
@@ -365,3 +396,20 @@ def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, 
         tensor = tensor[:, :, 0]
     stack = ComponentStack(tensor, labels, torch.zeros(tensor.shape[-1], dtype=tensor.dtype, device=tensor.device), comps)
     return _keep(stack, components, L, H)
+
+
+def _keep(stack: ComponentStack, components: Sequence[ComponentLike] | None, L: int, H: int) -> ComponentStack:
+    """Restrict to the requested components, summing the others into a ``rest`` row."""
+    if components is None:
+        return stack
+    wanted = {str(c) for c in parse(components, n_layers=L, n_heads=H)}
+    keep = [i for i, label in enumerate(stack.labels) if label in wanted]
+    rest = [i for i in range(len(stack.labels)) if i not in set(keep)]
+    tensor = stack.tensor[keep]
+    labels = [stack.labels[i] for i in keep]
+    comps = [stack.components[i] for i in keep]
+    if rest:
+        tensor = torch.cat([tensor, stack.tensor[rest].sum(0, keepdim=True)])
+        labels.append("rest")
+        comps.append(None)
+    return ComponentStack(tensor, labels, stack.bias, comps, stack.scale)

@@ -122,8 +122,10 @@ def test_resid_target_matches_hidden_states():
 def test_selected_components_keep_the_identity_with_a_rest_row():
     model, images = _setup(10)
     full = decompose_image(model, images)
-    some = decompose_image(model, images, components=["L1H2", "mlp0", "L0"])
-    assert some.labels == ["L0H0", "L0H1", "L0H2", "L0H3", "mlp0", "L1H2", "rest"]
+    some = decompose_image(model, images, components=["L1H2", "mlp0", "L0", "L0H1"])
+    assert some.labels == ["L1H2", "mlp0", "L0H0", "L0H1", "L0H2", "L0H3", "rest"]  # request order, no repeats
+    per_token = decompose_image(model, images, components=["L1H2", "mlp0"], tokens="all")
+    torch.testing.assert_close(per_token.sum().sum(1), full.sum())
     torch.testing.assert_close(some.sum(), full.sum())
     torch.testing.assert_close(some.select("L1H2").tensor, full.select(Head(1, 2)).tensor)
     with pytest.raises(KeyError, match="L1H3"):
