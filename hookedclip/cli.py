@@ -64,6 +64,14 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(describe(load_model(args.model, args.pretrained), all_hooks=args.all_hooks))
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from hookedclip.demo import run_demo
+
+    model = load_model(args.model) if args.model != "toy" else None
+    path = run_demo(args.out, model=model, n_images=args.n, seed=args.seed)
+    print(f"report written to {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookedclip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
     info.add_argument("--all-hooks", action="store_true", help="list every hook point, not one line per pattern")
     info.set_defaults(func=_cmd_info)
+    demo = sub.add_parser("demo", help="write the HTML report on the toy model (the main job)")
+    demo.add_argument("--out", default="hookedclip-demo", help="report folder (default: ./hookedclip-demo)")
+    demo.add_argument("--n", type=int, default=512, help="held-out toy images to analyse")
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--model", default="toy", help=argparse.SUPPRESS)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -1,0 +1,166 @@
+"""``hookedclip demo``: a report on the shipped toy model, one section per analysis.
+
+Each section is a function ``(ctx) -> Section`` that writes its figures into the report
+folder; method issues add theirs to :data:`SECTIONS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hookedclip import viz
+from hookedclip.viz import Section
+
+
+@dataclass
+class DemoContext:
+    """What every section shares: the model, held-out toy images and their attributes."""
+
+    model: object
+    out_dir: Path
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    tensors: torch.Tensor  # model inputs [N, 3, H, W]
+    attributes: list
+    captions: list[str]
+    seed: int
+    cache: dict = field(default_factory=dict)  # results shared between sections
+
+    def labels(self, attribute: str) -> np.ndarray:
+        return np.array([a.labels()[attribute] for a in self.attributes])
+
+
+def section_samples(ctx: DemoContext) -> Section:
+    n = min(24, len(ctx.images))
+    viz.image_grid(ctx.images[:n], ctx.captions[:n], ctx.out_dir / "samples.png")
+    return Section(
+        "The toy world",
+        ["Procedural 32-pixel images: one coloured shape on a textured background, each with a caption "
+         "that names some of its attributes. The ground truth of every image is known, so each analysis "
+         "can be checked against it."],
+        figures=[("samples.png", f"{n} held-out images with one of their training-style captions.")],
+    )
+
+
+def section_zero_shot(ctx: DemoContext) -> Section:
+    from hookedclip.toy.evaluate import evaluate
+
+    result = evaluate(ctx.model, n=len(ctx.images), seed=ctx.seed)
+    ctx.cache["zero_shot"] = result
+    viz.bar_chart(result["accuracy"], ctx.out_dir / "zero_shot.png", "zero-shot top-1 (%)",
+                  "Zero-shot accuracy per attribute", chance=result["chance"])
+    sp = result["spurious"]
+    rows = [[name, f"{100 * acc:.1f}%"] for name, acc in sp["groups"].items()]
+    rows += [["average", f"{100 * sp['average']:.1f}%"], ["worst group", f"{100 * sp['worst_group']:.1f}%"]]
+    return Section(
+        "Zero-shot accuracy",
+        [f"Each attribute is classified by comparing the image embedding with the text embeddings of its "
+         f"class prompts (mean of normalised prompt embeddings), on {result['n']} fresh held-out images.",
+         f"Spurious split: during training, a {sp['classes'][0]} is mostly on {sp['textures'][0]} and a "
+         f"{sp['classes'][1]} on {sp['textures'][1]}. On a test set balanced over the four (shape, texture) "
+         f"groups, the {' vs '.join(sp['classes'])} classifier's worst group trails the average by "
+         f"{100 * sp['gap']:.1f} points: the gap that debiasing methods should close."],
+        figures=[("zero_shot.png", "Zero-shot top-1 per attribute; dashed: chance.")],
+        tables=[(["spurious-split group", "accuracy"], rows)],
+    )
+
+
+def section_layer_shares(ctx: DemoContext) -> Section:
+    from hookedclip.decompose import decompose_image
+
+    stack = _batched_decomposition(ctx, decompose_image)
+    unit = stack.sum()  # [N, d] unit embeddings
+    shares = (stack.tensor * unit).sum(-1).mean(1).numpy()  # ⟨φ_c, ê⟩ averaged over images
+    layer_stack = stack.layer_totals()
+    per_label = dict(zip(layer_stack.labels, (layer_stack.tensor * unit).sum(-1).mean(1).numpy()))
+    L = ctx.model.cfg.vision.layers
+    attn = [per_label[f"attn{l}"] for l in range(L)]
+    mlp = [per_label[f"mlp{l}"] for l in range(L)]
+    viz.stacked_layer_shares({"attention": attn, "MLP": mlp}, [f"layer {l}" for l in range(L)],
+                             ctx.out_dir / "layer_shares.png", "Direct contribution of each layer")
+    embed = per_label["embed"]
+    ctx.cache["head_shares"] = {label: float(s) for label, s in zip(stack.labels, shares)}
+    return Section(
+        "Where the image embedding comes from",
+        ["The unit image embedding is split exactly into the direct contributions of the embedding slot, "
+         "every attention head and every MLP (ln_post statistics frozen at the clean run; "
+         "hookedclip.decompose). A component's share is its contribution's projection on the embedding, "
+         f"averaged over images; shares sum to 100%. The embedding slot holds {100 * embed:.1f}%."],
+        figures=[("layer_shares.png", "Share of the image embedding written directly by each layer's attention and MLP.")],
+        tables=[(["layer", "attention", "MLP"], [[str(l), f"{100 * a:.1f}%", f"{100 * m:.1f}%"] for l, (a, m) in enumerate(zip(attn, mlp))])],
+    )
+
+
+def _batched_decomposition(ctx: DemoContext, decompose_image, batch_size: int = 256):
+    from hookedclip.decompose import ComponentStack
+
+    parts = [decompose_image(ctx.model, ctx.tensors[i : i + batch_size]) for i in range(0, len(ctx.tensors), batch_size)]
+    first = parts[0]
+    return ComponentStack(torch.cat([p.tensor for p in parts], 1), first.labels, first.bias, first.components,
+                          torch.cat([p.scale for p in parts]))
+
+
+def section_head_probes(ctx: DemoContext) -> Section:
+    from hookedclip.probes import head_probe_grid
+
+    model = ctx.model
+    heads = []
+    for i in range(0, len(ctx.tensors), 256):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(ctx.tensors[i : i + 256], names_filter=lambda n: n.startswith("visual") and n.endswith("hook_z"))
+        heads.append(cache.stack_head_results(pos=0)[0])  # each head's output at the CLS token
+    heads = torch.cat(heads, dim=1)
+    cfg = model.cfg.vision
+    grids, chance = {}, {}
+    for attribute in ("shape", "color", "texture"):
+        labels = ctx.labels(attribute)
+        grids[attribute] = head_probe_grid(heads, labels, cfg.layers, cfg.heads, seed=ctx.seed)
+        chance[attribute] = np.bincount(labels).max() / len(labels)
+    viz.head_heatmaps(grids, ctx.out_dir / "head_probes.png", "Linear probe accuracy of each head's CLS output", chance=chance)
+    best = [[a, f"L{divmod(int(g.argmax()), cfg.heads)[0]}H{divmod(int(g.argmax()), cfg.heads)[1]}", f"{100 * g.max():.1f}%"]
+            for a, g in grids.items()]
+    return Section(
+        "Which heads carry which attribute",
+        ["A logistic-regression probe is trained on half of the images to read each attribute from one "
+         "head's output at the CLS token (hook_result), and scored on the other half. Bright cells: heads "
+         "whose output alone identifies the attribute."],
+        figures=[("head_probes.png", "Held-out probe accuracy per head (rows: layers, columns: heads).")],
+        tables=[(["attribute", "best head", "probe accuracy"], best)],
+    )
+
+
+SECTIONS: list[Callable[[DemoContext], Section]] = [section_samples, section_zero_shot, section_layer_shares, section_head_probes]
+
+
+def run_demo(out_dir: str | Path, model=None, n_images: int = 512, seed: int = 2024, progress: bool = True) -> Path:
+    """Write the demo report into ``out_dir``; returns the path of ``index.html``."""
+    from hookedclip.model import HookedCLIP
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.world import ToyWorld, caption
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model if model is not None else HookedCLIP.from_pretrained("toy")
+    world = ToyWorld(n_images, seed=seed, split="test")
+    images = world.images()
+    rng = np.random.default_rng(seed)
+    attributes = world.attributes()
+    ctx = DemoContext(
+        model=model,
+        out_dir=out_dir,
+        images=images,
+        tensors=images_to_tensor(images, model.cfg.image_mean, model.cfg.image_std).to(model.device, model.dtype),
+        attributes=attributes,
+        captions=[caption(a, rng)[0] for a in attributes],
+        seed=seed,
+    )
+    sections = []
+    for fn in tqdm(SECTIONS, desc="demo", disable=not progress):
+        sections.append(fn(ctx))
+    meta = f"model: {model.cfg.model_name} ({model.cfg.pretrained or 'random weights'}); {n_images} held-out images, seed {seed}"
+    return viz.write_report(out_dir, "hookedclip demo: the toy CLIP", sections, meta)

@@ -1,0 +1,144 @@
+"""Matplotlib figures and the static HTML report.
+
+Figures are written as PNG files; a report is a folder with ``index.html`` and its PNGs,
+readable offline in any browser.
+"""
+
+from __future__ import annotations
+
+import html
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def image_grid(images: np.ndarray, captions: Sequence[str], path: str | Path, cols: int = 8) -> Path:
+    """uint8 images ``[N, H, W, 3]`` with a wrapped caption under each."""
+    n = len(images)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, image, text in zip(np.ravel(axes), images, captions):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(text, 22)), fontsize=7.5)
+    return _save(fig, path)
+
+
+def bar_chart(values: dict[str, float], path: str | Path, ylabel: str, title: str, chance: dict[str, float] | None = None,
+              percent: bool = True) -> Path:
+    """One bar per key, value printed on top; optional chance level per bar as a tick."""
+    names = list(values)
+    scale = 100 if percent else 1
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.2))
+    bars = ax.bar(names, [scale * values[k] for k in names], color="#4C72B0")
+    for bar, k in zip(bars, names):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{scale * values[k]:.1f}", ha="center", fontsize=8)
+        if chance and k in chance:
+            ax.hlines(scale * chance[k], bar.get_x(), bar.get_x() + bar.get_width(), colors="#C44E52", linestyles="--")
+    if chance:
+        ax.plot([], [], "--", color="#C44E52", label="chance")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, 105 if percent else None)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def stacked_layer_shares(shares: dict[str, np.ndarray], labels: Sequence[str], path: str | Path, title: str) -> Path:
+    """Per-layer bars split into parts (e.g. ``{"attention": [...], "MLP": [...]}``)."""
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(labels) + 2), 3.4))
+    x = np.arange(len(labels))
+    width = 0.8 / len(shares)
+    for i, (name, vals) in enumerate(shares.items()):
+        ax.bar(x + (i - (len(shares) - 1) / 2) * width, 100 * np.asarray(vals), width, label=name)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("share of the image embedding (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, vmin: float = 0.0,
+                  chance: dict[str, float] | None = None) -> Path:
+    """One ``[layer, head]`` heatmap per key, the value written in each cell."""
+    n = len(scores)
+    first = next(iter(scores.values()))
+    fig, axes = plt.subplots(1, n, figsize=(1.0 + 0.75 * first.shape[1] * n + 0.6 * n, 0.55 * first.shape[0] + 1.6), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], scores.items()):
+        im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100, cmap="viridis", aspect="auto")
+        for (i, j), val in np.ndenumerate(grid):
+            ax.text(j, i, f"{100 * val:.0f}", ha="center", va="center", fontsize=7, color="white" if val < 0.7 else "black")
+        subtitle = name + (f" (chance {100 * chance[name]:.0f}%)" if chance and name in chance else "")
+        ax.set_title(subtitle, fontsize=9)
+        ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])], fontsize=7)
+        ax.set_yticks(range(grid.shape[0]), [f"L{l}" for l in range(grid.shape[0])], fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="probe accuracy (%)")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------- HTML
+@dataclass
+class Section:
+    """One part of a report: a title, paragraphs of text, figures (paths relative to the
+    report folder) and tables (header row + rows)."""
+
+    title: str
+    text: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .9em; color: #555; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
+td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+.meta { color: #666; font-size: .9em; }
+"""
+
+
+def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], meta: str = "") -> Path:
+    """Write ``index.html`` into ``out_dir`` (figures must already be there)."""
+    out_dir = Path(out_dir)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if meta:
+        parts.append(f"<p class='meta'>{html.escape(meta)}</p>")
+    parts.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections)) + "</ul>")
+    for i, section in enumerate(sections):
+        parts.append(f"<h2 id='s{i}'>{html.escape(section.title)}</h2>")
+        parts += [f"<p>{html.escape(p)}</p>" for p in section.text]
+        for header, rows in section.tables:
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        for name, caption in section.figures:
+            parts.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    path = out_dir / "index.html"
+    path.write_text("\n".join(parts))
+    return path
