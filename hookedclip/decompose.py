@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -265,41 +264,42 @@ def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, T
     L, H = len(tower.blocks), tower.cfg.heads
     selection = _selection(model, name, components)
     readout = _readout(model, name, inputs, cache, embedding)
-    rows = _Rows(tower, readout, ln_mode, tokens == "all", head_chunk)
-    tensors: list[Tensor] = []
-    for comp in selection:
-        if isinstance(comp, Embed):
-            tensors.append(rows.slot(cache[f"{name}.blocks.0.hook_resid_pre"]))
-        elif isinstance(comp, MLP):
-            tensors.append(rows.slot(cache[f"{name}.blocks.{comp.layer}.hook_mlp_out"]))
-    heads_by_layer: dict[int, list[int]] = {}
-    for comp in selection:
-        if isinstance(comp, Head):
-            heads_by_layer.setdefault(comp.layer, []).append(comp.head)
-    head_rows = {
-        Head(layer, h): row
-        for layer, heads in heads_by_layer.items()
-        for h, row in zip(heads, rows.heads(tower.blocks[layer].attn, heads,
-                                            cache[f"{name}.blocks.{layer}.attn.hook_pattern"],
-                                            cache[f"{name}.blocks.{layer}.attn.hook_v"]))
-    }
-    slots = iter(tensors)
-    ordered = [head_rows[c] if isinstance(c, Head) else next(slots) for c in selection]
-    bias = tower.b_proj.detach().clone()
+    rows = _Rows(tower, readout, ln_mode, tokens == "all")
+    has_rest = len(selection) < 1 + L * (H + 1)
     width = (readout.kappa.shape[1],) if tokens == "all" else ()
-    tensor = torch.stack(ordered) if ordered else embedding.new_zeros(0, embedding.shape[0], *width, embedding.shape[-1])
+    # Rows are written into one preallocated tensor: no per-row copies, no stacking.
+    tensor = embedding.new_empty(len(selection) + has_rest, embedding.shape[0], *width, embedding.shape[-1])
+    heads_by_layer: dict[int, list[tuple[int, int]]] = {}  # layer -> [(head, row index)]
+    for i, comp in enumerate(selection):
+        if isinstance(comp, Embed):
+            tensor[i] = rows.slot(cache[f"{name}.blocks.0.hook_resid_pre"])
+        elif isinstance(comp, MLP):
+            tensor[i] = rows.slot(cache[f"{name}.blocks.{comp.layer}.hook_mlp_out"])
+        else:
+            heads_by_layer.setdefault(comp.layer, []).append((comp.head, i))
+    for layer, wanted in heads_by_layer.items():
+        prefix = f"{name}.blocks.{layer}.attn"
+        for start in range(0, len(wanted), head_chunk):
+            chunk = wanted[start : start + head_chunk]
+            values = rows.heads(tower.blocks[layer].attn, [h for h, _ in chunk],
+                                cache[f"{prefix}.hook_pattern"], cache[f"{prefix}.hook_v"])
+            for (_, i), value in zip(chunk, values):
+                tensor[i] = value
+    bias = tower.b_proj.detach().clone()
     labels, comps = [str(c) for c in selection], list(selection)
-    if len(selection) < 1 + L * (H + 1):
-        rest = embedding - bias - tensor.sum(0).reshape(embedding.shape[0], -1, embedding.shape[-1]).sum(1)
-        if tokens == "all":
-            rest = F.pad(rest.unsqueeze(1), (0, 0, 0, tensor.shape[2] - 1))
-        tensor = torch.cat([tensor, rest.unsqueeze(0)])
+    if has_rest:
+        rest = embedding - bias - tensor[:-1].sum(0).reshape(embedding.shape[0], -1, embedding.shape[-1]).sum(1)
+        if tokens == "all":  # the rest enters at position 0
+            tensor[-1].zero_()
+            tensor[-1][:, 0] = rest
+        else:
+            tensor[-1] = rest
         labels.append("rest")
         comps.append(None)
     stack = ComponentStack(tensor, labels, bias, comps)
     if normalize:
         scale = 1.0 / readout.embedding.norm(dim=-1)
-        stack.tensor = stack.tensor * scale.view(1, -1, *[1] * (stack.tensor.ndim - 2))
+        stack.tensor.mul_(scale.view(1, -1, *[1] * (stack.tensor.ndim - 2)))
         stack.scale = scale
     return stack
 
@@ -307,7 +307,7 @@ def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, T
 class _Rows:
     """Joint-space rows of the decomposition for one forward pass (see the module doc)."""
 
-    def __init__(self, tower, readout: _Readout, ln_mode: LnMode, positional: bool, head_chunk: int) -> None:
+    def __init__(self, tower, readout: _Readout, ln_mode: LnMode, positional: bool) -> None:
         ln = _final_ln(tower)
         P = tower.W_proj
         G = ln.w[:, None] * P  # diag(γ) P: [d_model, d_out]
@@ -315,7 +315,7 @@ class _Rows:
             G = G - G.mean(0, keepdim=True)  # (c - mean(c)) ⊙ γ @ P == c @ (C_D diag(γ) P)
         self.G, self.g, self.b_beta = G, ln.w @ P, ln.b @ P
         self.reference = ln_mode == "reference"
-        self.readout, self.positional, self.head_chunk = readout, positional, head_chunk
+        self.readout, self.positional = readout, positional
         L, H = len(tower.blocks), tower.cfg.heads
         self.n_heads = H
         self.omega_slot = 1.0 / (2 * L + 1)  # N_c = 2L + 1 slots share μ and β
@@ -342,7 +342,8 @@ class _Rows:
         omega = self.omega_head
         if self.positional:
             pos = v.shape[1]
-            out = _per_token_heads(alpha, v, W_joint, self.head_chunk)  # [h, b, k, d]
+            weighted = alpha.transpose(1, 2).unsqueeze(-1) * v  # [b, k, h, e]
+            out = torch.einsum("bkhe,hed->hbkd", weighted, W_joint)
             out = out + (self.kappa_sum[None, :, None, None] * bias_joint + omega * self.b_beta) / pos
             if self.reference:
                 out = out - (omega / pos) * self.mu_total[None, :, None, None] * self.g
@@ -353,18 +354,6 @@ class _Rows:
         if self.reference:
             out = out - omega * self.mu_total[None, :, None] * self.g
         return out
-
-
-def _per_token_heads(alpha: Tensor, v: Tensor, W_joint: Tensor, chunk: int) -> Tensor:
-    """``α[b,h,k] · v[b,k,h] @ W_joint[h]`` for every head and source token, ``[h, b, k, d]``,
-    a few heads at a time."""
-    parts = []
-    for start in range(0, W_joint.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        weighted = alpha[:, sl].transpose(1, 2).unsqueeze(-1) * v[:, :, sl]  # [b, k, h', e]
-        parts.append(torch.einsum("bkhe,hed->hbkd", weighted, W_joint[sl]))
-    return torch.cat(parts)
-
 
 def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, head_chunk: int) -> ComponentStack:
     """Raw contributions to the residual stream after ``layer`` blocks (HF's

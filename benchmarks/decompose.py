@@ -1,0 +1,134 @@
+"""Per-head, per-token decomposition of the last layers: ours vs the straightforward path.
+
+Both compute, for every head of the last ``--layers`` layers and every source token, the
+head's direct contribution to the (normalised) image embedding with ln_post statistics
+frozen (``specs/pclens_textspan.md`` §1.3, reference convention):
+
+- naive: cache the layers' patterns and values, materialise every head's width-space
+  output at the CLS query per source token ``[batch, token, head, d_model]``, then apply the
+  frozen LayerNorm and the projection;
+- ours: ``decompose_image(model, images, tokens="all", components=["L8-11"])``, which
+  folds ``W_O · diag(γ) · P`` per head and never forms a ``d_model``-wide per-head tensor.
+
+Prints time and peak-memory ratios (naive / ours) measured in the same run, and the max
+difference of the results. Usage: ``python benchmarks/decompose.py [--batch 8] [--layers 4]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def build(name: str):
+    import open_clip
+
+    from hookedclip import HookedCLIP
+
+    torch.manual_seed(0)
+    return HookedCLIP.from_open_clip(open_clip.create_model(name).eval())
+
+
+def ours(model, images, layers: list[int]) -> torch.Tensor:
+    from hookedclip.decompose import decompose_image
+
+    stack = decompose_image(model, images, tokens="all", components=[f"L{l}" for l in layers])
+    return stack.tensor[:-1]  # drop the "rest" row: [layer * head, batch, token, d_out]
+
+
+def naive(model, images, layers: list[int]) -> torch.Tensor:
+    visual = model.visual
+    L, H = len(visual.blocks), visual.cfg.heads
+    names = {f"visual.blocks.{l}.attn.hook_{k}" for l in layers for k in ("pattern", "v")}
+    names |= {f"visual.blocks.{L - 1}.hook_resid_post", "visual.ln_post.hook_scale"}
+    emb, cache = model.run_with_cache(images, names_filter=lambda n: n in names)
+    x = cache["resid_post", L - 1][:, 0]
+    mu, sigma = x.mean(-1, keepdim=True), cache["ln_post_scale"][:, 0]
+    gamma, beta, P = visual.ln_post.w, visual.ln_post.b, visual.W_proj
+    T = cache["v", layers[0]].shape[1]
+    omega = 1.0 / ((2 * L + 1) * H * T)
+    norm = emb.norm(dim=-1)
+    rows = []
+    for l in layers:
+        attn = visual.blocks[l].attn
+        weighted = cache["pattern", l][:, :, 0].transpose(1, 2).unsqueeze(-1) * cache["v", l]  # [b, t, h, e]
+        width = torch.einsum("bthe,hem->bthm", weighted, attn.W_O) + attn.b_O / (H * T)  # [b, t, h, d_model]
+        ln = gamma * (width - omega * mu[:, None, None]) / sigma[:, None, None] + omega * beta
+        joint = ln @ P / norm[:, None, None, None]  # [b, t, h, d_out]
+        rows.append(joint.permute(2, 0, 1, 3))
+    return torch.cat(rows)
+
+
+def run(fn_name: str, args) -> tuple[float, float]:
+    """(median seconds, peak bytes above the start) of one path in a fresh process."""
+    cmd = [sys.executable, __file__, "--child", fn_name, "--batch", str(args.batch), "--layers", str(args.layers),
+           "--model", args.model, "--repeats", str(args.repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    seconds, peak = out.split()
+    return float(seconds), float(peak)
+
+
+def child(args) -> None:
+    model = build(args.model)
+    L = len(model.visual.blocks)
+    layers = list(range(L - args.layers, L))
+    images = torch.randn(args.batch, 3, model.cfg.vision.image_size, model.cfg.vision.image_size)
+    fn = {"ours": ours, "naive": naive}[args.child]
+    with torch.no_grad():
+        fn(model, images, layers)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn(model, images, layers)
+            times.append(time.perf_counter() - start)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset peak RSS so only the measured call counts
+        base = _status("VmRSS")
+        result = fn(model, images, layers)  # noqa: F841
+        peak = _status("VmHWM") - base
+    print(statistics.median(times), peak)
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", choices=["ours", "naive"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    model = build(args.model)
+    L = len(model.visual.blocks)
+    layers = list(range(L - args.layers, L))
+    images = torch.randn(2, 3, model.cfg.vision.image_size, model.cfg.vision.image_size)
+    with torch.no_grad():
+        diff = (ours(model, images, layers) - naive(model, images, layers)).abs().max().item()
+    del model
+    t_ours, m_ours = run("ours", args)
+    t_naive, m_naive = run("naive", args)
+    print(f"{args.model}, last {args.layers} layers, per head and token, batch {args.batch}, CPU fp32")
+    print(f"{'path':<8}{'s/call':>9}{'peak MB':>10}")
+    print(f"{'naive':<8}{t_naive:>9.3f}{m_naive / 2**20:>10.0f}")
+    print(f"{'ours':<8}{t_ours:>9.3f}{m_ours / 2**20:>10.0f}")
+    print(f"speed-up {t_naive / t_ours:.2f}x (target >= 3), memory {m_naive / max(m_ours, 1):.2f}x lower (target >= 5); "
+          f"max |difference| {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
