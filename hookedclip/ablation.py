@@ -117,7 +117,25 @@ def mean_ablate(model, components, means: Mapping[str, Tensor], mode: Mode = "to
     missing = [str(c) for c in comps if str(c) not in means]
     if missing:
         raise KeyError(f"no mean for {', '.join(missing)}; compute them with ablation.component_means(model, batches, mode={mode!r})")
+    for c in comps:
+        _check_mean_shape(model, c, means[str(c)], mode)
     return ablate(model, comps, lambda x, c: means[str(c)].to(x).expand_as(x), mode)
+
+
+def _check_mean_shape(model, comp: Component, mean: Tensor, mode: Mode) -> None:
+    """Means must broadcast to the edited space: ``[d_out]`` (direct); ``[(pos,) d_head]`` for
+    heads and ``[(pos,) d_model]`` otherwise (total)."""
+    cfg = model.cfg.vision
+    if mode == "direct":
+        allowed = [(cfg.output_dim,)]
+    else:
+        d = cfg.d_head if isinstance(comp, Head) else cfg.width
+        allowed = [(d,), (cfg.n_tokens, d)]
+    if tuple(mean.shape) not in allowed:
+        raise ValueError(
+            f"mean for {comp} has shape {tuple(mean.shape)}; {mode} mode needs one of {allowed}. "
+            f"Compute means with ablation.component_means(model, batches, mode={mode!r})"
+        )
 
 
 def resample_ablate(model, components, source: Tensor, mode: Mode = "total"):

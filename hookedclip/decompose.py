@@ -194,6 +194,7 @@ def decompose_image(
     normalize: bool = True,
     target: str | tuple[str, int] = "embed",
     head_chunk: int = 8,
+    max_memory: int | None = None,
 ) -> ComponentStack:
     """Direct contributions of components to the image embedding (or to the residual stream).
 
@@ -210,14 +211,46 @@ def decompose_image(
             width-space contributions to ``blocks[layer].hook_resid_pre`` at every query
             position (the LLaVA case: no ``ln_post``, no projection).
         head_chunk: heads processed at once for per-token rows (bounds the transient).
+        max_memory: bytes; a request estimated (:func:`estimate_memory`) to need more raises
+            ``MemoryError`` before any work starts.
 
     Returns:
         :class:`ComponentStack`; ``stack.sum()`` equals ``encode_image(images)`` (normalised
         when ``normalize``).
     """
+    model.visual.check_images(images)
+    if max_memory is not None:
+        _check_memory(model, images.shape[0], tokens, components, target, max_memory)
     if target != "embed":
         return _decompose_resid(model, images, target, tokens, components, head_chunk)
     return _decompose_embed(model, "visual", images, tokens, components, ln_mode, normalize, head_chunk)
+
+
+def estimate_memory(model, batch: int, tokens: Tokens = "cls", components=None, target="embed") -> int:
+    """Bytes a :func:`decompose_image` call holds at its peak, roughly: the output stack plus
+    the cached patterns and values (or ``z``) of the layers it reads."""
+    cfg = model.visual.cfg
+    itemsize = torch.finfo(model.dtype).bits // 8
+    selection = _selection(model, "visual", components)
+    per_token = cfg.n_tokens if tokens == "all" else 1
+    if target == "embed":
+        rows, width = len(selection) + 1, cfg.output_dim
+        layers = {c.layer for c in selection if isinstance(c, Head)}
+        cached = len(layers) * batch * cfg.heads * cfg.n_tokens * (cfg.n_tokens + cfg.d_head)
+    else:
+        layer = target[1]
+        rows, width = 1 + layer * (cfg.heads + 1), cfg.width
+        cached = layer * batch * cfg.n_tokens * 2 * cfg.width
+    return int(itemsize * (rows * batch * per_token * width + cached))
+
+
+def _check_memory(model, batch: int, tokens, components, target, max_memory: int) -> None:
+    need = estimate_memory(model, batch, tokens, components, target)
+    if need > max_memory:
+        raise MemoryError(
+            f"this decomposition needs about {need / 2**20:.0f} MiB, over max_memory = {max_memory / 2**20:.0f} MiB: "
+            "use a smaller batch, fewer components, or tokens='cls'"
+        )
 
 
 @torch.no_grad()

@@ -160,3 +160,12 @@ def test_direct_ablation_is_differentiable():
     with ablation.zero_ablate(model, ["L1H0"], mode="direct"):
         model.encode_image(images).sum().backward()
     assert images.grad is not None and images.grad.abs().max() > 0
+
+
+def test_mean_shape_is_checked():
+    model, images = _setup(12)
+    with pytest.raises(ValueError, match=r"direct mode needs one of \[\(16,\)\]"):
+        ablation.mean_ablate(model, ["L0H0"], {"L0H0": torch.zeros(7)}, "direct")
+    with pytest.raises(ValueError, match="total mode"):
+        ablation.mean_ablate(model, ["L0H0"], {"L0H0": torch.zeros(32)}, "total")
+    ablation.mean_ablate(model, ["L0H0"], {"L0H0": torch.zeros(8)}, "total")  # [d_head] broadcasts

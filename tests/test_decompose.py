@@ -164,3 +164,16 @@ def test_text_rows_sum_to_text_embedding(ln_mode):
         after = heads[:, b, eot[b] + 1 :]
         torch.testing.assert_close(after, after[:, :1].expand_as(after), rtol=0, atol=1e-14)
         assert (heads[:, b, : eot[b] + 1] - heads[:, b, -1:]).abs().max() > 1e-6
+
+
+def test_memory_bound_is_checked_before_work():
+    from hookedclip.decompose import estimate_memory
+
+    model, images = _setup(12)
+    need = estimate_memory(model, images.shape[0], tokens="all")
+    stack = decompose_image(model, images, tokens="all", max_memory=need)
+    assert stack.tensor.numel() * 8 <= need
+    with pytest.raises(MemoryError, match="max_memory"):
+        decompose_image(model, images, tokens="all", max_memory=need // 4)
+    with pytest.raises(ValueError, match="px"):
+        decompose_image(model, images[:, :, :8])
