@@ -36,17 +36,14 @@ class ZeroShotClassifier:
         columns = []
         for name in classnames:
             texts = [t(name) if callable(t) else t.format(name) for t in templates]
-            emb = torch.cat([model.encode_text(model.tokenize(texts[i : i + batch_size]), normalize=True)
-                             for i in range(0, len(texts), batch_size)])
-            columns.append(F.normalize(emb.mean(0), dim=-1))
+            columns.append(F.normalize(embed_texts(model, texts, batch_size).mean(0), dim=-1))
         return cls(torch.stack(columns, dim=1), classnames)
 
     @classmethod
     @torch.no_grad()
     def from_prompts(cls, model, prompts: dict[str, Sequence[str]]) -> "ZeroShotClassifier":
         """Each class given by its own list of full prompts: ``{"circle": ["a circle.", ...]}``."""
-        columns = [F.normalize(model.encode_text(model.tokenize(list(p)), normalize=True).mean(0), dim=-1)
-                   for p in prompts.values()]
+        columns = [F.normalize(embed_texts(model, list(p)).mean(0), dim=-1) for p in prompts.values()]
         return cls(torch.stack(columns, dim=1), list(prompts))
 
     def logits(self, embeddings: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch n_classes"]:
@@ -54,6 +51,15 @@ class ZeroShotClassifier:
 
     def predict(self, embeddings: Float[Tensor, "batch d_out"]) -> Int[Tensor, " batch"]:
         return self.logits(embeddings).argmax(-1)
+
+
+@torch.no_grad()
+def embed_texts(model, texts: Sequence[str], batch_size: int = 256) -> Float[Tensor, "n d_out"]:
+    """L2-normalised text embeddings of ``texts``, tokenized and encoded in batches."""
+    if len(texts) == 0:
+        raise ValueError("no texts to embed")
+    return torch.cat([model.encode_text(model.tokenize(list(texts[i : i + batch_size])), normalize=True)
+                      for i in range(0, len(texts), batch_size)])
 
 
 @torch.no_grad()
