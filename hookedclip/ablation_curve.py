@@ -37,22 +37,11 @@ class AblationCurve:
                 writer.writerow([k, self.steps[k - 1] if k else "", f"{acc:.6f}"])
         return path
 
-    def plot(self, path: str | Path | None = None, title: str = "Accumulated mean-ablation (direct)"):
-        import matplotlib.pyplot as plt
+    def plot(self, path: str | Path, title: str = "Accumulated mean-ablation (direct)") -> Path:
+        from hookedclip import viz
 
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(self.accuracy) + 2), 3.2))
-        ax.plot(range(len(self.accuracy)), [100 * a for a in self.accuracy], marker="o")
-        ax.set_xticks(range(len(self.accuracy)), ["none", *self.steps], rotation=45, ha="right")
-        ax.set_xlabel("mean-ablated up to and including")
-        ax.set_ylabel("zero-shot top-1 (%)")
-        ax.set_ylim(0, 100)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=130)
-            plt.close(fig)
-        return fig
+        return viz.line_curves({"accuracy": self.accuracy}, ["none", *self.steps], path, title,
+                               "mean-ablated up to and including")
 
 
 @torch.no_grad()

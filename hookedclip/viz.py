@@ -95,6 +95,24 @@ def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, v
     return _save(fig, path)
 
 
+def line_curves(curves: dict[str, Sequence[float]], xlabels: Sequence[str], path: str | Path, title: str,
+                xlabel: str, ylabel: str = "zero-shot top-1 (%)", chance: dict[str, float] | None = None) -> Path:
+    """Several curves over the same steps (values in [0, 1], drawn as percentages)."""
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.38 * len(xlabels) + 2.5), 3.4))
+    for i, (name, values) in enumerate(curves.items()):
+        line, = ax.plot(range(len(values)), [100 * v for v in values], marker="o", markersize=3.5, label=name)
+        if chance and name in chance:
+            ax.axhline(100 * chance[name], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(xlabels)), xlabels, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="dotted: chance" if chance else None, title_fontsize=7)
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------------- HTML
 @dataclass
 class Section:
@@ -114,10 +132,15 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2e
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .9em; color: #555; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
-td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
-th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .meta { color: #666; font-size: .9em; }
 """
+
+
+def _cell(text: str) -> str:
+    numeric = text.rstrip("%").replace(".", "", 1).lstrip("+-").isdigit()
+    return f"<td class='num'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
 
 
 def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], meta: str = "") -> Path:
@@ -133,7 +156,7 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], m
         parts += [f"<p>{html.escape(p)}</p>" for p in section.text]
         for header, rows in section.tables:
             head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+            body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
             parts.append(f"<table><tr>{head}</tr>{body}</table>")
         for name, caption in section.figures:
             parts.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
