@@ -90,6 +90,19 @@ class ComponentStack:
     def norms(self) -> Float[Tensor, "component batch *pos"]:
         return self.tensor.norm(dim=-1)
 
+    def to_joint(self, model, tower: str = "visual") -> "ComponentStack":
+        """Width-space rows (``target=("resid", l)``) mapped into the joint space through the
+        linear part of the final LayerNorm and the projection, ``row @ diag(γ) P``: the
+        direction each contribution writes, without LayerNorm's per-image centring and scale."""
+        t = getattr(model, tower)
+        if t.W_proj is None:
+            raise ValueError(f"the {tower} tower has no projection into a joint space")
+        if self.tensor.shape[-1] != t.W_proj.shape[0]:
+            raise ValueError(f"rows are {self.tensor.shape[-1]}-dimensional; to_joint maps d_model = {t.W_proj.shape[0]} rows")
+        G = _final_ln(t).w[:, None] * t.W_proj
+        return ComponentStack(self.tensor @ G.to(self.tensor), self.labels, self.bias.new_zeros(G.shape[1]),
+                              self.components, self.scale)
+
     def layer_totals(self) -> "ComponentStack":
         """Heads of each layer summed into one ``attn{l}`` row (MLP and embed rows kept)."""
         rows, labels, comps = [], [], []

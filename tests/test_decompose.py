@@ -177,3 +177,23 @@ def test_memory_bound_is_checked_before_work():
         decompose_image(model, images, tokens="all", max_memory=need // 4)
     with pytest.raises(ValueError, match="px"):
         decompose_image(model, images[:, :, :8])
+
+
+def test_to_joint_maps_width_rows_linearly():
+    model, images = _setup(13)
+    raw = decompose_image(model, images, target=("resid", 2))
+    joint = raw.to_joint(model)
+    G = model.visual.ln_post.w[:, None] * model.visual.W_proj
+    torch.testing.assert_close(joint.tensor, raw.tensor @ G)
+    with pytest.raises(ValueError, match="d_model"):
+        decompose_image(model, images).to_joint(model)
+
+
+def test_top1_is_scale_invariant():
+    """Property 19: dividing by ‖e‖ (or normalising reconstructions) never changes top-1."""
+    model, images = _setup(14, n=6)
+    W = F.normalize(torch.randn(16, 5, dtype=torch.float64), dim=0)
+    normed = decompose_image(model, images).sum() @ W
+    raw = decompose_image(model, images, normalize=False).sum() @ W
+    assert torch.equal(normed.argmax(-1), raw.argmax(-1))
+    assert torch.equal(F.normalize(raw, dim=-1).argmax(-1), raw.argmax(-1))
