@@ -126,7 +126,7 @@ def section_head_probes(ctx: DemoContext) -> Section:
             for a, g in grids.items()]
     return Section(
         "Which heads carry which attribute",
-        ["A linear probe (ridge classifier) is trained on half of the images to read each attribute from one "
+        ["A logistic-regression probe is trained on half of the images to read each attribute from one "
          "head's output at the CLS token (hook_result), and scored on the other half. Bright cells: heads "
          "whose output alone identifies the attribute."],
         figures=[("head_probes.png", "Held-out probe accuracy per head (rows: layers, columns: heads).")],
