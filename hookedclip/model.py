@@ -129,12 +129,12 @@ class HookedTextTransformer(nn.Module):
                 f"token sequences are {tokens.shape[1]} long, the text tower takes at most "
                 f"{cfg.context_length}: truncate or tokenize with `model.tokenize`"
             )
+        if tokens.device != self.W_E.device:
+            raise ValueError(f"tokens are on {tokens.device}, the model on {self.W_E.device}: move one of them")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
             raise ValueError(
                 f"token ids must lie in [0, {cfg.vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]"
             )
-        if tokens.device != self.W_E.device:
-            raise ValueError(f"tokens are on {tokens.device}, the model on {self.W_E.device}: move one of them")
 
     def pool_index(self, tokens: Int[Tensor, "batch seq"]) -> Int[Tensor, " batch"]:
         """The position whose final state becomes the text embedding."""

@@ -82,3 +82,11 @@ def test_save_load_round_trip(images, tmp_path):
 def test_unknown_shipped_model():
     with pytest.raises(ValueError, match="ships 'toy'"):
         HookedCLIP.from_pretrained("nope")
+
+
+def test_device_mismatch_is_named(tiny_model):
+    images = torch.zeros(1, 3, 16, 16, device="meta")
+    with pytest.raises(ValueError, match="images are on meta, the model on cpu"):
+        tiny_model.encode_image(images)
+    with pytest.raises(ValueError, match="tokens are on meta"):
+        tiny_model.encode_text(torch.zeros(1, 4, dtype=torch.long, device="meta"))
