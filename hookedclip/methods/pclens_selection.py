@@ -1,0 +1,301 @@
+"""PCSelection: intervening on chosen principal components (``specs/pclens_textspan.md`` §4.6).
+
+For every analysed head ``(l, h)`` with retained basis ``V_k``, mean ``μ`` and projector
+``Π``, a selection gives per-PC weights ``w ∈ R^k`` and the head's contribution becomes
+
+    φ'_{l,h}(x) = μ + [((φ_{l,h}(x) − μ) V_kᵀ) ⊙ w] Π V_k.
+
+``w_i = 0`` removes PC ``i``, ``1`` keeps it, ``λ`` amplifies, ``−1`` inverts. ``keep`` is the
+indicator of the selected PCs (a head with no selected PC becomes its mean: it is
+mean-ablated), ``remove`` its complement inside each head's retained basis (so "remove
+nothing" still drops the tail beyond ``k``).
+
+This is the reference's **intended** formula. Its loop
+(``reconstruct_all_embeddings_mean_ablation_pcs``) projects the activation of the wrong head
+and drops means unless every analysed head has a selected PC (Appendix A rows 6–7); the two
+agree exactly in that case (tested).
+
+The contexts edit the image embedding's direct path (``mode="direct"``, LayerNorm frozen, the
+TextSpan/PCLens accuracy protocol): ``e' = ‖e‖ (ê + Σ_h (φ'_h − φ_h))``. They are
+``model.hooks`` contexts, so they nest with any other hook context (ablations, caches);
+outer contexts' edits are seen by the decomposition they rewrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from hookedclip.decompose import ComponentStack, needed_hooks, stack_from_cache
+
+if TYPE_CHECKING:
+    from hookedclip.methods.pclens import PCLensResult
+
+PCRef = tuple[str, int]
+_PC_STRING = re.compile(r"^(L-?\d+H\d+)[.:/](?:PC)?(\d+)$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------
+# Selections
+# --------------------------------------------------------------------------------------
+
+
+def _parse_pc(item) -> PCRef:
+    if isinstance(item, str):
+        m = _PC_STRING.match(item.strip())
+        if not m:
+            raise ValueError(f"cannot parse PC {item!r}; write ('L3H1', 2), 'L3H1.PC2' or 'L3H1:2'")
+        return m.group(1).upper(), int(m.group(2))
+    label, i = item
+    return str(label), int(i)
+
+
+@dataclass
+class PCSelection:
+    """Per-PC weights ``w [k]`` for the heads a context rewrites (``label -> weights``).
+
+    Heads absent from ``weights`` are left untouched (their actual contribution); :meth:`keep`
+    and :meth:`remove` selections cover every analysed head.
+    """
+
+    weights: dict[str, Float[Tensor, " k"]]
+
+    @classmethod
+    def indicator(cls, result: "PCLensResult", pcs: Iterable, value: float = 1.0, default: float = 0.0,
+                  heads: Iterable[str] | None = None) -> "PCSelection":
+        """Weight ``value`` on the listed PCs and ``default`` elsewhere, for ``heads`` (default:
+        every analysed head). PCs are ``(label, i)`` pairs or strings ``"L3H1.PC2"`` / ``"L3H1:2"``;
+        unknown heads or PC indices beyond a head's ``k`` raise."""
+        heads = list(result.heads) if heads is None else list(heads)
+        for label in heads:
+            result[label]
+        w = {label: torch.full((result[label].k,), float(default), dtype=torch.float64) for label in heads}
+        for item in pcs:
+            label, i = _parse_pc(item)
+            pca = result[label]
+            pca._check_pc(i)
+            if label not in w:
+                w[label] = torch.full((pca.k,), float(default), dtype=torch.float64)
+            w[label][i] = value
+        return cls(w)
+
+    @classmethod
+    def from_weights(cls, result: "PCLensResult", weights: Mapping[str, Tensor | Iterable[float]]) -> "PCSelection":
+        """Explicit weights per head; each must have the head's ``k`` entries."""
+        out = {}
+        for label, w in weights.items():
+            pca = result[label]
+            w = torch.as_tensor(w, dtype=torch.float64).flatten()
+            if w.shape[0] != pca.k:
+                raise ValueError(f"{label} has {pca.k} retained PCs but {w.shape[0]} weights were given")
+            out[label] = w
+        return cls(out)
+
+    def selected(self) -> list[PCRef]:
+        """The PCs with non-zero weight."""
+        return [(label, int(i)) for label, w in self.weights.items() for i in torch.nonzero(w).flatten()]
+
+    def complement(self) -> "PCSelection":
+        """Weight 1 where this selection has 0 and 0 elsewhere (the "remove" selection)."""
+        return PCSelection({label: (w == 0).to(torch.float64) for label, w in self.weights.items()})
+
+    def heads_used(self) -> list[str]:
+        return [label for label, w in self.weights.items() if bool((w != 0).any())]
+
+
+def _as_selection(result: "PCLensResult", selection) -> PCSelection:
+    if isinstance(selection, PCSelection):
+        for label, w in selection.weights.items():
+            if w.shape[0] != result[label].k:
+                raise ValueError(f"selection has {w.shape[0]} weights for {label}, which has {result[label].k} PCs")
+        return selection
+    if hasattr(selection, "selection"):  # a QueryResult
+        return selection.selection()
+    if isinstance(selection, Mapping):
+        return PCSelection.from_weights(result, selection)
+    return PCSelection.indicator(result, selection)
+
+
+def _full(result: "PCLensResult", selection: PCSelection, fill: float = 0.0) -> PCSelection:
+    """``selection`` extended to every analysed head (missing heads get weight ``fill``)."""
+    w = {label: selection.weights.get(label, torch.full((pca.k,), fill, dtype=torch.float64))
+         for label, pca in result.heads.items()}
+    return PCSelection(w)
+
+
+# --------------------------------------------------------------------------------------
+# The closed form on contributions (no model)
+# --------------------------------------------------------------------------------------
+
+
+def apply_to_stack(stack: ComponentStack, result: "PCLensResult", selection, empty_heads: Literal["mean", "zero"] = "mean",
+                   ) -> ComponentStack:
+    """The §4.6 formula on a decomposition (``decompose_image(..., normalize=True)``).
+
+    ``tokens="cls"`` rows ``[component, batch, d']`` become ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k``.
+    Per-token rows ``[component, batch, T, d']`` (the spatial variant) become
+    ``μ/T + ((φ_t − μ/T)V_kᵀ ⊙ w) Π V_k``: the mean is spread evenly over the ``T`` source
+    tokens, so the tokens still sum to the CLS-only result. A head whose weights are all zero
+    is then ``μ/T`` per token (intended); ``empty_heads="zero"`` gives the reference's 0
+    (Appendix A row 10). Rows of heads not in the selection are copied unchanged.
+    """
+    if stack.scale is None:
+        raise ValueError("PCLens PCs are fitted on normalised contributions: decompose with normalize=True")
+    if empty_heads not in ("mean", "zero"):
+        raise ValueError(f"empty_heads must be 'mean' or 'zero', got {empty_heads!r}")
+    sel = _as_selection(result, selection)
+    missing = [label for label in sel.weights if label not in stack.labels]
+    if missing:
+        raise KeyError(f"the stack has no rows for {', '.join(missing)}; decompose with components={list(sel.weights)}")
+    tensor = stack.tensor.clone()
+    share = 1.0 / tensor.shape[2] if tensor.ndim == 4 else 1.0
+    for label, w in sel.weights.items():
+        i = stack.labels.index(label)
+        if empty_heads == "zero" and tensor.ndim == 4 and not bool((w != 0).any()):
+            tensor[i] = 0
+            continue
+        new = result[label].reconstruct(tensor[i].to(torch.float64), w, mean_share=share)
+        tensor[i] = new.to(tensor.dtype)
+    return ComponentStack(tensor, list(stack.labels), stack.bias, list(stack.components), stack.scale)
+
+
+def _unit_mean_rest(result: "PCLensResult") -> Float[Tensor, " d"]:
+    """``mean ê − Σ_h μ_h``: the dataset mean of everything outside the analysed heads."""
+    if result.image_mean is None:
+        raise ValueError("mean_ablate_all needs the mean image embedding: fit the result with embedding statistics")
+    return result.image_mean.to(torch.float64) - sum(p.mean.to(torch.float64) for p in result.heads.values())
+
+
+def selection_embeddings(stack: ComponentStack, result: "PCLensResult", selection, mean_ablate_all: bool = True
+                         ) -> Float[Tensor, "batch d"]:
+    """Unit-scale embeddings ``e'(x)`` of a CLS stack under a selection (§4.9 "per concept").
+
+    ``mean_ablate_all``: everything outside the selected PC terms is its dataset mean, so
+    ``e' = (mean ê − Σ_h μ_h) + Σ_h φ'_h``; otherwise the other rows keep their actual values.
+    """
+    if stack.tensor.ndim != 3:
+        raise ValueError("selection_embeddings takes a tokens='cls' stack")
+    sel = _full(result, _as_selection(result, selection)) if mean_ablate_all else _as_selection(result, selection)
+    new = apply_to_stack(stack, result, sel)
+    if not mean_ablate_all:
+        return new.sum().to(torch.float64)
+    idx = [stack.labels.index(label) for label in result.heads]
+    return _unit_mean_rest(result).to(new.tensor.device) + new.tensor[idx].to(torch.float64).sum(0)
+
+
+def nearest_neighbours(query: Float[Tensor, " d"], candidates: Float[Tensor, "n d"], k: int = 15,
+                       score: Literal["dot", "cos"] = "dot") -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
+    """The ``k`` candidates with the highest ``⟨c, q⟩`` (``"dot"``, TextSpan's per-head search) or
+    cosine (``"cos"``), best first: ``(indices, scores)`` (§4.9). Candidates are a head's
+    contributions (the head's space) or :func:`selection_embeddings` (a PC selection's space)."""
+    if candidates.ndim != 2 or query.shape[-1] != candidates.shape[1]:
+        raise ValueError(f"query {tuple(query.shape)} and candidates {tuple(candidates.shape)} must share d'")
+    c, q = candidates.to(torch.float64), query.to(candidates.device, torch.float64)
+    if score == "cos":
+        c, q = torch.nn.functional.normalize(c, dim=-1), torch.nn.functional.normalize(q, dim=-1)
+    elif score != "dot":
+        raise ValueError(f"score must be 'dot' or 'cos', got {score!r}")
+    s = c @ q
+    top = s.topk(min(k, s.shape[0]))
+    return top.indices, top.values
+
+
+# --------------------------------------------------------------------------------------
+# Contexts on a model
+# --------------------------------------------------------------------------------------
+
+
+def _direct_context(model, result: "PCLensResult", sel: PCSelection, mean_ablate_all: bool, combine=None):
+    """Rewrite ``visual.hook_out`` from the decomposition of the heads in ``sel``.
+
+    ``combine(unit, rows, new_rows)`` may replace the default new unit embedding (amplify).
+    """
+    result.check_model(model)
+    if mean_ablate_all:
+        sel = _full(result, sel)
+    labels = list(sel.weights)
+    if not labels:
+        return contextlib.nullcontext(model)
+    names = needed_hooks(model, "visual", labels)
+    captured: dict[str, Tensor] = {}
+
+    def capture(x: Tensor, hook) -> None:
+        captured[hook.name] = x
+
+    def rewrite(e: Tensor, hook) -> Tensor:
+        stack = stack_from_cache(model, "visual", None, captured, e, components=labels)
+        captured.clear()
+        unit = e.to(torch.float64) * stack.scale.to(torch.float64)[:, None]
+        rows = {label: stack.tensor[i].to(torch.float64) for i, label in enumerate(stack.labels) if label in sel.weights}
+        new_rows = {label: result[label].reconstruct(rows[label], sel.weights[label]) for label in labels}
+        if mean_ablate_all:
+            new = _unit_mean_rest(result).to(unit) + sum(new_rows.values())
+        else:
+            new = unit + sum(new_rows[label] - rows[label] for label in labels)
+        if combine is not None:
+            new = combine(new, rows, new_rows)
+        return (new / stack.scale.to(torch.float64)[:, None]).to(e.dtype)
+
+    return model.hooks(fwd_hooks=[(lambda n: n in names, capture), ("visual.hook_out", rewrite)])
+
+
+def reweight(model, result: "PCLensResult", weights, mean_ablate_all: bool = False):
+    """Context: every head in ``weights`` (a :class:`PCSelection` or ``label -> [k]``) becomes
+    ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k`` in the embedding's direct path; other heads untouched
+    (mean-ablated with ``mean_ablate_all``, which also replaces every non-analysed component by
+    its dataset mean)."""
+    return _direct_context(model, result, _as_selection(result, weights), mean_ablate_all)
+
+
+def keep(model, result: "PCLensResult", selection, mean_ablate_all: bool = False):
+    """Context: keep only the selected PCs of every analysed head; a head with no selected PC
+    is mean-ablated (§4.6 "Keep", intended semantics)."""
+    sel = _full(result, _indicator_of(result, selection))
+    return _direct_context(model, result, sel, mean_ablate_all)
+
+
+def remove(model, result: "PCLensResult", selection, mean_ablate_all: bool = False):
+    """Context: drop the selected PCs from every analysed head, keeping the rest of its retained
+    basis (the tail beyond ``k`` is dropped too, so removing nothing ≠ the original)."""
+    sel = _full(result, _indicator_of(result, selection)).complement()
+    return _direct_context(model, result, sel, mean_ablate_all)
+
+
+def _indicator_of(result: "PCLensResult", selection) -> PCSelection:
+    sel = _as_selection(result, selection)
+    return PCSelection({label: (w != 0).to(torch.float64) for label, w in sel.weights.items()})
+
+
+def amplify(model, result: "PCLensResult", selection, ratio: float, mean_ablate_all: bool = False):
+    """Context: the reference's ``ratio`` mode (§4.6). With ``R_S = Σ_sel ⟨φ, v_i⟩ v_i`` (uncentred
+    projections on the selected PCs) and ``B`` the keep-mode embedding minus ``R_S``,
+    ``e' = ρ n̄ R_S/‖R_S‖ + (1 − ρ) n̄ B/‖B‖`` with ``n̄ = ‖mean ê‖``. Not a per-PC gain; for
+    that use :func:`reweight` with ``w_i = λ``."""
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    if result.image_mean is None:
+        raise ValueError("amplify needs the mean image embedding: fit the result with embedding statistics")
+    sel = _full(result, _indicator_of(result, selection))
+    n_bar = float(result.image_mean.norm())
+
+    def combine(new: Tensor, rows: dict, new_rows: dict) -> Tensor:
+        r_s = torch.zeros_like(new)
+        for label, w in sel.weights.items():
+            v = result[label].components.to(new)[w != 0]
+            r_s = r_s + (rows[label] @ v.T) @ v
+        b = new - r_s
+        unit = lambda t: t / t.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # noqa: E731
+        return ratio * n_bar * unit(r_s) + (1 - ratio) * n_bar * unit(b)
+
+    return _direct_context(model, result, sel, mean_ablate_all, combine)
+
+
+__all__ = ["PCSelection", "apply_to_stack", "selection_embeddings", "nearest_neighbours", "reweight", "keep",
+           "remove", "amplify"]
