@@ -72,6 +72,12 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"report written to {path}")
 
 
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from hookedclip.extract import run_cache
+
+    run_cache(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookedclip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=2024)
     demo.add_argument("--model", default="toy", help=argparse.SUPPRESS)
     demo.set_defaults(func=_cmd_demo)
+    from hookedclip.extract import add_arguments as add_cache_arguments
+
+    cache = sub.add_parser("cache", help="extract activations into a resumable ActivationStore (torchrun-aware)")
+    add_cache_arguments(cache)
+    cache.set_defaults(func=_cmd_cache)
     return parser
 
 

@@ -1,0 +1,220 @@
+"""Extraction into an ActivationStore: values, resume after a crash, skipped images,
+two gloo ranks equal one process, and the ``hookedclip cache`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hookedclip import HookedCLIP
+from hookedclip.data.datasets import ImageFolder, ToyImages
+from hookedclip.decompose import decompose_image
+from hookedclip.extract import extract, parse_target
+from hookedclip.store import ActivationStore, StoreMismatch
+from hookedclip.toy.world import ToyWorld
+
+TARGETS = ["heads", "embedding", "visual.blocks.1.hook_resid_post@0"]
+
+
+def toy16(n: int = 21, **kw) -> ToyImages:
+    return ToyImages(ToyWorld(n, seed=3, split="test", image_size=16, **kw))
+
+
+def tiny_hooked() -> HookedCLIP:
+    from conftest import tiny_open_clip
+
+    return HookedCLIP.from_open_clip(tiny_open_clip(seed=1))
+
+
+def store_files(path) -> dict[str, bytes]:
+    """Every file that makes up a finished store (shards, moments, manifest), by name."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    names = [s["file"] for s in manifest["shards"]] + [manifest["moments"], "manifest.json"]
+    return {n: (path / n).read_bytes() for n in names}
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(torch.utils.data.Dataset):
+    """A dataset that raises (like a kill) when item ``at`` is read."""
+
+    def __init__(self, base, at: int) -> None:
+        self.base, self.at = base, at
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if i == self.at:
+            raise Crash(f"simulated crash at item {i}")
+        return self.base[i]
+
+    def fingerprint(self):  # the same dataset as far as the store is concerned
+        return self.base.fingerprint()
+
+
+def test_rows_are_the_models_values(tmp_path, tiny_model):
+    data = toy16(10)
+    store = extract(tiny_model, data, TARGETS, tmp_path, batch_size=4, rows_per_shard=4, progress=False)
+    assert len(store) == 10 and len(store.shards) == 3
+    images = torch.stack([tiny_model.preprocess(_pil(data[i]["image"])) for i in range(10)])
+    stack = decompose_image(tiny_model, images, components=["L0-1"])
+    torch.testing.assert_close(store.rows("heads"), stack.tensor.movedim(1, 0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(store.rows("embedding"), tiny_model.encode_image(images), rtol=1e-5, atol=1e-6)
+    _, cache = tiny_model.run_with_cache(images, names_filter=["visual.blocks.1.hook_resid_post"])
+    torch.testing.assert_close(store.rows("visual.blocks.1.hook_resid_post@0"),
+                               cache["visual.blocks.1.hook_resid_post"][:, 0], rtol=1e-5, atol=1e-6)
+    assert store.targets["heads"].labels == stack.labels
+    assert store.rows("label").tolist() == [data[i]["label"] for i in range(10)]
+    assert store.rows("index").tolist() == list(range(10))
+
+
+def _pil(array):
+    from PIL import Image
+
+    return Image.fromarray(array)
+
+
+def test_extraction_moments_equal_numpy_on_the_rows(tmp_path, tiny_model):
+    store = extract(tiny_model, toy16(), TARGETS, tmp_path, batch_size=4, rows_per_shard=5, progress=False)
+    for name in ("heads", "embedding"):
+        x = store.rows(name).to(torch.float64).numpy()
+        m = store.moments(name)
+        np.testing.assert_allclose(m.mean.numpy(), x.mean(0), rtol=1e-10, atol=1e-12)
+        xc = x - x.mean(0)
+        np.testing.assert_allclose(m.covariance().numpy(), np.einsum("n...i,n...j->...ij", xc, xc) / len(x),
+                                   rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("crash_at", [10, 13], ids=["between-shards", "mid-shard"])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_model, crash_at):
+    data = toy16()
+    kw = dict(batch_size=3, rows_per_shard=5, progress=False)
+    extract(tiny_model, data, TARGETS, tmp_path / "whole", **kw)
+    with pytest.raises(Crash):
+        extract(tiny_model, CrashAt(data, crash_at), TARGETS, tmp_path / "resumed", **kw)
+    log = json.loads((tmp_path / "resumed" / "rank000.json").read_text())
+    assert len(log["shards"]) == 2 and not (tmp_path / "resumed" / "manifest.json").exists()
+    extract(tiny_model, data, TARGETS, tmp_path / "resumed", **kw)
+    assert store_files(tmp_path / "resumed") == store_files(tmp_path / "whole")
+
+
+def test_crash_while_committing_leaves_a_resumable_store(tmp_path, tiny_model, monkeypatch):
+    import hookedclip.store as store_module
+
+    data = toy16(12)
+    kw = dict(batch_size=4, rows_per_shard=4, progress=False)
+    extract(tiny_model, data, TARGETS, tmp_path / "whole", **kw)
+    real, calls = store_module.atomic_write_json, []
+
+    def failing(path, obj):  # the disk fills up when the second shard's log entry is written
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, obj)
+
+    monkeypatch.setattr(store_module, "atomic_write_json", failing)
+    with pytest.raises(OSError, match="No space"):
+        extract(tiny_model, data, TARGETS, tmp_path / "resumed", **kw)
+    monkeypatch.setattr(store_module, "atomic_write_json", real)
+    assert not list((tmp_path / "resumed").glob(".*.tmp"))
+    extract(tiny_model, data, TARGETS, tmp_path / "resumed", **kw)
+    assert store_files(tmp_path / "resumed") == store_files(tmp_path / "whole")
+
+
+def test_resume_with_other_model_or_targets_is_refused(tmp_path, tiny_model):
+    data = toy16(6)
+    with pytest.raises(Crash):
+        extract(tiny_model, CrashAt(data, 5), TARGETS, tmp_path, batch_size=2, rows_per_shard=2, progress=False)
+    other = tiny_hooked()
+    with torch.no_grad():
+        other.visual.W_proj.add_(1e-3)
+    with pytest.raises(StoreMismatch, match="weights_hash"):
+        extract(other, data, TARGETS, tmp_path, batch_size=2, rows_per_shard=2, progress=False)
+    with pytest.raises(StoreMismatch, match="targets"):
+        extract(tiny_model, data, ["embedding"], tmp_path, batch_size=2, rows_per_shard=2, progress=False)
+    with pytest.raises(StoreMismatch, match="dataset"):
+        extract(tiny_model, toy16(7), TARGETS, tmp_path, batch_size=2, rows_per_shard=2, progress=False)
+
+
+def test_unreadable_images_are_skipped_and_listed(tmp_path, tiny_model):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((20, 24, 3), 40 * k, dtype=np.uint8)).save(root / cls / f"{k}.png")
+    (root / "dog" / "1.png").write_bytes(b"not a png")
+    (root / "cat" / "2.png").write_bytes((root / "cat" / "2.png").read_bytes()[:40])  # truncated
+    store = extract(tiny_model, ImageFolder(root), ["embedding"], tmp_path / "store", batch_size=2,
+                    rows_per_shard=4, progress=False)
+    assert len(store) == 4 and store.manifest["n_skipped"] == 2
+    assert sorted(s["id"] for s in store.skipped) == ["cat/2.png", "dog/1.png"]
+    assert store.rows("label").tolist() == [0, 0, 1, 1] and store.ids() == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/2.png"]
+
+
+def test_target_parsing(tiny_model):
+    assert parse_target("heads/tokens", tiny_model).tokens == "all"
+    assert parse_target("decompose:L1H0,mlp1", tiny_model).components == ["L1H0", "mlp1"]
+    assert parse_target("visual.blocks.0.hook_mlp_out@3", tiny_model).pos == 3
+    with pytest.raises(KeyError, match="hook_resid_post"):
+        parse_target("visual.blocks.0.hook_resid_pots", tiny_model)
+
+
+def test_per_token_decomposition_target_sums_to_the_cls_rows(tmp_path, tiny_model):
+    store = extract(tiny_model, toy16(5), ["heads", "heads/tokens"], tmp_path, batch_size=5, progress=False)
+    per_token = store.rows("heads/tokens")
+    assert per_token.shape[2] == tiny_model.cfg.vision.n_tokens
+    torch.testing.assert_close(per_token.sum(2), store.rows("heads"), rtol=1e-5, atol=1e-6)
+    assert store.targets["heads/tokens"].moments in ("cov", "mean")
+
+
+# ---------------------------------------------------------------------------- two ranks
+def _rank_extract(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        extract(tiny_hooked(), toy16(24), TARGETS, out, batch_size=4, rows_per_shard=4, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "two"
+    mp.spawn(_rank_extract, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2, join=True)
+    two = ActivationStore(out)
+    # 24 rows, 4 per shard and batch: both runs see the same batches, so the same rows
+    one = extract(tiny_hooked(), toy16(24), TARGETS, tmp_path / "one", batch_size=4, rows_per_shard=4, progress=False)
+    assert {s["rank"] for s in two.shards} == {0, 1} and two.manifest["world_size"] == 2
+    assert two.rows("index").tolist() == one.rows("index").tolist() == list(range(24))
+    for name in ("heads", "embedding"):
+        assert torch.equal(two.rows(name), one.rows(name))
+        a, b = two.moments(name), one.moments(name)
+        assert a.n == b.n == 24
+        torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-10)
+        torch.testing.assert_close(a.m2, b.m2, rtol=0, atol=1e-10)
+        # and the merged moments are those of the merged rows
+        torch.testing.assert_close(two.compute_moments(name).m2, a.m2, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cache_command_writes_a_store(tmp_path, monkeypatch, tiny_model):
+    import hookedclip.cli as cli
+
+    monkeypatch.setattr(cli, "load_model", lambda spec, pretrained=None, device="cpu": tiny_model)
+    monkeypatch.setattr("hookedclip.data.datasets.toy_dataset", lambda n=1024, **kw: toy16(n))
+    rc = cli.main(["cache", "--model", "toy", "--data", "toy:6", "--targets", "embedding", "heads",
+                   "--out", str(tmp_path), "--batch-size", "4", "--rows-per-shard", "4"])
+    assert rc == 0
+    store = ActivationStore(tmp_path)
+    assert len(store) == 6 and set(store.targets) == {"embedding", "heads"}
