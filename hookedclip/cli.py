@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache", help="extract activations into a resumable ActivationStore (torchrun-aware)")
     add_cache_arguments(cache)
     cache.set_defaults(func=_cmd_cache)
+    from hookedclip.methods.pclens_report import add_pclens_commands
+
+    add_pclens_commands(sub)
     return parser
 
 
