@@ -171,3 +171,27 @@ def test_open_dataset_specs(tmp_path):
     assert len(open_dataset("toy:5")) == 5
     assert open_dataset(f"waterbirds:{tmp_path / 'wb'}:train").split == "train"
     assert isinstance(open_dataset(str(tmp_path / "wb")), ImageFolder)
+
+
+# ---------------------------------------------------------------------------- vocabularies
+def test_builtin_vocabularies():
+    from hookedclip.data.vocab import english_vocabulary, vocabulary
+
+    english = english_vocabulary()
+    assert len(english) > 250 and len(set(english)) == len(english) and "dog" in english
+    assert len(vocabulary("imagenet")) == 1000 and "a red shape" in vocabulary("toy")
+
+
+def test_text_embeddings_are_cached_per_model_in_store_format(tmp_path, monkeypatch):
+    from hookedclip import HookedCLIP
+    from hookedclip.data.vocab import text_embeddings
+    from hookedclip.store import ActivationStore
+
+    model = HookedCLIP.from_pretrained("toy")
+    concepts = ["a red circle", "a blue square", "a dog"]
+    first = text_embeddings(model, concepts, cache_dir=tmp_path)
+    torch.testing.assert_close(first, model.encode_text(model.tokenize(concepts), normalize=True), rtol=0, atol=0)
+    (store_dir,) = (tmp_path / "text").iterdir()
+    assert ActivationStore(store_dir).ids() == concepts
+    monkeypatch.setattr(model, "encode_text", lambda *a, **k: pytest.fail("the cache was not used"))
+    assert torch.equal(text_embeddings(model, concepts, cache_dir=tmp_path), first)

@@ -50,3 +50,62 @@ def toy_text_pool() -> list[str]:
     pool += [f"a shape {_POSITION_PHRASES.get(p, p)}" for p in words["position"]]
     pool += list(vocabulary()["distractors"])  # concepts absent from the world
     return list(dict.fromkeys(pool))
+
+
+def english_vocabulary() -> list[str]:
+    """General English visual concepts: a curated list shipped with the package
+    (``data/english_visual.txt``: ~300 common picturable objects, animals, scenes, materials,
+    colours, textures, shapes, actions and photo styles). ``wordfreq`` frequency lists would
+    be the natural source but are not installable offline; pass your own file to
+    :func:`load_vocabulary` for a larger pool."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("hookedclip.data") / "english_visual.txt") as path:
+        return load_vocabulary(path)
+
+
+BUILTIN = {"imagenet": imagenet_classnames, "toy": toy_text_pool, "english": english_vocabulary}
+
+
+def vocabulary(name_or_path: str | Path) -> list[str]:
+    """A built-in vocabulary (``imagenet``, ``toy``, ``english``) or a one-per-line file."""
+    if str(name_or_path) in BUILTIN:
+        return BUILTIN[str(name_or_path)]()
+    return load_vocabulary(name_or_path)
+
+
+def text_embeddings(model, concepts: list[str], cache_dir: str | Path | None = None, batch_size: int = 256,
+                    normalize: bool = True):
+    """Text embeddings ``[n_concepts, d_out]`` of ``concepts``, cached per model and concept
+    list as an :class:`~hookedclip.store.ActivationStore` under ``cache_dir`` (default
+    ``~/.cache/hookedclip/text``), target ``"text_embedding"``; a later call with the same
+    model weights and concepts reads the cache instead of running the text tower."""
+    import hashlib
+    import json
+    import os
+
+    import torch
+
+    from hookedclip.stats import RunningMoments
+    from hookedclip.store import (FORMAT, ActivationStore, RankWriter, TargetSpec, finalize, model_fingerprint,
+                                  spec_dicts)
+
+    cache_dir = Path(cache_dir or os.environ.get("HOOKEDCLIP_CACHE", Path.home() / ".cache" / "hookedclip")) / "text"
+    fingerprint = model_fingerprint(model)
+    concepts_hash = hashlib.sha256(json.dumps(concepts).encode()).hexdigest()[:16]
+    path = cache_dir / f"{fingerprint['weights_hash']}-{concepts_hash}-{'norm' if normalize else 'raw'}"
+    if not (path / "manifest.json").exists():
+        with torch.no_grad():
+            emb = torch.cat([model.encode_text(model.tokenize(concepts[i:i + batch_size]), normalize=normalize)
+                             for i in range(0, len(concepts), batch_size)]).float().cpu()
+        spec = TargetSpec("text_embedding", "float32", [emb.shape[1]], "cov")
+        header = {"format": FORMAT, "model": fingerprint, "dataset": {"length": len(concepts), "fingerprint": concepts_hash},
+                  "targets": spec_dicts([spec]), "rows_per_shard": len(concepts), "world_size": 1,
+                  "params": {"normalize": normalize}}
+        writer = RankWriter(path, header)
+        index = torch.arange(len(concepts))
+        writer.commit(0, len(concepts), {"text_embedding": emb, "index": index, "label": index, "group": -torch.ones_like(index)},
+                      list(concepts), [], {"text_embedding": RunningMoments.of(emb)})
+        writer.finish()
+        finalize(path)
+    return ActivationStore(path).rows("text_embedding")
