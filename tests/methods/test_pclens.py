@@ -603,3 +603,24 @@ def test_bad_inputs_give_clear_errors(model, imgs, fitted):
         apply_to_stack(decompose_image(model, imgs[:2], components=["L1H0"], normalize=False), fitted, [("L1H0", 0)])
     with pytest.raises(ValueError, match="d'"):
         QuerySystem(fitted).query_vector(torch.randn(5))
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+
+
+def test_report_writes_a_page_per_head(tmp_path, model, imgs, fitted):
+    import numpy as np
+
+    from hookedclip.methods.pclens_report import write_pclens_report
+
+    pics = np.random.default_rng(0).integers(0, 255, (len(imgs), 16, 16, 3), dtype=np.uint8)
+    path = write_pclens_report(fitted, pics, model.encode_image(imgs), tmp_path / "rep", n_pcs=2, n_images=3)
+    html = path.read_text()
+    for label in list(fitted.heads) + ["embedding"]:
+        assert f"href='{label}/index.html'" in html
+        page = (tmp_path / "rep" / label / "index.html").read_text()
+        assert fitted.texts is not None and "positive texts" in page
+        assert (tmp_path / "rep" / label / "pc1.png").exists()
+    assert (tmp_path / "rep" / "strengths.png").exists()
