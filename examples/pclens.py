@@ -4,7 +4,7 @@ that carry a concept; and what happens to zero-shot accuracy when they are kept 
 One streaming pass over held-out toy images gives each head's mean and covariance; the PCs,
 their labels and the text projector come from those statistics only.
 
-Run: python examples/pclens.py [--layers 4] [--n 1024] [--concept colour]
+Run: python examples/pclens.py [--layers 4] [--n 512] [--concept colour]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def zero_shot(model, x: torch.Tensor, classifiers: dict, labels: dict) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
-    parser.add_argument("--n", type=int, default=1024, help="held-out toy images")
+    parser.add_argument("--n", type=int, default=512, help="held-out toy images")
     parser.add_argument("--concept", choices=list(CONCEPTS), default="colour")
     parser.add_argument("--top-k", type=int, default=10, help="PCs per concept word")
     args = parser.parse_args()
