@@ -215,6 +215,7 @@ class RankWriter:
         if self.log_path.exists():
             self.log = json.loads(self.log_path.read_text())
             check_header(self.path, self.log["header"], header)
+            self.log["header"] = header  # identical where it matters; informational keys from this run
             self._check_committed()
         else:
             self.log = {"header": header, "rank": rank, "shards": [], "skipped": [], "moments": None, "done": False}
