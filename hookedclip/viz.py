@@ -165,3 +165,53 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], m
     path = out_dir / "index.html"
     path.write_text("\n".join(parts))
     return path
+
+
+# ---------------------------------------------------------------------------- segmentation, neighbours
+def heatmap_overlays(images: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, path: str | Path,
+                     captions: Sequence[str] | None = None, cols: int = 6, alpha: float = 0.55) -> Path:
+    """Pairs of panels per image: the uint8 image ``[N, H, W, 3]`` with the ground-truth
+    contour (white), and the heat map ``[N, H, W]`` in [0, 1] over it with its binarised
+    foreground (``map > mean``, cyan dashed contour)."""
+    n = len(images)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.45 * 2 * cols, 1.75 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        left, right = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        left.imshow(images[i], interpolation="nearest")
+        right.imshow(images[i], interpolation="nearest")
+        right.imshow(maps[i], cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="nearest")
+        right.contour(maps[i] > maps[i].mean(), levels=[0.5], colors="cyan", linewidths=0.8, linestyles="--")
+        if masks is not None:
+            for ax in (left, right):
+                ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.9)
+        if captions is not None:
+            left.set_title("\n".join(textwrap.wrap(captions[i], 18)), fontsize=6.5)
+    return _save(fig, path)
+
+
+def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence[str], path: str | Path,
+                   title: str = "", query_caption: str = "query", cols: int = 8) -> Path:
+    """The query image (left, boxed) and its neighbours ``[k, H, W, 3]`` in rank order."""
+    k = len(neighbours)
+    rows = int(np.ceil(k / cols))
+    fig = plt.figure(figsize=(1.5 * (cols + 1.3), 1.75 * rows + 0.5))
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.3] + [1] * cols, wspace=0.15, hspace=0.45)
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(query, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_edgecolor("#C44E52")
+        side.set_linewidth(2.5)
+    ax.set_title("\n".join(textwrap.wrap(query_caption, 18)), fontsize=7.5)
+    for i in range(k):
+        ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
+        ax.imshow(neighbours[i], interpolation="nearest")
+        ax.axis("off")
+        ax.set_title("\n".join(textwrap.wrap(captions[i], 18)), fontsize=6.5)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 + 0.12 / rows)
+    return _save(fig, path)

@@ -1,0 +1,281 @@
+"""Zero-shot segmentation (hookedclip.methods.segmentation): spec ``pclens_textspan.md``
+§4.8 and §6 property 20, on hand-made masks, a tiny random model and the toy CLIP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from hookedclip.decompose import decompose_image
+from hookedclip.methods.segmentation import (
+    SegmentationMetrics,
+    centre_blob,
+    heatmaps,
+    patch_scores,
+    resize_mask,
+    token_map,
+)
+from hookedclip.zeroshot import ZeroShotClassifier
+
+SETTINGS = settings(deadline=None, max_examples=30, derandomize=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def classifier(tiny_model) -> ZeroShotClassifier:
+    gen = torch.Generator().manual_seed(5)
+    d = tiny_model.visual.W_proj.shape[1]
+    return ZeroShotClassifier(F.normalize(torch.randn(d, 5, generator=gen), dim=0), list("abcde"))
+
+
+# ---------------------------------------------------------------------------- reference port
+def reference_metrics(res_list, gt_list):
+    """The reference's per-image steps (Chefer et al.'s utils, used by TextSpan), in NumPy."""
+    correct = labeled = 0
+    inter, union, aps = np.zeros(2), np.zeros(2), []
+    for res, gt in zip(res_list, gt_list):
+        res = np.asarray(res, np.float64)
+        target = np.asarray(gt, np.int64)
+        out = np.stack([(res <= res.mean()), (res > res.mean())]).astype(np.float64)  # [Res_0, Res_1]
+        predict = np.argmax(out, 0) + 1
+        t = target + 1
+        labeled += np.sum(t > 0)
+        correct += np.sum((predict == t) * (t > 0))
+        predict = predict * (t > 0)
+        intersection = predict * (predict == t)
+        a_inter, _ = np.histogram(intersection, bins=2, range=(1, 2))
+        a_pred, _ = np.histogram(predict, bins=2, range=(1, 2))
+        a_lab, _ = np.histogram(t, bins=2, range=(1, 2))
+        inter += a_inter
+        union += a_pred + a_lab - a_inter
+        one_hot = np.stack([1 - target, target]).reshape(-1)
+        scores = np.stack([1 - res, res]).reshape(-1)
+        aps.append(np.nan_to_num(average_precision_score(one_hot, scores)))
+    eps = np.spacing(1)
+    return correct / (eps + labeled), (inter / (eps + union)).mean(), float(np.mean(aps))
+
+
+@st.composite
+def masks_and_maps(draw, min_images=1):
+    """Random ``(Res [N, H, W], GT [N, H, W])`` with both classes present in every mask."""
+    n = draw(st.integers(min_images, 4))
+    h, w = draw(st.integers(2, 9)), draw(st.integers(2, 9))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    gt = rng.random((n, h, w)) < draw(st.floats(0.1, 0.9))
+    gt[:, 0, 0], gt[:, -1, -1] = True, False
+    res = rng.random((n, h, w))
+    if draw(st.booleans()):  # quantised maps: ties, as after clipping and upsampling
+        res = np.round(res * 4) / 4
+    return torch.from_numpy(res), torch.from_numpy(gt)
+
+
+def metrics_of(res, gt, split: int | None = None) -> dict:
+    acc = SegmentationMetrics()
+    if split is None:
+        acc.update(res, gt)
+    else:  # stream in two pieces
+        acc.update(res[:split], gt[:split])
+        acc.update(res[split:], gt[split:])
+    return acc.compute()
+
+
+# ---------------------------------------------------------------------------- property 20: metrics
+@SETTINGS
+@given(masks_and_maps())
+def test_perfect_map_scores_one(case):
+    _, gt = case
+    m = metrics_of(gt.double(), gt)
+    assert m["pixel_accuracy"] == pytest.approx(1.0)
+    assert m["miou"] == pytest.approx(1.0)
+    assert m["map"] == pytest.approx(1.0)
+
+
+@SETTINGS
+@given(masks_and_maps())
+def test_inverted_map_scores_zero(case):
+    _, gt = case
+    m = metrics_of(1.0 - gt.double(), gt)
+    assert m["pixel_accuracy"] == pytest.approx(0.0, abs=1e-12)
+    assert m["miou"] == pytest.approx(0.0, abs=1e-12)
+    assert m["map"] < 1.0
+
+
+@SETTINGS
+@given(masks_and_maps())
+def test_swapping_fg_and_bg_keeps_accuracy_and_miou(case):
+    res, gt = case
+    res = res + 1e-9 * torch.rand(res.shape, generator=torch.Generator().manual_seed(0))  # no tie at the mean
+    a, b = metrics_of(res, gt), metrics_of(1 - res, ~gt)
+    assert b["pixel_accuracy"] == pytest.approx(a["pixel_accuracy"], abs=1e-12)
+    assert b["miou"] == pytest.approx(a["miou"], abs=1e-12)
+
+
+@SETTINGS
+@given(masks_and_maps(min_images=2), st.integers(1, 3))
+def test_metrics_equal_reference_port_streaming(case, split):
+    res, gt = case
+    split = min(split, len(res) - 1)
+    ours = metrics_of(res, gt, split)
+    acc, miou, map_ = reference_metrics(res.numpy(), gt.numpy())
+    assert ours["pixel_accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert ours["miou"] == pytest.approx(miou, abs=1e-12)
+    assert ours["map"] == pytest.approx(map_, abs=1e-12)
+    assert ours["n_images"] == len(res)
+
+
+def test_merge_equals_one_pass():
+    res, gt = torch.rand(5, 6, 6, generator=torch.Generator().manual_seed(1)), torch.rand(5, 6, 6) > 0.5
+    a, b = SegmentationMetrics(), SegmentationMetrics()
+    a.update(res[:2], gt[:2])
+    b.update(res[2:], gt[2:])
+    assert a.merge(b).compute() == metrics_of(res, gt)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in shape"):
+        SegmentationMetrics().update(torch.rand(1, 4, 4), torch.zeros(1, 4, 5, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------- property 20: maps
+@SETTINGS
+@given(st.integers(0, 2**31 - 1))
+def test_class_mean_subtraction_ignores_shared_shift(seed):
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(3, 7, 6, generator=gen, dtype=torch.float64)
+    shift = torch.randn(3, 7, 1, generator=gen, dtype=torch.float64) * 10
+    target = torch.randint(0, 6, (3,), generator=gen)
+    torch.testing.assert_close(token_map(scores + shift, target), token_map(scores, target))
+
+
+def test_token_maps_sum_to_attention_logit(tiny_model, images, classifier):
+    """Σ_t (map incl. CLS) = attention part of the ĉ logit minus its class mean (no MLPs)."""
+    L, H = tiny_model.visual.cfg.layers, tiny_model.visual.cfg.heads
+    scores, predicted = patch_scores(tiny_model, images, classifier)
+    per_token = token_map(scores, predicted).sum(1)
+    heads = decompose_image(tiny_model, images, tokens="cls", components=[f"L0-{L - 1}"])
+    attention = heads.tensor[: L * H].sum(0) @ classifier.weights
+    expected = attention.gather(1, predicted[:, None])[:, 0] - attention.mean(1)
+    torch.testing.assert_close(per_token, expected, rtol=1e-4, atol=1e-6)
+    assert predicted.tolist() == classifier.predict(tiny_model.encode_image(images)).tolist()
+
+
+def direct_heatmaps(model, images, classifier, target=None):
+    """§4.8 step by step from one full ``decompose_image(tokens="all")``."""
+    cfg = model.visual.cfg
+    stack = decompose_image(model, images, tokens="all")
+    heads = stack.select(lambda label: label.startswith("L"))
+    s = heads.tensor.sum(0) @ classifier.weights  # [batch, T, C]
+    c = classifier.predict(model.encode_image(images)) if target is None else target
+    values = torch.stack([s[b, 1:, c[b]] - s[b, 1:].mean(-1) for b in range(len(images))])
+    side = cfg.image_size // cfg.patch_size
+    up = F.interpolate(values.view(-1, 1, side, side), scale_factor=cfg.patch_size, mode="bilinear")[:, 0]
+    up = up.clamp_min(0)
+    lo = up.flatten(1).min(1).values.view(-1, 1, 1)
+    hi = up.flatten(1).max(1).values.view(-1, 1, 1)
+    return (up - lo) / (hi - lo)
+
+
+def test_heatmaps_equal_direct_computation(tiny_model, images, classifier):
+    torch.testing.assert_close(heatmaps(tiny_model, images, classifier), direct_heatmaps(tiny_model, images, classifier),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_target_class_is_used(tiny_model, images, classifier):
+    target = torch.tensor([4, 0, 2])
+    ours = heatmaps(tiny_model, images, classifier, target=target)
+    torch.testing.assert_close(ours, direct_heatmaps(tiny_model, images, classifier, target), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(heatmaps(tiny_model, images, classifier, target=0),
+                              heatmaps(tiny_model, images, classifier, target=1))
+
+
+def test_heatmap_shape_and_normalisation(tiny_model, images, classifier):
+    maps = heatmaps(tiny_model, images, classifier)
+    assert maps.shape == (len(images), *images.shape[-2:])
+    assert maps.min() >= 0 and maps.max() <= 1
+    flat = maps.flatten(1)
+    assert torch.all(flat.max(1).values == 1) and torch.all(flat.min(1).values == 0)
+
+
+def test_transform_plugs_in_per_layer(tiny_model, images, classifier):
+    """A transform that keeps one head equals asking for that head alone; identity changes nothing."""
+    seen = []
+
+    def keep_l1h2(rows, labels):
+        seen.append(list(labels))
+        return rows * torch.tensor([float(lbl == "L1H2") for lbl in labels]).view(-1, 1, 1, 1)
+
+    torch.testing.assert_close(heatmaps(tiny_model, images, classifier, transform=keep_l1h2),
+                               heatmaps(tiny_model, images, classifier, components=["L1H2"]))
+    H = tiny_model.visual.cfg.heads
+    assert seen == [[f"L{l}H{h}" for h in range(H)] for l in range(tiny_model.visual.cfg.layers)]
+    torch.testing.assert_close(heatmaps(tiny_model, images, classifier, transform=lambda r, _: r),
+                               heatmaps(tiny_model, images, classifier))
+
+
+def test_mlps_write_only_at_cls_for_cls_pooling(tiny_model, images, classifier):
+    """MLPs act per position and only CLS is read out, so adding them leaves the patch map."""
+    L = tiny_model.visual.cfg.layers
+    with_mlps = [f"L0-{L - 1}"] + [f"mlp{l}" for l in range(L)]
+    torch.testing.assert_close(heatmaps(tiny_model, images, classifier, components=with_mlps),
+                               heatmaps(tiny_model, images, classifier), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- baseline and geometry
+def test_centre_blob_peaks_in_the_middle():
+    blob = centre_blob(9, 9, batch=2)
+    assert blob.shape == (2, 9, 9)
+    assert blob[0, 4, 4] == 1 and blob.min() == 0
+    torch.testing.assert_close(blob[0], blob[0].T)
+    torch.testing.assert_close(blob[0], blob[0].flip(0))
+
+
+def test_mask_geometry_reference_vs_aligned():
+    mask = torch.zeros(100, 200, dtype=torch.bool)
+    mask[:, :50] = True  # left quarter: cut away by the centre crop
+    reference, aligned = resize_mask(mask, 20), resize_mask(mask, 20, "aligned")
+    assert reference.shape == aligned.shape == (20, 20)
+    assert reference[:, :5].all() and not reference[:, 5:].any()
+    assert not aligned.any()  # the crop keeps columns 50..150 of the original
+    with pytest.raises(ValueError):
+        resize_mask(mask, 20, "other")
+
+
+# ---------------------------------------------------------------------------- toy world
+@pytest.fixture(scope="module")
+def toy_results():
+    from hookedclip import HookedCLIP
+    from hookedclip.methods.segmentation import evaluate_toy
+
+    torch.set_num_threads(1)
+    try:
+        model = HookedCLIP.from_pretrained("toy")
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"toy weights unavailable: {exc}")
+    return evaluate_toy(model, n=200, seed=7)
+
+
+def test_toy_metrics_are_valid(toy_results):
+    for metrics in toy_results.values():
+        assert metrics["n_images"] == 200
+        assert all(0 <= metrics[k] <= 1 for k in ("pixel_accuracy", "miou", "map"))
+
+
+@pytest.mark.xfail(reason="toy checkpoint 3ba61ed9a933 (patch 4, 8x8 grid, shape zero-shot ~20%): heads "
+                          "pixel acc 57.0 / mIoU 31.7 / mAP 69.1 vs centred blob 76.4 / 57.9 / 89.0 on 200 images",
+                   strict=False)
+def test_toy_heads_beat_centre_blob(toy_results):
+    ours, blob = toy_results["model"], toy_results["blob"]
+    assert ours["miou"] > blob["miou"] and ours["map"] > blob["map"]
