@@ -31,6 +31,7 @@ Everything is seeded: :class:`ToyWorld` item ``i`` is a pure function of
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 import zlib
@@ -480,6 +481,12 @@ class ToyWorld:
     ``p_aligned`` (else the other class's), in other splits it is uniform over the
     two. With ``group_balanced`` item ``i`` is in group ``i % 4`` (see
     :class:`SpuriousSpec` for the numbering), so groups are exactly balanced.
+
+    With ``spurious_in_train`` (and no ``spurious``), the full world is drawn as usual
+    but, in the "train" split only, images of the spec's two class shapes have their
+    texture re-drawn: the class's own texture with probability ``p_aligned``, else
+    the other class's. Other shapes keep uniform textures; other splits are unchanged.
+    This is how the toy CLIP's training distribution plants the spurious correlation.
     """
 
     def __init__(
@@ -491,6 +498,7 @@ class ToyWorld:
         split: str = "train",
         spurious: SpuriousSpec | None = None,
         group_balanced: bool = False,
+        spurious_in_train: SpuriousSpec | None = None,
     ) -> None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
@@ -499,6 +507,9 @@ class ToyWorld:
         self.n, self.seed, self.image_size = int(n), int(seed), int(image_size)
         self.caption_keep, self.split = caption_keep, split
         self.spurious, self.group_balanced = spurious, group_balanced
+        if spurious is not None and spurious_in_train is not None:
+            raise ValueError("give spurious (a two-shape split) or spurious_in_train, not both")
+        self.spurious_in_train = spurious_in_train
 
     def __len__(self) -> int:
         return self.n
@@ -514,7 +525,10 @@ class ToyWorld:
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], i])
         spec = self.spurious
         if spec is None:
-            return sample_attributes(rng, 1)[0], -1, rng
+            attrs = sample_attributes(rng, 1)[0]
+            if self.spurious_in_train is not None and self.split == "train":
+                attrs = self.plant_texture(attrs, i)
+            return attrs, -1, rng
         if self.group_balanced:
             cls, tex = divmod(i % 4, 2)
         else:
@@ -523,6 +537,18 @@ class ToyWorld:
             tex = cls if rng.random() < p_own else 1 - cls
         attrs = sample_attributes(rng, 1, shapes=(spec.classes[cls],), textures=(spec.textures[tex],))[0]
         return attrs, 2 * cls + tex, rng
+
+    def plant_texture(self, attrs: ToyAttributes, i: int) -> ToyAttributes:
+        """``attrs`` with its texture re-drawn as ``spurious_in_train`` says for item ``i``
+        (unchanged unless its shape is one of the spec's classes)."""
+        planted = self.spurious_in_train
+        if planted is None or attrs.shape not in planted.classes:
+            return attrs
+        # Its own generator, so the caption stream of item i is that of the plain world.
+        extra = np.random.default_rng([self.seed, _SPLITS[self.split], int(i), 1])
+        cls = planted.classes.index(attrs.shape)
+        tex = cls if extra.random() < planted.p_aligned else 1 - cls
+        return dataclasses.replace(attrs, texture=planted.textures[tex])
 
     def __getitem__(self, i: int) -> dict:
         i = self._index(i)
@@ -544,6 +570,14 @@ class ToyWorld:
     def groups(self, indices: Iterable[int] | None = None) -> np.ndarray:
         """Group int [N] of the given items (-1 without a spurious spec)."""
         return np.array([self._draw(i)[1] for i in self._indices(indices)], dtype=np.int64)
+
+    def captions(self, indices: Iterable[int] | None = None) -> list[str]:
+        """Captions of the given items (default: all), equal to their "caption" entries."""
+        out = []
+        for i in self._indices(indices):
+            attrs, _, rng = self._draw(i)
+            out.append(caption(attrs, rng, self.caption_keep)[0])
+        return out
 
     def images(self, indices: Iterable[int] | None = None) -> np.ndarray:
         """Batch render: uint8 [N, H, W, 3], equal to the items' "image" entries."""
