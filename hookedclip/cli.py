@@ -67,8 +67,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hookedclip.demo import run_demo
 
-    model = load_model(args.model) if args.model != "toy" else None
-    path = run_demo(args.out, model=model, n_images=args.n, seed=args.seed)
+    path = run_demo(args.out, n_images=args.n, seed=args.seed)
     print(f"report written to {path}")
 
 
@@ -90,13 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="hookedclip-demo", help="report folder (default: ./hookedclip-demo)")
     demo.add_argument("--n", type=int, default=512, help="held-out toy images to analyse")
     demo.add_argument("--seed", type=int, default=2024)
-    demo.add_argument("--model", default="toy", help=argparse.SUPPRESS)
     demo.set_defaults(func=_cmd_demo)
     from hookedclip.extract import add_arguments as add_cache_arguments
 
     cache = sub.add_parser("cache", help="extract activations into a resumable ActivationStore (torchrun-aware)")
     add_cache_arguments(cache)
     cache.set_defaults(func=_cmd_cache)
+    from hookedclip.toy.cli import add_toy_commands
+
+    add_toy_commands(sub)
     from hookedclip.methods.pclens_report import add_pclens_commands
 
     add_pclens_commands(sub)
