@@ -399,3 +399,25 @@ def test_text_span_heads_streams_and_matches_the_data_path():
     assert results["L1H3"].texts == direct.texts
     with pytest.raises(ValueError, match="empty"):
         text_span_heads(model, batches, [], components=["L1H0"])
+
+
+def test_toy_last_layer_heads_have_shape_and_colour_roles():
+    """Planted structure: on the shipped toy CLIP (1,024 held-out images, last layer, 3 texts)
+    TextSpan measured L3H0 = colour ("a blue shape", "a purple shape", ...) and L3H2 = shape
+    ("a heart", "a triangle", 84% of variance). The test asks for the roles, not the names:
+    some head starts with two shape texts and some head with two colour texts."""
+    from hookedclip import HookedCLIP
+    from hookedclip.data.vocab import toy_text_pool
+    from hookedclip.methods.textspan import text_span_heads
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.world import ATTRIBUTE_WORDS, ToyWorld
+
+    model = HookedCLIP.from_pretrained("toy")
+    world = ToyWorld(1024, seed=11, split="test")
+    batches = [images_to_tensor(world.images(range(i, i + 256))) for i in range(0, 1024, 256)]
+    results = text_span_heads(model, batches, toy_text_pool(), components=["L3"], n_texts=3, rank=None)
+    shapes = {f"a {w}" for w in ATTRIBUTE_WORDS["shape"].values()}
+    colours = {f"a {w} shape" for w in ATTRIBUTE_WORDS["color"].values()}
+    roles = {label: r.texts[:2] for label, r in results.items()}
+    assert any(set(t) <= shapes for t in roles.values()), roles
+    assert any(set(t) <= colours for t in roles.values()), roles
