@@ -1,7 +1,7 @@
 """Quickstart: load the shipped toy CLIP, ablate one attention head with a hook, and see
 what it costs each attribute's zero-shot accuracy.
 
-Run: python examples/quickstart.py [--layer 3] [--head 0] [--n 1000]
+Run: python examples/quickstart.py [--layer 3] [--head 2] [--n 1000]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hookedclip.zeroshot import ZeroShotClassifier, accuracy
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layer", type=int, default=3)
-    parser.add_argument("--head", type=int, default=0)
+    parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--n", type=int, default=1000, help="held-out toy images")
     args = parser.parse_args()
 
