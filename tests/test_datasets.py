@@ -195,3 +195,35 @@ def test_text_embeddings_are_cached_per_model_in_store_format(tmp_path, monkeypa
     assert ActivationStore(store_dir).ids() == concepts
     monkeypatch.setattr(model, "encode_text", lambda *a, **k: pytest.fail("the cache was not used"))
     assert torch.equal(text_embeddings(model, concepts, cache_dir=tmp_path), first)
+
+
+def write_segmentation_mat_v73(path, n: int = 3) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A MATLAB v7.3 file laid out like the released gtsegs_ijcv.mat: HDF5 behind a 512-byte
+    MATLAB header, /value/img and /value/gt holding object references (gt entries are 1x1
+    cells, i.e. a reference to a reference), arrays stored transposed."""
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, size=(8 + k, 10, 3), dtype=np.uint8) for k in range(n)]
+    masks = [(rng.random((8 + k, 10)) > 0.5).astype(np.uint8) for k in range(n)]
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        img = f.create_dataset("value/img", (n, 1), dtype=h5py.ref_dtype)
+        gt = f.create_dataset("value/gt", (n, 1), dtype=h5py.ref_dtype)
+        for k in range(n):
+            img[k, 0] = refs.create_dataset(f"i{k}", data=images[k].transpose(2, 1, 0)).ref
+            cell = refs.create_dataset(f"c{k}", (1, 1), dtype=h5py.ref_dtype)
+            cell[0, 0] = refs.create_dataset(f"g{k}", data=masks[k].transpose(1, 0)).ref
+            gt[k, 0] = cell.ref
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Nov 23 00:00:00 2026 HDF5 schema 1.00 ."
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(116) + b"\x00" * 8 + b"\x00\x02" + b"IM")
+    return images, masks
+
+
+def test_imagenet_segmentation_v73_hdf5_file(tmp_path):
+    images, masks = write_segmentation_mat_v73(tmp_path / "gtsegs_ijcv.mat")
+    data = ImageNetSegmentation(tmp_path / "gtsegs_ijcv.mat")
+    assert len(data) == 3
+    for k in range(3):
+        item = data[k]
+        assert np.array_equal(item["image"], images[k]) and np.array_equal(item["mask"], masks[k] > 0)
