@@ -55,9 +55,9 @@ def toy_text_pool() -> list[str]:
 def english_vocabulary() -> list[str]:
     """General English visual concepts: a curated list shipped with the package
     (``data/english_visual.txt``: ~300 common picturable objects, animals, scenes, materials,
-    colours, textures, shapes, actions and photo styles). ``wordfreq`` frequency lists would
-    be the natural source but are not installable offline; pass your own file to
-    :func:`load_vocabulary` for a larger pool."""
+    colours, textures, shapes, actions and photo styles). Frequency lists (``wordfreq``)
+    rank words by use, not by whether they can be pictured, hence the curated list; pass
+    your own file to :func:`load_vocabulary` for a larger pool."""
     from importlib import resources
 
     with resources.as_file(resources.files("hookedclip.data") / "english_visual.txt") as path:
