@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", default="segmentation_out", help="folder for the PNG figures")
     parser.add_argument("--head", default=None, help="head for the neighbour search (default: last layer, head 0)")
     args = parser.parse_args()
-    torch.set_num_threads(min(4, torch.get_num_threads()))
+    torch.set_num_threads(1)  # shared CPU: one thread keeps timings and neighbours predictable
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -647,3 +647,75 @@ __all__ = [
     "stream_moments", "fit", "image_scores", "top_images", "QuerySystem", "QueryResult", "PCSelection", "keep",
     "remove", "reweight", "amplify", "apply_to_stack", "nearest_neighbours",
 ]
+
+
+# --------------------------------------------------------------------------------------
+# From an ActivationStore (streaming moments; the rows never sit in memory together)
+# --------------------------------------------------------------------------------------
+
+
+def store_heads(store, target: str = "heads", heads: Sequence[str] | None = None, last_layers: int = 4) -> list[str]:
+    """Head labels of a store's decomposition ``target`` to analyse: ``heads`` (checked), or
+    every head of its last ``last_layers`` layers."""
+    import re
+
+    spec = store.targets.get(target)
+    if spec is None or spec.labels is None:
+        raise KeyError(f"{target!r} is not a decomposition target of {store.path} (targets: {list(store.targets)}); "
+                       "extract with --targets heads embedding")
+    stored = [label for label in spec.labels if re.fullmatch(r"L\d+H\d+", label)]
+    if heads is not None:
+        missing = [h for h in heads if h not in stored]
+        if missing:
+            raise KeyError(f"{', '.join(missing)} not in the store's {target!r} rows ({', '.join(spec.labels)})")
+        return list(heads)
+    layers = sorted({int(label[1:].split("H")[0]) for label in stored})
+    keep = set(layers[-last_layers:])
+    return [label for label in stored if int(label[1:].split("H")[0]) in keep]
+
+
+def store_moments(store, heads: Sequence[str], target: str = "heads") -> dict[str, RunningMoments]:
+    """Per-head moments (``[d']`` mean and scatter) from a store: the extraction's moments when it
+    kept covariances (nothing is read), else streamed shard by shard over the chosen rows only."""
+    spec = store.targets[target]
+    idx = [spec.labels.index(h) for h in heads]
+    if spec.moments == "cov":
+        m = store.moments(target)
+        return {h: RunningMoments(m.n, m.mean[i], m.m2[i]) for h, i in zip(heads, idx)}
+    acc = RunningMoments.empty((len(idx),), spec.shape[-1])
+    for shard in store.iter_shards([target]):
+        acc.update(shard[target][:, idx])  # one shard's [rows, heads, d'] at a time
+    return {h: RunningMoments(acc.n, acc.mean[i], acc.m2[i]) for i, h in enumerate(heads)}
+
+
+def store_embedding_moments(store, embedding: str = "embedding") -> RunningMoments:
+    """Moments of the unit embeddings ``ê = e/‖e‖`` streamed from the store's raw embedding
+    target (the extraction's own moments are of ``e``, not ``ê``)."""
+    acc = RunningMoments.empty((), store.targets[embedding].shape[-1])
+    for shard in store.iter_shards([embedding]):
+        acc.update(torch.nn.functional.normalize(shard[embedding].to(torch.float64), dim=-1))
+    return acc
+
+
+def store_identity(store) -> dict[str, str]:
+    """A result's ``model`` record from the store's fingerprint (pass ``model`` to
+    :func:`fit_from_store` instead for results that :meth:`PCLensResult.check_model` accepts)."""
+    fp = store.manifest["model"]
+    return {"model_name": fp.get("id"), "source": "store", "pretrained": "None",
+            "config_hash": fp.get("config_hash"), "weights": fp.get("weights_hash")}
+
+
+def fit_from_store(store, heads: Sequence[str] | None = None, target: str = "heads",
+                   embedding: str | None = "embedding", model=None, **kwargs) -> PCLensResult:
+    """PCLens from an :class:`~hookedclip.store.ActivationStore` written by ``extract`` (or
+    ``hookedclip cache``) with a decomposition ``target`` (``heads``) and, optionally, the raw
+    ``embedding``. Per-head moments come from the store (see :func:`store_moments`); equals
+    :func:`fit` on the same images. Keyword arguments as in :func:`fit_from_moments`."""
+    labels = store_heads(store, target, heads)
+    moments = store_moments(store, labels, target)
+    emb = store_embedding_moments(store, embedding) if embedding and embedding in store.targets else None
+    identity = model_identity(model) if model is not None else store_identity(store)
+    return fit_from_moments(moments, identity, emb, **kwargs)
+
+
+__all__ += ["store_heads", "store_moments", "store_embedding_moments", "store_identity", "fit_from_store"]

@@ -547,3 +547,31 @@ def text_span_heads(
                                       rank=rank, criterion=criterion)
         for i, label in enumerate(labels)
     }
+
+
+# --------------------------------------------------------------------------------------
+# From an ActivationStore
+# --------------------------------------------------------------------------------------
+
+
+def text_span_from_store(
+    store,
+    text_embeddings: Float[Tensor, "m_pool d"],
+    texts: Sequence[str],
+    heads: Sequence[str] | None = None,
+    target: str = "heads",
+    n_texts: int = 20,
+    **options,
+) -> dict[str, TextSpanResult]:
+    """:func:`text_span_from_moments` for every head of a store's decomposition ``target``
+    (default: the heads of its last 4 layers), from the store's moments: the rows are never
+    loaded together. ``options``: ``rank``, ``criterion``, ``center_texts``, ``span_from``."""
+    from hookedclip.methods.pclens import store_heads, store_moments
+
+    labels = store_heads(store, target, heads)
+    moments = store_moments(store, labels, target)
+    return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
+            for label, m in moments.items()}
+
+
+__all__ += ["text_span_from_store"]

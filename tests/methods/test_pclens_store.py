@@ -1,0 +1,84 @@
+"""PCLens and TextSpan from an ActivationStore equal the same fits on the images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hookedclip import HookedCLIP
+from hookedclip.extract import extract
+from hookedclip.methods import pclens
+from hookedclip.methods.textspan import head_moments, text_span_from_moments, text_span_from_store
+from tests.conftest import tiny_open_clip
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "id": str(i)}
+
+    def fingerprint(self) -> str:
+        return f"random-{len(self)}"
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    torch.set_num_threads(1)
+    model = HookedCLIP.from_open_clip(tiny_open_clip(seed=3, layers=3)).double()
+    images = torch.randn(70, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    d = model.cfg.vision.output_dim
+    pool = torch.nn.functional.normalize(torch.randn(30, d, generator=torch.Generator().manual_seed(2),
+                                                     dtype=torch.float64), dim=1)
+    texts = [f"t{i}" for i in range(30)]
+    out = {}
+    for moments in ("cov", "mean"):  # kept by the extraction, or streamed from the shards
+        out[moments] = extract(model, _Images(images), ["heads", "embedding"], tmp_path_factory.mktemp(moments),
+                               batch_size=16, dtype=torch.float64, rows_per_shard=32, moments=moments, progress=False)
+    return model, images, pool, texts, out
+
+
+@pytest.mark.parametrize("moments", ["cov", "mean"])
+def test_fit_from_store_equals_fit(stored, moments):
+    model, images, pool, texts, stores = stored
+    store = stores[moments]
+    direct = pclens.fit(model, images.split(16), components="L1-2", texts=texts, text_embeddings=pool, n_texts=3)
+    heads = pclens.store_heads(store, last_layers=2)
+    fitted = pclens.fit_from_store(store, heads, model=model, texts=texts, text_embeddings=pool, n_texts=3)
+    assert list(fitted.heads) == list(direct.heads) == [f"L{l}H{h}" for l in (1, 2) for h in range(4)]
+    fitted.check_model(model)
+    for a, b in zip(fitted, direct):
+        assert a.k == b.k and a.n == b.n == 70
+        torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-12)
+        torch.testing.assert_close(a.singular_values, b.singular_values, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(a.components, b.components, rtol=0, atol=1e-7)
+        torch.testing.assert_close(a.projector, b.projector, rtol=0, atol=1e-7)
+        assert torch.equal(a.pos_idx, b.pos_idx)
+    torch.testing.assert_close(fitted.image_mean, direct.image_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fitted.embedding.singular_values[:5], direct.embedding.singular_values[:5],
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_text_span_from_store_equals_moments(stored):
+    model, images, pool, texts, stores = stored
+    labels, moments = head_moments(model, images.split(16), ["L2H0", "L2H3"])
+    second = moments.second_moment()
+    from_store = text_span_from_store(stores["mean"], pool, texts, heads=["L2H0", "L2H3"], n_texts=4, rank=5)
+    for i, label in enumerate(labels):
+        ref = text_span_from_moments(moments.mean[i], second[i], moments.n, pool, texts, n_texts=4, rank=5)
+        assert from_store[label].texts == ref.texts
+        torch.testing.assert_close(from_store[label].basis, ref.basis, rtol=0, atol=1e-8)
+
+
+def test_store_errors(stored):
+    *_, stores = stored
+    with pytest.raises(KeyError, match="L9H0"):
+        pclens.fit_from_store(stores["cov"], heads=["L9H0"])
+    with pytest.raises(KeyError, match="decomposition target"):
+        pclens.fit_from_store(stores["cov"], target="embedding")
+    identity = pclens.fit_from_store(stores["cov"]).model
+    assert identity["source"] == "store" and identity["weights"] == stores["cov"].manifest["model"]["weights_hash"]
