@@ -48,10 +48,14 @@ class RunningMoments:
             m2 = torch.einsum("n...i,n...j->...ij", xc, xc)
         return cls(n, mean, m2)
 
-    def update(self, x: Float[Tensor, "n *shape d"]) -> "RunningMoments":
-        """Add a batch of rows (in place); returns ``self``."""
-        merged = self.merge(RunningMoments.of(x.to(self.mean.device), covariance=self.m2 is not None))
-        self.n, self.mean, self.m2 = merged.n, merged.mean, merged.m2
+    def update(self, x: Float[Tensor, "n *shape d"], chunk_bytes: int = 2**26) -> "RunningMoments":
+        """Add a batch of rows (in place); returns ``self``. Rows are merged in chunks whose
+        float64 copy stays under ``chunk_bytes``, so a large shard costs no more memory than
+        a small one."""
+        rows = max(1, chunk_bytes // max(1, x[:1].numel() * 8))
+        for chunk in x.split(rows):
+            merged = self.merge(RunningMoments.of(chunk.to(self.mean.device), covariance=self.m2 is not None))
+            self.n, self.mean, self.m2 = merged.n, merged.mean, merged.m2
         return self
 
     def merge(self, other: "RunningMoments") -> "RunningMoments":

@@ -429,8 +429,13 @@ class ActivationStore:
         return {key: f.get_slice(key)[j : j + 1][0] for key in self.keys}
 
     def iter_shards(self, keys: Sequence[str] | None = None) -> Iterator[dict[str, Tensor]]:
+        """Every shard in turn; each shard's file is closed before the next is opened, so the
+        pages read stay out of the process's memory (a pass over a large store stays flat)."""
         for k in range(len(self.shards)):
+            opened = k not in self._handles
             yield self.shard(k, keys)
+            if opened:
+                self._handles.pop(k, None)
 
     def dataset(self, keys: Sequence[str] | None = None) -> "StoreDataset":
         """A ``torch.utils.data.Dataset`` of rows (dicts of tensors)."""
@@ -452,8 +457,8 @@ class ActivationStore:
         """Moments of ``target`` streamed from the rows, one shard in memory at a time."""
         spec = self.targets[target]
         acc = RunningMoments.empty(tuple(spec.shape[:-1]), spec.shape[-1], covariance)
-        for k in range(len(self.shards)):
-            acc.update(self.shard(k, [target])[target])
+        for shard in self.iter_shards([target]):
+            acc.update(shard[target])
         return acc
 
     def verify(self) -> None:
