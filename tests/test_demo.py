@@ -13,10 +13,12 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
     assert str(out / "index.html") in capsys.readouterr().out
     html = (out / "index.html").read_text()
     figures = re.findall(r"<img src='([^']+)'", html)
-    assert {"samples.png", "zero_shot.png", "layer_shares.png", "head_probes.png", "ablation_curve.png"} <= set(figures)
+    assert {"samples.png", "zero_shot.png", "layer_shares.png", "head_probes.png", "ablation_curve.png",
+            "pclens_strengths.png", "pclens_pc.png", "pclens_debias.png", "segmentation_overlays.png"} <= set(figures)
     for name in figures:
         assert (out / name).stat().st_size > 5000, name
-    for title in ("The toy world", "Zero-shot accuracy", "Which heads carry which attribute", "TextSpan"):
+    for title in ("The toy world", "Zero-shot accuracy", "Which heads carry which attribute", "TextSpan", "PCLens",
+                  "Zero-shot segmentation", "worst group", "centred blob"):
         assert title in html
 
 
