@@ -254,28 +254,36 @@ def test_mask_geometry_reference_vs_aligned():
 
 
 # ---------------------------------------------------------------------------- toy world
+N_TOY = 600
+
+
 @pytest.fixture(scope="module")
 def toy_results():
     from hookedclip import HookedCLIP
     from hookedclip.methods.segmentation import evaluate_toy
 
     torch.set_num_threads(1)
-    try:
-        model = HookedCLIP.from_pretrained("toy")
-    except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"toy weights unavailable: {exc}")
-    return evaluate_toy(model, n=200, seed=7)
+    model = HookedCLIP.from_pretrained("toy")
+    return {"all": evaluate_toy(model, n=N_TOY, seed=1), "last2": evaluate_toy(model, n=N_TOY, seed=1, components=["L2", "L3"])}
 
 
 def test_toy_metrics_are_valid(toy_results):
-    for metrics in toy_results.values():
-        assert metrics["n_images"] == 200
-        assert all(0 <= metrics[k] <= 1 for k in ("pixel_accuracy", "miou", "map"))
+    for run in toy_results.values():
+        for metrics in run.values():
+            assert metrics["n_images"] == N_TOY
+            assert all(0 <= metrics[k] <= 1 for k in ("pixel_accuracy", "miou", "map"))
 
 
-def test_toy_heads_beat_centre_blob_on_pixel_accuracy_and_miou(toy_results):
-    """Shipped toy checkpoint, 200 images, all heads, predicted class: pixel accuracy 78.0 vs
-    76.4 and mIoU 58.3 vs 57.9 for the centred blob; mAP is not better (87.6 vs 89.0): on a
-    4 x 4 patch grid the heat map's ranking of pixels is coarser than a smooth blob's."""
-    ours, blob = toy_results["model"], toy_results["blob"]
-    assert ours["pixel_accuracy"] > blob["pixel_accuracy"] and ours["miou"] > blob["miou"], (ours, blob)
+def test_toy_heads_beat_centre_blob(toy_results):
+    """Shipped toy checkpoint, 600 held-out images (seed 1), predicted class. Measured:
+    all heads: pixel accuracy 77.4 vs 75.8 for the centred blob, mIoU 57.3 vs 56.9 (within
+    noise: on other 200-image samples it is below), mAP 87.5 vs 88.4;
+    heads of the last two layers: pixel accuracy 79.4, mIoU 59.5, mAP 88.1.
+    Asserted where the margin is clear of sampling noise: pixel accuracy for all heads,
+    pixel accuracy and mIoU (>= 1.5 points) for the last two layers. mAP is not better: on a
+    4 x 4 patch grid the map ranks pixels more coarsely than a smooth blob."""
+    every, last2 = toy_results["all"], toy_results["last2"]
+    blob = every["blob"]
+    assert every["model"]["pixel_accuracy"] > blob["pixel_accuracy"] + 0.01, every
+    assert last2["model"]["pixel_accuracy"] > blob["pixel_accuracy"] + 0.02, last2
+    assert last2["model"]["miou"] > blob["miou"] + 0.015, last2
