@@ -14,13 +14,6 @@ from hookedclip.methods.neighbours import TopK, embedding_space, head_space, nea
 SETTINGS = settings(deadline=None, max_examples=30, derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def batches_of(x: torch.Tensor, sizes: list[int]):
     """Split ``x`` into consecutive batches of the given sizes (the rest in one last batch)."""

@@ -35,13 +35,6 @@ SETTINGS = settings(deadline=None, max_examples=25, derandomize=True)
 MODEL_ID = {"model_name": "synthetic", "source": "test", "pretrained": "None", "config_hash": "x", "weights": "y"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --------------------------------------------------------------------------------------
 # Synthetic data

@@ -40,13 +40,6 @@ KS = (1, 2, 3, 5)
 MARGIN = 0.01  # the pick may lose at most one point of average accuracy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model():

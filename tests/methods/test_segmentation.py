@@ -25,13 +25,6 @@ from hookedclip.zeroshot import ZeroShotClassifier
 SETTINGS = settings(deadline=None, max_examples=30, derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def classifier(tiny_model) -> ZeroShotClassifier:

@@ -21,14 +21,6 @@ from hookedclip.stats import RunningMoments
 SETTINGS = settings(deadline=None, max_examples=25, derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny matrices: intra-op threading only adds contention (10–50× slower on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --------------------------------------------------------------------------------------
 # Helpers
