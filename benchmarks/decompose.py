@@ -23,6 +23,7 @@ import sys
 import time
 
 import torch
+from _memory import status_bytes  # benchmarks/ is on sys.path when run as a script
 
 
 def build(name: str):
@@ -88,18 +89,11 @@ def child(args) -> None:
             times.append(time.perf_counter() - start)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset peak RSS so only the measured call counts
-        base = _status("VmRSS")
+        base = status_bytes("VmRSS")
         result = fn(model, images, layers)  # noqa: F841
-        peak = _status("VmHWM") - base
+        peak = status_bytes("VmHWM") - base
     print(statistics.median(times), peak)
 
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def main() -> None:

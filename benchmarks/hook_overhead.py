@@ -22,6 +22,7 @@ import sys
 import time
 
 import torch
+from _memory import status_bytes  # benchmarks/ is on sys.path when run as a script
 
 VARIANTS = ("open_clip", "hooked", "cache_z", "cache_result")
 
@@ -87,17 +88,10 @@ def peak_memory_child(args, variant: str) -> float:
         # does not mask the forward's peak.
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        base = _status_bytes("VmRSS")
+        base = status_bytes("VmRSS")
         out = fn()  # noqa: F841  (kept alive: a cache's tensors count)
-        return float(_status_bytes("VmHWM") - base)
+        return float(status_bytes("VmHWM") - base)
 
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import torch
+from _memory import status_bytes  # benchmarks/ is on sys.path when run as a script
 
 PER_SHARD = 2500
 
@@ -82,13 +83,6 @@ def naive(path: str) -> None:
         pca_from_data(x[:, h], max_pcs=80)
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
 
 def _run_child(path: str) -> None:
     fn = {"ours": ours, "ours-stream": ours_stream, "naive": naive}[sys.argv[sys.argv.index("--child") + 1]]
@@ -96,10 +90,10 @@ def _run_child(path: str) -> None:
 
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset peak RSS so only the measured call counts
-    base = _status("VmRSS")
+    base = status_bytes("VmRSS")
     start = time.perf_counter()
     fn(path)
-    print(time.perf_counter() - start, _status("VmHWM") - base)
+    print(time.perf_counter() - start, status_bytes("VmHWM") - base)
 
 
 def measure(name: str, path: str) -> tuple[float, float]:
