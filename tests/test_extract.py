@@ -24,7 +24,7 @@ def toy16(n: int = 21, **kw) -> ToyImages:
 
 
 def tiny_hooked() -> HookedCLIP:
-    from conftest import tiny_open_clip
+    from tests.conftest import tiny_open_clip
 
     return HookedCLIP.from_open_clip(tiny_open_clip(seed=1))
 
@@ -218,3 +218,28 @@ def test_cache_command_writes_a_store(tmp_path, monkeypatch, tiny_model):
     assert rc == 0
     store = ActivationStore(tmp_path)
     assert len(store) == 6 and set(store.targets) == {"embedding", "heads"}
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    """The real launcher: ``torchrun --nproc-per-node 2 -m hookedclip.extract`` (gloo on CPU)
+    writes the same rows and statistics as ``hookedclip cache`` in one process."""
+    import os
+    import subprocess
+    import sys
+
+    import hookedclip.cli as cli
+
+    args = ["--model", "toy", "--data", "toy:24", "--targets", "embedding", "heads",
+            "--batch-size", "4", "--rows-per-shard", "4"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "hookedclip.extract", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cli.main(["cache", *args, "--out", str(tmp_path / "one")]) == 0
+    two, one = ActivationStore(tmp_path / "two"), ActivationStore(tmp_path / "one")
+    assert two.manifest["world_size"] == 2 and {s["rank"] for s in two.shards} == {0, 1}
+    assert sorted(two.rows("index").tolist()) == one.rows("index").tolist() == list(range(24))
+    for name in ("heads", "embedding"):
+        torch.testing.assert_close(two.rows(name), one.rows(name), rtol=0, atol=1e-6)
+        torch.testing.assert_close(two.moments(name).mean, one.moments(name).mean, rtol=0, atol=1e-9)
