@@ -639,6 +639,7 @@ from hookedclip.methods.pclens_selection import (  # noqa: E402
     nearest_neighbours,
     remove,
     reweight,
+    row_transform,
 )
 
 __all__ = [
@@ -646,6 +647,7 @@ __all__ = [
     "projector", "label_pcs", "model_identity", "fit_from_moments", "fit_from_contributions", "analysed_heads",
     "stream_moments", "fit", "image_scores", "top_images", "QuerySystem", "QueryResult", "PCSelection", "keep",
     "remove", "reweight", "amplify", "apply_to_stack", "nearest_neighbours",
+    "row_transform",
 ]
 
 

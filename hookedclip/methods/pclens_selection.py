@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -135,6 +135,23 @@ def _full(result: "PCLensResult", selection: PCSelection, fill: float = 0.0) -> 
 # --------------------------------------------------------------------------------------
 
 
+def _apply_rows(rows: Tensor, labels: Sequence[str], result: "PCLensResult", sel: "PCSelection",
+                empty_heads: Literal["mean", "zero"]) -> Tensor:
+    """The §4.6 formula on rows ``[component, batch, (T,) d']`` labelled ``labels``; rows of
+    heads outside the selection are copied unchanged."""
+    tensor = rows.clone()
+    share = 1.0 / tensor.shape[2] if tensor.ndim == 4 else 1.0
+    for i, label in enumerate(labels):
+        w = sel.weights.get(label)
+        if w is None:
+            continue
+        if empty_heads == "zero" and tensor.ndim == 4 and not bool((w != 0).any()):
+            tensor[i] = 0
+            continue
+        tensor[i] = result[label].reconstruct(tensor[i].to(torch.float64), w, mean_share=share).to(tensor.dtype)
+    return tensor
+
+
 def apply_to_stack(stack: ComponentStack, result: "PCLensResult", selection, empty_heads: Literal["mean", "zero"] = "mean",
                    ) -> ComponentStack:
     """The §4.6 formula on a decomposition (``decompose_image(..., normalize=True)``).
@@ -154,16 +171,17 @@ def apply_to_stack(stack: ComponentStack, result: "PCLensResult", selection, emp
     missing = [label for label in sel.weights if label not in stack.labels]
     if missing:
         raise KeyError(f"the stack has no rows for {', '.join(missing)}; decompose with components={list(sel.weights)}")
-    tensor = stack.tensor.clone()
-    share = 1.0 / tensor.shape[2] if tensor.ndim == 4 else 1.0
-    for label, w in sel.weights.items():
-        i = stack.labels.index(label)
-        if empty_heads == "zero" and tensor.ndim == 4 and not bool((w != 0).any()):
-            tensor[i] = 0
-            continue
-        new = result[label].reconstruct(tensor[i].to(torch.float64), w, mean_share=share)
-        tensor[i] = new.to(tensor.dtype)
+    tensor = _apply_rows(stack.tensor, stack.labels, result, sel, empty_heads)
     return ComponentStack(tensor, list(stack.labels), stack.bias, list(stack.components), stack.scale)
+
+
+def row_transform(result: "PCLensResult", selection, empty_heads: Literal["mean", "zero"] = "mean"):
+    """A selection as ``transform(rows, labels) -> rows`` for
+    :func:`hookedclip.methods.segmentation.heatmaps`: per-token rows of the analysed heads
+    go through the spatial §4.6 formula (:func:`apply_to_stack`), others pass unchanged. With
+    a :class:`QueryResult` for a concept, the heat map shows only that concept's PCs."""
+    sel = _as_selection(result, selection)
+    return lambda rows, labels: _apply_rows(rows, labels, result, sel, empty_heads)
 
 
 def _unit_mean_rest(result: "PCLensResult") -> Float[Tensor, " d"]:

@@ -617,3 +617,22 @@ def test_report_writes_a_page_per_head(tmp_path, model, imgs, fitted):
         assert fitted.texts is not None and "positive texts" in page
         assert (tmp_path / "rep" / label / "pc1.png").exists()
     assert (tmp_path / "rep" / "strengths.png").exists()
+
+
+def test_row_transform_gives_heat_maps_of_the_selected_pcs(model, imgs, fitted):
+    """A selection plugs into segmentation: the per-token rows it passes to ``heatmaps``
+    equal the spatial §4.6 formula on a full decomposition, summed over heads."""
+    from hookedclip.methods.segmentation import heatmaps, token_contributions
+    from hookedclip.zeroshot import ZeroShotClassifier
+
+    sel = pclens_selection._full(fitted, PCSelection.indicator(fitted, [("L1H0", 0), ("L0H2", 1)]))
+    heads = list(fitted.heads)
+    got, _ = token_contributions(model, imgs[:4], heads, pclens.row_transform(fitted, sel))
+    stack = decompose_image(model, imgs[:4], tokens="all", components=heads)
+    expected = apply_to_stack(stack, fitted, sel).select(heads).tensor.sum(0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    plain, _ = token_contributions(model, imgs[:4], heads)
+    assert (got - plain).abs().max() > 1e-3  # the selection changes the rows
+    classifier = ZeroShotClassifier(torch.randn(model.cfg.vision.output_dim, 3), ["a", "b", "c"])
+    maps = heatmaps(model, imgs[:4], classifier, heads, pclens.row_transform(fitted, sel), target=0)
+    assert maps.shape == (4, 16, 16) and float(maps.min()) >= 0 and float(maps.max()) <= 1
