@@ -7,7 +7,7 @@ resumes after the last finished shard. Under several processes:
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 
@@ -15,8 +15,10 @@ from hookedclip import HookedCLIP
 from hookedclip.data import toy_dataset
 from hookedclip.extract import extract
 
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("out", nargs="?", default="toy-store", help="store directory (default: ./toy-store)")
+out = parser.parse_args().out
 torch.set_num_threads(1)
-out = sys.argv[1] if len(sys.argv) > 1 else "toy-store"
 model = HookedCLIP.from_pretrained("toy").eval()
 store = extract(model, toy_dataset(1024), ["heads", "embedding"], out, batch_size=64, rows_per_shard=256)
 print(store)
