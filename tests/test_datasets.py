@@ -111,12 +111,18 @@ def test_imagenet_val_from_wnid_folders_needs_all_classes(tmp_path):
         ImageNetVal(tmp_path)
 
 
+def random_segmentations(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` random uint8 images [8 + k, 10, 3] and their 0/1 masks (sizes differ per item)."""
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 255, size=(8 + k, 10, 3), dtype=np.uint8) for k in range(n)]
+    masks = [(rng.random((8 + k, 10)) > 0.5).astype(np.uint8) for k in range(n)]
+    return images, masks
+
+
 def write_segmentation_mat(path, n: int = 3) -> tuple[list[np.ndarray], list[np.ndarray]]:
     from scipy.io import savemat
 
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, size=(8 + k, 10, 3), dtype=np.uint8) for k in range(n)]
-    masks = [(rng.random((8 + k, 10)) > 0.5).astype(np.uint8) for k in range(n)]
+    images, masks = random_segmentations(n, seed=0)
     img_cell = np.empty((n, 1), dtype=object)
     gt_cell = np.empty((n, 1), dtype=object)
     for k in range(n):
@@ -128,8 +134,10 @@ def write_segmentation_mat(path, n: int = 3) -> tuple[list[np.ndarray], list[np.
     return images, masks
 
 
-def test_imagenet_segmentation_images_and_masks(tmp_path):
-    images, masks = write_segmentation_mat(tmp_path / "gtsegs.mat")
+@pytest.mark.parametrize("writer", ["v5", "v7.3"])
+def test_imagenet_segmentation_images_and_masks(tmp_path, writer):
+    write = {"v5": write_segmentation_mat, "v7.3": write_segmentation_mat_v73}[writer]
+    images, masks = write(tmp_path / "gtsegs.mat")
     data = ImageNetSegmentation(tmp_path / "gtsegs.mat")
     assert len(data) == 3
     for k in range(3):
@@ -202,9 +210,7 @@ def write_segmentation_mat_v73(path, n: int = 3) -> tuple[list[np.ndarray], list
     MATLAB header, /value/img and /value/gt holding object references (gt entries are 1x1
     cells, i.e. a reference to a reference), arrays stored transposed."""
     h5py = pytest.importorskip("h5py")
-    rng = np.random.default_rng(1)
-    images = [rng.integers(0, 255, size=(8 + k, 10, 3), dtype=np.uint8) for k in range(n)]
-    masks = [(rng.random((8 + k, 10)) > 0.5).astype(np.uint8) for k in range(n)]
+    images, masks = random_segmentations(n, seed=1)
     with h5py.File(path, "w", userblock_size=512) as f:
         refs = f.create_group("#refs#")
         img = f.create_dataset("value/img", (n, 1), dtype=h5py.ref_dtype)
@@ -218,12 +224,3 @@ def write_segmentation_mat_v73(path, n: int = 3) -> tuple[list[np.ndarray], list
     with open(path, "r+b") as fh:
         fh.write(header.ljust(116) + b"\x00" * 8 + b"\x00\x02" + b"IM")
     return images, masks
-
-
-def test_imagenet_segmentation_v73_hdf5_file(tmp_path):
-    images, masks = write_segmentation_mat_v73(tmp_path / "gtsegs_ijcv.mat")
-    data = ImageNetSegmentation(tmp_path / "gtsegs_ijcv.mat")
-    assert len(data) == 3
-    for k in range(3):
-        item = data[k]
-        assert np.array_equal(item["image"], images[k]) and np.array_equal(item["mask"], masks[k] > 0)
