@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+# TorchDispatchMode sees every aten op, so the laziness test does not depend on how the
+# per-head result would be computed.
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hookedclip.hooks import HookPoint
+from tests.conftest import rel_err
 
 
 def n_active(model) -> int:
@@ -99,17 +104,100 @@ def test_pattern_hook_takes_explicit_path_with_same_result(tiny_model, images):
     assert torch.all(text_pattern.triu(1) == 0), "text attention must be causal"
 
 
+class _ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor any aten op produces (whatever Python code called it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.shapes += [tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else (out,)) if torch.is_tensor(t)]
+        return out
+
+
+def _per_head_results_made(model, images, **forward_kw) -> int:
+    """How many ``[batch, pos, head, d_model]`` tensors (per-head results) a forward creates."""
+    cfg = model.cfg.vision
+    per_head = (images.shape[0], cfg.n_tokens, cfg.heads, cfg.width)
+    with torch.no_grad(), _ShapeRecorder() as recorder:
+        model(images, **forward_kw)
+    return recorder.shapes.count(per_head)
+
+
 def test_result_is_lazy(tiny_model, images):
-    """hook_result runs only while something asks for it."""
-    calls = []
-    spy = lambda x, hook: calls.append(hook.name)  # noqa: E731
-    with tiny_model.hooks(fwd_hooks=[(lambda n: n.endswith("hook_z"), spy)]):
-        tiny_model(images)
-    assert all("hook_z" in c for c in calls) and calls
-    attn = tiny_model.visual.blocks[0].attn
-    assert not attn.hook_result.is_active()
-    with tiny_model.hooks(fwd_hooks=[("visual.blocks.0.attn.hook_result", spy)]):
-        assert attn.hook_result.is_active()
+    """The per-head result is materialised only while hook_result is hooked or cached."""
+    assert _per_head_results_made(tiny_model, images) == 0
+    z_seen = []
+    with tiny_model.hooks(fwd_hooks=[(lambda n: n.endswith("hook_z"), lambda x, hook: z_seen.append(hook.name))]):
+        assert _per_head_results_made(tiny_model, images) == 0
+    assert len(z_seen) == tiny_model.cfg.vision.layers  # the z hooks ran, yet no per-head result was built
+    with tiny_model.cache(names_filter=lambda n: n.endswith("hook_z")):
+        assert _per_head_results_made(tiny_model, images) == 0
+    # The recorder also counts views (a cache's detach), so "some" rather than an exact number.
+    with tiny_model.hooks(fwd_hooks=[("visual.blocks.0.attn.hook_result", lambda x, hook: None)]):
+        assert _per_head_results_made(tiny_model, images) > 0
+    with tiny_model.cache(names_filter=lambda n: n.endswith("hook_result")) as cache:
+        assert _per_head_results_made(tiny_model, images) > 0
+    assert len(cache) == tiny_model.cfg.vision.layers
+
+
+def _count_sdpa_calls(monkeypatch) -> list[int]:
+    """Wrap ``F.scaled_dot_product_attention`` (looked up at call time by the layers) with a counter."""
+    calls = [0]
+    fused = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def _observe(x, hook):
+    return None
+
+
+def _scale_queries(q, hook):
+    return q * 1.7
+
+
+@pytest.mark.parametrize(
+    "fwd_hooks, fused_layers",
+    [
+        ([], 2),
+        ([(lambda n: n.endswith(("hook_z", "hook_resid_pre", "hook_resid_post", "hook_result")), _observe)], 2),
+        # q/k/v hooks run before the kernel, which then reads the (possibly replaced) tensors.
+        ([(lambda n: n.endswith(("hook_q", "hook_k", "hook_v")), _observe)], 2),
+        ([("visual.blocks.0.attn.hook_pattern", _observe)], 1),
+        ([("visual.blocks.1.attn.hook_attn_scores", _observe)], 1),
+        ([(lambda n: n.endswith(("hook_pattern", "hook_attn_scores")), _observe)], 0),
+    ],
+    ids=["no-hooks", "z-resid-result", "qkv", "pattern-L0", "scores-L1", "all-patterns"],
+)
+def test_fused_attention_unless_scores_or_pattern_hooked(tiny_model, images, monkeypatch, fwd_hooks, fused_layers):
+    with torch.no_grad():
+        expected = tiny_model(images)
+        calls = _count_sdpa_calls(monkeypatch)
+        out = tiny_model.run_with_hooks(images, fwd_hooks=fwd_hooks)
+    assert calls[0] == fused_layers
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_query_replacement_acts_the_same_on_both_attention_paths(tiny_model, images, monkeypatch):
+    """A q hook's replacement reaches the fused kernel exactly as it reaches the explicit softmax."""
+    scale_q = [("visual.blocks.0.attn.hook_q", _scale_queries)]
+    with torch.no_grad():
+        clean = tiny_model(images)
+        calls = _count_sdpa_calls(monkeypatch)
+        fused = tiny_model.run_with_hooks(images, fwd_hooks=scale_q)
+        assert calls[0] == 2
+        explicit = tiny_model.run_with_hooks(images, fwd_hooks=scale_q + [("visual.blocks.0.attn.hook_pattern", _observe)])
+        assert calls[0] == 3  # block 0 took the explicit path
+    assert rel_err(clean, fused) > 1e-3
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-6)
 
 
 def test_backward_hooks_and_cached_gradients_equal_autograd(tiny_model, images):
