@@ -13,7 +13,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     result = train(
         args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        resume=not args.no_resume, eval_every=args.eval_every,
+        resume=not args.no_resume, eval_every=args.eval_every, num_threads=args.threads,
     )  # fmt: skip
     card = result.get("card")
     if card is None:
@@ -52,6 +52,7 @@ def add_toy_commands(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="init and data seed (default %(default)s)")
     train.add_argument("--no-resume", action="store_true", help="start over instead of resuming from --out")
     train.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: only at the end)")
+    train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="zero-shot accuracy per attribute and spurious-split WGA")

@@ -155,7 +155,8 @@ def _missing_message(path: Path) -> str:
     return (
         f"toy CLIP weights not found: {path} is missing. Retrain them with `hookedclip toy train` "
         "(about 20 minutes on 2 CPU cores; it writes toy_clip.safetensors and card.json into "
-        "--out, by default the package's hookedclip/toy/weights directory), or reinstall the package."
+        "--out, by default ./toy_clip_run; copy them into hookedclip/toy/weights to replace the shipped "
+        "model), or reinstall the package."
     )
 
 

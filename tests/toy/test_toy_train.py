@@ -15,7 +15,8 @@ import torch
 
 from hookedclip.toy import model as toy_model
 from hookedclip.toy.cli import add_toy_commands
-from hookedclip.toy.train import CAPTION_KEEP, CHECKPOINT_FILE, batch_items, clip_loss, lr_factor, train
+from hookedclip.toy.train import (CAPTION_KEEP, CHECKPOINT_FILE, batch_items, clip_loss, lr_factor,
+                                  model_card_markdown, train)
 from hookedclip.toy.world import SHAPES, SpuriousSpec, ToyWorld, caption
 
 TINY = dict(
@@ -38,7 +39,8 @@ def test_loss_goes_down_and_export_loads(tmp_path):
     assert np.mean(losses[-8:]) < np.mean(losses[:4]) - 0.3, losses
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["steps"] == 40 and set(card["accuracy"]) >= {"shape", "color", "texture"}
-    assert (tmp_path / "MODEL_CARD.md").read_text().startswith("# Toy CLIP")
+    assert (tmp_path / "MODEL_CARD.md").read_text() == model_card_markdown(card)
+    assert card["train_threads"] == torch.get_num_threads()
     # The exported (sparse-embedding) file rebuilds exactly the trained parameters.
     source, _ = toy_model.load_open_clip_toy(tmp_path)
     trained = _params(tmp_path)
@@ -55,6 +57,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
     train(tmp_path / "straight", **kw)
     first = train(tmp_path / "resumed", stop_after=6, **kw)  # "interrupted" after step 6
     assert first["step"] == 6 and "card" not in first
+    torch.manual_seed(12345)  # a different global torch RNG state: training must not depend on it
     second = train(tmp_path / "resumed", **kw)
     assert second["step"] == 12 and len(second["losses"]) == 12
     a, b = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
@@ -140,3 +143,25 @@ def test_batches_are_world_items_with_shape_hard_negatives():
     for a, text in zip(attrs[:14], texts[:14]):
         assert a.shape in text  # the caption describes the modified item
     assert batch_items(world, 2, 32, 0.5) == (attrs, texts)  # deterministic
+
+
+def _limits(card: dict) -> str:
+    return model_card_markdown(card).split("## Limits")[1]
+
+
+def test_model_card_quality_bar_follows_the_accuracies():
+    card = toy_model.read_card()
+    shipped = _limits(card)
+    assert "colour (98.7%) and texture (99.2%)\n  reach it; shape does not (81.8%)" in shipped
+    assert "What limits shape is the training budget" in shipped and "(its largest figure)" in shipped
+    assert "hookedclip toy train --eval-every 250 --threads 1" in model_card_markdown(card)
+    # All three at the bar: nothing limits them.
+    passing = _limits({**card, "accuracy": {**card["accuracy"], "shape": 0.95}})
+    assert "shape (95.0%), colour (98.7%) and texture (99.2%) reach it." in passing.replace("\n  ", " ")
+    assert "What limits" not in passing
+    # A figure below the curve's best is named with its step; a falling curve is said to be falling.
+    curve = [{**e, "color": 0.97} for e in card["training_curve"]]
+    worse = _limits({**card, "accuracy": {**card["accuracy"], "color": 0.5}, "training_curve": curve})
+    flat = worse.replace("\n  ", " ")
+    assert "colour does not (50.0%)" in flat and "What limits shape and colour" in flat
+    assert "its largest figure: 97.0% at step 250" in flat and "no longer rising" in flat
