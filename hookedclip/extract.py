@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,8 @@ from tqdm.auto import tqdm
 import hookedclip
 from hookedclip.decompose import needed_hooks, stack_from_cache
 from hookedclip.stats import RunningMoments
-from hookedclip.store import (FORMAT, ActivationStore, RankWriter, TargetSpec, finalize, model_fingerprint,
-                              moments_kind, spec_dicts)
+from hookedclip.store import (FORMAT, ActivationStore, RankWriter, StoreError, TargetSpec, dataset_fingerprint,
+                              finalize, model_fingerprint, moments_kind, spec_dicts)
 
 ALIASES = {"heads": "decompose:heads", "heads/tokens": "decompose:heads/tokens", "components": "decompose:all",
            "embedding": "visual.hook_out"}
@@ -88,9 +89,19 @@ def parse_target(spec: str, model) -> Target:
 
 
 # ---------------------------------------------------------------------------- data loading
+def _image_errors() -> tuple[type[BaseException], ...]:
+    """What a file that cannot be decoded raises: ``OSError`` (missing, truncated, or
+    ``PIL.UnidentifiedImageError``), PIL's ``DecompressionBombError`` and ``SyntaxError``
+    (some PIL plugins' "broken file"). Anything else is a bug and propagates."""
+    from PIL import Image
+
+    return OSError, SyntaxError, Image.DecompressionBombError
+
+
 class _Loading(torch.utils.data.Dataset):
-    """Wraps a dataset: applies the model's preprocessing and turns an unreadable image
-    into a skip record instead of an exception (so one bad file never stops a run)."""
+    """Wraps a dataset: applies the model's preprocessing and turns an image that cannot be
+    read or decoded into a skip record instead of an exception (so one bad file never stops
+    a run). Only reading and decoding are guarded: an error in preprocessing propagates."""
 
     def __init__(self, dataset, preprocess) -> None:
         self.dataset, self.preprocess = dataset, preprocess
@@ -106,11 +117,13 @@ class _Loading(torch.utils.data.Dataset):
             ident = str(item.get("id", i))
             image = item["image"]
             if not isinstance(image, Tensor):
-                image = self.preprocess(_to_pil(image))
-            return {"index": i, "id": ident, "image": image, "label": int(item.get("label", -1)),
-                    "group": int(item.get("group", -1)), "error": None}
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for bad files
+                image = _to_pil(image)  # decoded here, inside the guard
+        except _image_errors() as exc:
             return {"index": i, "id": ident, "image": None, "error": f"{type(exc).__name__}: {exc}"}
+        if not isinstance(image, Tensor):
+            image = self.preprocess(image)
+        return {"index": i, "id": ident, "image": image, "label": int(item.get("label", -1)),
+                "group": int(item.get("group", -1)), "error": None}
 
 
 def _to_pil(image):
@@ -118,6 +131,8 @@ def _to_pil(image):
 
     if isinstance(image, np.ndarray):
         return Image.fromarray(image).convert("RGB")
+    if isinstance(image, Image.Image):
+        image.load()  # a lazily opened file is decoded now (a truncated one fails here)
     return image
 
 
@@ -145,14 +160,6 @@ def _batches(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[in
     """Batches that never straddle a shard, so the batching (and so every float) of a
     shard is the same whether the run was resumed or not."""
     return [list(range(b, min(b + batch_size, stop))) for start, stop in ranges for b in range(start, stop, batch_size)]
-
-
-def dataset_fingerprint(dataset) -> dict:
-    """What identifies a dataset for resuming: its length and its ``fingerprint()`` (or,
-    for a dataset without one, only its class name: such a store cannot tell two
-    datasets of the same class and length apart)."""
-    fp = getattr(dataset, "fingerprint", None)
-    return {"length": len(dataset), "fingerprint": fp() if callable(fp) else f"{type(dataset).__name__} (no fingerprint)"}
 
 
 # ---------------------------------------------------------------------------- the job
@@ -199,8 +206,10 @@ def extract(
     Args:
         dataset: items are dicts with ``"image"`` (PIL image, uint8 ``[H, W, 3]`` array, or
             an already preprocessed tensor) and optionally ``"label"``, ``"group"``, ``"id"``;
-            other images go through ``model.preprocess``. An item that raises ``OSError`` /
-            ``ValueError`` (an unreadable file) is skipped and listed in the manifest.
+            other images go through ``model.preprocess``. An item that cannot be read or decoded
+            (``OSError``, e.g. a missing, truncated or unidentifiable file) is skipped, listed
+            in the manifest (``store.skipped``) and counted in a warning; a shard none of
+            whose images can be read stops the run (:class:`~hookedclip.store.StoreError`).
         targets: see :func:`parse_target`.
         dtype: stored dtype of float targets (moments use the stored values, in float64).
         rows_per_shard: dataset indices per shard (rows, less any skipped images).
@@ -237,7 +246,11 @@ def extract(
         dist.barrier()
     else:
         finalize(store_path)
-    return ActivationStore(store_path)
+    store = ActivationStore(store_path)
+    if store.skipped and rank == 0:
+        warnings.warn(f"{len(store.skipped)} of {len(dataset)} images could not be read and were skipped; their ids "
+                      f"and errors are in store.skipped ('skipped' in {store.path / 'manifest.json'})", stacklevel=2)
+    return store
 
 
 def _run_rank(model, dataset, targets, specs, writer: RankWriter, batch_size, rows_per_shard, num_workers,
@@ -269,17 +282,14 @@ def _run_rank(model, dataset, targets, specs, writer: RankWriter, batch_size, ro
             for key in ("index", "label", "group"):
                 rows[key].append(batch[key])
             ids += batch["ids"]
-        tensors = {k: torch.cat(v) if v else _empty(k, specs) for k, v in rows.items()}
+        if not ids:
+            first = skipped[0]
+            raise StoreError(f"none of the {stop - start} images of dataset indices [{start}, {stop}) could be read "
+                             f"(first: {first['id']}: {first['error']}): check the dataset's path and files")
+        tensors = {k: torch.cat(v) for k, v in rows.items()}
         writer.commit(start, stop, tensors, ids, skipped, acc)
     bar.close()
     writer.finish()
-
-
-def _empty(key: str, specs: list[TargetSpec]) -> Tensor:
-    for s in specs:
-        if s.name == key:
-            return torch.zeros(0, *s.shape, dtype=s.torch_dtype)
-    return torch.zeros(0, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------- command line

@@ -49,7 +49,7 @@ class StoreError(RuntimeError):
 
 
 class StoreMismatch(StoreError):
-    """Resuming a store with another model, dataset, target list or layout."""
+    """Resuming or reading a store with another model, dataset, target list or layout."""
 
 
 class CorruptShard(StoreError):
@@ -149,9 +149,21 @@ def model_fingerprint(model) -> dict[str, str]:
     }
 
 
+def dataset_fingerprint(dataset) -> dict:
+    """What identifies a dataset for resuming: its length and its ``fingerprint()`` (or,
+    for a dataset without one, only its class name: such a store cannot tell two
+    datasets of the same class and length apart)."""
+    fp = getattr(dataset, "fingerprint", None)
+    return {"length": len(dataset), "fingerprint": fp() if callable(fp) else f"{type(dataset).__name__} (no fingerprint)"}
+
+
 def _describe_mismatch(key: str, stored, wanted) -> str:
     if key == "model":
-        return f"it was extracted from model {stored.get('id')} ({stored}); this run's model is {wanted.get('id')} ({wanted})"
+        stored, wanted = stored or {}, wanted or {}
+        differ = [k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+        hint = " (the same checkpoint in another dtype has other weight bytes)" if "weights_hash" in differ else ""
+        return (f"it was extracted from model {stored.get('id')} ({stored}); this run's model is {wanted.get('id')} "
+                f"({wanted}): {', '.join(differ)} differ{hint}")
     if key == "dataset":
         return f"it was extracted from dataset {stored}; this run's dataset is {wanted}"
     if key == "targets":
@@ -161,14 +173,18 @@ def _describe_mismatch(key: str, stored, wanted) -> str:
     return f"its {key} is {stored!r}; this run's is {wanted!r}"
 
 
-def check_header(path: Path, stored: dict, wanted: dict) -> None:
-    """Refuse to resume ``stored`` with a different ``wanted`` header, naming what differs."""
-    for key in ("format", "model", "dataset", "targets", "rows_per_shard", "world_size", "params"):
+HEADER_KEYS = ("format", "model", "dataset", "targets", "rows_per_shard", "world_size", "params")
+RESUME_FIX = "Use another output directory, or delete this one to start over."
+
+
+def check_header(path: Path, stored: dict, wanted: dict, keys: Sequence[str] = HEADER_KEYS, action: str = "resume",
+                 fix: str = RESUME_FIX) -> None:
+    """Refuse to ``action`` (resume, read) ``stored`` with a different ``wanted`` header,
+    comparing ``keys`` and naming what differs."""
+    for key in keys:
         if stored.get(key) != wanted.get(key):
-            raise StoreMismatch(
-                f"cannot resume the store at {path}: {_describe_mismatch(key, stored.get(key), wanted.get(key))}. "
-                "Use another output directory, or delete this one to start over."
-            )
+            raise StoreMismatch(f"cannot {action} the store at {path}: "
+                                f"{_describe_mismatch(key, stored.get(key), wanted.get(key))}. {fix}")
 
 
 # ---------------------------------------------------------------------------- moments files
@@ -362,6 +378,22 @@ class ActivationStore:
     def keys(self) -> list[str]:
         """Every stored tensor name: the targets, then ``index``, ``label``, ``group``."""
         return list(self.targets) + list(ROW_KEYS)
+
+    def check(self, model=None, dataset=None, targets: Sequence[str] | None = None) -> None:
+        """Raise :class:`StoreMismatch`, naming the difference, unless the store was extracted
+        from ``model`` (same config and weights), from ``dataset`` and holds ``targets``
+        (names); ``None`` skips that check. Hashing a model's weights reads all of them."""
+        wanted = {}
+        if model is not None:
+            wanted["model"] = model_fingerprint(model)
+        if dataset is not None:
+            wanted["dataset"] = dataset_fingerprint(dataset)
+        check_header(self.path, self.manifest, wanted, keys=list(wanted), action="read",
+                     fix="Pass the model and dataset it was extracted from, or extract a store for these.")
+        missing = [t for t in targets or [] if t not in self.targets]
+        if missing:
+            raise StoreMismatch(f"the store at {self.path} holds no target {', '.join(map(repr, missing))} "
+                                f"(it holds {list(self.targets)}): extract them with --targets")
 
     @property
     def skipped(self) -> list[dict]:

@@ -3,6 +3,7 @@ two gloo ranks equal one process, and the ``hookedclip cache`` command."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from hookedclip import HookedCLIP
 from hookedclip.data.datasets import ImageFolder, ToyImages
 from hookedclip.decompose import decompose_image
 from hookedclip.extract import extract, parse_target
-from hookedclip.store import ActivationStore, StoreMismatch
+from hookedclip.store import ActivationStore, StoreError, StoreMismatch, check_shard
 from hookedclip.toy.world import ToyWorld
 
 TARGETS = ["heads", "embedding", "visual.blocks.1.hook_resid_post@0"]
@@ -58,6 +59,19 @@ class CrashAt(torch.utils.data.Dataset):
         return self.base.fingerprint()
 
 
+def count_reads(monkeypatch) -> list[int]:
+    """The indices of every ToyImages item read from now on (the dataset itself is unchanged,
+    so its store header is too)."""
+    reads, real = [], ToyImages.__getitem__
+
+    def getitem(self, i):
+        reads.append(i)
+        return real(self, i)
+
+    monkeypatch.setattr(ToyImages, "__getitem__", getitem)
+    return reads
+
+
 def test_rows_are_the_models_values(tmp_path, tiny_model):
     data = toy16(10)
     store = extract(tiny_model, data, TARGETS, tmp_path, batch_size=4, rows_per_shard=4, progress=False)
@@ -92,7 +106,7 @@ def test_extraction_moments_equal_numpy_on_the_rows(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("crash_at", [10, 13], ids=["between-shards", "mid-shard"])
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_model, crash_at):
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_model, monkeypatch, crash_at):
     data = toy16()
     kw = dict(batch_size=3, rows_per_shard=5, progress=False)
     extract(tiny_model, data, TARGETS, tmp_path / "whole", **kw)
@@ -100,31 +114,93 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, tiny_model, crash
         extract(tiny_model, CrashAt(data, crash_at), TARGETS, tmp_path / "resumed", **kw)
     log = json.loads((tmp_path / "resumed" / "rank000.json").read_text())
     assert len(log["shards"]) == 2 and not (tmp_path / "resumed" / "manifest.json").exists()
+    reads = count_reads(monkeypatch)
     extract(tiny_model, data, TARGETS, tmp_path / "resumed", **kw)
+    assert reads == list(range(10, 21))  # the two committed shards are not read again
     assert store_files(tmp_path / "resumed") == store_files(tmp_path / "whole")
 
 
-def test_crash_while_committing_leaves_a_resumable_store(tmp_path, tiny_model, monkeypatch):
-    import hookedclip.store as store_module
+def fail_atomic_write(monkeypatch, name: str, nth: int, how: str, error: BaseException) -> None:
+    """Make the ``nth`` atomic write of the store file ``name`` raise ``error``: with
+    ``how="write"`` after half its bytes reached the temporary file (a disk filling up),
+    with ``"replace"`` when the complete temporary file is renamed into place."""
+    import os
+    import tempfile
 
+    real_mkstemp, real_fdopen, real_replace = tempfile.mkstemp, os.fdopen, os.replace
+    temporaries: dict[int, str] = {}
+    seen = {"n": 0}
+
+    def targeted(final_name: str) -> bool:
+        if final_name != name:
+            return False
+        seen["n"] += 1
+        return seen["n"] == nth
+
+    class HalfWrite:
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.f.close()
+
+        def write(self, data: bytes) -> None:
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            raise error
+
+    def mkstemp(*args, **kwargs):
+        fd, tmp = real_mkstemp(*args, **kwargs)
+        temporaries[fd] = tmp
+        return fd, tmp
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        tmp = temporaries.pop(fd, None)  # atomic_write's temporaries are ".NAME.XXXX.tmp"
+        if how == "write" and tmp is not None and targeted(os.path.basename(tmp)[1:].rsplit(".", 2)[0]):
+            return HalfWrite(f)
+        return f
+
+    def replace(src, dst):
+        if how == "replace" and targeted(os.path.basename(dst)):
+            raise error
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("name, nth, how, error", [
+    ("rank000-shard00001.safetensors", 1, "write", OSError(errno.ENOSPC, "No space left on device")),
+    ("rank000-shard00001.safetensors", 1, "replace", KeyboardInterrupt()),
+    ("rank000-shard00001.safetensors", 1, "write", KeyboardInterrupt()),
+    ("rank000-moments1.safetensors", 1, "write", OSError(errno.ENOSPC, "No space left on device")),
+    ("rank000.json", 2, "replace", OSError(errno.ENOSPC, "No space left on device")),
+], ids=["shard-disk-full", "shard-interrupt-on-rename", "shard-interrupt", "moments-disk-full", "log-disk-full"])
+def test_full_disk_or_interrupt_while_committing_leaves_a_resumable_store(tmp_path, tiny_model, monkeypatch,
+                                                                          name, nth, how, error):
     data = toy16(12)
     kw = dict(batch_size=4, rows_per_shard=4, progress=False)
     extract(tiny_model, data, TARGETS, tmp_path / "whole", **kw)
-    real, calls = store_module.atomic_write_json, []
-
-    def failing(path, obj):  # the disk fills up when the second shard's log entry is written
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        real(path, obj)
-
-    monkeypatch.setattr(store_module, "atomic_write_json", failing)
-    with pytest.raises(OSError, match="No space"):
-        extract(tiny_model, data, TARGETS, tmp_path / "resumed", **kw)
-    monkeypatch.setattr(store_module, "atomic_write_json", real)
-    assert not list((tmp_path / "resumed").glob(".*.tmp"))
-    extract(tiny_model, data, TARGETS, tmp_path / "resumed", **kw)
-    assert store_files(tmp_path / "resumed") == store_files(tmp_path / "whole")
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patched:
+        fail_atomic_write(patched, name, nth, how, error)
+        with pytest.raises(type(error)):
+            extract(tiny_model, data, TARGETS, out, **kw)
+    assert not list(out.glob(".*.tmp"))  # the half-written temporary was removed
+    log = json.loads((out / "rank000.json").read_text())
+    assert [s["file"] for s in log["shards"]] == ["rank000-shard00000.safetensors"]  # only the first committed
+    for entry in log["shards"]:
+        check_shard(out, entry)  # sizes and sha256 as recorded
+    assert (out / log["moments"]).exists() and not (out / "manifest.json").exists()
+    reads = count_reads(monkeypatch)
+    extract(tiny_model, data, TARGETS, out, **kw)
+    assert reads == list(range(4, 12))
+    assert store_files(out) == store_files(tmp_path / "whole")
 
 
 def test_resume_with_other_model_or_targets_is_refused(tmp_path, tiny_model):
@@ -142,6 +218,39 @@ def test_resume_with_other_model_or_targets_is_refused(tmp_path, tiny_model):
         extract(tiny_model, toy16(7), TARGETS, tmp_path, batch_size=2, rows_per_shard=2, progress=False)
 
 
+def test_reading_a_store_with_another_model_is_refused(tmp_path, tiny_model):
+    from hookedclip.methods import pclens
+    from hookedclip.methods.textspan import text_span_from_store
+    from tests.conftest import tiny_open_clip
+
+    store = extract(tiny_model, toy16(8), ["heads", "embedding"], tmp_path, batch_size=4, progress=False)
+    d = tiny_model.cfg.vision.output_dim
+    pool = torch.nn.functional.normalize(torch.randn(6, d, generator=torch.Generator().manual_seed(0)), dim=1)
+    texts = [f"t{i}" for i in range(6)]
+    store.check(model=tiny_model, dataset=toy16(8), targets=["heads", "embedding"])  # its own: accepted
+    assert text_span_from_store(store, pool, texts, model=tiny_model, n_texts=2)
+    assert pclens.fit_from_store(store, model=tiny_model).heads
+    retrained = tiny_hooked()
+    with torch.no_grad():
+        retrained.visual.W_proj.add_(1e-3)
+    deeper = HookedCLIP.from_open_clip(tiny_open_clip(seed=1, layers=3))
+    for other, differ in ((retrained, "weights_hash differ"), (deeper, "config_hash, weights_hash differ")):
+        with pytest.raises(StoreMismatch, match=f"cannot read the store .*{differ}"):
+            store.check(model=other)
+        with pytest.raises(StoreMismatch, match=differ):
+            pclens.fit_from_store(store, model=other)
+        with pytest.raises(StoreMismatch, match=differ):
+            text_span_from_store(store, pool, texts, model=other)
+    with pytest.raises(ValueError, match="text embeddings have dimension 5, the store's 'heads' rows 16"):
+        text_span_from_store(store, pool[:, :5], texts)
+    with pytest.raises(ValueError, match="dimension 5"):
+        pclens.fit_from_store(store, texts=texts, text_embeddings=pool[:, :5])
+    with pytest.raises(StoreMismatch, match="dataset"):
+        store.check(dataset=toy16(9))
+    with pytest.raises(StoreMismatch, match="no target 'heads/tokens'"):
+        store.check(targets=["heads/tokens"])
+
+
 def test_unreadable_images_are_skipped_and_listed(tmp_path, tiny_model):
     from PIL import Image
 
@@ -152,11 +261,51 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path, tiny_model):
             Image.fromarray(np.full((20, 24, 3), 40 * k, dtype=np.uint8)).save(root / cls / f"{k}.png")
     (root / "dog" / "1.png").write_bytes(b"not a png")
     (root / "cat" / "2.png").write_bytes((root / "cat" / "2.png").read_bytes()[:40])  # truncated
-    store = extract(tiny_model, ImageFolder(root), ["embedding"], tmp_path / "store", batch_size=2,
-                    rows_per_shard=4, progress=False)
+    with pytest.warns(UserWarning, match=r"2 of 6 images could not be read.*store\.skipped.*manifest\.json"):
+        store = extract(tiny_model, ImageFolder(root), ["embedding"], tmp_path / "store", batch_size=2,
+                        rows_per_shard=4, progress=False)
     assert len(store) == 4 and store.manifest["n_skipped"] == 2
     assert sorted(s["id"] for s in store.skipped) == ["cat/2.png", "dog/1.png"]
     assert store.rows("label").tolist() == [0, 0, 1, 1] and store.ids() == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/2.png"]
+
+
+def test_a_shard_of_unreadable_images_stops_the_run(tmp_path, tiny_model):
+    root = tmp_path / "images"
+    root.mkdir()
+    for k in range(4):
+        (root / f"{k}.png").write_bytes(b"not a png")
+    with pytest.raises(StoreError, match=r"none of the 2 images of dataset indices \[0, 2\).*0\.png.*Unidentified"):
+        extract(tiny_model, ImageFolder(root), ["embedding"], tmp_path / "store", rows_per_shard=2, progress=False)
+
+
+def test_errors_other_than_unreadable_files_propagate(tmp_path, tiny_model, monkeypatch):
+    def broken_preprocess(image):
+        raise ValueError("a bug in preprocessing")
+
+    monkeypatch.setattr(tiny_model, "preprocess", broken_preprocess)
+    with pytest.raises(ValueError, match="a bug in preprocessing"):
+        extract(tiny_model, toy16(4), ["embedding"], tmp_path / "a", progress=False)
+    monkeypatch.undo()
+
+    class Buggy(CrashAt):
+        def __getitem__(self, i):
+            raise ValueError(f"a bug in the dataset at {i}")
+
+    with pytest.raises(ValueError, match="a bug in the dataset at 0"):
+        extract(tiny_model, Buggy(toy16(4), -1), ["embedding"], tmp_path / "b", progress=False)
+
+
+def test_labels_and_groups_are_stored(tmp_path, tiny_model):
+    from hookedclip.data.datasets import Waterbirds
+    from tests.test_datasets import write_waterbirds
+
+    rows = write_waterbirds(tmp_path / "wb")
+    data = Waterbirds(tmp_path / "wb", split=None)
+    store = extract(tiny_model, data, ["embedding"], tmp_path / "store", batch_size=3, rows_per_shard=5, progress=False)
+    assert store.rows("label").tolist() == [y for y, _, _ in rows]
+    assert store.rows("group").tolist() == [2 * y + place for y, _, place in rows]  # every group, 0..3
+    assert sorted(set(store.rows("group").tolist())) == [0, 1, 2, 3]
+    assert store.ids() == data.paths
 
 
 def test_target_parsing(tiny_model):
@@ -224,6 +373,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     """The real launcher: ``torchrun --nproc-per-node 2 -m hookedclip.extract`` (gloo on CPU)
     writes the same rows and statistics as ``hookedclip cache`` in one process."""
     import os
+    import socket
     import subprocess
     import sys
 
@@ -232,7 +382,10 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     args = ["--model", "toy", "--data", "toy:24", "--targets", "embedding", "heads",
             "--batch-size", "4", "--rows-per-shard", "4"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    with socket.socket() as s:  # a port free now (the launcher binds it a moment later)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "hookedclip.extract", *args, "--out", str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -241,5 +394,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert two.manifest["world_size"] == 2 and {s["rank"] for s in two.shards} == {0, 1}
     assert sorted(two.rows("index").tolist()) == one.rows("index").tolist() == list(range(24))
     for name in ("heads", "embedding"):
-        torch.testing.assert_close(two.rows(name), one.rows(name), rtol=0, atol=1e-6)
-        torch.testing.assert_close(two.moments(name).mean, one.moments(name).mean, rtol=0, atol=1e-9)
+        assert torch.equal(two.rows(name), one.rows(name))  # same batches: the same floats
+        a, b = two.moments(name), one.moments(name)
+        assert a.n == b.n == 24
+        torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-10)
+        torch.testing.assert_close(a.covariance(), b.covariance(), rtol=0, atol=1e-10)

@@ -561,14 +561,23 @@ def text_span_from_store(
     heads: Sequence[str] | None = None,
     target: str = "heads",
     n_texts: int = 20,
+    model=None,
     **options,
 ) -> dict[str, TextSpanResult]:
     """:func:`text_span_from_moments` for every head of a store's decomposition ``target``
     (default: the heads of its last 4 layers), from the store's moments: the rows are never
-    loaded together. ``options``: ``rank``, ``criterion``, ``center_texts``, ``span_from``."""
+    loaded together. ``options``: ``rank``, ``criterion``, ``center_texts``, ``span_from``.
+    With ``model`` (the one that embedded the texts) a store of another model is refused
+    (:class:`~hookedclip.store.StoreMismatch`)."""
     from hookedclip.methods.pclens import store_heads, store_moments
 
+    if model is not None:
+        store.check(model=model, targets=[target])
     labels = store_heads(store, target, heads)
+    d = store.targets[target].shape[-1]
+    if text_embeddings.shape[-1] != d:
+        raise ValueError(f"the text embeddings have dimension {text_embeddings.shape[-1]}, the store's {target!r} "
+                         f"rows {d}: embed the texts with the model the store was extracted from")
     moments = store_moments(store, labels, target)
     return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
             for label, m in moments.items()}
