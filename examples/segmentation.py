@@ -1,11 +1,18 @@
-"""Zero-shot segmentation and nearest-neighbour search on the toy CLIP.
+"""Zero-shot segmentation and nearest-neighbour search on the toy CLIP (or ImageNet-segmentation).
 
 1. Heat maps (TextSpan's segmentation, specs §4.8): every head's contribution through each
    patch, scored against the zero-shot shape classifier; compared with a centred Gaussian
    blob on held-out toy images whose masks are known exactly.
-2. Nearest neighbours (§4.9): the images closest to a query in one head's contribution.
+2. Nearest neighbours (§4.9): the images closest to a query in one head's contribution, in
+   the full embedding, and in the subspace of the PCLens principal components that the shape
+   words select (``neighbours.selection_space``).
+
+With ``--imagenet-seg PATH`` (the ``gtsegs_ijcv.mat`` file) step 1 runs on ImageNet-segmentation
+instead, with an open_clip model (``--model ViT-B-16 --pretrained openai``), the 1000 ImageNet
+classes and the masks resized as the reference does.
 
 Run: python examples/segmentation.py [--n 200] [--out docs/figures]
+     python examples/segmentation.py --imagenet-seg gtsegs_ijcv.mat --model ViT-B-16 --pretrained openai --limit 500
 """
 
 from __future__ import annotations
@@ -16,17 +23,46 @@ from pathlib import Path
 import torch
 
 from hookedclip import HookedCLIP
-from hookedclip.methods.neighbours import embedding_space, head_space, nearest_images
-from hookedclip.methods.segmentation import evaluate_toy, save_overlays
+from hookedclip.data.vocab import toy_text_pool
+from hookedclip.methods import pclens
+from hookedclip.methods.neighbours import embedding_space, head_space, nearest_images, selection_space
+from hookedclip.methods.segmentation import evaluate, evaluate_toy, resize_mask, save_overlays
 from hookedclip.toy.model import images_to_tensor
-from hookedclip.toy.world import ToyWorld, class_prompts, render_batch
+from hookedclip.toy.world import SHAPES, ToyWorld, class_prompts, render_batch
 from hookedclip.viz import neighbour_grid
 from hookedclip.zeroshot import ZeroShotClassifier
 
 
 def report(name: str, metrics: dict) -> None:
     print(f"  {name:<26} pixel acc {100 * metrics['pixel_accuracy']:5.1f}   mIoU {100 * metrics['miou']:5.1f}"
-          f"   mAP {100 * metrics['map']:5.1f}")
+          f"   mAP {100 * metrics['map']:5.1f}   ({metrics['n_images']} images)")
+
+
+def imagenet_segmentation(args) -> None:
+    """The §4.8 protocol on ImageNet-segmentation: predicted-class maps of every head."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    from hookedclip.cli import load_model
+    from hookedclip.data.datasets import ImageNetSegmentation
+
+    model = load_model(args.model, args.pretrained)
+    if model.preprocess is None:
+        raise ValueError(f"{args.model} has no image preprocessing; ImageNet-segmentation needs the model's transform")
+    data = ImageNetSegmentation(args.imagenet_seg, transform=model.preprocess)
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    size = model.cfg.vision.image_size
+    classifier = ZeroShotClassifier.from_classnames(model, IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES)
+
+    def batches(batch_size: int = 16):
+        for start in range(0, n, batch_size):
+            items = [data[i] for i in range(start, min(start + batch_size, n))]
+            masks = [resize_mask(torch.from_numpy(it["mask"]), size, args.geometry) for it in items]
+            yield torch.stack([it["image"] for it in items]), torch.stack(masks)
+
+    print(f"ImageNet-segmentation, {n} of {len(data)} images, {args.model}, mask geometry {args.geometry!r}:")
+    metrics = evaluate(model, batches(), classifier)
+    report("heads, predicted class", metrics["model"])
+    report("centred blob", metrics["blob"])
 
 
 def main() -> None:
@@ -34,8 +70,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="held-out toy images to score")
     parser.add_argument("--out", default="segmentation_out", help="folder for the PNG figures")
     parser.add_argument("--head", default=None, help="head for the neighbour search (default: last layer, head 0)")
+    parser.add_argument("--imagenet-seg", default=None, metavar="PATH",
+                        help="gtsegs_ijcv.mat: evaluate on ImageNet-segmentation instead of the toy world")
+    parser.add_argument("--model", default="ViT-B-16", help="with --imagenet-seg: open_clip name or saved model")
+    parser.add_argument("--pretrained", default="openai", help="with --imagenet-seg: open_clip pretrained tag")
+    parser.add_argument("--limit", type=int, default=None, help="with --imagenet-seg: first N images only")
+    parser.add_argument("--geometry", choices=["reference", "aligned"], default="reference",
+                        help="mask geometry: 'reference' resizes masks to a square (parity), 'aligned' crops them")
     args = parser.parse_args()
     torch.set_num_threads(1)  # shared CPU: one thread keeps timings and neighbours predictable
+    if args.imagenet_seg:
+        return imagenet_segmentation(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -54,25 +99,38 @@ def main() -> None:
     classifier = ZeroShotClassifier.from_prompts(model, class_prompts("shape"))
     world = ToyWorld(12, seed=7, split="test", image_size=cfg.image_size)
     pixels, masks = render_batch(world.attributes(), cfg.image_size)
-    save_overlays(model, pixels, classifier, out / "segmentation_overlays.png", masks)
+    truth = [classifier.classnames.index(a.shape) for a in world.attributes()]
+    save_overlays(model, pixels, classifier, out / "segmentation_overlays.png", masks, labels=truth)
     last = [f"L{cfg.layers - 1}"]
-    save_overlays(model, pixels, classifier, out / "segmentation_last_layer.png", masks, components=last)
+    save_overlays(model, pixels, classifier, out / "segmentation_last_layer.png", masks, components=last, labels=truth)
     print(f"  overlays: {out / 'segmentation_overlays.png'}, {out / 'segmentation_last_layer.png'}")
 
     head = args.head or f"L{cfg.layers - 1}H0"
     pool = ToyWorld(512, seed=8, split="test", image_size=cfg.image_size)
     query = world[0]
     query_image = to_tensor(model, query["image"])[0]
-    searches = [(head, head_space(model, head), "score"), (head, head_space(model, head), "score_vis"),
-                ("embedding", embedding_space(model), "score_vis")]
-    for name, space, score in searches:
+    # the PCs of every head that the seven shape names select (PCLens fitted on the pool's images)
+    result = pclens.fit(model, pool_batches(model, pool), components=[f"L0-{cfg.layers - 1}"], texts=toy_text_pool(),
+                        n_texts=3)
+    shapes = pclens.QuerySystem(result, model).query_texts([f"a {s}" for s in SHAPES], top_k=10)
+    print(f"  shape PCs: {len(shapes.pcs)} of {result.n_pcs} PCs, over {len(shapes.heads_used)} heads")
+    searches = [(f"head {head}", "head", head_space(model, head), "score"),
+                (f"head {head}", "head", head_space(model, head), "score_vis"),
+                ("the embedding", "embedding", embedding_space(model), "score_vis"),
+                (f"the {len(shapes.pcs)} shape PCs", "shape_pcs", selection_space(model, result, shapes, centre=True),
+                 "score_vis")]
+    for name, slug, space, score in searches:
         found = nearest_images(model, query_image, pool_batches(model, pool), space, k=16, score=score)
         indices = found.indices.tolist()
         kind = "dot product" if score == "score" else "cosine"
-        path = out / f"neighbours_{'head' if name == head else name}_{'dot' if score == 'score' else 'cosine'}.png"
+        path = out / f"neighbours_{slug}_{'dot' if score == 'score' else 'cosine'}.png"
         neighbour_grid(query["image"], pool.images(indices), pool.captions(indices), path,
-                       title=f"nearest toy images in {name} ({kind})", query_caption=query["caption"])
-        print(f"  neighbours in {name} by {kind}: {path}")
+                       title=f"nearest toy images in {name} ({kind})", query_caption=query["caption"],
+                       scores=found.values.tolist(), score_name="dot" if score == "score" else "cos")
+        q = query["attributes"]
+        shape = sum(a.shape == q.shape for a in pool.attributes(indices))
+        colour = sum(a.color == q.color for a in pool.attributes(indices))
+        print(f"  neighbours in {name} by {kind}: {path} (same shape {shape}/16, same colour {colour}/16)")
 
 
 def to_tensor(model, pixels):

@@ -168,37 +168,60 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], m
 
 
 # ---------------------------------------------------------------------------- segmentation, neighbours
+def blend_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, cmap: str = "jet") -> np.ndarray:
+    """uint8 ``[H, W, 3]``: the image tinted by the colour-mapped heat map ``[H, W]`` in [0, 1],
+    the tint's opacity ``alpha · heat``: where the map is 0 the image is unchanged, so the
+    cold part of a map hides nothing."""
+    colours = plt.get_cmap(cmap)(np.clip(heat, 0, 1))[..., :3]
+    weight = alpha * np.clip(heat, 0, 1)[..., None]
+    out = (1 - weight) * (np.asarray(image, dtype=np.float64) / 255) + weight * colours
+    return np.round(255 * out).astype(np.uint8)
+
+
 def heatmap_overlays(images: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, path: str | Path,
-                     captions: Sequence[str] | None = None, cols: int = 6, alpha: float = 0.55) -> Path:
+                     captions: Sequence[str] | None = None, cols: int = 6, alpha: float = 0.6) -> Path:
     """Pairs of panels per image: the uint8 image ``[N, H, W, 3]`` with the ground-truth
-    contour (white), and the heat map ``[N, H, W]`` in [0, 1] over it with its binarised
-    foreground (``map > mean``, cyan dashed contour)."""
+    contour (white), and the image tinted by its heat map ``[N, H, W]`` in [0, 1]
+    (:func:`blend_heatmap`: red = high, untinted = 0) with the binarised foreground
+    (``map > mean``, cyan dashed contour). A legend under the grid says so."""
     n = len(images)
+    cols = max(1, min(cols, n))
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.45 * 2 * cols, 1.75 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.45 * 2 * cols, 1.8 * rows + 0.45), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(n):
         left, right = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
         left.imshow(images[i], interpolation="nearest")
-        right.imshow(images[i], interpolation="nearest")
-        right.imshow(maps[i], cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="nearest")
-        right.contour(maps[i] > maps[i].mean(), levels=[0.5], colors="cyan", linewidths=0.8, linestyles="--")
+        right.imshow(blend_heatmap(images[i], maps[i], alpha), interpolation="nearest")
+        if maps[i].max() > maps[i].min():
+            right.contour(maps[i] > maps[i].mean(), levels=[0.5], colors="cyan", linewidths=1.0, linestyles="--")
         if masks is not None:
             for ax in (left, right):
-                ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.9)
+                ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=1.0)
         if captions is not None:
-            left.set_title("\n".join(textwrap.wrap(captions[i], 18)), fontsize=6.5)
+            left.set_title("\n".join(textwrap.wrap(captions[i], 26)), fontsize=6.5, loc="left", x=0.0)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="white", linewidth=1.5, label="true outline"),
+               Line2D([], [], color="cyan", linewidth=1.5, linestyle="--", label="binarised map (Res > mean)"),
+               Line2D([], [], color="#d62728", linewidth=6, alpha=0.7, label="heat map tint (red = high)")]
+    legend = fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7.5, frameon=True,
+                        bbox_to_anchor=(0.5, 0.0), facecolor="#555555", labelcolor="white", edgecolor="none")
+    legend.get_frame().set_alpha(1.0)
+    fig.subplots_adjust(bottom=0.45 / (1.8 * rows + 0.45) + 0.02)
     return _save(fig, path)
 
 
 def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence[str], path: str | Path,
-                   title: str = "", query_caption: str = "query", cols: int = 8) -> Path:
-    """The query image (left, boxed) and its neighbours ``[k, H, W, 3]`` in rank order."""
+                   title: str = "", query_caption: str = "query", cols: int = 8,
+                   scores: Sequence[float] | None = None, score_name: str = "score") -> Path:
+    """The query image (left, boxed) and its neighbours ``[k, H, W, 3]`` in rank order, each
+    titled ``#rank`` and, with ``scores``, ``score_name = value`` above its caption."""
     k = len(neighbours)
     rows = int(np.ceil(k / cols))
-    fig = plt.figure(figsize=(1.5 * (cols + 1.3), 1.75 * rows + 0.5))
-    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.3] + [1] * cols, wspace=0.15, hspace=0.45)
+    fig = plt.figure(figsize=(1.5 * (cols + 1.3), 1.9 * rows + 0.5))
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.3] + [1] * cols, wspace=0.15, hspace=0.6)
     ax = fig.add_subplot(grid[:, 0])
     ax.imshow(query, interpolation="nearest")
     ax.set_xticks([])
@@ -206,12 +229,13 @@ def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence
     for side in ax.spines.values():
         side.set_edgecolor("#C44E52")
         side.set_linewidth(2.5)
-    ax.set_title("\n".join(textwrap.wrap(query_caption, 18)), fontsize=7.5)
+    ax.set_title("query\n" + "\n".join(textwrap.wrap(query_caption, 18)), fontsize=7.5)
     for i in range(k):
         ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
         ax.imshow(neighbours[i], interpolation="nearest")
         ax.axis("off")
-        ax.set_title("\n".join(textwrap.wrap(captions[i], 18)), fontsize=6.5)
+        head = f"#{i + 1}" + (f"  {score_name} {float(scores[i]):.3g}" if scores is not None else "")
+        ax.set_title(head + "\n" + "\n".join(textwrap.wrap(captions[i], 18)), fontsize=6.5)
     if title:
         fig.suptitle(title, fontsize=10, y=1.0 + 0.12 / rows)
     return _save(fig, path)

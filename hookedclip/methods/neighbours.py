@@ -10,7 +10,8 @@ from selected principal components and three scores:
 - ``"self"``:      ``⟨e'(x), e(x)⟩``        (needs the full embedding; ignores the query).
 
 Any space works: a *space* is a function ``images [B, C, H, W] -> [B, d]``
-(:func:`head_space`, :func:`embedding_space`, or e.g. a PC selection's rebuilt embedding).
+(:func:`head_space`, :func:`embedding_space`, :func:`selection_space` for a PC selection's
+rebuilt embedding, or your own).
 The search streams over batches keeping only the running top ``k`` (:class:`TopK`), so
 memory does not grow with the dataset.
 """
@@ -114,6 +115,35 @@ def embedding_space(model, normalize: bool = True) -> Space:
     @torch.no_grad()
     def embed(images: Tensor) -> Tensor:
         return model.encode_image(images, normalize=normalize)
+
+    return embed
+
+
+def selection_space(model, result, selection, mean_ablate_all: bool = True, centre: bool = False) -> Space:
+    """Images -> the embedding ``e'(x) [B, d']`` rebuilt from selected principal components
+    (PCLens §4.9 "per concept"): every analysed head keeps only its selected PCs
+    (:func:`~hookedclip.methods.pclens_selection.selection_embeddings`), and with
+    ``mean_ablate_all`` everything else is its dataset mean, so only the selected PCs vary.
+
+    ``selection`` is anything :func:`~hookedclip.methods.pclens.keep` takes (a ``QueryResult``,
+    ``[("L3H0", 2), ...]``, a ``PCSelection``; ``PCSelection.indicator(result, pcs).complement()``
+    for "all NOT selected PCs"). ``centre`` subtracts the mean unit embedding ``mean ê``: with
+    ``mean_ablate_all`` that leaves ``Σ_h ((φ_h − μ_h) V_kᵀ ⊙ w) Π V_k``, the images' positions
+    in the selected subspace, so the dot product compares PC coordinates only.
+    """
+    from hookedclip.methods.pclens_selection import _as_selection, selection_embeddings
+
+    result.check_model(model)
+    sel = _as_selection(result, selection)  # checked against the result before any image is read
+    heads = list(result.heads)
+    if centre and result.image_mean is None:
+        raise ValueError("centre=True needs the mean image embedding: fit the result with embedding statistics")
+
+    @torch.no_grad()
+    def embed(images: Tensor) -> Tensor:
+        stack = decompose_image(model, images, tokens="cls", components=heads)
+        e = selection_embeddings(stack, result, sel, mean_ablate_all)
+        return e - result.image_mean.to(e) if centre else e
 
     return embed
 

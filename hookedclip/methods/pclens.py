@@ -66,15 +66,29 @@ class PCLabel:
 
     @property
     def positive_first(self) -> bool:
-        """The reference lists the side with the larger |coefficient| first."""
+        """The reference lists the side with the larger |coefficient| first (§4.2 step 7);
+        ties list the positive side first."""
         if not self.positive or not self.negative:
             return True
         return abs(self.positive[0][1]) >= abs(self.negative[0][1])
 
+    def sides(self, n: int | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+        """``[(sign, texts), (sign, texts)]`` in display order: the stronger side first."""
+        pos, neg = ("+", self.positive[:n]), ("−", self.negative[:n])
+        return [pos, neg] if self.positive_first else [neg, pos]
+
+    def cells(self, n: int | None = None, coefficients: bool = True) -> tuple[str, str]:
+        """The two sides as table cells in display order, e.g. ``"− striped (−0.41); ..."``."""
+        def cell(sign: str, items: list[tuple[str, float]]) -> str:
+            texts = "; ".join(f"{t} ({c:+.2f})" if coefficients else t for t, c in items)
+            return f"{sign} {texts}" if items else ""
+
+        first, second = self.sides(n)
+        return cell(*first), cell(*second)
+
     def short(self, n: int = 2) -> str:
-        pos = ", ".join(t for t, _ in self.positive[:n])
-        neg = ", ".join(t for t, _ in self.negative[:n])
-        return f"+[{pos}] −[{neg}]"
+        """``"+[a, b] −[c, d]"`` with the stronger side first."""
+        return " ".join(f"{sign}[{', '.join(t for t, _ in items)}]" for sign, items in self.sides(n))
 
 
 @dataclass

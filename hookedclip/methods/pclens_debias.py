@@ -70,17 +70,17 @@ class DebiasSweep:
 
     @staticmethod
     def pick(points: Sequence[SweepPoint], margin: float) -> SweepPoint:
-        """The Pareto pick: the highest worst-group accuracy among the ``K ≥ 1`` whose average
-        accuracy is at least the unmodified model's minus ``margin`` (a fraction: 0.01 = one
-        point); ties go to the fewest PCs removed. The unmodified model (``points[0]``) when no
-        such ``K`` beats its worst-group accuracy.
+        """The Pareto pick: the highest worst-group accuracy among the ``K ≥ 1`` whose worst-group
+        accuracy is strictly above the unmodified model's and whose average accuracy is strictly
+        above the unmodified model's minus ``margin`` (a fraction: 0.01 = one point); ties go to
+        the fewest PCs removed. The unmodified model (``points[0]``) when no ``K`` qualifies.
 
-        This differs from the reference's rule (average **and** WGA strictly above the baseline,
-        then maximum WGA) only by the tolerance: a small loss in average accuracy may buy a
-        large worst-group gain, which is the point of debiasing.
+        ``margin = 0`` is the reference's rule (§4.7: average **and** WGA strictly above the
+        baseline, then maximum WGA). A positive margin lets a small loss in average accuracy buy
+        a large worst-group gain, which is the point of debiasing.
         """
         base = points[0]
-        allowed = [p for p in points[1:] if p.average >= base.average - margin and p.worst_group > base.worst_group]
+        allowed = [p for p in points[1:] if p.average > base.average - margin and p.worst_group > base.worst_group]
         if not allowed:
             return base
         return max(allowed, key=lambda p: (p.worst_group, -p.n_removed))
@@ -122,13 +122,14 @@ class DebiasSweep:
                  f"{len(self.points) - 1} values of K)",
                  f"original model:   average {100 * b.average:.1f}%, worst group {100 * b.worst_group:.1f}%"]
         if c is b:
-            lines.append(f"no K raised the worst group with average within {100 * self.margin:.1f} points: keep the model")
+            lines.append(f"no K raised the worst group with average above original - {100 * self.margin:.1f} points: "
+                         "keep the model")
         else:
             lines.append(f"picked K={c.k} ({c.n_removed} PCs removed): average {100 * c.average:.1f}%, worst group "
                          f"{100 * c.worst_group:.1f}% ({100 * (c.worst_group - b.worst_group):+.1f} points)")
         lines.append("  " + ", ".join(f"{g} {100 * c.groups[g]:.1f}%" for g in self.group_names))
-        lines.append(f"rule: best worst-group accuracy with average >= original - {100 * self.margin:.1f} points; "
-                     "ties to fewer PCs")
+        lines.append(f"rule: best worst-group accuracy above the original's, with average > original - "
+                     f"{100 * self.margin:.1f} points; ties to fewer PCs")
         return "\n".join(lines)
 
     __str__ = summary

@@ -28,14 +28,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class QueryEntry:
-    """One chosen PC: its head, index, ``a = ⟨q_c, v⟩``, and ``cos(r_K, q_c)`` after adding it."""
+    """One chosen PC: its head, index, ``a = ⟨q_c, v⟩``, ``cos(r_K, q_c)`` after adding it, and
+    its label texts (``first`` is the side with the larger |coefficient|, §4.2 step 7, each
+    prefixed with its sign)."""
 
     head: str
     pc: int
     coefficient: float
     cumulative_cos: float
-    positive: str = ""
-    negative: str = ""
+    first: str = ""
+    second: str = ""
 
     @property
     def score(self) -> float:
@@ -84,10 +86,10 @@ class QueryResult:
                 f"{100 * self.fraction:.1f}%, {len(self.heads_used)} heads")
 
     def rows(self) -> list[list[str]]:
-        return [[str(r + 1), e.head, str(e.pc), f"{e.coefficient:+.3f}", f"{e.cumulative_cos:.3f}", e.positive,
-                 e.negative] for r, e in enumerate(self.entries)]
+        return [[str(r + 1), e.head, str(e.pc), f"{e.coefficient:+.3f}", f"{e.cumulative_cos:.3f}", e.first,
+                 e.second] for r, e in enumerate(self.entries)]
 
-    HEADER = ["rank", "head", "PC", "a", "cos(r_K, q)", "positive texts", "negative texts"]
+    HEADER = ["rank", "head", "PC", "a", "cos(r_K, q)", "texts (stronger side)", "texts (other side)"]
 
     def __str__(self) -> str:
         rows = [self.HEADER] + self.rows()
@@ -191,11 +193,10 @@ class QuerySystem:
     def _entry(self, p: int, a: float, cos: float) -> QueryEntry:
         label, i = self.refs[p]
         pca = self.result.heads[label]
-        pos = neg = ""
+        first = second = ""
         if pca.pos_idx is not None and pca.texts is not None:
-            lab = pca.label_of(i, 2)
-            pos, neg = "; ".join(t for t, _ in lab.positive), "; ".join(t for t, _ in lab.negative)
-        return QueryEntry(label, i, a, cos, pos, neg)
+            first, second = pca.label_of(i, 2).cells(coefficients=False)
+        return QueryEntry(label, i, a, cos, first, second)
 
 
 def _cos(x: Tensor, y: Tensor) -> float:

@@ -22,67 +22,148 @@ from hookedclip import viz
 from hookedclip.methods.pclens import HeadPCA, PCLensResult, top_images
 
 
-def _label_text(pca: HeadPCA, i: int, n: int, side: str) -> str:
+#: PCs holding less than this share (%) of a head's retained variance are listed apart.
+MIN_STRENGTH = 1.0
+
+
+def _label_cells(pca: HeadPCA, i: int, n: int) -> tuple[str, str]:
+    """PC ``i``'s two text lists, the side with the larger |cos| first (§4.2 step 7)."""
     if pca.pos_idx is None:
-        return ""
-    lab = pca.label_of(i, n)
-    items = lab.positive if side == "+" else lab.negative
-    return "; ".join(f"{t} ({c:+.2f})" for t, c in items)
+        return "", ""
+    return pca.label_of(i, n).cells(n)
+
+
+def _pc_rows(pca: HeadPCA, pcs: list[int], n_texts: int) -> list[list[str]]:
+    rel = pca.strength_rel.tolist()
+    return [[str(i), f"{rel[i]:.1f}", *_label_cells(pca, i, n_texts)] for i in pcs]
+
+
+def _projector_text(pca: HeadPCA) -> str:
+    rank = int(torch.linalg.matrix_rank(pca.projector)) if pca.k else 0
+    text = (f"The text projector Π ({pca.k}×{pca.k}) projects a head's PC coordinates onto the span of its PCs' "
+            f"best positive texts (one text per PC); interventions reconstruct the head as μ + (φ − μ)V_kᵀ Π V_k. "
+            f"Here rank Π = {rank} of k = {pca.k}")
+    if rank == pca.k:
+        return text + ", so Π = I and keeping every PC is the plain rank-k PCA reconstruction."
+    return text + (f": {pca.k - rank} dimension(s) are lost because several PCs share a best text (or their best "
+                   "texts are dependent), so keeping every PC is not the PCA reconstruction. A larger text pool "
+                   "makes this rarer; use_projector=False keeps Π = I.")
+
+
+def _nav(labels: list[str], i: int) -> str:
+    """Links of a head page: back to the overview, previous and next head."""
+    links = ["<a href='../index.html'>↑ overview</a>"]
+    if i > 0:
+        links.append(f"<a href='../{labels[i - 1]}/index.html'>← {labels[i - 1]}</a>")
+    if i + 1 < len(labels):
+        links.append(f"<a href='../{labels[i + 1]}/index.html'>{labels[i + 1]} →</a>")
+    return "<p class='nav'>" + " · ".join(links) + "</p>"
 
 
 def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch.Tensor, n_pcs: int, n_images: int,
-              n_texts: int) -> Path:
-    """One head's page: a table of its PCs and an image strip per PC (top row: highest ⟨ê, v⟩)."""
+              n_texts: int, nav: str = "", min_strength: float = MIN_STRENGTH) -> Path:
+    """One head's page: its PCs holding at least ``min_strength`` % of the retained variance
+    (the rest listed apart), an image strip per PC (top row: highest ``⟨ê, v⟩``), and ``nav``
+    (HTML links) under the title."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rel = pca.strength_rel.tolist()
-    rows = [[str(i), f"{rel[i]:.1f}", _label_text(pca, i, n_texts, "+"), _label_text(pca, i, n_texts, "-")]
-            for i in range(pca.k)]
-    table = (["PC", "strength %", "positive texts (cos)", "negative texts (cos)"], rows)
+    strong = [i for i in range(pca.k) if rel[i] >= min_strength] or list(range(min(1, pca.k)))
+    weak = [i for i in range(pca.k) if i not in strong]
+    header = ["PC", "strength %", "texts, stronger side (cos)", "texts, other side (cos)"]
     figures = []
-    for i in range(min(n_pcs, pca.k)):
+    embeddings = embeddings.detach()
+    unit = torch.nn.functional.normalize(embeddings.double(), dim=-1)
+    for i in strong[:n_pcs]:
         top, bottom = top_images(pca, i, embeddings, n_images)
-        scores = (torch.nn.functional.normalize(embeddings.double(), dim=-1) @ pca.components[i].double())
+        scores = unit @ pca.components[i].double().to(unit.device)
         idx = torch.cat([top, bottom]).tolist()
-        captions = [f"{'top' if j < len(top) else 'bottom'} {float(scores[k]):+.2f}" for j, k in enumerate(idx)]
+        captions = [f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k]):+.2f}"
+                    for j, k in enumerate(idx)]
         name = f"pc{i}.png"
         viz.image_grid(images[idx], captions, out_dir / name, cols=len(top))
         label = f"PC {i} ({rel[i]:.1f}% of the retained variance)"
         if pca.pos_idx is not None:
-            label += f": + {pca.label_of(i, 1).positive[0][0]} / − {pca.label_of(i, 1).negative[0][0]}"
-        figures.append((name, label + ". Top row: highest ⟨ê, v⟩; bottom row: lowest."))
-    k_text = (f"{pca.k} PCs keep {100 * float(pca.singular_values.sum()) / max(pca.total_singular, 1e-30):.1f}% "
-              f"of ΣS over {pca.n} images; rank of the text projector Π: {int(torch.linalg.matrix_rank(pca.projector))}.")
-    section = viz.Section(pca.label, [k_text], figures, [table])
-    return viz.write_report(out_dir, f"PCLens: {pca.label}", [section])
+            label += ": " + " / ".join(f"{sign} {items[0][0]}" for sign, items in pca.label_of(i, 1).sides())
+        figures.append((name, label + ". Top row (the + side): the images whose unit embedding ê has the highest "
+                        "cosine with the PC (⟨ê, v⟩, not the head's own contribution); bottom row (the − side): the "
+                        "lowest. Each caption gives that cosine."))
+    kept = 100 * float(pca.singular_values.sum()) / max(pca.total_singular, 1e-30)
+    text = [f"{pca.k} PCs keep {kept:.1f}% of ΣS over {pca.n} images.", _projector_text(pca)]
+    if weak:
+        share = sum(rel[i] for i in weak)
+        text.append(f"Listed: the {len(strong)} PCs holding at least {min_strength:g}% of the retained variance each; "
+                    f"the other {len(weak)} (together {share:.1f}%) are under “Weaker PCs” at the bottom.")
+    sections = [viz.Section(pca.label, text, figures, [(header, _pc_rows(pca, strong, n_texts))])]
+    if weak:
+        sections.append(viz.Section(f"Weaker PCs ({len(weak)}, each below {min_strength:g}%)", [],
+                                    [], [(header, _pc_rows(pca, weak, n_texts))]))
+    path = viz.write_report(out_dir, f"PCLens: {pca.label}", sections)
+    if nav:
+        html = path.read_text()
+        path.write_text(html.replace("</h1>", "</h1>" + nav, 1))
+    return path
+
+
+def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min_strength: float = MIN_STRENGTH
+                  ) -> Path:
+    """Relative strength (% of the retained variance) of each head's first PCs, log scale, with
+    the listing threshold ``min_strength`` dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    cmap = plt.get_cmap("tab20")
+    steps = 1
+    for j, (label, pca) in enumerate(result.heads.items()):
+        rel = pca.strength_rel[:max_pcs].cpu().numpy()
+        rel = rel[rel > 0]
+        steps = max(steps, len(rel))
+        ax.plot(np.arange(len(rel)), rel, marker="o", markersize=2.5, linewidth=1.2, color=cmap(j % 20), label=label)
+    if min_strength > 0:
+        ax.axhline(min_strength, color="black", linestyle="--", linewidth=0.9, label=f"listed: ≥ {min_strength:g}%")
+    ax.set_yscale("log")
+    ax.set_xlabel("principal component (0 = strongest)")
+    ax.set_ylabel("strength (% of retained variance)")
+    ax.set_title("PC strengths per head", fontsize=10)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlim(-0.5, steps - 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(result.heads) // 17)
+    path = Path(path)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: torch.Tensor, out: str | Path,
-                        n_pcs: int = 5, n_images: int = 8, n_texts: int = 3) -> Path:
-    """The report folder: ``index.html`` (overview) and ``<head>/index.html`` per analysed head.
+                        n_pcs: int = 5, n_images: int = 8, n_texts: int = 3, min_strength: float = MIN_STRENGTH
+                        ) -> Path:
+    """The report folder: ``index.html`` (overview) and ``<head>/index.html`` per analysed head,
+    each linked to the overview and to the previous and next head.
 
     Args:
         images: uint8 ``[N, H, W, 3]`` of the images behind ``embeddings``.
         embeddings: ``[N, d']`` final image embeddings (normalised here).
+        min_strength: PCs below this % of their head's retained variance are listed apart.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     heads = list(result.heads.values()) + ([result.embedding] if result.embedding is not None else [])
-    for pca in heads:
-        head_page(pca, out / pca.label, images, embeddings, n_pcs, n_images, n_texts)
-    steps = max(min(12, p.k) for p in result.heads.values())
-    curves = {label: (p.strength_rel[:steps] / 100).tolist() for label, p in result.heads.items()}
-    viz.line_curves(curves, [str(i) for i in range(steps)], out / "strengths.png",
-                    "PC strengths per head (share of the head's retained variance)", "principal component",
-                    ylabel="strength (%)")
-    rows = [[p.label, str(p.k), f"{float(p.strength_rel[0]):.1f}" if p.k else "-",
-             _label_text(p, 0, 2, "+"), _label_text(p, 0, 2, "-")] for p in heads]
+    labels = [p.label for p in heads]
+    for i, pca in enumerate(heads):
+        head_page(pca, out / pca.label, images, embeddings, n_pcs, n_images, n_texts, _nav(labels, i), min_strength)
+    strength_plot(result, out / "strengths.png", min_strength=min_strength)
+    rows = [[p.label, str(p.k), str(sum(1 for r in p.strength_rel.tolist() if r >= min_strength)),
+             f"{float(p.strength_rel[0]):.1f}" if p.k else "-", *_label_cells(p, 0, 2)] for p in heads]
     overview = viz.Section(
         "Analysed heads",
         [f"{len(result)} heads, {result.n_pcs} PCs; rank rule {result.settings.get('threshold')} of "
          f"{'ΣS' if result.settings.get('energy') == 'singular' else 'ΣS²'}, cap {result.settings.get('max_pcs')}. "
-         "Click a head for its PCs, labels and image strips."],
-        [("strengths.png", "Relative strength of the first PCs of every analysed head")],
-        [(["head", "k", "PC0 strength %", "PC0 positive", "PC0 negative"], rows)],
+         "Click a head for its PCs, labels and image strips. Label texts are cosines between the (pool-centred) "
+         "texts and the PC; the side with the larger |cosine| is listed first."],
+        [("strengths.png", "Share of each head's retained variance held by its first PCs (log scale); head pages "
+                            "list the PCs above the dashed line and put the rest apart.")],
+        [(["head", "k", f"PCs ≥ {min_strength:g}%", "PC0 strength %", "PC0 stronger side", "PC0 other side"],
+          rows)],
     )
     meta = f"model {result.model.get('model_name')} ({result.model.get('source')}), weights {result.model.get('weights')}"
     path = viz.write_report(out, "PCLens report", [overview], meta=meta)
@@ -129,7 +210,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
         if args.save_result:
             result.save(args.save_result)
     embeddings = embed_images(model, batches)
-    path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts)
+    path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts,
+                               args.min_strength)
     print(f"report written to {path}")
 
 
@@ -219,6 +301,8 @@ def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
     rep.add_argument("--vocab", default=None, help="label vocabulary file, one text per line (default: toy pool)")
     rep.add_argument("--pcs", type=int, default=5, help="PCs with image strips per head")
     rep.add_argument("--images", type=int, default=8, help="top and bottom images per PC")
+    rep.add_argument("--min-strength", type=float, default=MIN_STRENGTH,
+                     help="list PCs below this %% of their head's retained variance apart (default %(default)s; 0: all)")
     rep.add_argument("--batch-size", type=int, default=256)
     rep.add_argument("--threads", type=int, default=1)
     rep.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")
@@ -229,4 +313,4 @@ def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
     return group
 
 
-__all__ = ["head_page", "write_pclens_report", "add_pclens_commands"]
+__all__ = ["head_page", "strength_plot", "write_pclens_report", "add_pclens_commands", "MIN_STRENGTH"]

@@ -15,10 +15,18 @@ This is the reference's **intended** formula. Its loop
 and drops means unless every analysed head has a selected PC (Appendix A rows 6–7); the two
 agree exactly in that case (tested).
 
-The contexts edit the image embedding's direct path (``mode="direct"``, LayerNorm frozen, the
-TextSpan/PCLens accuracy protocol): ``e' = ‖e‖ (ê + Σ_h (φ'_h − φ_h))``. They are
-``model.hooks`` contexts, so they nest with any other hook context (ablations, caches);
+The contexts (:func:`keep`, :func:`remove`, :func:`reweight`, :func:`amplify`) are CLS-only:
+they rewrite the image embedding's direct path from the decomposition of the CLS readout
+(LayerNorm statistics frozen, the TextSpan/PCLens accuracy protocol, like ``ablation``'s
+``mode="direct"``; they take no ``mode`` argument): ``e' = ‖e‖ (ê + Σ_h (φ'_h − φ_h))``. They
+are ``model.hooks`` contexts, so they nest with any other hook context (ablations, caches);
 outer contexts' edits are seen by the decomposition they rewrite.
+
+The spatial variant (per-token rows, the mean spread as ``μ/T``) has no context of its own:
+its tokens sum to the CLS-only result, so it would leave the embedding exactly as the
+contexts do. It matters only where per-token rows are used, and is available as
+:func:`apply_to_stack` on a ``tokens="all"`` decomposition and as :func:`row_transform` for
+segmentation heat maps.
 """
 
 from __future__ import annotations
@@ -111,16 +119,31 @@ class PCSelection:
 
 
 def _as_selection(result: "PCLensResult", selection) -> PCSelection:
+    """Any accepted selection as a :class:`PCSelection` checked against ``result``: every head
+    is analysed and every weight vector has the head's ``k`` entries, whatever built it (a
+    :class:`QueryResult` or a selection of another result names PCs by index)."""
     if isinstance(selection, PCSelection):
-        for label, w in selection.weights.items():
-            if w.shape[0] != result[label].k:
-                raise ValueError(f"selection has {w.shape[0]} weights for {label}, which has {result[label].k} PCs")
-        return selection
-    if hasattr(selection, "selection"):  # a QueryResult
-        return selection.selection()
-    if isinstance(selection, Mapping):
-        return PCSelection.from_weights(result, selection)
-    return PCSelection.indicator(result, selection)
+        sel = selection
+    elif hasattr(selection, "selection") and hasattr(selection, "pcs"):  # a QueryResult
+        sel = PCSelection.indicator(result, selection.pcs, heads=[])  # checks each (head, index) here
+    elif isinstance(selection, Mapping):
+        sel = PCSelection.from_weights(result, selection)
+    else:
+        sel = PCSelection.indicator(result, selection)
+    _check_against(result, sel)
+    return sel
+
+
+def _check_against(result: "PCLensResult", sel: PCSelection) -> None:
+    """Raise before any work if ``sel`` names a head or a PC that ``result`` does not have."""
+    for label, w in sel.weights.items():
+        k = result[label].k  # KeyError naming the analysed heads
+        if w.ndim != 1 or w.shape[0] != k:
+            beyond = [int(i) for i in torch.nonzero(w.flatten()).flatten() if int(i) >= k]
+            named = f"names PC {', '.join(map(str, beyond))} of {label}" if beyond else \
+                f"has {w.numel()} weights for {label}"
+            raise ValueError(f"the selection {named}, but {label} has k={k} retained PCs (0..{k - 1}) in this "
+                             "PCLens result: was it built from another result? Rebuild it from this one")
 
 
 def _full(result: "PCLensResult", selection: PCSelection, fill: float = 0.0) -> PCSelection:
@@ -211,18 +234,19 @@ def selection_embeddings(stack: ComponentStack, result: "PCLensResult", selectio
 def nearest_neighbours(query: Float[Tensor, " d"], candidates: Float[Tensor, "n d"], k: int = 15,
                        score: Literal["dot", "cos"] = "dot") -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
     """The ``k`` candidates with the highest ``⟨c, q⟩`` (``"dot"``, TextSpan's per-head search) or
-    cosine (``"cos"``), best first: ``(indices, scores)`` (§4.9). Candidates are a head's
-    contributions (the head's space) or :func:`selection_embeddings` (a PC selection's space)."""
+    cosine (``"cos"``), best first: ``(indices, scores)`` (§4.9). In-memory shorthand for
+    :func:`hookedclip.methods.neighbours.nearest` (``"score"`` / ``"score_vis"``); candidates are a
+    head's contributions or :func:`selection_embeddings` (see also
+    :func:`hookedclip.methods.neighbours.selection_space`)."""
+    from hookedclip.methods.neighbours import nearest
+
     if candidates.ndim != 2 or query.shape[-1] != candidates.shape[1]:
         raise ValueError(f"query {tuple(query.shape)} and candidates {tuple(candidates.shape)} must share d'")
-    c, q = candidates.to(torch.float64), query.to(candidates.device, torch.float64)
-    if score == "cos":
-        c, q = torch.nn.functional.normalize(c, dim=-1), torch.nn.functional.normalize(q, dim=-1)
-    elif score != "dot":
+    names = {"dot": "score", "cos": "score_vis"}
+    if score not in names:
         raise ValueError(f"score must be 'dot' or 'cos', got {score!r}")
-    s = c @ q
-    top = s.topk(min(k, s.shape[0]))
-    return top.indices, top.values
+    found = nearest(query.to(candidates.device, torch.float64), [candidates.to(torch.float64)], k, names[score])
+    return found.indices, found.values
 
 
 # --------------------------------------------------------------------------------------

@@ -342,20 +342,29 @@ def save_overlays(
     transform: RowTransform | None = None,
     target: Int[Tensor, " batch"] | int | None = None,
     cols: int = 6,
+    labels: Sequence[int] | None = None,
 ):
     """A PNG grid for a person to look at: each uint8 image ``[N, H, W, 3]`` with its
-    ground-truth contour, next to its heat map (captioned with the mapped class).
-    ``pixels`` must already be at the model's input size; they are normalised with the
-    model's mean and std."""
+    ground-truth contour, next to its heat map (:func:`hookedclip.viz.heatmap_overlays`).
+
+    Titles: ``"pred: X / true: Y"`` with the true class indices ``labels`` (in the
+    classifier's classes), ``"pred: X"`` without; with an explicit ``target``, ``"map: X"``
+    (the mapped class), plus ``"/ pred: ..."`` of the model. ``pixels`` must already be at the
+    model's input size; they are normalised with the model's mean and std.
+    """
     from hookedclip.toy.model import images_to_tensor
     from hookedclip.viz import heatmap_overlays
 
     images = images_to_tensor(pixels, model.cfg.image_mean, model.cfg.image_std).to(model.device, model.dtype)
     maps = heatmaps(model, images, classifier, components, transform, target).float().cpu()
-    if target is None:
-        target = classifier.predict(model.encode_image(images))
-    target = torch.as_tensor(target).expand(len(pixels)).tolist()
-    captions = [f"map: {classifier.classnames[t]}" for t in target]
+    names = classifier.classnames
+    predicted = classifier.predict(model.encode_image(images)).tolist()
+    captions = [f"pred: {names[c]}" for c in predicted]
+    if target is not None:
+        mapped = torch.as_tensor(target).expand(len(pixels)).tolist()
+        captions = [f"map: {names[t]} / {c}" for t, c in zip(mapped, captions)]
+    if labels is not None:
+        captions = [f"{c} / true: {names[int(y)]}" for c, y in zip(captions, labels)]
     return heatmap_overlays(pixels, maps.numpy(), masks, path, captions, cols)
 
 

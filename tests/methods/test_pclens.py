@@ -5,6 +5,7 @@ Synthetic data for the algebra (hypothesis), tiny random open_clip models for th
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -395,10 +396,92 @@ def test_query_stopping_rule_and_union():
     assert a.to_markdown().count("\n|") == len(a.entries) + 2  # header, rule, rows
 
 
-def test_query_text_on_toy_like_setup_needs_model():
+def test_query_text_without_a_model_is_an_error():
     result, _ = synthetic_result(1, texts=True)
     with pytest.raises(ValueError, match="model"):
         QuerySystem(result).query_text("a red shape")
+
+
+def char_tokens(texts: list[str], context: int = 12, vocab: int = 100) -> torch.Tensor:
+    """A deterministic stand-in tokenizer for the tiny random model: SOT, one id per
+    character, EOT (the ids of open_clip's convention: vocab − 2, vocab − 1)."""
+    out = torch.zeros(len(texts), context, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [1 + ord(c) % (vocab - 3) for c in text[: context - 2]]
+        out[i, : len(ids) + 2] = torch.tensor([vocab - 2, *ids, vocab - 1])
+    return out
+
+
+@pytest.fixture
+def text_model(model):
+    before = model.tokenizer
+    model.tokenizer = char_tokens
+    yield model
+    model.tokenizer = before
+
+
+def test_query_text_embeds_with_the_model_and_centres_by_the_pool_mean(text_model, fitted):
+    model = text_model
+    from hookedclip.zeroshot import embed_texts
+
+    qs = QuerySystem(fitted, model)
+    got = qs.query_text("a red shape", top_k=6, approx=2.0)
+    q = embed_texts(model, ["a red shape"])[0].double()
+    a = qs.basis @ (q - fitted.text_mean)
+    expected = [qs.refs[int(j)] for j in a.abs().argsort(descending=True)[:6]]
+    assert got.pcs == expected and got.query == "a red shape"
+    assert got.entries[0].coefficient == pytest.approx(float(a[a.abs().argmax()]))
+    # centring matters: the uncentred query ranks differently on this pool
+    assert qs.query_vector(q, top_k=6, approx=2.0).pcs != expected
+
+
+def test_query_image_embeds_the_image_and_centres_by_the_mean_image(model, imgs, fitted):
+    qs = QuerySystem(fitted, model)
+    got = qs.query_image(imgs[5], top_k=4, approx=2.0, name="image 5")
+    q = model.encode_image(imgs[5:6], normalize=True)[0].double()
+    a = qs.basis @ (q - fitted.image_mean)
+    assert got.pcs == [qs.refs[int(j)] for j in a.abs().argsort(descending=True)[:4]]
+    assert got.query == "image 5"
+    with pytest.raises(ValueError, match="mean image embedding"):
+        QuerySystem(PCLensResult(fitted.heads, fitted.model), model).query_image(imgs[0])
+
+
+def test_query_texts_is_the_deduplicated_union_in_query_order(text_model, fitted):
+    model = text_model
+    qs = QuerySystem(fitted, model)
+    texts = ["a red shape", "a red shape", "a blue square"]  # a repeated concept adds nothing
+    singles = [qs.query_text(t, top_k=5, approx=2.0).pcs for t in texts]
+    expected = list(dict.fromkeys(singles[0] + singles[1] + singles[2]))
+    both = qs.query_texts(texts, top_k=5, approx=2.0)
+    assert both.pcs == expected
+    assert len(expected) < 15 and len(both.concepts) == 3
+    assert both.query == " + ".join(texts) and "union of 3 concepts" in str(both)
+
+
+def test_selection_from_another_result_is_refused_before_work(model, imgs, fitted):
+    """A QueryResult (or PCSelection) names PCs by index: applied to a result whose head has
+    fewer PCs it must fail with the head, the index and k, not deep inside a matmul."""
+    label = "L1H0"
+    k = fitted[label].k
+    wide = torch.randn(40, fitted[label].mean.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    bigger = PCLensResult({label: pca_from_data(wide, label, max_pcs=None)}, fitted.model)
+    assert bigger[label].k > k
+    query = QuerySystem(bigger).query_vector(bigger[label].components[k], top_k=1)
+    assert query.pcs == [(label, k)]
+    sel = PCSelection.indicator(bigger, [(label, k)])
+    stack = decompose_image(model, imgs[:2], components=list(fitted.heads))
+    for bad in (query, sel):
+        for call in (lambda: pclens.keep(model, fitted, bad), lambda: pclens.remove(model, fitted, bad),
+                     lambda: pclens.reweight(model, fitted, bad), lambda: pclens.amplify(model, fitted, bad, 0.5),
+                     lambda: apply_to_stack(stack, fitted, bad), lambda: pclens.row_transform(fitted, bad),
+                     lambda: pclens_selection.selection_embeddings(stack, fitted, bad)):
+            with pytest.raises((IndexError, ValueError), match=rf"{label}.*\b{k}\b"):
+                call()
+    with pytest.raises(ValueError, match=rf"names PC {k} of {label}, but {label} has k={k}"):
+        pclens.keep(model, fitted, sel)
+    with pytest.raises(IndexError, match=rf"{label} has {k} retained PCs .*no PC {k}"):
+        pclens.keep(model, fitted, query)
+    assert not any(h.fwd_fns for h in model.hook_dict.values())
 
 
 # --------------------------------------------------------------------------------------
@@ -502,6 +585,75 @@ def test_amplify_mixes_norms(model, imgs, fitted):
     assert torch.allclose(_unit(e1).abs() @ v.abs(), torch.ones(len(imgs)), atol=1e-4)  # e' ∥ ±v
     with pytest.raises(ValueError, match="ratio"):
         pclens.amplify(model, fitted, [("L1H0", 0)], ratio=1.5)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_amplify_matches_the_spec_formula(model, imgs, ratio):
+    """§4.6: ``e' = ρ n̄ R_S/‖R_S‖ + (1 − ρ) n̄ B/‖B‖`` with ``R_S = Σ_sel ⟨φ, v_i⟩ v_i`` (uncentred)
+    and ``B`` = everything else: the non-analysed components, every head's mean, minus
+    ``Σ_sel ⟨μ, v_i⟩ v_i``; ``n̄ = ‖mean ê‖``. Written out from a decomposition (Π = I here)."""
+    plain = pclens.fit(model, imgs.split(16), components=["L0-1"])  # no texts: Π = I
+    chosen = {"L1H0": [0, 2], "L0H3": [1]}
+    pcs = [(h, i) for h, idx in chosen.items() for i in idx]
+    e = model.encode_image(imgs)
+    with pclens.amplify(model, plain, pcs, ratio=ratio):
+        got = _unit_scale(model.encode_image(imgs), e)
+    stack = decompose_image(model, imgs, components=list(plain.heads))
+    rows = {label: stack.tensor[i].double() for i, label in enumerate(stack.labels)}
+    r_s = torch.zeros_like(rows["rest"])
+    b = rows["rest"].clone()  # earlier layers, MLPs, embedding slot: actual values
+    for label, pca in plain.heads.items():
+        b = b + pca.mean
+        for i in chosen.get(label, []):
+            v = pca.components[i]
+            r_s = r_s + (rows[label] @ v)[:, None] * v
+            b = b - (pca.mean @ v) * v
+    n_bar = float(plain.image_mean.norm())
+    expected = ratio * n_bar * _unit(r_s) + (1 - ratio) * n_bar * _unit(b)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_image_scores_are_cosines_of_the_unit_embedding_with_the_pc():
+    """§4.3: images rank by ⟨ê, v⟩ with ê the unit final embedding (not the raw dot product,
+    not centred). Image 0 has the largest raw dot product but image 1 the largest cosine."""
+    v = torch.eye(3, dtype=torch.float64)
+    pca = pclens.HeadPCA("L0H0", torch.zeros(3, dtype=torch.float64), v, torch.ones(3, dtype=torch.float64),
+                         torch.eye(3, dtype=torch.float64), 5, 3.0)
+    emb = torch.tensor([[6.0, 8.0, 0.0], [0.9, 0.0, (1 - 0.81) ** 0.5], [-2.0, 0.0, 0.0], [0.0, 0.0, 3.0],
+                        [0.3, -0.4, 0.0]], dtype=torch.float64)
+    scores = pclens.image_scores(pca, emb)
+    assert scores[:, 0].tolist() == pytest.approx([0.6, 0.9, -1.0, 0.0, 0.6])
+    top, bottom = pclens.top_images(pca, 0, emb, n=3)
+    assert top.tolist()[:1] == [1] and set(top.tolist()[1:]) == {0, 4}
+    assert bottom.tolist() == [2, 3, 0] or bottom.tolist() == [2, 3, 4]
+    assert pclens.top_images(pca, 2, emb, n=1)[0].tolist() == [3]
+    with pytest.raises(IndexError, match="no PC 3"):
+        pclens.top_images(pca, 3, emb)
+
+
+def test_labels_are_displayed_stronger_side_first(tmp_path):
+    """§4.2 step 7: the side with the larger |coefficient| is listed first, in the label's
+    short form, the QuerySystem table and the report."""
+    from hookedclip.methods.pclens_query import QuerySystem as QS
+    from hookedclip.methods.pclens_report import head_page
+
+    x = low_rank(0, 30, 4, 2)
+    pca = pca_from_data(x, "L0H0", max_pcs=2)
+    v = pca.components
+    # texts: PC 0's negative side is strong (−0.9), its positive side weak (+0.3); PC 1 the opposite
+    pool = torch.stack([-0.9 * v[0] + (1 - 0.81) ** 0.5 * v[1], 0.3 * v[0] + (1 - 0.09) ** 0.5 * v[1]])
+    label_pcs(pca, pool, ["water", "land"], 1, center_texts=False)
+    first = pca.label_of(0)
+    assert first.positive[0][0] == "land" and first.negative[0][0] == "water"
+    assert not first.positive_first and pca.label_of(1).positive_first
+    assert first.short() == "−[water] +[land]"
+    assert first.cells() == ("− water (-0.90)", "+ land (+0.30)")
+    result = PCLensResult({"L0H0": pca}, MODEL_ID, texts=["water", "land"])
+    row = QS(result).query_vector(v[0], top_k=1).rows()[0]
+    assert row[-2:] == ["− water", "+ land"]
+    page = head_page(pca, tmp_path / "L0H0", np.zeros((30, 4, 4, 3), np.uint8), x, 0, 2, 1, min_strength=0).read_text()
+    assert page.index("− water (-0.90)") < page.index("+ land (+0.30)")
+    assert page.index("+ land (+0.95)") < page.index("− water (+0.44)")  # PC 1: positive side stronger
 
 
 def test_spatial_variant_sums_to_cls_and_spreads_the_mean(model, imgs, fitted):
@@ -611,11 +763,18 @@ def test_report_writes_a_page_per_head(tmp_path, model, imgs, fitted):
     pics = np.random.default_rng(0).integers(0, 255, (len(imgs), 16, 16, 3), dtype=np.uint8)
     path = write_pclens_report(fitted, pics, model.encode_image(imgs), tmp_path / "rep", n_pcs=2, n_images=3)
     html = path.read_text()
-    for label in list(fitted.heads) + ["embedding"]:
+    labels = list(fitted.heads) + ["embedding"]
+    for j, label in enumerate(labels):
         assert f"href='{label}/index.html'" in html
         page = (tmp_path / "rep" / label / "index.html").read_text()
-        assert fitted.texts is not None and "positive texts" in page
-        assert (tmp_path / "rep" / label / "pc1.png").exists()
+        assert "texts, stronger side (cos)" in page and "href='../index.html'" in page
+        links = [f"href='../{other}/index.html'" in page for other in labels]
+        assert links == [abs(i - j) == 1 for i in range(len(labels))], label  # previous and next only
+        pca = fitted.embedding if label == "embedding" else fitted[label]
+        weak = int((pca.strength_rel < 1.0).sum())
+        assert (f"the other {weak} (together" in page) == (weak > 0), label
+        assert f"rank Π = {int(torch.linalg.matrix_rank(pca.projector))} of k = {pca.k}" in page
+        assert (tmp_path / "rep" / label / "pc0.png").exists()
     assert (tmp_path / "rep" / "strengths.png").exists()
 
 
