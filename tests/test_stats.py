@@ -16,24 +16,41 @@ from hookedclip.stats import RunningMoments
     n=st.integers(2, 60),
     d=st.integers(1, 6),
     cuts=st.lists(st.integers(0, 60), max_size=5),
+    chunk_rows=st.integers(1, 8),
     seed=st.integers(0, 2**16),
     offset=st.floats(-1e3, 1e3),
 )
-def test_any_split_matches_numpy(n, d, cuts, seed, offset):
+def test_any_split_matches_numpy(n, d, cuts, chunk_rows, seed, offset):
     x = np.random.default_rng(seed).normal(size=(n, d)) * 3 + offset
     points = sorted({min(c, n) for c in cuts} | {0, n})
     shards = [torch.from_numpy(x[a:b]) for a, b in zip(points, points[1:])]
     streamed = RunningMoments.empty((), d)
+    chunked = RunningMoments.empty((), d)  # update's own chunking: ``chunk_rows`` rows at a time
     for shard in shards:
         streamed.update(shard)
+        chunked.update(shard, chunk_bytes=chunk_rows * d * 8)
     merged = RunningMoments.of(shards[0])
     for shard in shards[1:]:
         merged = merged.merge(RunningMoments.of(shard))
-    for m in (streamed, merged):
+    for m in (streamed, chunked, merged):
         assert m.n == n
         np.testing.assert_allclose(m.mean.numpy(), x.mean(0), rtol=1e-10, atol=1e-10 * max(1, abs(offset)))
-        np.testing.assert_allclose(m.covariance().numpy(), np.cov(x.T, bias=True).reshape(d, d), rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(m.covariance().numpy(), np.cov(x.T, bias=True).reshape(d, d), rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(m.second_moment().numpy(), x.T @ x / n, rtol=1e-10, atol=1e-8 * max(1, offset**2))
+
+
+def test_chunked_update_merges_chunk_by_chunk(monkeypatch):
+    """``chunk_bytes`` really bounds the batch turned into float64 at once."""
+    x = torch.randn(10, 3, dtype=torch.float64)
+    sizes, real = [], RunningMoments.of
+
+    def of(chunk, covariance=True):
+        sizes.append(len(chunk))
+        return real(chunk, covariance)
+
+    monkeypatch.setattr(RunningMoments, "of", staticmethod(of))
+    m = RunningMoments.empty((), 3).update(x, chunk_bytes=4 * 3 * 8)
+    assert sizes == [4, 4, 2] and m.n == 10
 
 
 def test_leading_shape_kept_apart():
