@@ -78,6 +78,8 @@ def test_imagenet_val_from_labels_file(tmp_path):
     (tmp_path / "val.txt").write_text("ILSVRC2012_val_00000001.JPEG 65\nILSVRC2012_val_00000002.JPEG 970\n")
     data = ImageNetVal(tmp_path / "val", labels=tmp_path / "val.txt")
     assert [data[i]["label"] for i in range(2)] == [65, 970] and len(data.classes) == 1000
+    from_spec = open_dataset(f"imagenet-val:{tmp_path / 'val'}:{tmp_path / 'val.txt'}")  # a file: the labels
+    assert isinstance(from_spec, ImageNetVal) and from_spec.fingerprint() == data.fingerprint()
     assert data.classes[65] == "sea snake"  # open_clip's standard order
     with pytest.raises(FileNotFoundError, match="labels=.*devkit="):
         ImageNetVal(tmp_path / "val")
@@ -96,6 +98,24 @@ def test_imagenet_val_from_devkit_maps_to_sorted_wnid_order(tmp_path):
     (tmp_path / "devkit" / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n3\n")
     data = ImageNetVal(tmp_path / "val", devkit=tmp_path / "devkit")
     assert [data[i]["label"] for i in range(3)] == [2, 0, 1]
+    spec = f"imagenet-val:{tmp_path / 'val'}:{tmp_path / 'devkit'}"  # a folder: the devkit
+    assert [open_dataset(spec)[i]["label"] for i in range(3)] == [2, 0, 1]
+    (tmp_path / "devkit" / "data" / "meta.mat").unlink()
+    with pytest.raises(FileNotFoundError, match="meta.mat not found: expected the devkit's meta.mat"):
+        ImageNetVal(tmp_path / "val", devkit=tmp_path / "devkit")
+    with pytest.raises(FileNotFoundError, match="ILSVRC2012_validation_ground_truth.txt not found"):
+        ImageNetVal(tmp_path / "val", devkit=tmp_path / "no-devkit")
+
+
+def test_imagenet_val_missing_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere not found: expected the ILSVRC2012 validation images"):
+        ImageNetVal(tmp_path / "nowhere")
+    save_image(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG", 0)
+    with pytest.raises(FileNotFoundError, match="val.txt not found: expected a text file of 'FILENAME LABEL' lines"):
+        ImageNetVal(tmp_path / "val", labels=tmp_path / "val.txt")
+    (tmp_path / "bad.txt").write_text("ILSVRC2012_val_00000001.JPEG sixty-five\n")
+    with pytest.raises(ValueError, match="bad.txt:1: expected 'FILENAME LABEL'"):
+        ImageNetVal(tmp_path / "val", labels=tmp_path / "bad.txt")
 
 
 def test_imagenet_val_from_wnid_folders_needs_all_classes(tmp_path):
@@ -106,6 +126,7 @@ def test_imagenet_val_from_wnid_folders_needs_all_classes(tmp_path):
     save_image(tmp_path / wnids[999] / "b.JPEG", 2)
     data = ImageNetVal(tmp_path)
     assert [data[i]["label"] for i in range(2)] == [7, 999]
+    assert open_dataset(f"imagenet-val:{tmp_path}").paths == data.paths
     (tmp_path / wnids[3]).rmdir()
     with pytest.raises(ValueError, match="999 WordNet-id class folders"):
         ImageNetVal(tmp_path)
@@ -144,6 +165,8 @@ def test_imagenet_segmentation_images_and_masks(tmp_path, writer):
         item = data[k]
         assert np.array_equal(item["image"], images[k]) and np.array_equal(item["mask"], masks[k] > 0)
     assert preprocess_mask(data[2]["mask"], 6).shape == (6, 6)
+    from_spec = open_dataset(f"imagenet-seg:{tmp_path / 'gtsegs.mat'}")
+    assert isinstance(from_spec, ImageNetSegmentation) and np.array_equal(from_spec[1]["mask"], masks[1] > 0)
     with pytest.raises(FileNotFoundError, match="gtsegs_ijcv.mat"):
         ImageNetSegmentation(tmp_path / "missing.mat")
 
@@ -203,6 +226,12 @@ def test_text_embeddings_are_cached_per_model_in_store_format(tmp_path, monkeypa
     assert ActivationStore(store_dir).ids() == concepts
     monkeypatch.setattr(model, "encode_text", lambda *a, **k: pytest.fail("the cache was not used"))
     assert torch.equal(text_embeddings(model, concepts, cache_dir=tmp_path), first)
+    monkeypatch.undo()
+    import dataclasses
+
+    model.cfg = dataclasses.replace(model.cfg, init_logit_scale=1.0)  # same weights, another config
+    assert torch.equal(text_embeddings(model, concepts, cache_dir=tmp_path), first)
+    assert len(list((tmp_path / "text").iterdir())) == 2  # not served from the other config's entry
 
 
 def write_segmentation_mat_v73(path, n: int = 3) -> tuple[list[np.ndarray], list[np.ndarray]]:

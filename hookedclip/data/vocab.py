@@ -79,7 +79,7 @@ def text_embeddings(model, concepts: list[str], cache_dir: str | Path | None = N
     """Text embeddings ``[n_concepts, d_out]`` of ``concepts``, cached per model and concept
     list as an :class:`~hookedclip.store.ActivationStore` under ``cache_dir`` (default
     ``~/.cache/hookedclip/text``), target ``"text_embedding"``; a later call with the same
-    model weights and concepts reads the cache instead of running the text tower."""
+    model (config and weights) and concepts reads the cache instead of running the text tower."""
     import hashlib
     import json
     import os
@@ -93,7 +93,8 @@ def text_embeddings(model, concepts: list[str], cache_dir: str | Path | None = N
     cache_dir = Path(cache_dir or os.environ.get("HOOKEDCLIP_CACHE", Path.home() / ".cache" / "hookedclip")) / "text"
     fingerprint = model_fingerprint(model)
     concepts_hash = hashlib.sha256(json.dumps(concepts).encode()).hexdigest()[:16]
-    path = cache_dir / f"{fingerprint['weights_hash']}-{concepts_hash}-{'norm' if normalize else 'raw'}"
+    key = f"{fingerprint['config_hash']}-{fingerprint['weights_hash']}-{concepts_hash}-{'norm' if normalize else 'raw'}"
+    path = cache_dir / key
     if not (path / "manifest.json").exists():
         with torch.no_grad():
             emb = torch.cat([model.encode_text(model.tokenize(concepts[i:i + batch_size]), normalize=normalize)
