@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,3 +111,94 @@ def test_self_score_ranks_by_alignment_with_the_embedding(tiny_model):
     found = nearest_images(tiny_model, None, [pool[:4], pool[4:]], space, k=11, score="self")
     expected = (space(pool) * tiny_model.encode_image(pool, normalize=True)).sum(-1)
     assert found.indices.tolist() == torch.argsort(expected, descending=True).tolist()
+
+
+# ---------------------------------------------------------------------------- a PC selection's space
+@pytest.fixture
+def pc_result(tiny_model):
+    from hookedclip.methods import pclens
+
+    fit_images = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    return pclens.fit(tiny_model, fit_images.split(20), components=["L0-1"])  # no texts: Π = I
+
+
+def test_selection_space_query_finds_itself(tiny_model, pc_result):
+    from hookedclip.methods.neighbours import selection_space
+
+    pool = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    space = selection_space(tiny_model, pc_result, [("L1H0", 0), ("L1H1", 1), ("L0H2", 0)])
+    found = nearest_images(tiny_model, pool[6], [pool[:5], pool[5:]], space, k=3, score="score_vis")
+    assert found.indices[0] == 6 and found.values[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_selection_space_ranks_by_the_selected_coordinates_only(tiny_model, pc_result):
+    """Centred, with PCs 0 and 1 of one head selected (orthonormal), the dot product of two
+    images is ``a(x) · a(q)`` over those two coordinates: nothing else of the image counts."""
+    from hookedclip.methods.neighbours import selection_space
+
+    pool = torch.randn(30, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    pca = pc_result["L1H0"]
+    space = selection_space(tiny_model, pc_result, [("L1H0", 0), ("L1H0", 1)], centre=True)
+    coords = pca.coordinates(decompose_image(tiny_model, pool, components=["L1H0"]).tensor[0].double())[:, :2]
+    query = 9
+    found = nearest_images(tiny_model, pool[query], [pool[:13], pool[13:]], space, k=30, score="score")
+    assert found.indices.tolist() == torch.argsort(coords @ coords[query], descending=True).tolist()
+    torch.testing.assert_close(space(pool)[:, :].double(), coords @ pca.components[:2], rtol=1e-4, atol=1e-6)
+    full = nearest_images(tiny_model, pool[query], [pool], embedding_space(tiny_model), k=30, score="score")
+    assert full.indices.tolist() != found.indices.tolist()  # the restriction changes the ranking
+
+
+def test_selection_space_checks_the_selection_and_the_model(tiny_model, pc_result):
+    from hookedclip import HookedCLIP
+    from hookedclip.methods.neighbours import selection_space
+    from tests.conftest import tiny_open_clip
+
+    k = pc_result["L1H0"].k
+    with pytest.raises(IndexError, match=f"L1H0 has {k} retained PCs"):
+        selection_space(tiny_model, pc_result, [("L1H0", k)])
+    other = HookedCLIP.from_open_clip(tiny_open_clip(seed=9))
+    with pytest.raises(ValueError, match="fitted on"):
+        selection_space(other, pc_result, [("L1H0", 0)])
+
+
+def test_pclens_nearest_neighbours_delegates_to_nearest():
+    from hookedclip.methods.pclens_selection import nearest_neighbours
+
+    gen = torch.Generator().manual_seed(2)
+    x, q = torch.randn(20, 5, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64)
+    for mine, theirs in (("dot", "score"), ("cos", "score_vis")):
+        idx, vals = nearest_neighbours(q, x, k=7, score=mine)
+        ref = nearest(q, [x], 7, theirs)
+        assert idx.tolist() == ref.indices.tolist()
+        torch.testing.assert_close(vals, ref.values)
+    with pytest.raises(ValueError, match="score must be"):
+        nearest_neighbours(q, x, score="l2")
+
+
+def test_neighbour_grid_shows_rank_and_score(tmp_path):
+    from PIL import Image
+
+    from hookedclip.viz import neighbour_grid
+
+    rng = np.random.default_rng(0)
+    query, found = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    path = neighbour_grid(query, found, [f"item {i}" for i in range(5)], tmp_path / "g.png", title="t",
+                          cols=5, scores=[0.9, 0.8, 0.7, 0.6, 0.5], score_name="cos")
+    import matplotlib.pyplot as plt
+
+    fig_texts = []
+    orig = plt.Axes.set_title
+
+    def spy(self, label, *a, **kw):
+        fig_texts.append(label)
+        return orig(self, label, *a, **kw)
+
+    plt.Axes.set_title = spy
+    try:
+        neighbour_grid(query, found, [f"item {i}" for i in range(5)], tmp_path / "h.png", cols=5,
+                       scores=[0.9, 0.8, 0.7, 0.6, 0.5], score_name="cos")
+    finally:
+        plt.Axes.set_title = orig
+    assert fig_texts[1].startswith("#1  cos 0.9\nitem 0") and fig_texts[5].startswith("#5  cos 0.5")
+    width, height = Image.open(path).size
+    assert width > 2 * height > 0  # one row of five beside the query

@@ -182,7 +182,7 @@ def test_sweep_embeddings_equal_the_remove_context(model, fitted, task, texture_
 # --------------------------------------------------------------------------------------
 
 
-def test_pick_rule_and_outputs(tmp_path, texture_sweep):
+def test_outputs_and_csv_pick_match_the_sweep(tmp_path, texture_sweep):
     rows = (tmp_path / "s.csv", tmp_path / "s.png")
     texture_sweep.to_csv(rows[0])
     texture_sweep.plot(rows[1])
@@ -190,11 +190,40 @@ def test_pick_rule_and_outputs(tmp_path, texture_sweep):
     assert lines[0].split(",")[:4] == DebiasSweep.HEADER and lines[0].endswith("square on dots,chosen")
     assert len(lines) == 1 + 1 + len(KS) and sum(line.endswith(",1") for line in lines[1:]) == 1
     assert rows[1].stat().st_size > 10_000
-    # the rule: best WGA within the margin; nothing within it -> the original model
-    points = texture_sweep.points
-    assert DebiasSweep.pick(points, MARGIN) is texture_sweep.chosen
-    assert DebiasSweep.pick(points[:1] + [p for p in points[1:] if p.worst_group <= points[0].worst_group],
-                            MARGIN) is points[0]
+    assert _csv_pick(rows[0], MARGIN) == (texture_sweep.chosen.k, texture_sweep.chosen.k)
+
+
+def _point(k: int, n: int, average: float, worst: float):
+    from hookedclip.methods.pclens_debias import SweepPoint
+
+    return SweepPoint(k, n, average, worst, {})
+
+
+def test_pick_rule_on_hand_made_points():
+    """Original: average 0.80, WGA 0.60. K=1 gains WGA but loses 5 points of average (out);
+    K=2 and K=5 tie on WGA 0.90 within one point (K=2 removes fewer PCs); K=3 has the best
+    WGA but loses 2 points; K=4 keeps average exactly and gains a little."""
+    points = [_point(0, 0, 0.80, 0.60), _point(1, 2, 0.75, 0.95), _point(2, 4, 0.795, 0.90),
+              _point(3, 6, 0.78, 0.97), _point(4, 8, 0.80, 0.65), _point(5, 9, 0.85, 0.90)]
+    assert DebiasSweep.pick(points, 0.01).k == 2
+    assert DebiasSweep.pick(points, 0.03).k == 3
+    # margin 0 is the reference's rule: average and WGA strictly above the original's
+    assert DebiasSweep.pick(points, 0.0).k == 5
+    assert DebiasSweep.pick(points[:1] + points[4:5], 0.0).k == 0  # equal average is not above
+    assert DebiasSweep.pick([points[0], _point(1, 1, 0.9, 0.60)], 0.01).k == 0  # WGA not raised
+
+
+def _csv_pick(path, margin: float) -> tuple[int, int]:
+    """The pick computed from the CSV's numbers alone, and the K the CSV marks as chosen."""
+    import csv
+
+    rows = list(csv.DictReader(open(path)))
+    base = rows[0]
+    ok = [r for r in rows[1:] if float(r["average"]) > float(base["average"]) - margin
+          and float(r["worst_group"]) > float(base["worst_group"])]
+    best = max(ok, key=lambda r: (float(r["worst_group"]), -int(r["pcs_removed"]))) if ok else base
+    marked = [int(r["k_per_concept"]) for r in rows if r["chosen"] == "1"]
+    return int(best["k_per_concept"]), marked[0] if len(marked) == 1 else -1
 
 
 def test_cli_debias_writes_csv_png_summary(tmp_path, capsys):
@@ -205,7 +234,42 @@ def test_cli_debias_writes_csv_png_summary(tmp_path, capsys):
     assert "worst group" in capsys.readouterr().out
     for name in ("debias.csv", "debias.png", "summary.txt"):
         assert (out / name).stat().st_size > 100, name
-    assert "picked K=" in (out / "summary.txt").read_text() or "keep the model" in (out / "summary.txt").read_text()
+    expected, marked = _csv_pick(out / "debias.csv", 0.01)
+    assert marked == expected
+    summary = (out / "summary.txt").read_text()
+    assert (f"picked K={expected} " in summary) if expected else ("keep the model" in summary), summary
+
+
+def test_cli_debias_on_a_waterbirds_folder(tmp_path, capsys):
+    from hookedclip.cli import main
+    from tests.test_datasets import write_waterbirds
+
+    write_waterbirds(tmp_path / "wb")
+    out = tmp_path / "out"
+    assert main(["pclens", "debias", "--waterbirds", str(tmp_path / "wb"), "--ks", "1,2", "--layers", "1",
+                 "--batch-size", "2", "--out", str(out)]) == 0
+    summary = (out / "summary.txt").read_text()
+    assert "water background; land background (4 images, 2 values of K)" in summary
+    header = (out / "debias.csv").read_text().splitlines()[0].split(",")
+    assert header[4:8] == ["landbird on land", "landbird on water", "waterbird on land", "waterbird on water"]
+    expected, marked = _csv_pick(out / "debias.csv", 0.01)
+    assert marked == expected
+
+
+def test_cli_report_writes_linked_pages(tmp_path, model):
+    from hookedclip.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["pclens", "report", "--n", "64", "--layers", "1", "--pcs", "1", "--images", "2",
+                 "--out", str(out)]) == 0
+    index = (out / "index.html").read_text()
+    heads = [f"L3H{h}" for h in range(model.cfg.vision.heads)]
+    for label in heads + ["embedding"]:
+        assert f"href='{label}/index.html'" in index
+        page = (out / label / "index.html").read_text()
+        assert "href='../index.html'" in page and (out / label / "pc0.png").exists()
+    assert "href='../L3H1/index.html'" in (out / "L3H0" / "index.html").read_text()
+    assert (out / "strengths.png").stat().st_size > 5_000
 
 
 def test_waterbirds_task_runs_the_sweep(tmp_path, model):

@@ -280,3 +280,72 @@ def test_toy_heads_beat_centre_blob(toy_results):
     assert every["model"]["pixel_accuracy"] > blob["pixel_accuracy"] + 0.01, every
     assert last2["model"]["pixel_accuracy"] > blob["pixel_accuracy"] + 0.02, last2
     assert last2["model"]["miou"] > blob["miou"] + 0.015, last2
+
+
+# ---------------------------------------------------------------------------- figures
+def test_blend_leaves_cold_pixels_and_tints_hot_ones():
+    from hookedclip.viz import blend_heatmap
+
+    image = np.full((6, 6, 3), 128, np.uint8)
+    heat = np.zeros((6, 6))
+    heat[2:4, 2:4] = 1.0
+    out = blend_heatmap(image, heat, alpha=0.6)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.array_equal(out[heat == 0], image[heat == 0])  # map 0: the image, untouched
+    hot = out[heat == 1].astype(int)
+    assert np.all(np.abs(hot - 128).max(-1) > 40) and np.all(hot[:, 0] > hot[:, 2])  # jet at 1 is red
+
+
+def test_heatmap_overlays_file_size_and_content(tmp_path):
+    from PIL import Image
+
+    from hookedclip.viz import heatmap_overlays
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((4, 16, 16), bool)
+    masks[:, 4:12, 4:12] = True
+    maps = np.zeros((4, 16, 16))
+    a = heatmap_overlays(images, maps, masks, tmp_path / "a.png", ["pred: a / true: b"] * 4, cols=2)
+    maps[:, 4:12, 4:12] = 1.0
+    b = heatmap_overlays(images, maps, masks, tmp_path / "b.png", ["pred: a / true: b"] * 4, cols=2)
+    pa, pb = np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB"))
+    assert pa.shape == pb.shape and pa.shape[1] > pa.shape[0]  # 2 rows of 2 pairs (4 panels wide), + legend
+    assert (pa != pb).any(axis=-1).mean() > 0.01  # a hot map changes the figure
+    assert (np.abs(pb.astype(int) - [0, 255, 255]).sum(-1) < 60).any()  # the cyan binarised contour is drawn
+
+
+def test_save_overlays_titles_prediction_and_truth(tmp_path, tiny_model, classifier, monkeypatch):
+    import hookedclip.viz as viz
+    from hookedclip.methods.segmentation import save_overlays
+
+    seen = {}
+
+    def capture(images, maps, masks, path, captions=None, cols=6, alpha=0.6):
+        seen.update(images=images, maps=maps, captions=captions)
+        return path
+
+    monkeypatch.setattr(viz, "heatmap_overlays", capture)
+    pixels = np.random.default_rng(2).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    save_overlays(tiny_model, pixels, classifier, tmp_path / "o.png", labels=[0, 1, 2])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(tiny_model.cfg.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(tiny_model.cfg.image_std).view(1, 3, 1, 1)
+    pred = classifier.predict(tiny_model.encode_image((x - mean) / std)).tolist()
+    assert seen["captions"] == [f"pred: {'abcde'[p]} / true: {'abcde'[t]}" for p, t in zip(pred, [0, 1, 2])]
+    assert seen["maps"].shape == (3, 16, 16) and seen["maps"].max() == pytest.approx(1.0)
+    save_overlays(tiny_model, pixels, classifier, tmp_path / "o.png", target=4)
+    assert seen["captions"][0] == f"map: e / pred: {'abcde'[pred[0]]}"
+
+
+def test_save_overlays_writes_a_png(tmp_path, tiny_model, classifier):
+    from PIL import Image
+
+    from hookedclip.methods.segmentation import save_overlays
+
+    pixels = np.random.default_rng(3).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((2, 16, 16), bool)
+    masks[:, 3:9, 3:9] = True
+    path = save_overlays(tiny_model, pixels, classifier, tmp_path / "o.png", masks, labels=[1, 3])
+    width, height = Image.open(path).size
+    assert width > 2 * height  # one row: two pairs of panels
