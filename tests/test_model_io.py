@@ -36,7 +36,7 @@ def test_bad_images(tiny_model, bad, message):
 
 def test_bad_tokens(tiny_model):
     ctx = tiny_model.cfg.text.context_length
-    with pytest.raises(ValueError, match=f"at most {ctx}"):
+    with pytest.raises(ValueError, match=f"sequences are {ctx + 1} long, the text tower takes at most {ctx}"):
         tiny_model.encode_text(torch.zeros(1, ctx + 1, dtype=torch.long))
     with pytest.raises(TypeError, match="integer tensor"):
         tiny_model.encode_text(torch.zeros(1, 4))

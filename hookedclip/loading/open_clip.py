@@ -46,11 +46,22 @@ def from_open_clip(
         name = getattr(source, "hookedclip_name", None) or type(source).__name__
     cfg, state = convert_open_clip(source)
     cfg.model_name, cfg.pretrained = name, pretrained
-    model = HookedCLIP(cfg)
-    model.load_state_dict(state)
     dtype = next(source.parameters()).dtype
-    model = model.to(device=device, dtype=dtype).eval()
+    # Built on the meta device and filled with copies of the source tensors: no random
+    # initialisation of weights that are overwritten anyway (seconds at ViT-H sizes).
+    with torch.device("meta"):
+        model = HookedCLIP(cfg)
+    copies = {
+        k: v.to(device=device, dtype=dtype, memory_format=torch.contiguous_format, copy=True) for k, v in state.items()
+    }
+    model.load_state_dict(copies, assign=True)
+    model.eval()
     attach_io(model)
+    pre = getattr(source.visual, "preprocess_cfg", None)
+    if pre:  # open_clip's own eval transform: also its interpolation and resize mode, not just mean / std
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        model.preprocess = image_transform_v2(PreprocessCfg(**pre), is_train=False)
     return model
 
 
@@ -74,9 +85,10 @@ def create_open_clip(name: str, pretrained: str | None = None, **kwargs: Any) ->
     except Exception as exc:
         if pretrained is None:
             raise
+        cache = kwargs.get("cache_dir") or _hf_cache_dir()
         raise RuntimeError(
             f"could not load pretrained weights {name} / {pretrained!r}: {exc}. open_clip looks "
-            f"for them in the Hugging Face hub cache ({_hf_cache_dir()}) and downloads them when "
+            f"for them in the Hugging Face hub cache ({cache}) and downloads them when "
             "there is network. Offline, copy the checkpoint to this machine and pass its file "
             "path as pretrained=..., or fill the cache on a machine with network."
         ) from exc
