@@ -11,7 +11,11 @@ and a ``mode``:
   with ``ln_post`` statistics frozen at the clean run: the embedding becomes
   ``e' = ‖e‖ (Σ_kept φ_c + Σ_ablated φ'_c)`` where ``φ_c`` are the decomposition rows of
   :func:`hookedclip.decompose.decompose_image` (TextSpan/PCLens accuracy protocol). The rest
-  of the network is untouched.
+  of the network is untouched. Nested direct contexts compose exactly: nesting ``A`` then
+  ``B`` equals one context over ``A ∪ B`` (an overlapping component gets the inner
+  replacement applied to the outer one's result), every row normalised by the ``‖e‖`` of
+  the forward before any direct rewrite. The rows are read from the activations the
+  forward actually used, so ``model.hooks`` edits entered inside or outside are part of it.
 
 Replacement values (``means``, ``directions``) live in the space the mode edits: for
 ``"total"``, the hook's space (``hook_z`` ``[pos, d_head]`` per head, ``[pos, d_model]`` for
@@ -22,10 +26,13 @@ MLPs and embed; directions in ``d_model``); for ``"direct"``, the joint space ``
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -57,11 +64,9 @@ def ablate(
         raise ValueError(f"mode must be 'total' or 'direct', got {mode!r}")
     if not comps:
         return model.hooks()
-    if mode == "total":
-        hooks = _total_hooks(comps, replace, head_space)
-    else:
-        hooks = _direct_hooks(model, comps, replace)
-    return model.hooks(fwd_hooks=hooks)
+    if mode == "direct":
+        return _direct_context(model, comps, replace)
+    return model.hooks(fwd_hooks=_total_hooks(comps, replace, head_space))
 
 
 def _total_hooks(comps: list[Component], replace: Replace, head_space: str) -> list:
@@ -86,23 +91,75 @@ def _edit_head(comp: Head, replace: Replace):
     return hook
 
 
-def _direct_hooks(model, comps: list[Component], replace: Replace) -> list:
-    """Capture the decomposition's inputs during the forward, then rewrite ``hook_out``."""
-    captured: dict[str, Tensor] = {}
-    labels = [str(c) for c in comps]
-    names = needed_hooks(model, "visual", labels)
+# Direct-mode contexts active on each model, outermost first. One hook_out rewrite (the
+# outermost context's) applies all of them, so nested direct contexts compose like nested
+# functions on each row and every row is normalised by the clean ‖e‖.
+_DIRECT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def capture(x: Tensor, hook) -> None:
-        captured[hook.name] = x
 
-    def rewrite(e: Tensor, hook) -> Tensor:
-        stack = stack_from_cache(model, "visual", None, captured, e, components=labels)
-        norm = e.norm(dim=-1, keepdim=True)
-        delta = sum(replace(row, comp) - row for row, comp in zip(stack.tensor, stack.components) if comp is not None)
-        captured.clear()
-        return e + norm * delta
+@dataclass
+class _DirectState:
+    edits: list[tuple[list[Component], Replace]] = field(default_factory=list)
+    captured: dict[str, Tensor] = field(default_factory=dict)
 
-    return [(lambda n: n in names, capture), ("visual.hook_out", rewrite)]
+
+@contextlib.contextmanager
+def _direct_context(model, comps: list[Component], replace: Replace):
+    """Rewrite ``hook_out`` to ``e_in + ‖e₀‖ Σ_c (φ'_c − φ_c)``.
+
+    ``e₀`` is the projection of ``hook_pooled`` (the embedding before any rewrite of
+    ``hook_out``) and the rows ``φ_c`` come from the activations the forward actually used:
+    they are read by module forward hooks, which run after every ``model.hooks`` function
+    at that point whatever the nesting order. An outer ``model.hooks`` edit of
+    ``hook_out`` itself runs before the rewrite, an inner one after it.
+    """
+    state = _DIRECT.setdefault(model, _DirectState())
+    edit = (comps, replace)
+    state.edits.append(edit)
+    names = needed_hooks(model, "visual", [str(c) for c in comps]) | {"visual.hook_pooled"}
+
+    def capture(module, inputs, output: Tensor) -> None:
+        state.captured[module.name] = output
+
+    def rewrite(e: Tensor, hook) -> Tensor | None:
+        if state.edits[0] is not edit:
+            return None  # the outermost direct context rewrites for all of them
+        return _rewrite(model, state, e)
+
+    handles = [model.hook_dict[n].register_forward_hook(capture) for n in names]
+    try:
+        # The no-op functions make the hook points active (hook_pattern is only computed then).
+        with model.hooks(fwd_hooks=[(lambda n: n in names, _keep_active), ("visual.hook_out", rewrite)]):
+            yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        state.edits.pop(next(i for i, x in enumerate(state.edits) if x is edit))
+        if not state.edits:
+            del _DIRECT[model]
+
+
+def _keep_active(x: Tensor, hook) -> None:
+    return None
+
+
+def _rewrite(model, state: _DirectState, e: Tensor) -> Tensor:
+    visual = model.visual
+    pooled = state.captured["visual.hook_pooled"]
+    clean = pooled if visual.W_proj is None else F.linear(pooled, visual.W_proj.T, visual.b_proj)
+    labels = list(dict.fromkeys(str(c) for comps, _ in state.edits for c in comps))
+    stack = stack_from_cache(model, "visual", None, state.captured, clean, components=labels)
+    state.captured.clear()
+    delta = torch.zeros_like(e)
+    for row, comp in zip(stack.tensor, stack.components):
+        if comp is None:  # the "rest" row
+            continue
+        new = row
+        for comps, replace in state.edits:  # outer contexts first, as in total mode
+            if comp in comps:
+                new = replace(new, comp)
+        delta = delta + (new - row)
+    return e + clean.norm(dim=-1, keepdim=True) * delta
 
 
 # ---------------------------------------------------------------------------- the usual ablations

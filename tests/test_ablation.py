@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from hookedclip import HookedCLIP, ablation
 from hookedclip.decompose import decompose_image
+from hookedclip.weights import fold_ln
 from tests.conftest import tiny_open_clip
 
 
@@ -21,40 +22,59 @@ def _setup(seed=0, n=4, **kw):
     return model, images
 
 
+EVERY = ["embed", "L0-1", "mlp0", "mlp1"]
+
+
+def _orthogonal(d: int, seed: int) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).Q
+
+
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**16), mode=st.sampled_from(["total", "direct"]),
-       kind=st.sampled_from(["zero", "mean", "resample", "project", "keep"]))
-def test_ablating_nothing_is_identity(seed, mode, kind):
+       kind=st.sampled_from(["keep_full_basis", "project_nothing", "own_mean"]))
+def test_ablations_that_must_change_nothing_are_the_identity(seed, mode, kind):
+    """Property 4 on every real component: a full orthonormal basis kept, no direction
+    removed, or each component replaced by its exact value on a repeated image."""
     model, images = _setup(seed)
+    d = model.cfg.vision.output_dim if mode == "direct" else model.cfg.vision.width
+    if kind == "own_mean":
+        images = images[:1].expand(3, -1, -1, -1).contiguous()
     clean = model.encode_image(images)
-    means = ablation.component_means(model, [images], mode=mode)
     ctx = {
-        "zero": lambda: ablation.zero_ablate(model, [], mode),
-        "mean": lambda: ablation.mean_ablate(model, [], means, mode),
-        "resample": lambda: ablation.resample_ablate(model, [], images.flip(0), mode),
-        "project": lambda: ablation.project_out(model, [], torch.randn(2, 16 if mode == "direct" else 32).double(), mode=mode),
-        "keep": lambda: ablation.keep_only(model, [], torch.randn(2, 16 if mode == "direct" else 32).double(), mode=mode),
+        "keep_full_basis": lambda: ablation.keep_only(model, EVERY, _orthogonal(d, seed).T, mode=mode),
+        "project_nothing": lambda: ablation.project_out(model, EVERY, torch.zeros(0, d, dtype=torch.float64), mode=mode),
+        "own_mean": lambda: ablation.mean_ablate(model, EVERY, ablation.component_means(model, [images], mode=mode), mode),
     }[kind]
     with ctx():
-        torch.testing.assert_close(model.encode_image(images), clean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(model.encode_image(images), clean, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["total", "direct"])
 def test_own_mean_on_repeated_image_changes_nothing(mode):
     model, images = _setup(1)
     same = images[:1].expand(3, -1, -1, -1).contiguous()
+    other = images[1:2].expand(3, -1, -1, -1).contiguous()
     comps = ["L0H1", "L1H2", "mlp0", "embed"]
     means = ablation.component_means(model, [same], comps, mode=mode)
+    clean_same, clean_other = model.encode_image(same), model.encode_image(other)
     with ablation.mean_ablate(model, comps, means, mode):
-        torch.testing.assert_close(model.encode_image(same), model.encode_image(same), rtol=0, atol=0)
-        ablated = model.encode_image(same)
-    torch.testing.assert_close(ablated, model.encode_image(same), rtol=1e-10, atol=1e-12)
+        ablated_same, ablated_other = model.encode_image(same), model.encode_image(other)
+    torch.testing.assert_close(ablated_same, clean_same, rtol=1e-10, atol=1e-12)
+    # The same means do act on another image: the identity above is not vacuous.
+    assert (ablated_other - clean_other).abs().max() > 1e-4
 
 
-def test_direct_ablation_of_everything_leaves_the_bias_row():
+@pytest.mark.parametrize("fold", [False, True])
+def test_direct_ablation_of_everything_leaves_the_bias_row(fold):
+    """Property 7's edge: with every row zeroed only the projection bias remains."""
     model, images = _setup(2)
-    every = ["embed", "L0-1", "mlp0", "mlp1"]
-    with ablation.zero_ablate(model, every, mode="direct"):
+    if fold:
+        fold_ln(model)  # moves ln_post's β into the projection bias
+    else:
+        with torch.no_grad():
+            model.visual.b_proj.normal_(generator=torch.Generator().manual_seed(2))
+    assert model.visual.b_proj.abs().min() > 0
+    with ablation.zero_ablate(model, EVERY, mode="direct"):
         out = model.encode_image(images)
     torch.testing.assert_close(out, model.visual.b_proj.expand_as(out), rtol=0, atol=1e-12)
 
@@ -62,7 +82,7 @@ def test_direct_ablation_of_everything_leaves_the_bias_row():
 def test_mean_ablating_everything_gives_a_constant_and_keeps_the_mean():
     """Properties 7 and 8 (direct mode, normalised rows)."""
     model, images = _setup(3, n=6)
-    every = ["embed", "L0-1", "mlp0", "mlp1"]
+    every = EVERY
     means = ablation.component_means(model, [images], mode="direct")
     with ablation.mean_ablate(model, every, means, mode="direct"):
         out = F.normalize(model.encode_image(images), dim=-1)
@@ -142,6 +162,74 @@ def test_contexts_compose_and_undo():
     assert (both - clean).abs().max() > 1e-6
     torch.testing.assert_close(model.encode_image(images), clean, rtol=0, atol=0)
     assert all(not h.fwd_fns for h in model.hook_dict.values())
+
+
+SETS = ["embed", "mlp0", "mlp1", "L0H0", "L0H3", "L1H1", "L1H2"]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), fp64=st.booleans(), kind=st.sampled_from(["mean", "zero", "project"]),
+       outer=st.sets(st.sampled_from(SETS), min_size=1), inner=st.sets(st.sampled_from(SETS), min_size=1))
+def test_nested_direct_contexts_equal_one_context(seed, fp64, kind, outer, inner):
+    """Nesting A then B equals one context over A ∪ B; where they overlap, the inner
+    replacement acts on the outer one's result (as nested hooks do in total mode)."""
+    model, images = _setup(seed)
+    if not fp64:
+        model, images = model.float(), images.float()
+    means = ablation.component_means(model, [images[:2]], mode="direct")
+    u = torch.randn(2, 16, generator=torch.Generator().manual_seed(seed)).to(images)
+    make = {
+        "mean": lambda comps: ablation.mean_ablate(model, comps, means, "direct"),
+        "zero": lambda comps: ablation.zero_ablate(model, comps, "direct"),
+        "project": lambda comps: ablation.project_out(model, comps, u, mode="direct"),
+    }[kind]
+    outer, inner = sorted(outer), sorted(inner)
+    with make(outer), make(inner):
+        nested = model.encode_image(images)
+    with make(sorted(set(outer) | set(inner))):  # every kind here is idempotent: f(f(x)) = f(x)
+        single = model.encode_image(images)
+    tol = dict(rtol=0, atol=1e-10) if fp64 else dict(rtol=0, atol=1e-6)
+    torch.testing.assert_close(nested, single, **tol)
+    assert all(not h.fwd_fns and not h._forward_hooks for h in model.hook_dict.values())
+
+
+def test_overlapping_direct_contexts_compose_as_functions():
+    model, images = _setup(13)
+    means = ablation.component_means(model, [images[:2]], ["L1H1"], mode="direct")
+    u = torch.randn(1, 16, dtype=torch.float64)
+    with ablation.mean_ablate(model, ["L1H1"], means, "direct"), ablation.project_out(model, ["L1H1"], u, mode="direct"):
+        nested = model.encode_image(images)
+    stack = decompose_image(model, images)
+    m = means["L1H1"]
+    q = F.normalize(u[0], dim=0)
+    replaced = m - (m @ q) * q  # project_out applied to the mean-ablated row
+    expected = stack.sum() - stack.select("L1H1").tensor[0] + replaced
+    norm = model.encode_image(images).norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(nested / norm, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ablation_outside", [True, False])
+def test_direct_ablation_with_a_plain_hooks_context(ablation_outside):
+    """A ``model.hooks`` edit (here: values of L1 scaled, L0's z scaled) is part of the
+    forward the direct ablation decomposes, whichever context is entered first."""
+    model, images = _setup(14)
+
+    def scale(x, hook):
+        return 1.5 * x
+
+    user = [("visual.blocks.1.attn.hook_v", scale), ("visual.blocks.0.attn.hook_z", scale)]
+    means = ablation.component_means(model, [images[:2]], ["L1H1", "mlp0"], mode="direct")
+    with model.hooks(fwd_hooks=user):
+        edited = model.encode_image(images)
+        rows = decompose_image(model, images, components=["L1H1", "mlp0"]).select(["L1H1", "mlp0"]).tensor
+    expected = F.normalize(edited, dim=-1) - rows.sum(0) + means["L1H1"] + means["mlp0"]
+    first, second = model.hooks(fwd_hooks=user), ablation.mean_ablate(model, ["L1H1", "mlp0"], means, "direct")
+    if ablation_outside:
+        first, second = second, first
+    with first, second:
+        out = model.encode_image(images)
+    torch.testing.assert_close(out / edited.norm(dim=-1, keepdim=True), expected, rtol=1e-10, atol=1e-12)
+    assert (edited - model.encode_image(images)).abs().max() > 1e-3  # the user edit matters
 
 
 def test_errors():
