@@ -29,10 +29,16 @@ class DemoContext:
     attributes: list
     captions: list[str]
     seed: int
+    progress: bool = False  # progress bars inside the slow sections
     cache: dict = field(default_factory=dict)  # results shared between sections
 
     def labels(self, attribute: str) -> np.ndarray:
         return np.array([a.labels()[attribute] for a in self.attributes])
+
+
+def _steps(ctx: DemoContext, items, desc: str):
+    """``items`` with a transient progress bar when the demo shows progress."""
+    return tqdm(items, desc=desc, disable=not ctx.progress, leave=False)
 
 
 def section_samples(ctx: DemoContext) -> Section:
@@ -81,17 +87,22 @@ def section_layer_shares(ctx: DemoContext) -> Section:
     L = ctx.model.cfg.vision.layers
     attn = [per_label[f"attn{l}"] for l in range(L)]
     mlp = [per_label[f"mlp{l}"] for l in range(L)]
-    viz.stacked_layer_shares({"attention": attn, "MLP": mlp}, [f"layer {l}" for l in range(L)],
-                             ctx.out_dir / "layer_shares.png", "Direct contribution of each layer")
     embed = per_label["embed"]
+    total = sum(per_label.values())
+    viz.stacked_layer_shares({"attention": attn, "MLP": mlp}, [f"layer {l}" for l in range(L)],
+                             ctx.out_dir / "layer_shares.png",
+                             f"Direct contribution of each layer (bars sum to {100 * total:.0f}%)",
+                             single={"embed": embed})  # fmt: skip
     ctx.cache["head_shares"] = {label: float(s) for label, s in zip(stack.labels, shares)}
     return Section(
         "Where the image embedding comes from",
         ["The unit image embedding is split exactly into the direct contributions of the embedding slot, "
          "every attention head and every MLP (ln_post statistics frozen at the clean run; "
          "hookedclip.decompose). A component's share is its contribution's projection on the embedding, "
-         f"averaged over images; shares sum to 100%. The embedding slot holds {100 * embed:.1f}%."],
-        figures=[("layer_shares.png", "Share of the image embedding written directly by each layer's attention and MLP.")],
+         f"averaged over images; shares sum to {100 * total:.0f}%. The embedding slot (patch, class and position "
+         f"embeddings after ln_pre, read directly by ln_post) holds {100 * embed:.1f}%."],
+        figures=[("layer_shares.png", "Share of the image embedding written directly by the embedding slot (embed, grey) "
+                                      "and by each layer's attention and MLP.")],
         tables=[(["layer", "attention", "MLP"], [[str(l), f"{100 * a:.1f}%", f"{100 * m:.1f}%"] for l, (a, m) in enumerate(zip(attn, mlp))])],
     )
 
@@ -105,6 +116,10 @@ def _batched_decomposition(ctx: DemoContext, decompose_image, batch_size: int = 
                           torch.cat([p.scale for p in parts]))
 
 
+def _is_visual_head_result(name: str) -> bool:
+    return name.startswith("visual.") and name.endswith("attn.hook_result")
+
+
 def section_head_probes(ctx: DemoContext) -> Section:
     from hookedclip.probes import head_probe_grid
 
@@ -112,24 +127,27 @@ def section_head_probes(ctx: DemoContext) -> Section:
     heads = []
     for i in range(0, len(ctx.tensors), 256):
         with torch.no_grad():
-            _, cache = model.run_with_cache(ctx.tensors[i : i + 256], names_filter=lambda n: n.startswith("visual") and n.endswith("hook_z"))
-        heads.append(cache.stack_head_results(pos=0)[0])  # each head's output at the CLS token
+            _, cache = model.run_with_cache(ctx.tensors[i : i + 256], names_filter=_is_visual_head_result)
+        heads.append(cache.stack_head_results(pos=0)[0])  # the cached hook_result of each head at CLS
     heads = torch.cat(heads, dim=1)
     cfg = model.cfg.vision
-    grids, chance = {}, {}
+    grids, majority = {}, {}
     for attribute in ("shape", "color", "texture"):
         labels = ctx.labels(attribute)
-        grids[attribute] = head_probe_grid(heads, labels, cfg.layers, cfg.heads, seed=ctx.seed)
-        chance[attribute] = np.bincount(labels).max() / len(labels)
-    viz.head_heatmaps(grids, ctx.out_dir / "head_probes.png", "Linear probe accuracy of each head's CLS output", chance=chance)
+        grids[attribute] = head_probe_grid(heads, labels, cfg.layers, cfg.heads, seed=ctx.seed, progress=ctx.progress,
+                                           desc=f"probes: {attribute}")  # fmt: skip
+        majority[attribute] = np.bincount(labels).max() / len(labels)  # what always guessing the commonest class scores
+    viz.head_heatmaps(grids, ctx.out_dir / "head_probes.png", "Held-out linear probe accuracy of each head's CLS output",
+                      baseline=majority, baseline_label="majority class")  # fmt: skip
     best = [[a, f"L{divmod(int(g.argmax()), cfg.heads)[0]}H{divmod(int(g.argmax()), cfg.heads)[1]}", f"{100 * g.max():.1f}%"]
             for a, g in grids.items()]
     return Section(
         "Which heads carry which attribute",
         ["A logistic-regression probe is trained on half of the images to read each attribute from one "
          "head's output at the CLS token (hook_result), and scored on the other half. Bright cells: heads "
-         "whose output alone identifies the attribute."],
-        figures=[("head_probes.png", "Held-out probe accuracy per head (rows: layers, columns: heads).")],
+         "whose output alone identifies the attribute. The baseline in each panel's title is the majority-class "
+         "rate, what a probe that always answers the commonest class scores."],
+        figures=[("head_probes.png", "Held-out probe accuracy (%) per head (rows: layers, columns: heads).")],
         tables=[(["attribute", "best head", "probe accuracy"], best)],
     )
 
@@ -138,6 +156,7 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
     from hookedclip.ablation_curve import mean_ablation_curve
     from hookedclip.toy.world import class_prompts
     from hookedclip.ablation import component_means
+    from hookedclip.toy.evaluate import binomial_se
     from hookedclip.zeroshot import ZeroShotClassifier
 
     L = ctx.model.cfg.vision.layers
@@ -146,22 +165,32 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
     fit = [ctx.tensors[:half]]
     curves, chance = {}, {}
     means = component_means(ctx.model, fit, order, mode="direct")
-    for attribute in ("shape", "color", "texture"):
+    for attribute in _steps(ctx, ("shape", "color", "texture"), "ablation curves"):
         prompts = class_prompts(attribute)
         classifier = ZeroShotClassifier.from_prompts(ctx.model, prompts)
         data = [(ctx.tensors[half:], torch.as_tensor(ctx.labels(attribute)[half:]))]
         curves[attribute] = mean_ablation_curve(ctx.model, data, classifier, order, means=means).accuracy
         chance[attribute] = 1 / len(prompts)
-    labels = ["none"] + [f"attn {s[1:]}" if s.startswith("L") else s for s in order]
+    labels = ["none"] + [f"attn {s[1:]}" if s.startswith("L") else f"mlp {s[3:]}" if s.startswith("mlp") else s
+                         for s in order]  # fmt: skip
     viz.line_curves(curves, labels, ctx.out_dir / "ablation_curve.png", "Accumulated mean-ablation (direct mode)",
-                    "mean-ablated up to and including", chance=chance)
+                    "mean-ablated up to and including (embed: the embedding slot)", chance=chance)
+    n_test = len(ctx.tensors) - half
+    below = [f"{a} falls to {100 * min(c):.1f}% after {labels[int(np.argmin(c))]}, below its chance of "
+             f"{100 * chance[a]:.1f}%" for a, c in curves.items() if min(c) < chance[a] - 2 * binomial_se(chance[a], n_test)]
+    joined = "; ".join(below)
+    below_text = ("" if not below else " " + joined[0].upper() + joined[1:] + ": the components not yet ablated then "
+                  "push the embedding away from the true class (a constant guess would score about chance), until "
+                  "they are ablated too.")  # fmt: skip
     return Section(
         "Which layers matter: accumulated mean-ablation",
         ["Components are replaced by their mean contribution one after another, from the embedding slot to "
          "the last layer, in the direct mode of TextSpan (only each component's direct path into the embedding "
          "changes; ln_post statistics frozen). Means come from one half of the images, accuracy from the other. "
-         "Where a curve drops, the layers just ablated carry that attribute into the embedding."],
-        figures=[("ablation_curve.png", "Zero-shot accuracy per attribute as more components are mean-ablated.")],
+         "Where a curve drops, the layers just ablated carry that attribute into the embedding. \"embed\" is the "
+         "embedding slot (patch, class and position embeddings after ln_pre)." + below_text],
+        figures=[("ablation_curve.png", f"Zero-shot accuracy per attribute on {n_test} images as more components "
+                                        "are mean-ablated, left to right; dotted: chance.")],
     )
 
 
@@ -199,7 +228,10 @@ def section_pclens(ctx: DemoContext) -> Section:
     from hookedclip.methods.pclens_debias import debias_sweep, toy_task
     from hookedclip.zeroshot import embed_images
 
+    phase = tqdm(total=3, desc="PCLens: fit", disable=not ctx.progress, leave=False)
     result = _pclens_result(ctx)
+    phase.update()
+    phase.set_description("PCLens: top images")
     steps = max(min(8, p.k) for p in result.heads.values())
     last = f"L{ctx.model.cfg.vision.layers - 1}"
     curves = {label: (p.strength_rel[:steps] / 100).tolist() for label, p in result.heads.items()
@@ -221,9 +253,13 @@ def section_pclens(ctx: DemoContext) -> Section:
     label_rows = [["positive", "; ".join(f"{t} ({c:+.2f})" for t, c in lab.positive)],
                   ["negative", "; ".join(f"{t} ({c:+.2f})" for t, c in lab.negative)]]
     # Remove the texture PCs and watch the spurious split's worst group.
+    phase.update()
+    phase.set_description("PCLens: debias sweep")
     sweep = debias_sweep(ctx.model, result, task.classifier, task.concepts, task.images, task.labels, task.groups,
                          ks=(1, 2, 3, 5, 10, 20), margin=0.01, group_names=task.group_names)
-    sweep.plot(ctx.out_dir / "pclens_debias.png")
+    phase.update()
+    phase.close()
+    _plot_debias_sweep(sweep, ctx.out_dir / "pclens_debias.png")
     rows = [[str(p.k), str(p.n_removed), f"{100 * p.average:.1f}%", f"{100 * p.worst_group:.1f}%"]
             + [f"{100 * p.groups[g]:.1f}%" for g in task.group_names] for p in sweep.points]
     return Section(
@@ -238,16 +274,32 @@ def section_pclens(ctx: DemoContext) -> Section:
          f"Removing the PCs of \"{task.concepts[0]}\" and \"{task.concepts[1]}\" from every head (top K per "
          f"concept) fixes the toy's planted shortcut: on {sweep.n_images} group-balanced spurious-split images the "
          f"worst group goes from {100 * sweep.baseline.worst_group:.1f}% to {100 * sweep.chosen.worst_group:.1f}% "
-         f"at K = {sweep.chosen.k}, average {100 * sweep.baseline.average:.1f}% → {100 * sweep.chosen.average:.1f}% "
-         "(pick: best worst group with average within 1 point of the original)."],
+         f"at K = {sweep.chosen.k}, while the average goes from {100 * sweep.baseline.average:.1f}% to "
+         f"{100 * sweep.chosen.average:.1f}% ({100 * (sweep.chosen.average - sweep.baseline.average):+.1f} points). "
+         f"The pick is the K with the best worst group among those whose average stays above the original's minus "
+         f"{100 * sweep.margin:.0f} point."],
         figures=[("pclens_strengths.png", "Relative strength of the first PCs (last layer and the two layer-2 heads "
                                           "that read the background)."),
                  ("pclens_pc.png", f"{first.head} PC {first.pc}: top row the highest ⟨ê, v⟩, bottom row the lowest."),
-                 ("pclens_debias.png", "Worst-group and average accuracy of circle vs square as the texture PCs "
-                                       "are removed (K per concept; dashed: the original model).")],
+                 ("pclens_debias.png", "Worst-group and average accuracy (bold) and each group's accuracy (thin) "
+                                       "of circle vs square as the texture PCs are removed (K per concept); dashed "
+                                       "horizontal lines: the original model's worst group and average; circled: "
+                                       "the pick.")],
         tables=[(["side", f"{first.head} PC {first.pc} texts (cosine)"], label_rows),
                 (["K", "PCs removed", "average", "worst group"] + task.group_names, rows)],
     )
+
+
+def _plot_debias_sweep(sweep, path: Path) -> Path:
+    """The sweep's curves with the original values named in the legend (the dashed lines)."""
+    base = sweep.baseline
+    curves = {f"worst group (original {100 * base.worst_group:.1f}%)": [p.worst_group for p in sweep.points],
+              f"average (original {100 * base.average:.1f}%)": [p.average for p in sweep.points]}  # fmt: skip
+    groups = {g: [p.groups[g] for p in sweep.points] for g in sweep.group_names}
+    title = f"Removing the PCs of {', '.join(repr(c) for c in sweep.concepts)}"
+    return viz.sweep_curves([p.k for p in sweep.points], curves, path, title,
+                            "top PCs removed per concept (K; 0 = original model)", thin=groups,
+                            highlight=sweep.chosen.k, highlight_label=f"pick: K = {sweep.chosen.k}")  # fmt: skip
 
 
 def section_segmentation(ctx: DemoContext) -> Section:
@@ -256,20 +308,21 @@ def section_segmentation(ctx: DemoContext) -> Section:
     from hookedclip.zeroshot import ZeroShotClassifier
 
     n = min(200, len(ctx.images))
-    metrics = evaluate_toy(ctx.model, n=n, seed=ctx.seed)
-    true_class = evaluate_toy(ctx.model, n=n, seed=ctx.seed, use_labels=True)["model"]
     L = ctx.model.cfg.vision.layers
-    late = evaluate_toy(ctx.model, n=n, seed=ctx.seed, components=[f"L{L - 2}", f"L{L - 1}"])["model"]
+    runs = {"predicted": {}, "true": {"use_labels": True}, "late": {"components": [f"L{L - 2}", f"L{L - 1}"]}}
+    done = {name: evaluate_toy(ctx.model, n=n, seed=ctx.seed, **kw) for name, kw in _steps(ctx, runs.items(), "segmentation")}
+    metrics, true_class, late = done["predicted"], done["true"]["model"], done["late"]["model"]
     named = (("heads, map of the predicted shape", metrics["model"]), ("heads, map of the true shape", true_class),
              ("heads of the last two layers only, predicted shape", late), ("centred blob (baseline)", metrics["blob"]))
     rows = [[name, f"{100 * m['pixel_accuracy']:.1f}%", f"{100 * m['miou']:.1f}%", f"{100 * m['map']:.1f}%"]
             for name, m in named]
     gain = {k: 100 * (metrics["model"][k] - metrics["blob"][k]) for k in ("pixel_accuracy", "miou", "map")}
     size = ctx.model.cfg.vision.image_size
-    world = ToyWorld(12, seed=ctx.seed, split="test", image_size=size)
+    world = ToyWorld(8, seed=ctx.seed, split="test", image_size=size)  # 2 rows of 4 pairs: panels big enough to read
     pixels, masks = render_batch(world.attributes(), size)
     classifier = ZeroShotClassifier.from_prompts(ctx.model, class_prompts("shape"))
-    save_overlays(ctx.model, pixels, classifier, ctx.out_dir / "segmentation_overlays.png", masks)
+    save_overlays(ctx.model, pixels, classifier, ctx.out_dir / "segmentation_overlays.png", masks, cols=4,
+                  labels=[a.labels()["shape"] for a in world.attributes()])  # fmt: skip
     return Section(
         "Zero-shot segmentation",
         ["Each patch token's contribution to the predicted shape's logit, summed over the heads "
@@ -314,9 +367,12 @@ def run_demo(out_dir: str | Path, model=None, n_images: int = 512, seed: int = 2
         attributes=attributes,
         captions=[caption(a, rng)[0] for a in attributes],
         seed=seed,
+        progress=progress,
     )
     sections = []
-    for fn in tqdm(SECTIONS, desc="demo", disable=not progress):
+    bar = tqdm(SECTIONS, desc="demo", disable=not progress)
+    for fn in bar:
+        bar.set_postfix_str(fn.__name__.removeprefix("section_"))  # which step is running
         sections.append(fn(ctx))
     meta = f"model: {model.cfg.model_name} ({model.cfg.pretrained or 'random weights'}); {n_images} held-out images, seed {seed}"
     return viz.write_report(out_dir, "hookedclip demo: the toy CLIP", sections, meta)

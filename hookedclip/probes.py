@@ -36,8 +36,17 @@ def head_probe_grid(
     n_layers: int,
     n_heads: int,
     seed: int = 0,
+    progress: bool = False,
+    desc: str = "head probes",
 ) -> np.ndarray:
     """Probe accuracy of every head's output, as ``[n_layers, n_heads]`` (rows of
-    ``head_outputs`` ordered ``L0H0, L0H1, ...`` as ``ActivationCache.stack_head_results``)."""
-    scores = [probe_accuracy(h, labels, seed=seed) for h in head_outputs]
+    ``head_outputs`` ordered ``L0H0, L0H1, ...`` as ``ActivationCache.stack_head_results``).
+    ``progress``: a progress bar over the heads (one probe fit each)."""
+    from tqdm.auto import tqdm
+
+    if len(head_outputs) != n_layers * n_heads:
+        raise ValueError(f"head_outputs has {len(head_outputs)} rows; expected n_layers * n_heads = "
+                         f"{n_layers} * {n_heads} = {n_layers * n_heads}")  # fmt: skip
+    heads = tqdm(head_outputs, desc=desc, disable=not progress, leave=False)
+    scores = [probe_accuracy(h, labels, seed=seed) for h in heads]
     return np.asarray(scores).reshape(n_layers, n_heads)

@@ -52,7 +52,7 @@ def bar_chart(values: dict[str, float], path: str | Path, ylabel: str, title: st
             ax.hlines(scale * chance[k], bar.get_x(), bar.get_x() + bar.get_width(), colors="#C44E52", linestyles="--")
     if chance:
         ax.plot([], [], "--", color="#C44E52", label="chance")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a bar
     ax.set_ylim(0, 105 if percent else None)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -60,38 +60,54 @@ def bar_chart(values: dict[str, float], path: str | Path, ylabel: str, title: st
     return _save(fig, path)
 
 
-def stacked_layer_shares(shares: dict[str, np.ndarray], labels: Sequence[str], path: str | Path, title: str) -> Path:
-    """Per-layer bars split into parts (e.g. ``{"attention": [...], "MLP": [...]}``)."""
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(labels) + 2), 3.4))
-    x = np.arange(len(labels))
+def stacked_layer_shares(shares: dict[str, np.ndarray], labels: Sequence[str], path: str | Path, title: str,
+                         single: dict[str, float] | None = None) -> Path:
+    """Per-layer bars split into parts (e.g. ``{"attention": [...], "MLP": [...]}``), after
+    optional ``single`` bars (e.g. ``{"embed": share}``, grey); values in [0, 1] drawn as % and
+    printed on each bar."""
+    single = single or {}
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * (len(labels) + len(single)) + 2), 3.4))
     width = 0.8 / len(shares)
+    x = np.arange(len(labels)) + len(single)
+    bars = []
+    for i, value in enumerate(single.values()):
+        bars += ax.bar([i], [100 * value], width, color="#8C8C8C")
     for i, (name, vals) in enumerate(shares.items()):
-        ax.bar(x + (i - (len(shares) - 1) / 2) * width, 100 * np.asarray(vals), width, label=name)
+        bars += ax.bar(x + (i - (len(shares) - 1) / 2) * width, 100 * np.asarray(vals), width, label=name)
+    for bar in bars:
+        height = bar.get_height()
+        ax.text(bar.get_x() + bar.get_width() / 2, max(height, 0) + 0.4, f"{height:.1f}", ha="center", fontsize=7)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(x, labels)
+    ax.set_xticks(np.arange(len(single) + len(labels)), [*single, *labels])
     ax.set_ylabel("share of the image embedding (%)")
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.08)
     return _save(fig, path)
 
 
 def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, vmin: float = 0.0,
-                  chance: dict[str, float] | None = None) -> Path:
-    """One ``[layer, head]`` heatmap per key, the value written in each cell."""
+                  baseline: dict[str, float] | None = None, baseline_label: str = "chance") -> Path:
+    """One ``[layer, head]`` heatmap per key, the value (%) written in each cell; ``baseline``
+    (e.g. the majority-class rate) is named in each panel's title as ``baseline_label``."""
     n = len(scores)
     first = next(iter(scores.values()))
-    fig, axes = plt.subplots(1, n, figsize=(1.0 + 0.75 * first.shape[1] * n + 0.6 * n, 0.55 * first.shape[0] + 1.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(1.4 + 0.95 * first.shape[1] * n + 0.7 * n, 0.75 * first.shape[0] + 1.9),
+                             squeeze=False)  # fmt: skip
     for ax, (name, grid) in zip(axes[0], scores.items()):
         im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100, cmap="viridis", aspect="auto")
         for (i, j), val in np.ndenumerate(grid):
-            ax.text(j, i, f"{100 * val:.0f}", ha="center", va="center", fontsize=7, color="white" if val < 0.7 else "black")
-        subtitle = name + (f" (chance {100 * chance[name]:.0f}%)" if chance and name in chance else "")
-        ax.set_title(subtitle, fontsize=9)
-        ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])], fontsize=7)
-        ax.set_yticks(range(grid.shape[0]), [f"L{l}" for l in range(grid.shape[0])], fontsize=7)
+            ax.text(j, i, f"{100 * val:.0f}", ha="center", va="center", fontsize=10,
+                    color="white" if val < 0.7 else "black")  # fmt: skip
+        subtitle = name + (f"\n({baseline_label} {100 * baseline[name]:.0f}%)" if baseline and name in baseline else "")
+        ax.set_title(subtitle, fontsize=10)
+        ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])], fontsize=9)
+        ax.set_yticks(range(grid.shape[0]), [f"L{l}" for l in range(grid.shape[0])], fontsize=9)
+        ax.set_xlabel("head", fontsize=9)
+        ax.set_ylabel("layer", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="probe accuracy (%)")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=11, y=1.0 + 0.35 / fig.get_figheight())  # above the two-line panel titles
     return _save(fig, path)
 
 
@@ -103,7 +119,10 @@ def line_curves(curves: dict[str, Sequence[float]], xlabels: Sequence[str], path
         line, = ax.plot(range(len(values)), [100 * v for v in values], marker="o", markersize=3.5, label=name)
         if chance and name in chance:
             ax.axhline(100 * chance[name], color=line.get_color(), linestyle=":", linewidth=1)
-    ax.set_xticks(range(len(xlabels)), xlabels, rotation=45, ha="right", fontsize=8)
+    if max(map(len, xlabels), default=0) > 3:  # rotate only labels that would collide
+        ax.set_xticks(range(len(xlabels)), xlabels, rotation=45, ha="right", fontsize=8)
+    else:
+        ax.set_xticks(range(len(xlabels)), xlabels, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 102)

@@ -28,3 +28,9 @@ def test_head_probe_grid_shape_and_order():
     heads[4, :, 0] += 5.0 * torch.from_numpy(labels)  # head L1H1 of a 3-head model carries the label
     grid = head_probe_grid(heads, labels, n_layers=2, n_heads=3)
     assert grid.shape == (2, 3) and grid.argmax() == 4 and grid[1, 1] > 0.95
+
+
+def test_head_probe_grid_refuses_a_wrong_head_count():
+    heads = torch.zeros(5, 10, 4)
+    with pytest.raises(ValueError, match="n_layers \\* n_heads = 2 \\* 3 = 6"):
+        head_probe_grid(heads, np.arange(10) % 2, n_layers=2, n_heads=3)
