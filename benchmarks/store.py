@@ -8,7 +8,7 @@
    ``--small`` and ``--large`` rows, each in a fresh process. Flat (ratio about 1) means
    memory does not grow with the number of rows.
 
-Usage: ``python benchmarks/store.py [--n 2048] [--small 10000] [--large 100000] [--d 256]``
+Usage: ``python benchmarks/store.py [--n 1024] [--small 10000] [--large 100000] [--d 256]``
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def memory(small: int, large: int, d: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=2048, help="toy images for the throughput test")
+    parser.add_argument("--n", type=int, default=1024, help="toy images for the throughput test")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rows-per-shard", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)

@@ -206,10 +206,26 @@ def test_open_dataset_specs(tmp_path):
 
 # ---------------------------------------------------------------------------- vocabularies
 def test_builtin_vocabularies():
-    from hookedclip.data.vocab import english_vocabulary, vocabulary
+    from hookedclip.data.vocab import english_vocabulary, image_label_words, vocabulary
 
-    english = english_vocabulary()
-    assert len(english) > 250 and len(set(english)) == len(english) and "dog" in english
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    frequent = english_vocabulary("frequent", n_words=3000)
+    assert 2000 < len(frequent) <= 3000 and len(set(frequent)) == len(frequent)
+    assert all(w.isalpha() and len(w) >= 3 and w not in ENGLISH_STOP_WORDS for w in frequent)
+    assert frequent.index("people") < frequent.index("dog")  # wordfreq's order, most frequent first
+    curated = english_vocabulary("curated")
+    assert len(curated) > 250 and "traffic light" in curated
+    english = english_vocabulary(n_words=3000)
+    assert len(set(english)) == len(english) and set(curated) <= set(english)
+    labelled = [w for w in frequent if w in image_label_words()]  # the documented rule, in frequency order
+    assert english[: len(labelled)] == labelled and set(english[len(labelled):]) == set(curated) - set(labelled)
+    assert {"dog", "car", "water", "running"} <= set(labelled)  # words of image (and action) class names
+    assert not {"information", "however", "government"} & set(english)  # frequent, not picturable here
+    assert len(english_vocabulary()) > len(english)  # n_words widens the pool
+    assert vocabulary("english") == english_vocabulary() and vocabulary("english-curated") == curated
+    with pytest.raises(ValueError, match="source must be one of"):
+        english_vocabulary("wordnet")
     assert len(vocabulary("imagenet")) == 1000 and "a red shape" in vocabulary("toy")
 
 

@@ -52,23 +52,72 @@ def toy_text_pool() -> list[str]:
     return list(dict.fromkeys(pool))
 
 
-def english_vocabulary() -> list[str]:
-    """General English visual concepts: a curated list shipped with the package
-    (``data/english_visual.txt``: ~300 common picturable objects, animals, scenes, materials,
-    colours, textures, shapes, actions and photo styles). Frequency lists (``wordfreq``)
-    rank words by use, not by whether they can be pictured, hence the curated list; pass
-    your own file to :func:`load_vocabulary` for a larger pool."""
+ENGLISH_SOURCES = ("visual", "frequent", "curated")
+
+
+def curated_english() -> list[str]:
+    """The curated list shipped with the package (``data/english_visual.txt``, ~300 common
+    picturable words and phrases: objects, animals, scenes, weather, materials, colours,
+    textures, shapes, actions and photo styles)."""
     from importlib import resources
 
     with resources.as_file(resources.files("hookedclip.data") / "english_visual.txt") as path:
         return load_vocabulary(path)
 
 
-BUILTIN = {"imagenet": imagenet_classnames, "toy": toy_text_pool, "english": english_vocabulary}
+def frequent_english(n_words: int = 20_000) -> list[str]:
+    """The ``n_words`` most frequent English words (``wordfreq``'s list, most frequent first)
+    that are ASCII-alphabetic, at least 3 letters long and not stop words (scikit-learn's
+    ``ENGLISH_STOP_WORDS``)."""
+    import wordfreq
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    if n_words < 1:
+        raise ValueError(f"n_words must be positive, got {n_words}")
+    return [w for w in wordfreq.top_n_list("en", n_words)
+            if w.isascii() and w.isalpha() and len(w) >= 3 and w not in ENGLISH_STOP_WORDS]
+
+
+def image_label_words() -> set[str]:
+    """The lower-case words of the class names of ImageNet (open_clip), COCO and
+    Kinetics-400 (torchvision's weight metadata): words that name or describe something
+    shown in a labelled image or video data set."""
+    import re
+
+    from torchvision.models import detection, video
+
+    coco = detection.FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    kinetics = video.R3D_18_Weights.DEFAULT.meta["categories"]
+    names = imagenet_classnames() + [c for c in coco if c not in ("__background__", "N/A")] + list(kinetics)
+    return {w for name in names for w in re.findall(r"[a-z]+", name.lower())}
+
+
+def english_vocabulary(source: str = "visual", n_words: int = 20_000) -> list[str]:
+    """General English visual concepts.
+
+    ``source="visual"`` (default): the words of :func:`frequent_english` (``n_words``) that
+    occur in an image data set's class names (:func:`image_label_words`), most frequent
+    first, then the curated words and phrases not among them (scenes, colours, textures,
+    styles, which class names rarely contain). ``"frequent"``: :func:`frequent_english`
+    unfiltered. ``"curated"``: :func:`curated_english` only."""
+    if source not in ENGLISH_SOURCES:
+        raise ValueError(f"source must be one of {ENGLISH_SOURCES}, got {source!r}")
+    if source == "curated":
+        return curated_english()
+    words = frequent_english(n_words)
+    if source == "frequent":
+        return words
+    labels = image_label_words()
+    return list(dict.fromkeys([w for w in words if w in labels] + curated_english()))
+
+
+BUILTIN = {"imagenet": imagenet_classnames, "toy": toy_text_pool, "english": english_vocabulary,
+           "english-curated": curated_english, "english-frequent": frequent_english}
 
 
 def vocabulary(name_or_path: str | Path) -> list[str]:
-    """A built-in vocabulary (``imagenet``, ``toy``, ``english``) or a one-per-line file."""
+    """A built-in vocabulary (``imagenet``, ``toy``, ``english``, ``english-curated``,
+    ``english-frequent``) or a one-per-line file."""
     if str(name_or_path) in BUILTIN:
         return BUILTIN[str(name_or_path)]()
     return load_vocabulary(name_or_path)
