@@ -16,12 +16,13 @@ from hookedclip.toy.world import ToyWorld, class_prompts
 from hookedclip.zeroshot import ZeroShotClassifier, accuracy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Print and return ``{attribute: (clean accuracy, ablated accuracy)}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layer", type=int, default=3)
     parser.add_argument("--head", type=int, default=2)
     parser.add_argument("--n", type=int, default=1000, help="held-out toy images")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model = HookedCLIP.from_pretrained("toy")
     world = ToyWorld(args.n, seed=7, split="test")
@@ -40,12 +41,15 @@ def main() -> None:
 
     print(f"zero-ablating head L{args.layer}H{args.head} of the toy CLIP ({args.n} held-out images)")
     print(f"{'attribute':<12}{'clean':>8}{'ablated':>9}{'change':>9}")
+    results = {}
     for attribute in ("shape", "color", "texture"):
         classifier = ZeroShotClassifier.from_prompts(model, class_prompts(attribute))
         labels = torch.tensor([a.labels()[attribute] for a in attributes])
         before = accuracy(classifier.predict(clean), labels)
         after = accuracy(classifier.predict(ablated), labels)
         print(f"{attribute:<12}{100 * before:>7.1f}%{100 * after:>8.1f}%{100 * (after - before):>+8.1f}")
+        results[attribute] = (before, after)
+    return results
 
 
 if __name__ == "__main__":

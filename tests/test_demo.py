@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import matplotlib.image as mpimg
+
 from hookedclip.cli import main
+from hookedclip.demo import SECTIONS
 
 
 def test_demo_writes_report_with_all_figures(tmp_path, capsys):
@@ -15,11 +18,21 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
     figures = re.findall(r"<img src='([^']+)'", html)
     assert {"samples.png", "zero_shot.png", "layer_shares.png", "head_probes.png", "ablation_curve.png",
             "pclens_strengths.png", "pclens_pc.png", "pclens_debias.png", "segmentation_overlays.png"} <= set(figures)
+    # Every figure written is shown, and none is blank.
+    assert sorted(figures) == sorted(p.name for p in out.glob("*.png"))
     for name in figures:
-        assert (out / name).stat().st_size > 5000, name
-    for title in ("The toy world", "Zero-shot accuracy", "Which heads carry which attribute", "TextSpan", "PCLens",
-                  "Zero-shot segmentation", "worst group", "centred blob"):
-        assert title in html
+        pixels = mpimg.imread(out / name)[..., :3]
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100, (name, pixels.shape)
+        assert pixels.std() > 0.02, f"{name} is (nearly) blank: pixel std {pixels.std():.4f}"
+    # One heading per section, in order.
+    headings = re.findall(r"<h2 id='s\d+'>([^<]+)</h2>", html)
+    assert headings == ["The toy world", "Zero-shot accuracy", "Where the image embedding comes from",
+                        "Which heads carry which attribute", "Which layers matter: accumulated mean-ablation",
+                        "TextSpan: texts that span each head",
+                        "PCLens: principal components of each head, labelled with text", "Zero-shot segmentation"]
+    assert len(headings) == len(SECTIONS)
+    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot"):
+        assert phrase in html
 
 
 def test_info_lists_hook_patterns(capsys):
