@@ -10,13 +10,14 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hookedclip import HookedCLIP
 from hookedclip.loading.hf import hidden_state_hook_name, llava_feature_hook_names
-from tests.conftest import randomize_, rel_err
+from tests.conftest import random_tokens, randomize_, rel_err
 
 TOL = 1e-5
 VOCAB = 100
@@ -248,22 +249,48 @@ def test_llava_feature_hook_names_need_a_llava_model():
 
 
 @pytest.mark.large
-def test_llava_1_5_tower_architecture_matches():
-    """openai/clip-vit-large-patch14-336 (LLaVA-1.5's tower): ~300M parameters, random weights,
-    one image, fp32; embeddings and every hidden state."""
-    config = tf.CLIPVisionConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+def test_llava_1_5_tower_clip_model_matches():
+    """A full ``CLIPModel`` with the config of openai/clip-vit-large-patch14-336 (LLaVA-1.5's
+    tower; ~430M parameters, random weights), fp32: image and text embeddings, logits, and
+    every vision hidden state. Its text config has eos_token_id 2: the legacy argmax pooling."""
+    vision = tf.CLIPVisionConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                                  intermediate_size=4096, image_size=336, patch_size=14, projection_dim=768,
                                  hidden_act="quick_gelu")
+    text = tf.CLIPTextConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                             max_position_embeddings=77, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu",
+                             bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    config = tf.CLIPConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), projection_dim=768)
     start = time.perf_counter()
-    source = _fast_random(tf.CLIPVisionModelWithProjection, config, seed=7)
+    source = _fast_random(tf.CLIPModel, config, seed=7)
     model = HookedCLIP.from_hf(source)
+    assert (model.cfg.vision.n_tokens, model.cfg.text.pool_type) == (1 + 24**2, "argmax")
     images = _images(1, 336, seed=7)
+    ids = random_tokens(2, 77, 49408, seed=7)  # SOT 49406 ... EOT 49407, zero padding
     with torch.no_grad():
-        out = source(pixel_values=images, output_hidden_states=True)
-        embedding, cache = model.run_with_cache(images, names_filter=lambda n: "hook_resid" in n)
-    _check_hidden_states(out, cache, 24)
-    assert rel_err(out.image_embeds, embedding) < TOL
-    print(f"LLaVA-1.5 tower architecture: {time.perf_counter() - start:.1f}s")
+        out = source(input_ids=ids, pixel_values=images, output_hidden_states=True)
+        image_embedding, cache = model.run_with_cache(images, names_filter=lambda n: "hook_resid" in n)
+        text_embedding = model.encode_text(ids)
+        # CLIPModel.forward normalises image_embeds / text_embeds; the unnormalised features
+        # (what get_image_features / get_text_features return) come from its tower outputs.
+        image_features = _projected(out.vision_model_output, source.visual_projection)
+        text_features = _projected(out.text_model_output, source.text_projection)
+    _check_hidden_states(out.vision_model_output, cache, 24)
+    assert rel_err(image_features, image_embedding) < TOL
+    assert rel_err(text_features, text_embedding) < TOL
+    assert rel_err(out.image_embeds, F.normalize(image_embedding, dim=-1)) < TOL
+    assert rel_err(out.text_embeds, F.normalize(text_embedding, dim=-1)) < TOL
+    logits = model.logit_scale.exp() * F.normalize(image_embedding, dim=-1) @ F.normalize(text_embedding, dim=-1).T
+    assert rel_err(out.logits_per_image, logits) < TOL  # and model(images, ids) is this (test_model_io)
+    print(f"LLaVA-1.5 tower CLIPModel: {time.perf_counter() - start:.1f}s")
+
+
+def _projected(tower_output, projection: torch.nn.Module) -> torch.Tensor:
+    """The projected, unnormalised features from a ``CLIPModel`` forward's tower output:
+    transformers 5 builds it with get_*_features (projected ``pooler_output``); 4.x returned
+    the tower's own output (pooled token, projected here)."""
+    if int(tf.__version__.split(".")[0]) >= 5:
+        return tower_output.pooler_output
+    return projection(tower_output.pooler_output)
 
 
 def _fast_random(cls, config, seed: int) -> torch.nn.Module:
