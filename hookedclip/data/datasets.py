@@ -298,11 +298,9 @@ def _unwrap(x) -> np.ndarray:
 def preprocess_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
     """A mask resized and centre-cropped like CLIP's image preprocessing (shorter side to
     ``image_size``, centre crop), nearest neighbour: bool ``[image_size, image_size]``."""
-    import torchvision.transforms.functional as TF
+    from hookedclip.methods.segmentation import resize_mask
 
-    m = torch.from_numpy(np.asarray(mask, dtype=np.uint8))[None]
-    m = TF.resize(m, image_size, interpolation=TF.InterpolationMode.NEAREST)
-    return TF.center_crop(m, [image_size, image_size])[0].bool()
+    return resize_mask(torch.from_numpy(np.asarray(mask, dtype=np.uint8)), image_size, "aligned")
 
 
 # ---------------------------------------------------------------------------- toy world
