@@ -177,7 +177,8 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
                     "mean-ablated up to and including (embed: the embedding slot)", chance=chance)
     n_test = len(ctx.tensors) - half
     below = [f"{a} falls to {100 * min(c):.1f}% after {labels[int(np.argmin(c))]}, below its chance of "
-             f"{100 * chance[a]:.1f}%" for a, c in curves.items() if min(c) < chance[a] - 2 * binomial_se(chance[a], n_test)]
+             f"{100 * chance[a]:.1f}%" for a, c in curves.items()
+             if min(c) < chance[a] - 2 * binomial_se(chance[a], n_test)]  # fmt: skip
     joined = "; ".join(below)
     below_text = ("" if not below else " " + joined[0].upper() + joined[1:] + ": the components not yet ablated then "
                   "push the embedding away from the true class (a constant guess would score about chance), until "
@@ -310,7 +311,8 @@ def section_segmentation(ctx: DemoContext) -> Section:
     n = min(200, len(ctx.images))
     L = ctx.model.cfg.vision.layers
     runs = {"predicted": {}, "true": {"use_labels": True}, "late": {"components": [f"L{L - 2}", f"L{L - 1}"]}}
-    done = {name: evaluate_toy(ctx.model, n=n, seed=ctx.seed, **kw) for name, kw in _steps(ctx, runs.items(), "segmentation")}
+    done = {name: evaluate_toy(ctx.model, n=n, seed=ctx.seed, **kw)
+            for name, kw in _steps(ctx, runs.items(), "segmentation")}  # fmt: skip
     metrics, true_class, late = done["predicted"], done["true"]["model"], done["late"]["model"]
     named = (("heads, map of the predicted shape", metrics["model"]), ("heads, map of the true shape", true_class),
              ("heads of the last two layers only, predicted shape", late), ("centred blob (baseline)", metrics["blob"]))

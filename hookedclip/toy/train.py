@@ -439,7 +439,8 @@ def _command(card: dict) -> str:
     cli_keys = ("steps", "batch_size", "lr", "seed")
     fixed = {k for k in rec if k in defaults and k not in cli_keys}
     if any(json.loads(json.dumps(defaults[k])) != rec[k] for k in fixed if defaults[k] is not None):
-        return "the recipe differs from `hookedclip toy train`'s fixed settings: repeat it with `hookedclip.toy.train.train`"
+        return ("the recipe differs from `hookedclip toy train`'s fixed settings: repeat it with "
+                "`hookedclip.toy.train.train`")
     args = [f"--{k.replace('_', '-')} {rec[k]:g}" for k in cli_keys if rec[k] != DEFAULTS[k]]
     if curve:
         args.append(f"--eval-every {curve[0]['step']}")
@@ -492,7 +493,8 @@ def _still_rising(card: dict, attribute: str) -> str:
     text = f"{_ATTRIBUTE_WORDS.get(attribute, attribute)} was at "
     text += ", ".join(f"{_pct(x)} after {s:,} steps" for s, x in shown)
     text += f" and {_pct(card['accuracy'][attribute])} at the end"
-    text += " (its largest figure)" if best_step == steps else f" (its largest figure: {_pct(best)} at step {best_step:,})"
+    best_text = "" if best_step == steps else f": {_pct(best)} at step {best_step:,}"
+    text += f" (its largest figure{best_text})"
     if np.isfinite(slope):
         trend = "still rising" if slope > 0 else "no longer rising"
         text += f", {trend} by {100 * 250 * slope:.1f} points per 250 steps over the last {steps - late[0][0]:,} steps"

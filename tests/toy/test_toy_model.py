@@ -108,7 +108,8 @@ def test_missing_weights_say_how_to_retrain(tmp_path):
 
 @pytest.mark.parametrize("attribute", EVAL_ATTRIBUTES)
 def test_accuracy_on_a_fresh_sample_matches_the_card(fresh_eval, card, attribute):
-    got, claimed, chance = fresh_eval["accuracy"][attribute], card["accuracy"][attribute], fresh_eval["chance"][attribute]
+    got, claimed = fresh_eval["accuracy"][attribute], card["accuracy"][attribute]
+    chance = fresh_eval["chance"][attribute]
     # Three standard errors of the difference of two independent binomial estimates (the card's
     # figure is itself measured on card["eval"]["n"] images).
     margin = 3 * np.hypot(binomial_se(claimed, N_FRESH), binomial_se(claimed, card["eval"]["n"]))
