@@ -277,8 +277,8 @@ def section_pclens(ctx: DemoContext) -> Section:
          f"worst group goes from {100 * sweep.baseline.worst_group:.1f}% to {100 * sweep.chosen.worst_group:.1f}% "
          f"at K = {sweep.chosen.k}, while the average goes from {100 * sweep.baseline.average:.1f}% to "
          f"{100 * sweep.chosen.average:.1f}% ({100 * (sweep.chosen.average - sweep.baseline.average):+.1f} points). "
-         f"The pick is the K with the best worst group among those whose average stays above the original's minus "
-         f"{100 * sweep.margin:.0f} point."],
+         f"The pick is the K with the best worst group among those that raise the worst group and keep the average "
+         f"above the original's minus {100 * sweep.margin:g} point(s)."],
         figures=[("pclens_strengths.png", "Relative strength of the first PCs (last layer and the two layer-2 heads "
                                           "that read the background)."),
                  ("pclens_pc.png", f"{first.head} PC {first.pc}: top row the highest ⟨ê, v⟩, bottom row the lowest."),
