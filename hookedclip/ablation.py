@@ -199,8 +199,25 @@ def resample_ablate(model, components, source: Tensor, mode: Mode = "total"):
     """Replace each component's output by its output on ``source`` images (same batch size,
     or one image broadcast to the batch)."""
     comps = _components(model, components)
+    model.visual.check_images(source)
     values = _outputs_on(model, comps, source, mode)
-    return ablate(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode)
+    n_source = source.shape[0]
+
+    def check_batch(x: Tensor, hook) -> None:  # the first hook of the forward: before any block runs
+        if n_source not in (1, x.shape[0]):
+            raise ValueError(
+                f"resample_ablate: source has {n_source} images but the batch being run has {x.shape[0]}; "
+                "pass one source image (broadcast to the batch) or exactly one per image"
+            )
+
+    return _then(model.hooks(fwd_hooks=[("visual.hook_embed", check_batch)]),
+                 ablate(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode))
+
+
+@contextlib.contextmanager
+def _then(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
+    with first, second as model:
+        yield model
 
 
 def project_out(model, components, directions: Tensor | Mapping[str, Tensor], means: Mapping[str, Tensor] | None = None,
@@ -220,6 +237,7 @@ def keep_only(model, components, directions: Tensor | Mapping[str, Tensor], mean
 
 def _projection(model, components, directions, means, mode: Mode, keep: bool):
     comps = _components(model, components)
+    _check_directions(model, comps, directions, means, mode)
 
     def basis(c: Component, like: Tensor) -> Tensor:
         d = directions[str(c)] if isinstance(directions, Mapping) else directions
@@ -234,6 +252,28 @@ def _projection(model, components, directions, means, mode: Mode, keep: bool):
         return m + inside if keep else x - inside
 
     return ablate(model, comps, replace, mode, head_space="result")
+
+
+def _check_directions(model, comps: list[Component], directions, means, mode: Mode) -> None:
+    """Directions ``[k, d]`` and means ``[(pos,) d]`` in the edited space: ``d = d_out``
+    (direct) or ``d_model`` (total: heads are edited at ``hook_result``)."""
+    cfg = model.cfg.vision
+    d = cfg.output_dim if mode == "direct" else cfg.width
+    space = "d_out" if mode == "direct" else "d_model"
+    for c in comps:
+        if isinstance(directions, Mapping) and str(c) not in directions:
+            raise KeyError(f"no directions for {c}; give one [k, {d}] tensor per listed component, or one for all")
+        dirs = directions[str(c)] if isinstance(directions, Mapping) else directions
+        if dirs.ndim != 2 or dirs.shape[1] != d:
+            raise ValueError(
+                f"directions for {c} have shape {tuple(dirs.shape)}; {mode} mode edits {space} = {d}, "
+                f"so they must be [k, {d}]"
+            )
+        if means is not None:
+            if str(c) not in means:
+                raise KeyError(f"no mean for {c}; compute them with ablation.component_means")
+            if means[str(c)].shape[-1] != d or means[str(c)].ndim > 2:
+                raise ValueError(f"mean for {c} has shape {tuple(means[str(c)].shape)}; {mode} mode needs [(pos,) {d}]")
 
 
 # ---------------------------------------------------------------------------- statistics

@@ -150,9 +150,29 @@ def _final_ln(tower):
 
 
 def _run(model, name: str, inputs: Tensor, wanted: set[str]) -> dict[str, Tensor]:
-    with torch.no_grad(), model.cache(names_filter=lambda n: n in wanted) as cache:
+    """One forward pass keeping the ``wanted`` activations; attention patterns only at the
+    query rows the readout reads and values copied out of the fused ``qkv`` tensor, so the
+    cache holds what the decomposition reads and no more."""
+    rows = _pattern_rows(getattr(model, name))
+    cache: dict[str, Tensor] = {}
+
+    def keep(x: Tensor, hook) -> None:
+        if hook.name.endswith("hook_pattern"):
+            x = x[:, :, :rows]
+        if hook.name.endswith(("hook_pattern", "hook_v")):
+            x = x.clone()  # a slice would keep the whole pattern / qkv tensor alive
+        cache[hook.name] = x.detach()
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(lambda n: n in wanted, keep)]):
         model.encode_image(inputs) if name == "visual" else model.encode_text(inputs)
-    return dict(cache)
+    return cache
+
+
+def _pattern_rows(tower) -> int | None:
+    """How many leading query rows of the attention pattern the readout reads: 1 when the
+    tower pools its class token, all (``None``) otherwise."""
+    pools_first = not hasattr(tower, "pool_index") and tower.cfg.pool_type == "tok"
+    return 1 if pools_first else None
 
 
 def _selection(model, name: str, components) -> list[Component]:
@@ -223,37 +243,121 @@ def decompose_image(
         target: ``"embed"`` (joint space, ``d = d_out``) or ``("resid", layer)``: raw
             width-space contributions to ``blocks[layer].hook_resid_pre`` at every query
             position (the LLaVA case: no ``ln_post``, no projection).
-        head_chunk: heads processed at once for per-token rows (bounds the transient).
-        max_memory: bytes; a request estimated (:func:`estimate_memory`) to need more raises
-            ``MemoryError`` before any work starts.
+        head_chunk: heads processed at once (bounds the transient); at most this many
+            when ``max_memory`` is given.
+        max_memory: bytes. The heads per step and images per forward pass are chosen
+            (:func:`plan_chunks`) so that the estimated peak (:func:`estimate_memory`) stays
+            under it; ``MemoryError`` before any work when even the output alone, or one
+            image with one head at a time, would not fit. For ``target=("resid", l)`` a
+            request over the bound raises.
 
     Returns:
         :class:`ComponentStack`; ``stack.sum()`` equals ``encode_image(images)`` (normalised
         when ``normalize``).
     """
     model.visual.check_images(images)
-    if max_memory is not None:
-        _check_memory(model, images.shape[0], tokens, components, target, max_memory)
+    if ln_mode not in ("reference", "center_each"):
+        raise ValueError(f"ln_mode must be 'reference' or 'center_each', got {ln_mode!r}")
     if target != "embed":
+        if max_memory is not None:
+            _check_memory(model, images.shape[0], tokens, components, target, max_memory)
         return _decompose_resid(model, images, target, tokens, components, head_chunk)
-    return _decompose_embed(model, "visual", images, tokens, components, ln_mode, normalize, head_chunk)
+    per_pass, head_chunk = plan_chunks(model, images.shape[0], tokens, components, max_memory, head_chunk)
+    if per_pass == images.shape[0]:
+        return _decompose_embed(model, "visual", images, tokens, components, ln_mode, normalize, head_chunk)
+    return _decompose_in_passes(model, images, per_pass, tokens, components, ln_mode, normalize, head_chunk)
 
 
-def estimate_memory(model, batch: int, tokens: Tokens = "cls", components=None, target="embed") -> int:
-    """Bytes a :func:`decompose_image` call holds at its peak, roughly: the output stack plus
-    the cached patterns and values (or ``z``) of the layers it reads."""
+def _decompose_in_passes(model, images: Tensor, per_pass: int, tokens: Tokens, components, ln_mode: LnMode,
+                         normalize: bool, head_chunk: int) -> ComponentStack:
+    """One forward pass per ``per_pass`` images, each writing its slice of one output tensor."""
+    cfg = model.visual.cfg
+    n_rows = _n_rows(model, components)
+    width = (cfg.n_tokens,) if tokens == "all" else ()
+    tensor = images.new_empty(n_rows, images.shape[0], *width, cfg.output_dim)
+    wanted = needed_hooks(model, "visual", components) | {"visual.hook_out"}
+    scales, stack = [], None
+    for start in range(0, images.shape[0], per_pass):
+        part = images[start : start + per_pass]
+        cache = _run(model, "visual", part, wanted)
+        stack = stack_from_cache(model, "visual", part, cache, cache["visual.hook_out"], tokens, components,
+                                 ln_mode, normalize, head_chunk, out=tensor[:, start : start + per_pass])
+        scales.append(stack.scale)
+    scale = torch.cat(scales) if normalize else None
+    return ComponentStack(tensor, stack.labels, stack.bias, stack.components, scale)
+
+
+def _n_rows(model, components) -> int:
+    cfg = model.visual.cfg
+    selection = _selection(model, "visual", components)
+    return len(selection) + (len(selection) < 1 + cfg.layers * (cfg.heads + 1))
+
+
+def _memory_parts(model, batch: int, tokens: Tokens, components) -> tuple[int, int, int]:
+    """Bytes of (the output, what one image's forward and cache hold, one head of a
+    chunk per image) for an ``"embed"`` decomposition."""
     cfg = model.visual.cfg
     itemsize = torch.finfo(model.dtype).bits // 8
+    T, D, H, e, d = cfg.n_tokens, cfg.width, cfg.heads, cfg.d_head, cfg.output_dim
     selection = _selection(model, "visual", components)
-    per_token = cfg.n_tokens if tokens == "all" else 1
+    per_token = T if tokens == "all" else 1
+    output = _n_rows(model, components) * batch * per_token * d
+    head_layers = {c.layer for c in selection if isinstance(c, Head)}
+    rows = _pattern_rows(model.visual) or T
+    slots = sum(not isinstance(c, Head) for c in selection)
+    cached = len(head_layers) * H * T * (e + rows) + (slots + 1) * T * D
+    forward = T * (3 * D + 2 * cfg.d_mlp + 2 * D) + 2 * H * T * T  # qkv, MLP hidden, stream; scores, pattern
+    per_head = per_token * (e + d) + T
+    return itemsize * output, itemsize * (cached + forward), itemsize * per_head
+
+
+def plan_chunks(model, batch: int, tokens: Tokens = "cls", components=None, max_memory: int | None = None,
+                head_chunk: int = 8) -> tuple[int, int]:
+    """(images per forward pass, heads per step) for a :func:`decompose_image` call that
+    stays under ``max_memory`` bytes (:func:`estimate_memory`): the whole batch and
+    ``head_chunk`` heads when they fit, else fewer heads, then fewer images per pass.
+
+    Raises ``MemoryError`` when the output alone, or one image with one head at a time,
+    would exceed ``max_memory``."""
+    heads = min(head_chunk, model.visual.cfg.heads)
+    if max_memory is None:
+        return batch, heads
+    output, per_image, per_head = _memory_parts(model, batch, tokens, components)
+    if output > max_memory:
+        raise MemoryError(
+            f"the result alone needs {output / 2**20:.1f} MiB, over max_memory = {max_memory / 2**20:.1f} MiB: "
+            "decompose fewer images at a time, fewer components, or tokens='cls'"
+        )
+    room = max_memory - output
+    for h in range(heads, 0, -1):  # the whole batch in one pass, with as many heads as fit
+        if batch * (per_image + h * per_head) <= room:
+            return batch, h
+    images = room // (per_image + per_head)
+    if images < 1:
+        need = output + per_image + per_head
+        raise MemoryError(
+            f"even one image with one head at a time needs about {need / 2**20:.1f} MiB, over max_memory = "
+            f"{max_memory / 2**20:.1f} MiB: raise max_memory, decompose fewer components, or use tokens='cls'"
+        )
+    fits = [h for h in range(heads, 0, -1) if images * (per_image + h * per_head) <= room]
+    return int(images), fits[0]
+
+
+def estimate_memory(model, batch: int, tokens: Tokens = "cls", components=None, target="embed",
+                    per_pass: int | None = None, head_chunk: int = 8) -> int:
+    """Bytes a :func:`decompose_image` call holds at its peak, roughly: the output stack,
+    plus, for ``per_pass`` images at a time (default: all), the forward pass's
+    activations, the cached values and attention rows, and one chunk of ``head_chunk`` heads."""
+    cfg = model.visual.cfg
     if target == "embed":
-        rows, width = len(selection) + 1, cfg.output_dim
-        layers = {c.layer for c in selection if isinstance(c, Head)}
-        cached = len(layers) * batch * cfg.heads * cfg.n_tokens * (cfg.n_tokens + cfg.d_head)
-    else:
-        layer = target[1]
-        rows, width = 1 + layer * (cfg.heads + 1), cfg.width
-        cached = layer * batch * cfg.n_tokens * 2 * cfg.width
+        output, per_image, per_head = _memory_parts(model, batch, tokens, components)
+        heads = min(head_chunk, cfg.heads)
+        return int(output + (per_pass or batch) * (per_image + heads * per_head))
+    itemsize = torch.finfo(model.dtype).bits // 8
+    per_token = cfg.n_tokens if tokens == "all" else 1
+    layer = target[1]
+    rows, width = 1 + layer * (cfg.heads + 1), cfg.width
+    cached = layer * batch * cfg.n_tokens * 2 * cfg.width
     return int(itemsize * (rows * batch * per_token * width + cached))
 
 
@@ -299,61 +403,72 @@ def _decompose_embed(model, name: str, inputs: Tensor, tokens: Tokens, component
 
 def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, Tensor], embedding: Tensor,
                      tokens: Tokens = "cls", components=None, ln_mode: LnMode = "reference",
-                     normalize: bool = True, head_chunk: int = 8) -> ComponentStack:
+                     normalize: bool = True, head_chunk: int = 8,
+                     out: Tensor | None = None) -> ComponentStack:
     """The decomposition from an already-run forward pass: ``cache`` holds at least
     :func:`needed_hooks` for ``components`` and ``embedding`` is the tower's output in that pass.
 
     Only the requested rows are computed; when some components are left out, their total
     is one ``"rest"`` row (the embedding minus the computed rows; at position 0 when
-    ``tokens="all"``)."""
+    ``tokens="all"``). ``out``: a ``[row, batch, (pos,) d]`` tensor (or view) to write
+    the rows into instead of allocating one."""
     tower = getattr(model, name)
     L, H = len(tower.blocks), tower.cfg.heads
     selection = _selection(model, name, components)
     readout = _readout(model, name, inputs, cache, embedding)
-    rows = _Rows(tower, readout, ln_mode, tokens == "all")
+    scale = 1.0 / embedding.norm(dim=-1) if normalize else torch.ones_like(embedding[:, 0])
+    rows = _Rows(tower, readout, ln_mode, tokens == "all", scale)
     has_rest = len(selection) < 1 + L * (H + 1)
     width = (readout.kappa.shape[1],) if tokens == "all" else ()
-    # Rows are written into one preallocated tensor: no per-row copies, no stacking.
-    tensor = embedding.new_empty(len(selection) + has_rest, embedding.shape[0], *width, embedding.shape[-1])
+    shape = (len(selection) + has_rest, embedding.shape[0], *width, embedding.shape[-1])
+    # Rows are written straight into one tensor, already scaled: no per-row copies, no stacking.
+    tensor = embedding.new_empty(shape) if out is None else out
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"out has shape {tuple(tensor.shape)}; this decomposition writes {shape}")
     heads_by_layer: dict[int, list[tuple[int, int]]] = {}  # layer -> [(head, row index)]
     for i, comp in enumerate(selection):
         if isinstance(comp, Embed):
-            tensor[i] = rows.slot(cache[f"{name}.blocks.0.hook_resid_pre"])
+            rows.slot(cache[f"{name}.blocks.0.hook_resid_pre"], tensor[i])
         elif isinstance(comp, MLP):
-            tensor[i] = rows.slot(cache[f"{name}.blocks.{comp.layer}.hook_mlp_out"])
+            rows.slot(cache[f"{name}.blocks.{comp.layer}.hook_mlp_out"], tensor[i])
         else:
             heads_by_layer.setdefault(comp.layer, []).append((comp.head, i))
     for layer, wanted in heads_by_layer.items():
         prefix = f"{name}.blocks.{layer}.attn"
         for start in range(0, len(wanted), head_chunk):
             chunk = wanted[start : start + head_chunk]
-            values = rows.heads(tower.blocks[layer].attn, [h for h, _ in chunk],
-                                cache[f"{prefix}.hook_pattern"], cache[f"{prefix}.hook_v"])
-            for (_, i), value in zip(chunk, values):
-                tensor[i] = value
+            index = [i for _, i in chunk]
+            consecutive = index == list(range(index[0], index[0] + len(index)))
+            target = tensor[index[0] : index[-1] + 1] if consecutive else tensor.new_empty(len(index), *shape[1:])
+            rows.heads(tower.blocks[layer].attn, [h for h, _ in chunk],
+                       cache[f"{prefix}.hook_pattern"], cache[f"{prefix}.hook_v"], target)
+            if not consecutive:
+                tensor[index] = target
     bias = tower.b_proj.detach().clone()
     labels, comps = [str(c) for c in selection], list(selection)
     if has_rest:
-        rest = embedding - bias - tensor[:-1].sum(0).reshape(embedding.shape[0], -1, embedding.shape[-1]).sum(1)
+        computed = tensor[:-1].sum(0)
         if tokens == "all":  # the rest enters at position 0
+            computed = computed.sum(1)
             tensor[-1].zero_()
-            tensor[-1][:, 0] = rest
+            rest = tensor[-1][:, 0]
         else:
-            tensor[-1] = rest
+            rest = tensor[-1]
+        rest.copy_((embedding - bias) * scale[:, None] - computed)
         labels.append("rest")
         comps.append(None)
-    stack = ComponentStack(tensor, labels, bias, comps)
-    if normalize:
-        scale = 1.0 / readout.embedding.norm(dim=-1)
-        stack.tensor.mul_(scale.view(1, -1, *[1] * (stack.tensor.ndim - 2)))
-        stack.scale = scale
-    return stack
+    return ComponentStack(tensor, labels, bias, comps, scale if normalize else None)
+
+
+def _into(out: Tensor, value: Tensor) -> None:
+    out.copy_(value.view(out.shape))
 
 
 class _Rows:
-    """Joint-space rows of the decomposition for one forward pass (see the module doc)."""
+    """Joint-space rows of the decomposition for one forward pass (see the module doc),
+    each multiplied by the per-image ``scale`` (``1/‖e‖`` or one)."""
 
-    def __init__(self, tower, readout: _Readout, ln_mode: LnMode, positional: bool) -> None:
+    def __init__(self, tower, readout: _Readout, ln_mode: LnMode, positional: bool, scale: Tensor) -> None:
         ln = _final_ln(tower)
         P = tower.W_proj
         G = ln.w[:, None] * P  # diag(γ) P: [d_model, d_out]
@@ -361,45 +476,82 @@ class _Rows:
             G = G - G.mean(0, keepdim=True)  # (c - mean(c)) ⊙ γ @ P == c @ (C_D diag(γ) P)
         self.G, self.g, self.b_beta = G, ln.w @ P, ln.b @ P
         self.reference = ln_mode == "reference"
-        self.readout, self.positional = readout, positional
+        self.positional = positional
         L, H = len(tower.blocks), tower.cfg.heads
         self.n_heads = H
         self.omega_slot = 1.0 / (2 * L + 1)  # N_c = 2L + 1 slots share μ and β
         self.omega_head = self.omega_slot / H
-        self.kappa_sum = readout.kappa.sum(1)  # [batch]
-        self.mu_total = readout.mu_kappa.sum(1)  # [batch]: Σ_q κ_q μ_q
+        # The scale rides on κ (every term but β's is linear in κ), and on β's share.
+        self.kappa = readout.kappa * scale[:, None]  # [batch, pos]
+        self.mu_kappa = readout.mu_kappa * scale[:, None]  # [batch, pos]: κ_q μ_q / ‖e‖
+        self.scale = scale
+        self.kappa_sum = self.kappa.sum(1)  # [batch]
+        self.mu_total = self.mu_kappa.sum(1)  # [batch]: Σ_q κ_q μ_q
+        self.share = readout.kappa / readout.kappa.sum(1, keepdim=True)  # [batch, pos]: where β enters
 
-    def slot(self, values: Float[Tensor, "batch pos d_model"]) -> Tensor:
-        """Embedding or MLP slot; per token, each position keeps its own share."""
-        r, omega = self.readout, self.omega_slot
-        per_pos = (r.kappa.unsqueeze(-1) * values) @ self.G
-        per_pos = per_pos + omega * (r.kappa / self.kappa_sum[:, None]).unsqueeze(-1) * self.b_beta
+    def _constant(self, omega: float, bias_joint: Tensor | None = None) -> Float[Tensor, "batch d_out"]:
+        """The part of a row that does not depend on the component's output: its shares of
+        β (and of μ in the reference convention) and of the output bias."""
+        c = omega * self.scale[:, None] * self.b_beta
         if self.reference:
-            per_pos = per_pos - omega * r.mu_kappa.unsqueeze(-1) * self.g
-        return per_pos if self.positional else per_pos.sum(1)
+            c = c - omega * self.mu_total[:, None] * self.g
+        if bias_joint is not None:
+            c = c + self.kappa_sum[:, None] * bias_joint
+        return c
 
-    def heads(self, attn, heads: list[int], pattern: Tensor, v: Tensor) -> Tensor:
-        """Rows ``[len(heads), batch, (pos,) d_out]`` of the listed heads of one layer."""
-        idx = torch.tensor(heads, device=pattern.device)
-        alpha = torch.einsum("bq,bhqk->bhk", self.readout.kappa, pattern[:, idx])  # κ-weighted attention
-        v = v[:, :, idx]
-        W_joint = torch.einsum("hem,md->hed", attn.W_O[idx], self.G)  # W_O[h] diag(γ) P
+    def slot(self, values: Float[Tensor, "batch pos d_model"], out: Tensor) -> None:
+        """Embedding or MLP slot into ``out [batch, (pos,) d_out]``; per token, each
+        position keeps its own share."""
+        omega = self.omega_slot
+        if not self.positional:
+            _into(out, torch.einsum("bq,bqm->bm", self.kappa, values) @ self.G + self._constant(omega))
+            return
+        weighted = self.kappa.unsqueeze(-1) * values
+        if _writable(out, weighted, self.G):
+            torch.matmul(weighted, self.G, out=out)
+        else:
+            _into(out, weighted @ self.G)
+        out += omega * (self.share * self.scale[:, None]).unsqueeze(-1) * self.b_beta
+        if self.reference:
+            out -= omega * self.mu_kappa.unsqueeze(-1) * self.g
+
+    def heads(self, attn, heads: list[int], pattern: Tensor, v: Tensor, out: Tensor) -> None:
+        """Rows of the listed heads of one layer into ``out [len(heads), batch, (pos,) d_out]``.
+
+        ``pattern`` may hold only the leading query rows (those the readout reads, see
+        :func:`_pattern_rows`); κ is zero on the others."""
+        h0 = heads[0]
+        sl = slice(h0, h0 + len(heads)) if heads == list(range(h0, h0 + len(heads))) else heads
+        kappa = self.kappa[:, : pattern.shape[2]]
+        alpha = torch.einsum("bq,bhqk->hbk", kappa, pattern[:, sl])  # κ-weighted attention
+        v = v[:, :, sl].permute(2, 0, 1, 3)  # [h, b, k, e]
+        W_joint = torch.einsum("hem,md->hed", attn.W_O[sl], self.G)  # W_O[h] diag(γ) P
         bias_joint = (attn.b_O @ self.G) / self.n_heads  # b_O split uniformly over heads
-        omega = self.omega_head
+        constant = self._constant(self.omega_head, bias_joint)  # [b, d]
+        h, b, k, e = v.shape
         if self.positional:
-            pos = v.shape[1]
-            weighted = alpha.transpose(1, 2).unsqueeze(-1) * v  # [b, k, h, e]
-            out = torch.einsum("bkhe,hed->hbkd", weighted, W_joint)
-            out = out + (self.kappa_sum[None, :, None, None] * bias_joint + omega * self.b_beta) / pos
-            if self.reference:
-                out = out - (omega / pos) * self.mu_total[None, :, None, None] * self.g
-            return out
-        z_bar = torch.einsum("bhk,bkhe->bhe", alpha, v)
-        out = torch.einsum("bhe,hed->hbd", z_bar, W_joint)
-        out = out + self.kappa_sum[None, :, None] * bias_joint + omega * self.b_beta
-        if self.reference:
-            out = out - omega * self.mu_total[None, :, None] * self.g
-        return out
+            weighted = (alpha.unsqueeze(-1) * v).reshape(h, b * k, e)
+            _bmm_into(weighted, W_joint, out.view(h, b * k, -1) if out.is_contiguous() else out)
+            out += (constant / k)[None, :, None]
+        else:
+            z_bar = torch.einsum("hbk,hbke->hbe", alpha, v)
+            _bmm_into(z_bar, W_joint, out)
+            out += constant
+
+
+def _bmm_into(a: Tensor, b: Tensor, out: Tensor) -> None:
+    if _writable(out, a, b):
+        torch.bmm(a, b, out=out)
+    else:
+        _into(out, torch.bmm(a, b))
+
+
+def _writable(out: Tensor, *inputs: Tensor) -> bool:
+    """Whether a kernel can write into ``out`` directly (``out=`` takes contiguous
+    tensors and does not record gradients)."""
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    return out.is_contiguous() and not grad
+
 
 def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, head_chunk: int) -> ComponentStack:
     """Raw contributions to the residual stream after ``layer`` blocks (HF's

@@ -93,5 +93,8 @@ def imagenet_classifier(model, templates: str = "openai") -> ZeroShotClassifier:
     (``"openai"``: the 80 OpenAI templates, ``"simple"``: open_clip's short set)."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-    chosen = OPENAI_IMAGENET_TEMPLATES if templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
+    sets = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
+    if templates not in sets:
+        raise ValueError(f"unknown template set {templates!r}; choose one of {sorted(sets)}")
+    chosen = sets[templates]
     return ZeroShotClassifier.from_classnames(model, IMAGENET_CLASSNAMES, chosen)

@@ -240,6 +240,29 @@ def test_errors():
         ablation.zero_ablate(model, ["L0H0"], mode="sideways")
     with pytest.raises(ValueError, match="layers 0..1"):
         ablation.zero_ablate(model, ["L5H0"])
+    with pytest.raises(ValueError, match=r"direct mode edits d_out = 16, so they must be \[k, 16\]"):
+        ablation.project_out(model, ["L0H0"], torch.randn(2, 32, dtype=torch.float64), mode="direct")
+    with pytest.raises(ValueError, match=r"total mode edits d_model = 32"):
+        ablation.keep_only(model, ["mlp0"], torch.randn(2, 16, dtype=torch.float64), mode="total")
+    with pytest.raises(KeyError, match="no directions for L0H1"):
+        ablation.keep_only(model, ["L0H0", "L0H1"], {"L0H0": torch.randn(1, 16, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="px"):
+        ablation.resample_ablate(model, ["L0H0"], images[:, :, :8])
+
+
+@pytest.mark.parametrize("mode", ["total", "direct"])
+def test_resample_source_of_another_batch_size_is_refused_before_any_block(mode):
+    model, images = _setup(15)
+    blocks_run = []
+    watch = [("visual.blocks.0.hook_resid_pre", lambda x, hook: blocks_run.append(1))]
+    with ablation.resample_ablate(model, ["L1H0"], images[:3].flip(0), mode), model.hooks(fwd_hooks=watch):
+        with pytest.raises(ValueError, match="source has 3 images but the batch being run has 4"):
+            model.encode_image(images)
+        assert not blocks_run
+        one = model.encode_image(images[:3])
+    with ablation.resample_ablate(model, ["L1H0"], images[:1], mode):
+        model.encode_image(images)  # one source image broadcasts
+    assert one.shape == (3, 16)
 
 
 def test_direct_ablation_is_differentiable():

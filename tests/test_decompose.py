@@ -167,16 +167,43 @@ def test_text_rows_sum_to_text_embedding(ln_mode):
 
 
 def test_memory_bound_is_checked_before_work():
-    from hookedclip.decompose import estimate_memory
+    from hookedclip.decompose import _memory_parts
 
     model, images = _setup(12)
-    need = estimate_memory(model, images.shape[0], tokens="all")
-    stack = decompose_image(model, images, tokens="all", max_memory=need)
-    assert stack.tensor.numel() * 8 <= need
-    with pytest.raises(MemoryError, match="max_memory"):
-        decompose_image(model, images, tokens="all", max_memory=need // 4)
+    output, per_image, per_head = _memory_parts(model, images.shape[0], "all", None)
+    with pytest.raises(MemoryError, match="result alone"):
+        decompose_image(model, images, tokens="all", max_memory=output - 1)
+    with pytest.raises(MemoryError, match="one image with one head"):
+        decompose_image(model, images, tokens="all", max_memory=output + per_image)
     with pytest.raises(ValueError, match="px"):
         decompose_image(model, images[:, :, :8])
+
+
+def test_max_memory_sets_the_chunks_and_keeps_the_result(monkeypatch):
+    """Tighter bounds give fewer heads per step, then fewer images per forward pass (as
+    actually run: counted at the model's output and in the head step), same rows."""
+    from hookedclip import decompose as dec
+
+    model, images = _setup(15, n=5)
+    expected = decompose_image(model, images, tokens="all", components=["L0-1", "mlp1"])
+    output, per_image, per_head = dec._memory_parts(model, 5, "all", ["L0-1", "mlp1"])
+    heads_seen: list[int] = []
+    original = dec._Rows.heads
+    monkeypatch.setattr(dec._Rows, "heads", lambda self, attn, heads, *a: heads_seen.append(len(heads)) or original(self, attn, heads, *a))
+    plans = []
+    for per_pass, heads in [(5, 4), (5, 2), (5, 1), (2, 1), (1, 1)]:
+        bound = output + per_pass * (per_image + heads * per_head)
+        assert dec.plan_chunks(model, 5, "all", ["L0-1", "mlp1"], bound) == (per_pass, heads)
+        assert dec.estimate_memory(model, 5, "all", ["L0-1", "mlp1"], per_pass=per_pass, head_chunk=heads) <= bound
+        heads_seen.clear()
+        passes: list[int] = []
+        with model.hooks(fwd_hooks=[("visual.hook_out", lambda x, hook: passes.append(x.shape[0]))]):
+            stack = decompose_image(model, images, tokens="all", components=["L0-1", "mlp1"], max_memory=bound)
+        plans.append((max(passes), max(heads_seen)))
+        assert sum(passes) == 5
+        torch.testing.assert_close(stack.tensor, expected.tensor, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(stack.sum(), expected.sum(), rtol=1e-12, atol=1e-14)
+    assert plans == [(5, 4), (5, 2), (5, 1), (2, 1), (1, 1)]
 
 
 def test_to_joint_maps_width_rows_linearly():

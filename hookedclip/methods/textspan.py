@@ -539,6 +539,8 @@ def text_span_heads(
 
     if len(texts) == 0:
         raise ValueError("the text pool is empty")
+    if isinstance(n_texts, bool) or not isinstance(n_texts, int) or not 0 <= n_texts <= len(texts):
+        raise ValueError(f"n_texts={n_texts!r} must be an int from 0 to the text pool's size ({len(texts)} texts)")
     labels, moments = head_moments(model, batches, components)
     pool = embed_texts(model, list(texts), text_batch_size).to(torch.float64)
     second = moments.second_moment()

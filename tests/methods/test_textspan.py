@@ -392,6 +392,13 @@ def test_text_span_heads_streams_and_matches_the_data_path():
     with pytest.raises(ValueError, match="empty"):
         text_span_heads(model, batches, [], components=["L1H0"])
 
+    def never_read():  # a pool too small must be refused before the pass over the images
+        raise AssertionError("text_span_heads read an image batch before checking n_texts")
+        yield
+
+    with pytest.raises(ValueError, match=r"n_texts=11.*10 texts"):
+        text_span_heads(model, never_read(), pool, components=["L1H0"], n_texts=11)
+
 
 def test_toy_last_layer_heads_have_shape_and_colour_roles():
     """Planted structure: on the shipped toy CLIP (1,024 held-out images, last layer, 3 texts)
