@@ -18,12 +18,12 @@ from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import ToyWorld
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=2, help="analyse the heads of the last N layers")
     parser.add_argument("--texts", type=int, default=5, help="texts per head")
     parser.add_argument("--n", type=int, default=1024, help="held-out toy images")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model = HookedCLIP.from_pretrained("toy")
     world = ToyWorld(args.n, seed=11, split="test")

@@ -43,3 +43,23 @@ def test_group_metrics():
     assert accuracy(pred, label) == pytest.approx(4 / 6)
     assert group_accuracies(pred, label, group) == {0: 0.5, 1: 1.0, 2: 0.5}
     assert worst_group_accuracy(pred, label, group) == 0.5
+
+
+@pytest.mark.parametrize("templates", ["openai", "simple"])
+def test_imagenet_classifier_uses_open_clip_names_and_the_chosen_templates(bpe_model, monkeypatch, templates):
+    """Which names and templates go into the recipe (encoding 7,000-80,000 prompts is
+    skipped; the recipe itself is tested above)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+    from hookedclip.zeroshot import imagenet_classifier
+
+    seen = {}
+    monkeypatch.setattr(ZeroShotClassifier, "from_classnames",
+                        classmethod(lambda cls, model, names, chosen: seen.update(names=names, templates=chosen)))
+    imagenet_classifier(bpe_model, templates) if templates != "openai" else imagenet_classifier(bpe_model)
+    expected = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[templates]
+    assert len(seen["names"]) == 1000 and list(seen["names"]) == list(IMAGENET_CLASSNAMES)
+    assert tuple(seen["templates"]) == tuple(expected) and len(expected) == {"openai": 80, "simple": 7}[templates]
+    assert seen["templates"][0]("goldfish").endswith("goldfish.")
+    with pytest.raises(ValueError, match=r"unknown template set 'opanai'; choose one of \['openai', 'simple'\]"):
+        imagenet_classifier(bpe_model, templates="opanai")

@@ -420,3 +420,22 @@ def test_toy_last_layer_heads_have_shape_and_colour_roles():
     roles = {label: r.texts[:2] for label, r in results.items()}
     assert any(set(t) <= shapes for t in roles.values()), roles
     assert any(set(t) <= colours for t in roles.values()), roles
+
+
+def test_example_prints_each_heads_top_texts(capsys):
+    """Smoke test of examples/textspan.py on a few toy images."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "textspan.py"
+    spec = importlib.util.spec_from_file_location("textspan_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--n", "48", "--layers", "1", "--texts", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    headers = [line for line in lines if line.startswith("L")]
+    from hookedclip import HookedCLIP
+
+    cfg = HookedCLIP.from_pretrained("toy").cfg.vision
+    assert [h.split()[0] for h in headers] == [f"L{cfg.layers - 1}H{h}" for h in range(cfg.heads)]
+    assert sum("cumulative" in line for line in lines) == 2 * cfg.heads
