@@ -260,7 +260,7 @@ def section_pclens(ctx: DemoContext) -> Section:
                          ks=(1, 2, 3, 5, 10, 20), margin=0.01, group_names=task.group_names)
     phase.update()
     phase.close()
-    _plot_debias_sweep(sweep, ctx.out_dir / "pclens_debias.png")
+    sweep.plot(ctx.out_dir / "pclens_debias.png")
     rows = [[str(p.k), str(p.n_removed), f"{100 * p.average:.1f}%", f"{100 * p.worst_group:.1f}%"]
             + [f"{100 * p.groups[g]:.1f}%" for g in task.group_names] for p in sweep.points]
     return Section(
@@ -284,23 +284,11 @@ def section_pclens(ctx: DemoContext) -> Section:
                  ("pclens_pc.png", f"{first.head} PC {first.pc}: top row the highest ⟨ê, v⟩, bottom row the lowest."),
                  ("pclens_debias.png", "Worst-group and average accuracy (bold) and each group's accuracy (thin) "
                                        "of circle vs square as the texture PCs are removed (K per concept); dashed "
-                                       "horizontal lines: the original model's worst group and average; circled: "
-                                       "the pick.")],
+                                       "horizontal lines: the original model's worst group and average; dotted "
+                                       "vertical line: the pick.")],
         tables=[(["side", f"{first.head} PC {first.pc} texts (cosine)"], label_rows),
                 (["K", "PCs removed", "average", "worst group"] + task.group_names, rows)],
     )
-
-
-def _plot_debias_sweep(sweep, path: Path) -> Path:
-    """The sweep's curves with the original values named in the legend (the dashed lines)."""
-    base = sweep.baseline
-    curves = {f"worst group (original {100 * base.worst_group:.1f}%)": [p.worst_group for p in sweep.points],
-              f"average (original {100 * base.average:.1f}%)": [p.average for p in sweep.points]}  # fmt: skip
-    groups = {g: [p.groups[g] for p in sweep.points] for g in sweep.group_names}
-    title = f"Removing the PCs of {', '.join(repr(c) for c in sweep.concepts)}"
-    return viz.sweep_curves([p.k for p in sweep.points], curves, path, title,
-                            "top PCs removed per concept (K; 0 = original model)", thin=groups,
-                            highlight=sweep.chosen.k, highlight_label=f"pick: K = {sweep.chosen.k}")  # fmt: skip
 
 
 def section_segmentation(ctx: DemoContext) -> Section:

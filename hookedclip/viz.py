@@ -263,27 +263,24 @@ def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence
 # ---------------------------------------------------------------------------- sweeps
 def sweep_curves(x: Sequence[float], curves: dict[str, Sequence[float]], path: str | Path, title: str, xlabel: str,
                  thin: dict[str, Sequence[float]] | None = None, highlight: float | None = None,
-                 highlight_label: str = "pick", ylabel: str = "accuracy (%)") -> Path:
+                 highlight_label: str = "pick", ylabel: str = "accuracy (%)", reference: str = "original") -> Path:
     """Bold curves (values in [0, 1], drawn as %) over a numeric sweep ``x``, each with its
-    value at ``x[0]`` (the reference point) as a dashed line; optional ``thin`` curves (e.g.
-    per group) and a circled ``highlight`` at one ``x``. The x axis is symmetric-log so a
-    sweep from 0 to large values stays readable."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    thin_colours = [plt.get_cmap("Set2")(i % 8) for i in range(len(thin or {}))]
+    value at ``x[0]`` (the ``reference`` point) as a dashed line named in the legend; optional
+    ``thin`` curves (e.g. per group) and a vertical line at one ``highlight`` value of ``x``.
+    The x axis is symmetric-log so a sweep from 0 to large values stays readable."""
+    fig, ax = plt.subplots(figsize=(6.8, 3.8))
+    thin_colours = [plt.get_cmap("Dark2")(i % 8) for i in range(len(thin or {}))]
     for colour, (name, values) in zip(thin_colours, (thin or {}).items()):
-        ax.plot(x, [100 * v for v in values], color=colour, linewidth=1.0, alpha=0.8, marker=".", markersize=4,
+        ax.plot(x, [100 * v for v in values], color=colour, linewidth=1.3, alpha=0.9, marker=".", markersize=5,
                 label=name)
     bold = ["#C44E52", "#1f3b73", "#55A868", "#8172B2"]
     for i, (name, values) in enumerate(curves.items()):
-        line, = ax.plot(x, [100 * v for v in values], color=bold[i % len(bold)], linewidth=2.4, marker="o",
+        line, = ax.plot(x, [100 * v for v in values], color=bold[i % len(bold)], linewidth=2.6, marker="o",
                         markersize=5, label=name)
-        ax.axhline(100 * values[0], color=line.get_color(), linestyle="--", linewidth=1, alpha=0.8)
-        if highlight is not None and highlight in list(x):
-            i = list(x).index(highlight)
-            ax.plot([x[i]], [100 * values[i]], "o", markersize=13, markerfacecolor="none",
-                    markeredgecolor="black", markeredgewidth=1.5)
+        ax.axhline(100 * values[0], color=line.get_color(), linestyle="--", linewidth=1, alpha=0.8,
+                   label=f"{name}, {reference}: {100 * values[0]:.1f}%")
     if highlight is not None:
-        ax.plot([], [], "o", markersize=11, markerfacecolor="none", markeredgecolor="black", label=highlight_label)
+        ax.axvline(highlight, color="black", linestyle=":", linewidth=1.5, label=highlight_label)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(list(x), [str(v) for v in x], fontsize=8)
     ax.minorticks_off()
@@ -293,5 +290,5 @@ def sweep_curves(x: Sequence[float], curves: dict[str, Sequence[float]], path: s
     ax.set_ylim(max(0.0, 10 * np.floor(10 * lowest - 0.5)), 102)  # start at the decade below the lowest value
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), title="dashed: original", title_fontsize=7)
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)

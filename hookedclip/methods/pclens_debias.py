@@ -104,7 +104,7 @@ class DebiasSweep:
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """Worst-group and average accuracy against ``K`` (thin lines: each group), the
-        unmodified model's values dashed and the picked point circled."""
+        unmodified model's values dashed and the picked ``K`` marked by a vertical line."""
         from hookedclip import viz
 
         ks = [p.k for p in self.points]
@@ -113,7 +113,7 @@ class DebiasSweep:
         title = title or f"Removing the PCs of {', '.join(repr(c) for c in self.concepts)}"
         return viz.sweep_curves(ks, curves, path, title, "top PCs removed per concept (K; 0 = original model)",
                                 thin=groups, highlight=self.chosen.k,
-                                highlight_label=f"pick (margin {100 * self.margin:.0f} pt)")
+                                highlight_label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)")
 
     def summary(self) -> str:
         """A few lines: the baseline, the picked point and the rule."""
