@@ -531,8 +531,11 @@ class _Rows:
         h, b, k, e = v.shape
         if self.positional:
             weighted = (alpha.unsqueeze(-1) * v).reshape(h, b * k, e)
-            _bmm_into(weighted, W_joint, out.view(h, b * k, -1) if out.is_contiguous() else out)
-            out += (constant / k)[None, :, None]
+            flat = out.view(h, b * k, -1) if out.is_contiguous() else out
+            _bmm_into(weighted, W_joint, flat)
+            # Through the view that was written: under autograd, ``out`` (a sibling view made
+            # before the write) would still count as a leaf and refuse the in-place add.
+            flat.view(out.shape).add_((constant / k)[None, :, None])
         else:
             z_bar = torch.einsum("hbk,hbke->hbe", alpha, v)
             _bmm_into(z_bar, W_joint, out)

@@ -251,8 +251,8 @@ def section_pclens(ctx: DemoContext) -> Section:
                 for j, a in enumerate(attrs)]
     viz.image_grid(ctx.images[idx], captions, ctx.out_dir / "pclens_pc.png", cols=len(top))
     lab = pca.label_of(first.pc, 3)
-    label_rows = [["positive", "; ".join(f"{t} ({c:+.2f})" for t, c in lab.positive)],
-                  ["negative", "; ".join(f"{t} ({c:+.2f})" for t, c in lab.negative)]]
+    label_rows = [["positive" if sign == "+" else "negative", "; ".join(f"{t} ({c:+.2f})" for t, c in items)]
+                  for sign, items in lab.sides()]  # the stronger side first (spec §4.2 step 7)
     # Remove the texture PCs and watch the spurious split's worst group.
     phase.update()
     phase.set_description("PCLens: debias sweep")

@@ -171,7 +171,6 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-@torch.no_grad()
 def _probe(model, targets: list[Target], dtype: torch.dtype, moments: str) -> list[TargetSpec]:
     """Per-row shapes (and decomposition labels) from one blank image."""
     size = model.cfg.vision.image_size
@@ -181,6 +180,7 @@ def _probe(model, targets: list[Target], dtype: torch.dtype, moments: str) -> li
                        getattr(t, "labels", None)) for t, v in zip(targets, values)]
 
 
+@torch.no_grad()  # stored values need no autograd graph (it would only cost memory)
 def _forward(model, targets: list[Target], images: Tensor) -> list[Tensor]:
     wanted = set().union(*(t.hooks(model) for t in targets))
     with model.cache(names_filter=lambda n: n in wanted) as cache:

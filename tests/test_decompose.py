@@ -299,3 +299,21 @@ def test_norms_are_row_lengths():
     torch.testing.assert_close(norms[0, 1, 3], stack.tensor[0, 1, 3].pow(2).sum().sqrt())
     cls = decompose_image(model, images)
     torch.testing.assert_close(cls.norms().pow(2).sum(0), cls.tensor.pow(2).sum((0, 2)))
+
+
+@pytest.mark.parametrize("tokens", ["cls", "all"])
+def test_stack_from_cache_under_autograd_matches_and_backpropagates(tokens):
+    """Attribution code decomposes a forward that records gradients: the rows must be the
+    no-grad rows and carry gradients back to the image."""
+    from hookedclip.decompose import stack_from_cache
+
+    model = HookedCLIP.from_open_clip(tiny_open_clip(seed=1)).double()
+    images = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    heads = [f"L{l}" for l in range(len(model.visual.blocks))]
+    with model.cache() as cache:
+        emb = model.encode_image(images)
+    stack = stack_from_cache(model, "visual", images, dict(cache), emb, tokens=tokens, components=heads)
+    expected = decompose_image(model, images.detach(), tokens=tokens, components=heads)
+    torch.testing.assert_close(stack.tensor.detach(), expected.tensor, rtol=1e-10, atol=1e-12)
+    stack.tensor[:-1].sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
