@@ -6,8 +6,8 @@ d' = 512 per image, float32, moments kept as float64 mean + scatter during the w
 
 - ``ours-stream`` (the fair comparison): :func:`hookedclip.methods.pclens.fit_from_store` on a
   store extracted with ``--moments mean``: the scatter is streamed from the shards
-  (:class:`~hookedclip.methods.pclens.ShiftedScatter`, in-place float64 ``baddbmm`` per group
-  of heads), then ``eigh`` per head (§7.2 item 5);
+  (:meth:`~hookedclip.stats.RunningMoments.update`, in-place float64 ``baddbmm`` over all
+  heads at once), then ``eigh`` per head (§7.2 item 5);
 - ``ours-stored``: ``fit_from_store`` on the scatter the extraction kept (``--moments cov``).
   Its time includes the accumulation the extraction paid for it (``RunningMoments.update`` on
   every shard, timed while the store is written), not only the ``eigh``;

@@ -49,14 +49,42 @@ class RunningMoments:
         return cls(n, mean, m2)
 
     def update(self, x: Float[Tensor, "n *shape d"], chunk_bytes: int = 2**26) -> "RunningMoments":
-        """Add a batch of rows (in place); returns ``self``. Rows are merged in chunks whose
-        float64 copy stays under ``chunk_bytes``, so a large shard costs no more memory than
-        a small one."""
+        """Add a batch of rows (in place); returns ``self``.
+
+        The scatter is accumulated in place about a fixed shift ``c`` (the current mean, or
+        the first chunk's mean when empty): with ``s = Σ(x − c)`` and ``S = Σ(x − c)(x − c)ᵀ``
+        over the batch, the new moments are ``mean = c + s/N`` and ``M2 += S − s sᵀ/N`` (``N``
+        the new count), exactly Chan's merge written for a shifted origin. Rows go through in
+        chunks whose float64 copy stays under ``chunk_bytes``, so a large shard costs no more
+        memory than a small one and no ``[*shape, d, d]`` temporary is made per chunk."""
+        x = x.detach()
+        if tuple(x.shape[1:]) != tuple(self.mean.shape):
+            raise ValueError(f"expected rows [n, {', '.join(map(str, self.mean.shape))}], got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            return self
         rows = max(1, chunk_bytes // max(1, x[:1].numel() * 8))
-        for chunk in x.split(rows):
-            merged = self.merge(RunningMoments.of(chunk.to(self.mean.device), covariance=self.m2 is not None))
-            self.n, self.mean, self.m2 = merged.n, merged.mean, merged.m2
+        chunks = x.split(rows)
+        if self.n == 0:  # a shift close to the data's mean keeps the shifted sums accurate
+            self.mean = chunks[0].to(self.mean.device, torch.float64).mean(0)
+        if self.m2 is not None and not self.m2.is_contiguous():
+            self.m2 = self.m2.contiguous()
+        shift, s = self.mean, torch.zeros_like(self.mean)
+        for chunk in chunks:
+            self._add_shifted(chunk, shift, s)
+        self.n += x.shape[0]
+        if self.m2 is not None:
+            self.m2 -= torch.einsum("...i,...j->...ij", s, s) / self.n
+        self.mean = shift + s / self.n
         return self
+
+    def _add_shifted(self, chunk: Tensor, shift: Tensor, s: Tensor) -> None:
+        """``s += Σ(x − c)`` and ``M2 += Σ(x − c)(x − c)ᵀ`` over one chunk, in place."""
+        xc = chunk.to(shift.device, torch.float64) - shift  # [rows, *shape, d]
+        s += xc.sum(0)
+        if self.m2 is not None:
+            d = xc.shape[-1]
+            groups = xc.reshape(xc.shape[0], -1, d).transpose(0, 1)  # [groups, rows, d]
+            self.m2.view(-1, d, d).baddbmm_(groups.transpose(1, 2), groups)
 
     def merge(self, other: "RunningMoments") -> "RunningMoments":
         """The moments of both sets of rows (Chan et al.'s pairwise update)."""

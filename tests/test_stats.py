@@ -39,18 +39,35 @@ def test_any_split_matches_numpy(n, d, cuts, chunk_rows, seed, offset):
         np.testing.assert_allclose(m.second_moment().numpy(), x.T @ x / n, rtol=1e-10, atol=1e-8 * max(1, offset**2))
 
 
-def test_chunked_update_merges_chunk_by_chunk(monkeypatch):
-    """``chunk_bytes`` really bounds the batch turned into float64 at once."""
+def test_chunked_update_bounds_each_chunk(monkeypatch):
+    """``chunk_bytes`` really bounds the rows turned into float64 at once."""
     x = torch.randn(10, 3, dtype=torch.float64)
-    sizes, real = [], RunningMoments.of
+    sizes, real = [], RunningMoments._add_shifted
 
-    def of(chunk, covariance=True):
+    def add(self, chunk, shift, s):
         sizes.append(len(chunk))
-        return real(chunk, covariance)
+        return real(self, chunk, shift, s)
 
-    monkeypatch.setattr(RunningMoments, "of", staticmethod(of))
+    monkeypatch.setattr(RunningMoments, "_add_shifted", add)
     m = RunningMoments.empty((), 3).update(x, chunk_bytes=4 * 3 * 8)
     assert sizes == [4, 4, 2] and m.n == 10
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2**26])  # one row per matmul, or the whole batch
+def test_in_place_update_is_accurate_far_from_the_origin(chunk_bytes):
+    """Per-head rows at an offset of 1e3 with scales from 1e-3 to 5 and an empty batch: the
+    shifted in-place scatter equals the one-batch moments."""
+    gen = torch.Generator().manual_seed(0)
+    x = 1e3 + torch.randn(50, 3, 6, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 1e-3, 5.0])[:, None]
+    acc = RunningMoments.empty((3,), 6)
+    for part in (x[:7], x[7:7], x[7:30], x[30:]):
+        acc.update(part, chunk_bytes=chunk_bytes)
+    ref = RunningMoments.of(x)
+    assert acc.n == 50
+    torch.testing.assert_close(acc.mean, ref.mean, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(acc.m2, ref.m2, rtol=1e-9, atol=1e-9 * float(ref.m2[1].abs().max()))
+    with pytest.raises(ValueError, match=r"\[n, 3, 6\]"):
+        acc.update(x[:, :2])
 
 
 def test_leading_shape_kept_apart():

@@ -693,65 +693,18 @@ def store_heads(store, target: str = "heads", heads: Sequence[str] | None = None
 def store_moments(store, heads: Sequence[str], target: str = "heads") -> dict[str, RunningMoments]:
     """Per-head moments (``[d']`` mean and scatter) from a store: the extraction's moments when it
     kept covariances (nothing is read), else streamed shard by shard over the chosen rows only
-    (:class:`ShiftedScatter`)."""
+    (in-place float64 accumulation, :meth:`~hookedclip.stats.RunningMoments.update`)."""
     spec = store.targets[target]
     idx = [spec.labels.index(h) for h in heads]
     if spec.moments == "cov":
         m = store.moments(target)
         return {h: RunningMoments(m.n, m.mean[i], m.m2[i]) for h, i in zip(heads, idx)}
-    acc = ShiftedScatter(len(idx), spec.shape[-1])
+    acc = RunningMoments.empty((len(idx),), spec.shape[-1])
     contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
     pick = slice(idx[0], idx[0] + len(idx)) if contiguous else idx  # a slice is a view, no copy of the shard
     for shard in store.iter_shards([target]):
         acc.update(shard[target][:, pick])  # one shard's [rows, heads, d'] at a time
-    return acc.per_head(heads)
-
-
-class ShiftedScatter:
-    """Streaming float64 mean and scatter of ``[n, heads, d]`` rows, accumulated in place.
-
-    Sums are taken about a fixed shift ``c`` (the first batch's mean, close to the data's, so
-    the shifted sums lose no precision): ``s = Σ(x − c)``, ``S = Σ(x − c)(x − c)ᵀ``, and at the
-    end ``mean = c + s/N``, ``M2 = S − s sᵀ/N``. Each batch costs one in-place batched matmul
-    (``baddbmm_``) per group of heads, sized so its float64 copy stays under ``chunk_bytes``;
-    :meth:`RunningMoments.update` instead builds and merges new ``[heads, d, d]`` tensors for
-    every chunk of rows.
-    """
-
-    def __init__(self, heads: int, d: int, chunk_bytes: int = 2**26, device=None) -> None:
-        self.n, self.heads, self.d, self.chunk_bytes = 0, heads, d, chunk_bytes
-        self.shift: Tensor | None = None
-        self.s = torch.zeros(heads, d, dtype=torch.float64, device=device)
-        self.S = torch.zeros(heads, d, d, dtype=torch.float64, device=device)
-
-    def update(self, x: Float[Tensor, "n heads d"]) -> "ShiftedScatter":
-        if x.ndim != 3 or x.shape[1:] != (self.heads, self.d):
-            raise ValueError(f"expected rows [n, {self.heads}, {self.d}], got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            return self
-        x = x.to(self.S.device)
-        if self.shift is None:
-            self.shift = x.to(torch.float64).mean(0)
-        step = max(1, self.chunk_bytes // max(1, x.shape[0] * self.d * 8))
-        for a in range(0, self.heads, step):
-            b = min(a + step, self.heads)
-            xc = (x[:, a:b].to(torch.float64) - self.shift[a:b]).transpose(0, 1)  # [heads, n, d]
-            self.s[a:b] += xc.sum(1)
-            self.S[a:b].baddbmm_(xc.transpose(1, 2), xc)
-        self.n += x.shape[0]
-        return self
-
-    def moments(self) -> RunningMoments:
-        """``[heads, d]`` mean and ``[heads, d, d]`` scatter of every row seen."""
-        if self.n == 0:
-            return RunningMoments.empty((self.heads,), self.d, device=self.S.device)
-        mean = self.shift + self.s / self.n
-        m2 = self.S - torch.einsum("hi,hj->hij", self.s, self.s) / self.n
-        return RunningMoments(self.n, mean, m2)
-
-    def per_head(self, labels: Sequence[str]) -> dict[str, RunningMoments]:
-        m = self.moments()
-        return {h: RunningMoments(m.n, m.mean[i], m.m2[i]) for i, h in enumerate(labels)}
+    return {h: RunningMoments(acc.n, acc.mean[i], acc.m2[i]) for i, h in enumerate(heads)}
 
 
 def store_embedding_moments(store, embedding: str = "embedding") -> RunningMoments:
@@ -791,4 +744,4 @@ def fit_from_store(store, heads: Sequence[str] | None = None, target: str = "hea
     return fit_from_moments(moments, identity, emb, **kwargs)
 
 
-__all__ += ["ShiftedScatter", "store_heads", "store_moments", "store_embedding_moments", "store_identity", "fit_from_store"]
+__all__ += ["store_heads", "store_moments", "store_embedding_moments", "store_identity", "fit_from_store"]
