@@ -379,10 +379,13 @@ class ActivationStore:
         """Every stored tensor name: the targets, then ``index``, ``label``, ``group``."""
         return list(self.targets) + list(ROW_KEYS)
 
-    def check(self, model=None, dataset=None, targets: Sequence[str] | None = None) -> None:
+    def check(self, model=None, dataset=None, targets: Sequence[str] | None = None,
+              text_embeddings: torch.Tensor | None = None) -> None:
         """Raise :class:`StoreMismatch`, naming the difference, unless the store was extracted
         from ``model`` (same config and weights), from ``dataset`` and holds ``targets``
-        (names); ``None`` skips that check. Hashing a model's weights reads all of them."""
+        (names); ``None`` skips that check. Hashing a model's weights reads all of them.
+        ``text_embeddings`` ``[m, d]`` must share ``d`` with every listed target's rows
+        (``ValueError`` otherwise)."""
         wanted = {}
         if model is not None:
             wanted["model"] = model_fingerprint(model)
@@ -394,6 +397,11 @@ class ActivationStore:
         if missing:
             raise StoreMismatch(f"the store at {self.path} holds no target {', '.join(map(repr, missing))} "
                                 f"(it holds {list(self.targets)}): extract them with --targets")
+        for target in targets or []:
+            d = self.targets[target].shape[-1]
+            if text_embeddings is not None and text_embeddings.shape[-1] != d:
+                raise ValueError(f"the text embeddings have dimension {text_embeddings.shape[-1]}, the store's "
+                                 f"{target!r} rows {d}: embed the texts with the model the store was extracted from")
 
     @property
     def skipped(self) -> list[dict]:

@@ -162,11 +162,12 @@ def _cell(text: str) -> str:
     return f"<td class='num'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
 
 
-def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], meta: str = "") -> Path:
-    """Write ``index.html`` into ``out_dir`` (figures must already be there)."""
+def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], meta: str = "", nav: str = "") -> Path:
+    """Write ``index.html`` into ``out_dir`` (figures must already be there); ``nav``: HTML
+    (e.g. links to other pages) placed as is under the title."""
     out_dir = Path(out_dir)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{nav}"]
     if meta:
         parts.append(f"<p class='meta'>{html.escape(meta)}</p>")
     parts.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections)) + "</ul>")

@@ -731,13 +731,8 @@ def fit_from_store(store, heads: Sequence[str] | None = None, target: str = "hea
     ``embedding``. Per-head moments come from the store (see :func:`store_moments`); equals
     :func:`fit` on the same images. Keyword arguments as in :func:`fit_from_moments`. A
     ``model`` other than the store's is refused (:class:`~hookedclip.store.StoreMismatch`)."""
-    if model is not None:
-        store.check(model=model, targets=[target])
+    store.check(model=model, targets=[target], text_embeddings=kwargs.get("text_embeddings"))
     labels = store_heads(store, target, heads)
-    texts_d, d = getattr(kwargs.get("text_embeddings"), "shape", [None])[-1], store.targets[target].shape[-1]
-    if texts_d is not None and texts_d != d:
-        raise ValueError(f"the text embeddings have dimension {texts_d}, the store's {target!r} rows {d}: "
-                         "embed the texts with the model the store was extracted from")
     moments = store_moments(store, labels, target)
     emb = store_embedding_moments(store, embedding) if embedding and embedding in store.targets else None
     identity = model_identity(model) if model is not None else store_identity(store)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hookedclip import viz
-from hookedclip.methods.pclens import HeadPCA, PCLensResult, top_images
+from hookedclip.methods.pclens import HeadPCA, PCLensResult, image_scores, top_images
 
 
 #: PCs holding less than this share (%) of a head's retained variance are listed apart.
@@ -72,12 +72,11 @@ def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch
     header = ["PC", "strength %", "texts, stronger side (cos)", "texts, other side (cos)"]
     figures = []
     embeddings = embeddings.detach()
-    unit = torch.nn.functional.normalize(embeddings.double(), dim=-1)
+    scores = image_scores(pca, embeddings)  # [n, k]: the score top_images ranks by
     for i in strong[:n_pcs]:
         top, bottom = top_images(pca, i, embeddings, n_images)
-        scores = unit @ pca.components[i].double().to(unit.device)
         idx = torch.cat([top, bottom]).tolist()
-        captions = [f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k]):+.2f}"
+        captions = [f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k, i]):+.2f}"
                     for j, k in enumerate(idx)]
         name = f"pc{i}.png"
         viz.image_grid(images[idx], captions, out_dir / name, cols=len(top))
@@ -97,11 +96,7 @@ def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch
     if weak:
         sections.append(viz.Section(f"Weaker PCs ({len(weak)}, each below {min_strength:g}%)", [],
                                     [], [(header, _pc_rows(pca, weak, n_texts))]))
-    path = viz.write_report(out_dir, f"PCLens: {pca.label}", sections)
-    if nav:
-        html = path.read_text()
-        path.write_text(html.replace("</h1>", "</h1>" + nav, 1))
-    return path
+    return viz.write_report(out_dir, f"PCLens: {pca.label}", sections, nav=nav)
 
 
 def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min_strength: float = MIN_STRENGTH
@@ -128,10 +123,7 @@ def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min
     ax.set_xlim(-0.5, steps - 0.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(result.heads) // 17)
-    path = Path(path)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return viz._save(fig, path)
 
 
 def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: torch.Tensor, out: str | Path,

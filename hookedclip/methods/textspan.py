@@ -573,13 +573,8 @@ def text_span_from_store(
     (:class:`~hookedclip.store.StoreMismatch`)."""
     from hookedclip.methods.pclens import store_heads, store_moments
 
-    if model is not None:
-        store.check(model=model, targets=[target])
+    store.check(model=model, targets=[target], text_embeddings=text_embeddings)
     labels = store_heads(store, target, heads)
-    d = store.targets[target].shape[-1]
-    if text_embeddings.shape[-1] != d:
-        raise ValueError(f"the text embeddings have dimension {text_embeddings.shape[-1]}, the store's {target!r} "
-                         f"rows {d}: embed the texts with the model the store was extracted from")
     moments = store_moments(store, labels, target)
     return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
             for label, m in moments.items()}
