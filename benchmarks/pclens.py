@@ -6,7 +6,7 @@ d' = 512 per image, float32, moments kept as float64 mean + scatter during the w
 
 - ``ours-stream`` (the fair comparison): :func:`hookedclip.methods.pclens.fit_from_store` on a
   store extracted with ``--moments mean``: the scatter is streamed from the shards
-  (:meth:`~hookedclip.stats.RunningMoments.update`, in-place float64 ``baddbmm`` over all
+  (:meth:`~hookedclip.data.stats.RunningMoments.update`, in-place float64 ``baddbmm`` over all
   heads at once), then ``eigh`` per head (§7.2 item 5);
 - ``ours-stored``: ``fit_from_store`` on the scatter the extraction kept (``--moments cov``).
   Its time includes the accumulation the extraction paid for it (``RunningMoments.update`` on
@@ -40,8 +40,8 @@ def _write_child(path: str, rows: int, heads: int, d: int) -> float:
     """A store of ``rows`` rows of ``[heads, d]`` with low-rank structure plus noise (so each
     head has a realistic spectrum), and its float64 moments accumulated shard by shard as
     ``extract`` does; returns the seconds spent accumulating them."""
-    from hookedclip.stats import RunningMoments
-    from hookedclip.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
+    from hookedclip.data.stats import RunningMoments
+    from hookedclip.data.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
 
     labels = [f"L{8 + h // 12}H{h % 12}" for h in range(heads)]
     header = {"format": FORMAT, "model": {"id": "bench", "config_hash": "x", "weights_hash": "y"},
@@ -68,7 +68,7 @@ def _write_child(path: str, rows: int, heads: int, d: int) -> float:
 
 def ours_stored(path: str) -> None:
     from hookedclip.methods.pclens import fit_from_store
-    from hookedclip.store import ActivationStore
+    from hookedclip.data.store import ActivationStore
 
     store = ActivationStore(path, verify="size")
     fit_from_store(store, embedding=None, max_pcs=80)
@@ -76,7 +76,7 @@ def ours_stored(path: str) -> None:
 
 def ours_stream(path: str) -> None:
     from hookedclip.methods.pclens import fit_from_store
-    from hookedclip.store import ActivationStore
+    from hookedclip.data.store import ActivationStore
 
     store = ActivationStore(path, verify="size")
     store.targets["heads"].moments = "mean"  # as if extracted with --moments mean: stream the scatter
@@ -85,7 +85,7 @@ def ours_stream(path: str) -> None:
 
 def naive(path: str) -> None:
     from hookedclip.methods.pclens import pca_from_data
-    from hookedclip.store import ActivationStore
+    from hookedclip.data.store import ActivationStore
 
     store = ActivationStore(path, verify="size")
     x = store.rows("heads")  # [N, heads, d]: everything in memory

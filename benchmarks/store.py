@@ -27,7 +27,7 @@ TARGETS = ["heads", "embedding"]
 
 
 def plain_loop(model, dataset, out: Path, batch_size: int, rows_per_shard: int) -> None:
-    from hookedclip.extract import _collate, _forward, _Loading, parse_target
+    from hookedclip.data.extract import _collate, _forward, _Loading, parse_target
 
     targets = [parse_target(t, model) for t in TARGETS]
     loader = torch.utils.data.DataLoader(_Loading(dataset, model.preprocess), batch_size=batch_size,
@@ -48,7 +48,7 @@ def plain_loop(model, dataset, out: Path, batch_size: int, rows_per_shard: int) 
 def throughput(n: int, batch_size: int, rows_per_shard: int, repeats: int) -> None:
     from hookedclip import HookedCLIP
     from hookedclip.data import toy_dataset
-    from hookedclip.extract import extract
+    from hookedclip.data.extract import extract
 
     model = HookedCLIP.from_pretrained("toy").eval()
     dataset = toy_dataset(n)
@@ -73,8 +73,8 @@ def throughput(n: int, batch_size: int, rows_per_shard: int, repeats: int) -> No
 
 def _write_child(path: str, rows: int, d: int) -> None:
     """Write a store of ``rows`` random float32 rows of width ``d`` at ``path``."""
-    from hookedclip.stats import RunningMoments
-    from hookedclip.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
+    from hookedclip.data.stats import RunningMoments
+    from hookedclip.data.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
 
     per_shard = 5000
     header = {"format": FORMAT, "model": {"id": "bench"}, "dataset": {"length": rows}, "world_size": 1,
@@ -94,7 +94,7 @@ def _read_child(path: str) -> None:
     """Peak RSS (KiB) after opening the store, and after compute_moments, in a fresh process."""
     import resource
 
-    from hookedclip.store import ActivationStore
+    from hookedclip.data.store import ActivationStore
 
     store = ActivationStore(path, verify="size")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

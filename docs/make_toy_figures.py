@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hookedclip import viz
+from hookedclip.report import viz
 from hookedclip.toy.world import SpuriousSpec, ToyWorld, caption
 
 GRID_SEED, CAPTION_SEED, SPURIOUS_SEED = 5, 0, 1

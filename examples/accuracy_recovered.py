@@ -19,7 +19,7 @@ import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
-from hookedclip.methods.pclens_recovered import accuracy_recovered
+from hookedclip.methods.pclens.recovered import accuracy_recovered
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import ToyWorld, class_prompts
 from hookedclip.zeroshot import ZeroShotClassifier, embed_texts

@@ -2,7 +2,7 @@
 
 Run: ``python examples/extract_store.py [OUT_DIR]``. Interrupt it and run it again: it
 resumes after the last finished shard. Under several processes:
-``torchrun --nproc-per-node 2 -m hookedclip.extract --model toy --data toy:2048 --targets heads embedding --out OUT_DIR``.
+``torchrun --nproc-per-node 2 -m hookedclip.data.extract --model toy --data toy:2048 --targets heads embedding --out OUT_DIR``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.data import toy_dataset
-from hookedclip.extract import extract
+from hookedclip.data.extract import extract
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("out", nargs="?", default="toy-store", help="store directory (default: ./toy-store)")

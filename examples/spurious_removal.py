@@ -18,7 +18,7 @@ import torch
 from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import pclens
-from hookedclip.methods.pclens_debias import debias_sweep, toy_task
+from hookedclip.methods.pclens.debias import debias_sweep, toy_task
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import ToyWorld
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from hookedclip import HookedCLIP, ablation
 from hookedclip.decompose import decompose_image
-from hookedclip.weights import fold_ln
+from hookedclip.model.weights import fold_ln
 from tests.conftest import tiny_open_clip
 
 

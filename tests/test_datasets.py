@@ -232,7 +232,7 @@ def test_builtin_vocabularies():
 def test_text_embeddings_are_cached_per_model_in_store_format(tmp_path, monkeypatch):
     from hookedclip import HookedCLIP
     from hookedclip.data.vocab import text_embeddings
-    from hookedclip.store import ActivationStore
+    from hookedclip.data.store import ActivationStore
 
     model = HookedCLIP.from_pretrained("toy")
     concepts = ["a red circle", "a blue square", "a dog"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hookedclip import HookedCLIP
 from hookedclip.components import Head, MLP, Embed, parse
 from hookedclip.decompose import decompose_image
-from hookedclip.weights import fold_ln
+from hookedclip.model.weights import fold_ln
 from tests.conftest import rel_err, tiny_open_clip
 
 POOLS = [dict(), dict(pool_type="avg"), dict(final_ln_after_pool=True), dict(pool_type="avg", final_ln_after_pool=True)]

@@ -7,7 +7,7 @@ import re
 import matplotlib.image as mpimg
 
 from hookedclip.cli import main
-from hookedclip.demo import SECTIONS
+from hookedclip.report.demo import SECTIONS
 
 
 def test_demo_writes_report_with_all_figures(tmp_path, capsys):

@@ -13,8 +13,8 @@ import torch
 from hookedclip import HookedCLIP
 from hookedclip.data.datasets import ImageFolder, ToyImages
 from hookedclip.decompose import decompose_image
-from hookedclip.extract import extract, parse_target
-from hookedclip.store import ActivationStore, StoreError, StoreMismatch, check_shard
+from hookedclip.data.extract import extract, parse_target
+from hookedclip.data.store import ActivationStore, StoreError, StoreMismatch, check_shard
 from hookedclip.toy.world import ToyWorld
 
 TARGETS = ["heads", "embedding", "visual.blocks.1.hook_resid_post@0"]
@@ -370,7 +370,7 @@ def test_cache_command_writes_a_store(tmp_path, monkeypatch, tiny_model):
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path):
-    """The real launcher: ``torchrun --nproc-per-node 2 -m hookedclip.extract`` (gloo on CPU)
+    """The real launcher: ``torchrun --nproc-per-node 2 -m hookedclip.data.extract`` (gloo on CPU)
     writes the same rows and statistics as ``hookedclip cache`` in one process."""
     import os
     import socket
@@ -386,7 +386,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-           "-m", "hookedclip.extract", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+           "-m", "hookedclip.data.extract", *args, "--out", str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert cli.main(["cache", *args, "--out", str(tmp_path / "one")]) == 0

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hookedclip import HookedCLIP
-from hookedclip.weights import W_OV, W_QK, center_writing_weights, fold_ln, fold_value_biases
+from hookedclip.model.weights import W_OV, W_QK, center_writing_weights, fold_ln, fold_value_biases
 from tests.conftest import random_tokens, rel_err, tiny_open_clip
 
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hookedclip.stats import RunningMoments
+from hookedclip.data.stats import RunningMoments
 
 
 @settings(max_examples=40, deadline=None)

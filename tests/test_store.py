@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hookedclip.stats import RunningMoments
-from hookedclip.store import (FORMAT, ActivationStore, CorruptShard, RankWriter, StoreError, StoreMismatch,
+from hookedclip.data.stats import RunningMoments
+from hookedclip.data.store import (FORMAT, ActivationStore, CorruptShard, RankWriter, StoreError, StoreMismatch,
                               TargetSpec, finalize, spec_dicts)
 
 

@@ -162,7 +162,7 @@ def test_selection_space_checks_the_selection_and_the_model(tiny_model, pc_resul
 
 
 def test_pclens_nearest_neighbours_delegates_to_nearest():
-    from hookedclip.methods.pclens_selection import nearest_neighbours
+    from hookedclip.methods.pclens.selection import nearest_neighbours
 
     gen = torch.Generator().manual_seed(2)
     x, q = torch.randn(20, 5, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64)
@@ -178,7 +178,7 @@ def test_pclens_nearest_neighbours_delegates_to_nearest():
 def test_neighbour_grid_shows_rank_and_score(tmp_path):
     from PIL import Image
 
-    from hookedclip.viz import neighbour_grid
+    from hookedclip.report.viz import neighbour_grid
 
     rng = np.random.default_rng(0)
     query, found = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)

@@ -26,9 +26,9 @@ from hookedclip.methods.pclens import (
     pca_from_moments,
     projector,
 )
-from hookedclip.methods import pclens_selection
-from hookedclip.methods.pclens_query import union
-from hookedclip.stats import RunningMoments
+from hookedclip.methods.pclens import selection as pclens_selection
+from hookedclip.methods.pclens.query import union
+from hookedclip.data.stats import RunningMoments
 
 from tests.conftest import tiny_open_clip
 
@@ -634,8 +634,8 @@ def test_image_scores_are_cosines_of_the_unit_embedding_with_the_pc():
 def test_labels_are_displayed_stronger_side_first(tmp_path):
     """§4.2 step 7: the side with the larger |coefficient| is listed first, in the label's
     short form, the QuerySystem table and the report."""
-    from hookedclip.methods.pclens_query import QuerySystem as QS
-    from hookedclip.methods.pclens_report import head_page
+    from hookedclip.methods.pclens.query import QuerySystem as QS
+    from hookedclip.report.pclens import head_page
 
     x = low_rank(0, 30, 4, 2)
     pca = pca_from_data(x, "L0H0", max_pcs=2)
@@ -758,7 +758,7 @@ def test_bad_inputs_give_clear_errors(model, imgs, fitted):
 def test_report_writes_a_page_per_head(tmp_path, model, imgs, fitted):
     import numpy as np
 
-    from hookedclip.methods.pclens_report import write_pclens_report
+    from hookedclip.report.pclens import write_pclens_report
 
     pics = np.random.default_rng(0).integers(0, 255, (len(imgs), 16, 16, 3), dtype=np.uint8)
     path = write_pclens_report(fitted, pics, model.encode_image(imgs), tmp_path / "rep", n_pcs=2, n_images=3)

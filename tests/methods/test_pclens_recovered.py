@@ -1,4 +1,4 @@
-"""Accuracy recovered (hookedclip.methods.pclens_recovered): spec §2.4 / §4.4.
+"""Accuracy recovered (hookedclip.methods.pclens.recovered): spec §2.4 / §4.4.
 
 The closed form (coordinates and per-budget read-outs, one decomposition per batch) must
 agree with running the model under the ablation / PCLens contexts; its end points are the
@@ -13,7 +13,7 @@ import torch
 
 from hookedclip import HookedCLIP, ablation
 from hookedclip.methods import pclens
-from hookedclip.methods.pclens_recovered import (
+from hookedclip.methods.pclens.recovered import (
     _split,
     _statistics,
     accuracy_recovered,

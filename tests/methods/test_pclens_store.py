@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hookedclip import HookedCLIP
-from hookedclip.extract import extract
+from hookedclip.data.extract import extract
 from hookedclip.methods import pclens
-from hookedclip.stats import RunningMoments
+from hookedclip.data.stats import RunningMoments
 from hookedclip.methods.textspan import head_moments, text_span_from_moments, text_span_from_store
 from tests.conftest import tiny_open_clip
 

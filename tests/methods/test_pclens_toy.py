@@ -25,7 +25,7 @@ from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.decompose import decompose_image
 from hookedclip.methods import pclens
-from hookedclip.methods.pclens_debias import (
+from hookedclip.methods.pclens.debias import (
     DebiasSweep,
     debias_sweep,
     decompose_batches,
@@ -194,7 +194,7 @@ def test_outputs_and_csv_pick_match_the_sweep(tmp_path, texture_sweep):
 
 
 def _point(k: int, n: int, average: float, worst: float):
-    from hookedclip.methods.pclens_debias import SweepPoint
+    from hookedclip.methods.pclens.debias import SweepPoint
 
     return SweepPoint(k, n, average, worst, {})
 

@@ -284,7 +284,7 @@ def test_toy_heads_beat_centre_blob(toy_results):
 
 # ---------------------------------------------------------------------------- figures
 def test_blend_leaves_cold_pixels_and_tints_hot_ones():
-    from hookedclip.viz import blend_heatmap
+    from hookedclip.report.viz import blend_heatmap
 
     image = np.full((6, 6, 3), 128, np.uint8)
     heat = np.zeros((6, 6))
@@ -299,7 +299,7 @@ def test_blend_leaves_cold_pixels_and_tints_hot_ones():
 def test_heatmap_overlays_file_size_and_content(tmp_path):
     from PIL import Image
 
-    from hookedclip.viz import heatmap_overlays
+    from hookedclip.report.viz import heatmap_overlays
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
@@ -316,7 +316,7 @@ def test_heatmap_overlays_file_size_and_content(tmp_path):
 
 
 def test_save_overlays_titles_prediction_and_truth(tmp_path, tiny_model, classifier, monkeypatch):
-    import hookedclip.viz as viz
+    import hookedclip.report.viz as viz
     from hookedclip.methods.segmentation import save_overlays
 
     seen = {}

@@ -16,7 +16,7 @@ from hookedclip.methods.textspan import (
     text_span,
     text_span_from_moments,
 )
-from hookedclip.stats import RunningMoments
+from hookedclip.data.stats import RunningMoments
 
 SETTINGS = settings(deadline=None, max_examples=25, derandomize=True)
 
@@ -295,7 +295,7 @@ def test_span_from_centred_uses_covariance_pcs():
     _, _, vh = np.linalg.svd(C - C.mean(0), full_matrices=False)
     np.testing.assert_allclose(res.span.T.numpy() @ res.span.numpy(), vh[:3].T @ vh[:3], atol=1e-10)
     mom = RunningMoments.empty((), C.shape[1])
-    for chunk in np.array_split(C, 3):  # the streaming statistics of hookedclip.stats
+    for chunk in np.array_split(C, 3):  # the streaming statistics of hookedclip.data.stats
         mom.update(t64(chunk))
     b = text_span_from_moments(mom.mean, mom.second_moment(), mom.n, t64(R), names(10), n_texts=2, rank=3, span_from="centred")
     assert b.indices.tolist() == res.indices.tolist()

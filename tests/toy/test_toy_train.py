@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hookedclip.toy import model as toy_model
-from hookedclip.toy.cli import add_toy_commands
+from hookedclip.cli.toy import add_toy_commands
 from hookedclip.toy.train import (CAPTION_KEEP, CHECKPOINT_FILE, batch_items, clip_loss, lr_factor,
                                   model_card_markdown, train)
 from hookedclip.toy.world import SHAPES, SpuriousSpec, ToyWorld, caption

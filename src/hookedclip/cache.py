@@ -1,0 +1,147 @@
+"""ActivationCache: the activations recorded during a forward (and backward) pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from hookedclip.model.hooked import HookedCLIP
+
+# TransformerLens-style short names -> hook point path inside a block.
+_BLOCK_SHORT_NAMES = {
+    **{k: f"attn.hook_{k}" for k in ("q", "k", "v", "z", "result", "pattern", "attn_scores")},
+    "scores": "attn.hook_attn_scores",
+    **{k: f"hook_{k}" for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")},
+    "pre": "mlp.hook_pre",
+    "post": "mlp.hook_post",
+    "mlp_pre": "mlp.hook_pre",
+    "mlp_post": "mlp.hook_post",
+    "ln1": "ln1.hook_normalized",
+    "ln2": "ln2.hook_normalized",
+    "ln1_scale": "ln1.hook_scale",
+    "ln2_scale": "ln2.hook_scale",
+}
+# Short names outside the blocks.
+_TOWER_SHORT_NAMES = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "pooled": "hook_pooled",
+    "out": "hook_out",
+    "ln_pre": "ln_pre.hook_normalized",
+    "ln_post": "ln_post.hook_normalized",
+    "ln_post_scale": "ln_post.hook_scale",
+    "ln_final": "ln_final.hook_normalized",
+    "ln_final_scale": "ln_final.hook_scale",
+}
+
+
+def act_name(short: str, layer: int | None = None, tower: str = "visual", n_layers: int | None = None) -> str:
+    """The full hook name for a short name: ``act_name("z", 3) == "visual.blocks.3.attn.hook_z"``.
+
+    A negative ``layer`` counts from the end and needs ``n_layers``. A ``"_grad"`` suffix is
+    kept (``act_name("z_grad", 3)`` is the gradient entry of ``hook_z``).
+    """
+    suffix = ""
+    if short.endswith("_grad"):
+        short, suffix = short[: -len("_grad")], "_grad"
+    if layer is None:
+        if short not in _TOWER_SHORT_NAMES:
+            raise KeyError(
+                f"{short!r} needs a layer index or is unknown; names without a layer: "
+                f"{', '.join(_TOWER_SHORT_NAMES)}"
+            )
+        return f"{tower}.{_TOWER_SHORT_NAMES[short]}{suffix}"
+    if short not in _BLOCK_SHORT_NAMES:
+        raise KeyError(f"unknown short name {short!r}; per-layer names: {', '.join(_BLOCK_SHORT_NAMES)}")
+    if layer < 0:
+        if n_layers is None:
+            raise ValueError("a negative layer index needs the number of layers")
+        layer += n_layers
+    return f"{tower}.blocks.{layer}.{_BLOCK_SHORT_NAMES[short]}{suffix}"
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """A read-only mapping from hook names to recorded tensors.
+
+    Index by full name (``cache["visual.blocks.3.attn.hook_z"]``) or by TransformerLens
+    shorthand: ``cache["z", 3]``, ``cache["resid_post", -1]``, ``cache["out"]``,
+    ``cache["resid_post", 2, "text"]`` (the tower defaults to ``"visual"``). Gradients
+    recorded with ``incl_bwd=True`` are under ``name + "_grad"`` (``cache["z_grad", 3]``).
+    """
+
+    def __init__(self, store: dict[str, Tensor], model: "HookedCLIP | None" = None) -> None:
+        self._store = store
+        self.model = model
+
+    def _full_name(self, key: str | tuple) -> str:
+        if isinstance(key, str):
+            if key in self._store or "." in key:
+                return key
+            return act_name(key)
+        short, layer, *rest = key
+        tower = rest[0] if rest else "visual"
+        return act_name(short, layer, tower, self._n_layers(tower))
+
+    def _n_layers(self, tower: str) -> int | None:
+        module = getattr(self.model, tower, None) if self.model is not None else None
+        return len(module.blocks) if module is not None else None
+
+    def __getitem__(self, key: str | tuple) -> Tensor:
+        name = self._full_name(key)
+        try:
+            return self._store[name]
+        except KeyError:
+            raise KeyError(
+                f"{name!r} is not in the cache (cached: {len(self._store)} tensors). Was it in "
+                "names_filter, and did the forward pass reach it?"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} tensors: {', '.join(list(self._store)[:4])}{', ...' if len(self) > 4 else ''})"
+
+    def to(self, device: torch.device | str) -> "ActivationCache":
+        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model)
+
+    def stack(self, short: str, tower: str = "visual") -> Tensor:
+        """One activation of every layer stacked: ``[n_layers, *shape]``."""
+        n = self._n_layers(tower)
+        if n is None:
+            raise ValueError("stacking needs the model (and the tower) the cache came from")
+        return torch.stack([self[short, layer, tower] for layer in range(n)])
+
+    def stack_head_results(
+        self, tower: str = "visual", pos: int | slice | None = None
+    ) -> tuple[Float[Tensor, "component batch *pos d_model"], list[str]]:
+        """Every head's output (before ``b_O``) stacked across layers, with labels ``"L{l}H{h}"``.
+
+        Uses the cached ``hook_result`` where present, else computes it from the cached
+        ``hook_z`` and ``W_O``. ``pos`` selects token positions first (``0`` for CLS only),
+        which keeps the result small.
+        """
+        n = self._n_layers(tower)
+        if n is None:
+            raise ValueError("stacking head results needs the model the cache came from")
+        index = (slice(None), pos) if pos is not None else (slice(None),)
+        rows, labels = [], []
+        for layer in range(n):
+            name = act_name("result", layer, tower)
+            if name in self._store:
+                result = self._store[name][index]
+            else:
+                W_O = getattr(self.model, tower).blocks[layer].attn.W_O
+                z = self["z", layer, tower][index]
+                result = torch.einsum("...he,hem->...hm", z, W_O.to(z.dtype).detach())
+            rows.append(result.movedim(-2, 0))
+            labels += [f"L{layer}H{h}" for h in range(result.shape[-2])]
+        return torch.cat(rows), labels

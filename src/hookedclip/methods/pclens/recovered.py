@@ -1,0 +1,347 @@
+"""Accuracy recovered with ``K`` PCs (PCLens) or ``K`` texts (TextSpan) per head.
+
+The protocol of ``specs/pclens_textspan.md`` §2.4 / §4.4, in direct mode (LayerNorm frozen,
+the network is not re-run). With ê(x) the unit image embedding and φ its decomposition rows:
+
+* heads of the layers before the analysed ones are mean-ablated per head (``φ̄``);
+* each analysed head ``h`` is replaced by its reconstruction ``X̂_h(K)``:
+  PCLens ``μ_h + ((φ_h − μ_h) V_Kᵀ) Π_K V_K`` with ``K`` capped at the head's ``k_99``
+  (§4.2 step 9; ``Π_K`` is the projector of the leading ``K×K`` block of ``P_t``, exactly
+  what a fit capped at ``K`` builds), TextSpan ``c̄_h + (φ_h − c̄_h) Q_Kᵀ Q_K`` with its first
+  ``K`` texts (§3.2, selection order);
+* MLPs, the embedding slot and the bias keep their actual values.
+
+So ``e'_K(x) = ê − Σ_early φ + Σ_early φ̄ − Σ_h φ_h + Σ_h X̂_h(K)`` and the prediction is
+``argmax e'_K @ W_cls``. References: the full model (``ê``), the **mean-ablation baseline**
+(§5.2: the same with the analysed heads intact, ``K = ∞`` with ``Π = I``) and the floor
+(``K = 0``: the analysed heads mean-ablated too).
+
+Every budget comes from one decomposition of each batch (§7.2 item 6): per head the
+coordinates ``a_h = (φ_h − μ_h) Bᵀ`` on its basis ``B`` (PCs or TextSpan directions) and
+readouts ``G_{h,K} = Π_K B_K W_cls`` give ``logits_K = (outside + Σ_h μ_h) W_cls + Σ_h a_h G_{h,K}``.
+Nothing is re-run per ``K`` and no coordinates are kept between batches.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from hookedclip.methods.pclens import PCLensResult, fit_from_moments, model_identity, projector, text_coordinates
+from hookedclip.methods.textspan import TextSpanResult, text_span_from_moments
+from hookedclip.data.stats import RunningMoments
+
+DEFAULT_BUDGETS = (0, 1, 2, 4, 8, 16, 32)
+
+
+# --------------------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AccuracyRecovered:
+    """Top-1 (in [0, 1]) against the per-head budget ``K``.
+
+    Attributes:
+        budgets: the ``K`` values (``0``: analysed heads mean-ablated).
+        curves: ``method -> [accuracy per budget]`` (``"PCLens"``, ``"TextSpan"``).
+        full: the full model (``argmax ê @ W_cls``).
+        baseline: the §5.2 mean-ablation baseline (earlier heads mean-ablated, analysed intact).
+        heads: the analysed heads; ``ablated``: the mean-ablated earlier heads.
+        n: images evaluated.
+    """
+
+    budgets: list[int]
+    curves: dict[str, list[float]]
+    full: float
+    baseline: float
+    heads: list[str]
+    ablated: list[str] = field(default_factory=list)
+    n: int = 0
+
+    def to_csv(self, path: str | Path) -> Path:
+        """One row per budget and method, then the two reference rows (``budget`` empty)."""
+        path = Path(path)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["method", "budget", "accuracy"])
+            for method, values in self.curves.items():
+                for k, acc in zip(self.budgets, values):
+                    writer.writerow([method, k, f"{acc:.6f}"])
+            writer.writerow(["mean-ablation baseline", "", f"{self.baseline:.6f}"])
+            writer.writerow(["full model", "", f"{self.full:.6f}"])
+        return path
+
+    def plot(self, path: str | Path, title: str = "Accuracy recovered (direct, §2.4)") -> Path:
+        """Accuracy against ``K`` (one curve per method), the baseline and the full model as
+        horizontal lines."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        x = range(len(self.budgets))  # even spacing: budgets are roughly geometric
+        for method, values in self.curves.items():
+            ax.plot(x, [100 * v for v in values], marker="o", markersize=4, label=method)
+        ax.axhline(100 * self.baseline, color="gray", linestyle="--", linewidth=1.2,
+                   label=f"mean-ablation baseline ({100 * self.baseline:.1f})")
+        ax.axhline(100 * self.full, color="black", linestyle=":", linewidth=1.2,
+                   label=f"full model ({100 * self.full:.1f})")
+        ax.set_xticks(list(x), [str(k) for k in self.budgets])
+        ax.set_xlabel("K: PCs (PCLens) / texts (TextSpan) per analysed head")
+        ax.set_ylabel("zero-shot top-1 (%)")
+        ax.set_ylim(0, 102)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        path = Path(path)
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+    def table(self) -> str:
+        rows = [f"{'K':>5} " + " ".join(f"{m:>9}" for m in self.curves)]
+        for i, k in enumerate(self.budgets):
+            rows.append(f"{k:>5} " + " ".join(f"{100 * v[i]:8.1f}%" for v in self.curves.values()))
+        rows.append(f"mean-ablation baseline {100 * self.baseline:.1f}%   full model {100 * self.full:.1f}%")
+        return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Readouts: one method's bases and per-budget class read-outs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Readout:
+    """One method's reconstruction of every analysed head, read out through ``W_cls``.
+
+    Attributes:
+        means: ``μ [H, d']`` per head.
+        bases: ``B [H, k, d']`` orthonormal rows, zero-padded to the largest ``k``.
+        per_budget: ``G [n_budgets, H, k, C]``: row ``i`` of head ``h`` at budget ``K`` is
+            ``(Π_K B_K W_cls)_i`` for ``i < min(K, k_h)`` and 0 beyond.
+    """
+
+    means: Float[Tensor, "head d"]
+    bases: Float[Tensor, "head k d"]
+    per_budget: Float[Tensor, "budget head k c"]
+
+    def logits(self, rows: Float[Tensor, "batch head d"]) -> Float[Tensor, "budget batch c"]:
+        """``Σ_h a_h G_{h,K}`` for every budget, with ``a_h = (φ_h − μ_h) B_hᵀ``."""
+        a = torch.einsum("bhd,hkd->bhk", rows - self.means, self.bases)
+        return torch.einsum("bhk,nhkc->nbc", a, self.per_budget)
+
+
+def _readout(means: list[Tensor], bases: list[Tensor], blocks: list[list[Tensor]], classes: int) -> Readout:
+    """Stack per-head ``μ``, ``B [k_h, d]`` and per-budget read-outs ``[K_h, C]`` (zero-padded)."""
+    k = max([b.shape[0] for b in bases] + [1])
+    d = means[0].shape[0]
+    bases_t = torch.zeros(len(bases), k, d, dtype=torch.float64)
+    g = torch.zeros(len(blocks[0]) if blocks else 0, len(bases), k, classes, dtype=torch.float64)
+    for h, b in enumerate(bases):
+        bases_t[h, : b.shape[0]] = b
+    for n, per_head in enumerate(zip(*blocks)):
+        for h, block in enumerate(per_head):
+            g[n, h, : block.shape[0]] = block
+    return Readout(torch.stack(means), bases_t, g)
+
+
+def pclens_readout(result: PCLensResult, heads: Sequence[str], weights: Float[Tensor, "d c"],
+                   budgets: Sequence[int], text_embeddings: Float[Tensor, "m d"] | None = None,
+                   center_texts: bool | None = None) -> Readout:
+    """PCLens read-outs ``Π_K V_K W_cls`` for every budget, ``K`` capped at each head's ``k``.
+
+    A labelled result (``Π`` from texts) needs the ``text_embeddings`` it was labelled with, to
+    rebuild ``P_t`` and hence ``Π_K``; an unlabelled one (``Π = I``) does not.
+    """
+    w = weights.to(torch.float64).cpu()
+    center = result.settings.get("center_texts", True) if center_texts is None else center_texts
+    means, bases, blocks = [], [], []
+    for label in heads:
+        pca = result[label]
+        v = pca.components.to(torch.float64).cpu()
+        g = v @ w  # [k, C]
+        p_t = _p_t(pca, text_embeddings, center, result.settings.get("use_projector", True))
+        per = []
+        for budget in budgets:
+            kk = min(int(budget), pca.k)
+            pi = torch.eye(kk, dtype=torch.float64) if p_t is None else projector(p_t[:kk, :kk])
+            per.append(pi @ g[:kk])
+        means.append(pca.mean.to(torch.float64).cpu())
+        bases.append(v)
+        blocks.append(per)
+    return _readout(means, bases, blocks, w.shape[1])
+
+
+def _p_t(pca, text_embeddings: Tensor | None, center: bool, use_projector: bool) -> Tensor | None:
+    """``P_t`` (§4.2 step 8) when ``Π`` is text-derived; ``None`` when ``Π = I``."""
+    if pca.pos_idx is None or not use_projector or pca.k == 0:
+        return None
+    if text_embeddings is None:
+        raise ValueError(f"{pca.label}'s projector Π comes from text labels: pass the text_embeddings it was "
+                         "labelled with so Π_K can be rebuilt for each budget (or fit with use_projector=False)")
+    a = text_coordinates(pca, text_embeddings, center).cpu()
+    return a[pca.pos_idx[:, 0].cpu()]  # one row per PC: its best positive text
+
+
+def textspan_readout(spans: Mapping[str, TextSpanResult], heads: Sequence[str], weights: Float[Tensor, "d c"],
+                     budgets: Sequence[int]) -> Readout:
+    """TextSpan read-outs ``Q_K W_cls``: the first ``K`` chosen texts' orthonormal basis."""
+    w = weights.to(torch.float64).cpu()
+    means, bases, blocks = [], [], []
+    for label in heads:
+        q = spans[label].basis.to(torch.float64).cpu()
+        g = q @ w
+        blocks.append([g[: min(int(budget), q.shape[0])] for budget in budgets])
+        means.append(spans[label].mean.to(torch.float64).cpu())
+        bases.append(q)
+    return _readout(means, bases, blocks, w.shape[1])
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation over batches of decomposed rows
+# --------------------------------------------------------------------------------------
+
+#: One batch: unit embeddings ê ``[B, d']``, the sum of the ablated heads' rows ``[B, d']``,
+#: the analysed heads' rows ``[B, H, d']`` and the labels ``[B]``.
+Parts = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.no_grad()
+def evaluate(parts: Iterable[Parts], weights: Float[Tensor, "d c"], ablated_mean: Float[Tensor, " d"],
+             readouts: Mapping[str, Readout], budgets: Sequence[int], heads: Sequence[str],
+             ablated: Sequence[str] = ()) -> AccuracyRecovered:
+    """Accuracy of every method at every budget, the baseline and the full model, from one
+    pass over ``parts`` (see :data:`Parts`); ``ablated_mean = Σ_early φ̄``."""
+    w = weights.to(torch.float64).cpu()
+    correct = {name: torch.zeros(len(budgets), dtype=torch.long) for name in readouts}
+    full = baseline = total = 0
+    for unit, early, rows, labels in parts:
+        unit, early, rows = (t.to(torch.float64).cpu() for t in (unit, early, rows))
+        labels = torch.as_tensor(labels).cpu()
+        kept = unit - early + ablated_mean.to(unit)  # §5.2 baseline embedding: analysed heads intact
+        full += int(((unit @ w).argmax(-1) == labels).sum())
+        baseline += int(((kept @ w).argmax(-1) == labels).sum())
+        for name, readout in readouts.items():
+            outside = (kept - rows.sum(1) + readout.means.sum(0)) @ w  # every head at its mean
+            predictions = (outside + readout.logits(rows)).argmax(-1)  # [budget, batch]
+            correct[name] += (predictions == labels).sum(1)
+        total += labels.shape[0]
+    if total == 0:
+        raise ValueError("accuracy_recovered got no data")
+    curves = {name: (c.double() / total).tolist() for name, c in correct.items()}
+    return AccuracyRecovered([int(k) for k in budgets], curves, full / total, baseline / total, list(heads),
+                             list(ablated), total)
+
+
+# --------------------------------------------------------------------------------------
+# On a model
+# --------------------------------------------------------------------------------------
+
+
+def _split(model, heads: Sequence[str] | str | None) -> tuple[list[str], list[str]]:
+    """Analysed heads (default: the last 4 layers) and every other head (mean-ablated)."""
+    from hookedclip.methods.pclens import analysed_heads
+
+    analysed = analysed_heads(model, heads)
+    cfg = model.cfg.vision
+    every = [f"L{l}H{h}" for l in range(cfg.layers) for h in range(cfg.heads)]
+    return analysed, [label for label in every if label not in set(analysed)]
+
+
+@torch.no_grad()
+def model_parts(model, data: Iterable[tuple[Tensor, Tensor]], heads: Sequence[str], ablated: Sequence[str]
+                ) -> Iterator[Parts]:
+    """Decompose each batch once: ê, the ablated heads' sum and the analysed heads' rows."""
+    from hookedclip.decompose import decompose_image
+
+    for images, labels in data:
+        stack = decompose_image(model, images.to(model.device, model.dtype), components=[*ablated, *heads])
+        rows = dict(zip(stack.labels, stack.tensor))
+        early = sum((rows[label] for label in ablated), torch.zeros_like(stack.tensor[0]))
+        yield stack.sum(), early, torch.stack([rows[label] for label in heads], 1), labels
+
+
+@torch.no_grad()
+def _statistics(model, data, heads, ablated) -> tuple[dict[str, RunningMoments], Tensor]:
+    """Moments of each analysed head and ``Σ_early φ̄`` (one pass)."""
+    moments, early = None, None
+    for _, e, rows, _ in model_parts(model, data, heads, ablated):
+        m, s = RunningMoments.of(rows), RunningMoments.of(e, covariance=False)
+        moments, early = (m, s) if moments is None else (moments.merge(m), early.merge(s))
+    if moments is None:
+        raise ValueError("accuracy_recovered got no data")
+    per_head = {label: RunningMoments(moments.n, moments.mean[i], moments.m2[i]) for i, label in enumerate(heads)}
+    return per_head, early.mean
+
+
+def fit_text_spans(moments: Mapping[str, RunningMoments], text_embeddings: Float[Tensor, "m d"],
+                   texts: Sequence[str], n_texts: int, **options) -> dict[str, TextSpanResult]:
+    """TextSpan per head from moments, PCLens's variant by default (§3.4: pool-centred texts,
+    span of the centred data, rank 80)."""
+    options = {"rank": 80, "center_texts": True, "span_from": "centred", **options}
+    n_texts = min(n_texts, len(texts))
+    return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
+            for label, m in moments.items()}
+
+
+def accuracy_recovered(
+    model,
+    data: Iterable[tuple[Tensor, Tensor]],
+    classifier,
+    heads: Sequence[str] | str | None = None,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    texts: Sequence[str] | None = None,
+    text_embeddings: Float[Tensor, "m d"] | None = None,
+    result: PCLensResult | None = None,
+    spans: Mapping[str, TextSpanResult] | None = None,
+    n_label_texts: int = 5,
+    textspan: bool = True,
+    textspan_options: Mapping | None = None,
+) -> AccuracyRecovered:
+    """Accuracy recovered against ``K`` on a model (§4.4), two passes over ``data`` at most.
+
+    Args:
+        data: re-iterable ``(images, labels)`` batches: the statistics (means, PCs, TextSpan)
+            and the accuracies use the same images (the reference's transductive convention).
+        classifier: a :class:`~hookedclip.zeroshot.ZeroShotClassifier` (``W_cls [d', C]``).
+        heads: analysed heads (default: the last 4 layers); every other head is mean-ablated.
+        budgets: ``K`` values; PCLens uses ``min(K, k_99)`` PCs per head.
+        texts: the pool for PCLens labels (hence ``Π``) and TextSpan; without it the PCLens
+            curve is plain PCA (``Π = I``) and there is no TextSpan curve.
+        result, spans: already fitted PCLens / TextSpan results on these heads (skip fitting).
+        n_label_texts: texts per side of each PC when fitting PCLens (only the best one builds ``Π``).
+        textspan: add the TextSpan curve (needs ``texts`` or ``spans``).
+        textspan_options: overrides for :func:`fit_text_spans` (``rank``, ``center_texts``, ...).
+    """
+    analysed, ablated = _split(model, heads)
+    if texts is not None and text_embeddings is None:
+        from hookedclip.zeroshot import embed_texts
+
+        text_embeddings = embed_texts(model, list(texts))
+    moments, early_mean = _statistics(model, data, analysed, ablated)
+    if result is None:
+        result = fit_from_moments(moments, model_identity(model), text_embeddings=text_embeddings,
+                                  texts=None if texts is None else list(texts),
+                                  n_texts=min(n_label_texts, len(texts or [0])),
+                                  max_pcs=max(budgets) or 1)
+    w = classifier.weights
+    readouts = {"PCLens": pclens_readout(result, analysed, w, budgets, text_embeddings)}
+    if textspan and spans is None and texts is not None:
+        spans = fit_text_spans(moments, text_embeddings, list(texts), max(budgets), **(textspan_options or {}))
+    if textspan and spans is not None:
+        readouts["TextSpan"] = textspan_readout(spans, analysed, w, budgets)
+    return evaluate(model_parts(model, data, analysed, ablated), w, early_mean, readouts, budgets, analysed, ablated)
+
+
+__all__ = ["AccuracyRecovered", "Readout", "Parts", "DEFAULT_BUDGETS", "pclens_readout", "textspan_readout",
+           "evaluate", "model_parts", "fit_text_spans", "accuracy_recovered"]

@@ -1,0 +1,375 @@
+"""Zero-shot segmentation from per-token head contributions (TextSpan §4.8 of
+``specs/pclens_textspan.md``; identical code in the PCLens repository).
+
+For an image with predicted class ``ĉ = argmax(e @ W_cls)`` each source token ``t`` gets the
+class scores of the heads' direct contributions through it,
+
+    s_t = Σ_{l,h} φ(a^{l,h}_t) @ W_cls ∈ R^C        (MLPs excluded by default)
+
+and the patch's heat-map value ``s_t[ĉ] − mean_c s_t[c]``. Patch values are laid out on the
+patch grid, bilinearly upsampled to the image, clipped at zero and min–max normalised per
+image (``Res``). The foreground is ``Res > mean(Res)``.
+
+Metrics (:class:`SegmentationMetrics`) follow the reference: pixel accuracy and mIoU from
+counts summed over the dataset, mAP as the mean over images of sklearn's average precision
+of the one-hot ground truth against ``[1 − Res, Res]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from sklearn.metrics import average_precision_score
+from torch import Tensor
+
+from hookedclip.components import ComponentLike, parse
+from hookedclip.decompose import needed_hooks, stack_from_cache
+
+# transform(rows [component, batch, pos, d'], labels) -> rows: applied to each chunk of
+# per-token contributions before they are summed (a PC projection plugs in here).
+RowTransform = Callable[[Tensor, list[str]], Tensor]
+
+
+# ---------------------------------------------------------------------------- heat maps
+def _components(model, components) -> list:
+    """Requested components in decomposition order; default: every head of every layer."""
+    cfg = model.visual.cfg
+    spec = f"L0-{cfg.layers - 1}" if components is None else components
+    return list(dict.fromkeys(parse(spec, n_layers=cfg.layers, n_heads=cfg.heads)))
+
+
+def _chunks(comps: list) -> Iterator[list]:
+    """Components grouped by layer (heads of one layer share a cached pattern): bounds the
+    transient to one layer's ``[heads, batch, pos, d']`` rows."""
+    group: list = []
+    for comp in comps:
+        if group and getattr(comp, "layer", None) != getattr(group[-1], "layer", None):
+            yield group
+            group = []
+        group.append(comp)
+    if group:
+        yield group
+
+
+@torch.no_grad()
+def token_contributions(
+    model,
+    images: Float[Tensor, "batch channel height width"],
+    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    transform: RowTransform | None = None,
+) -> tuple[Float[Tensor, "batch pos d_out"], Float[Tensor, "batch d_out"]]:
+    """``Σ_c φ_c,t`` over the chosen components per source token, and the embedding ``e``.
+
+    One forward pass; rows come from :func:`~hookedclip.decompose.stack_from_cache`
+    (normalised by ``‖e‖``, ``ln_mode="reference"``) one layer at a time, each passed
+    through ``transform`` before summing. Returns ``([batch, T, d'], e [batch, d'])``.
+    """
+    comps = _components(model, components)
+    wanted = needed_hooks(model, "visual", comps) | {"visual.hook_out"}
+    model.visual.check_images(images)
+    with model.cache(names_filter=lambda n: n in wanted) as cache:
+        model.encode_image(images)
+    cache = dict(cache)
+    embedding = cache["visual.hook_out"]
+    total = None
+    for chunk in _chunks(comps):
+        stack = stack_from_cache(model, "visual", images, cache, embedding, tokens="all", components=chunk)
+        rows, labels = stack.tensor, stack.labels
+        if labels[-1] == "rest":  # everything not requested: not part of the map
+            rows, labels = rows[:-1], labels[:-1]
+        if transform is not None:
+            rows = transform(rows, labels)
+        total = rows.sum(0) if total is None else total + rows.sum(0)
+    return total, embedding
+
+
+@torch.no_grad()
+def patch_scores(
+    model,
+    images: Float[Tensor, "batch channel height width"],
+    classifier,
+    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    transform: RowTransform | None = None,
+) -> tuple[Float[Tensor, "batch pos n_classes"], Int[Tensor, " batch"]]:
+    """Class scores ``s_t = Σ_c φ_c,t @ W_cls`` of every token (CLS included, at 0) and the
+    model's prediction ``ĉ = argmax(e @ W_cls)`` for each image."""
+    tokens, embedding = token_contributions(model, images, components, transform)
+    W = classifier.weights.to(tokens)
+    return tokens @ W, classifier.predict(embedding)
+
+
+def token_map(
+    scores: Float[Tensor, "batch pos n_classes"], target: Int[Tensor, " batch"]
+) -> Float[Tensor, "batch pos"]:
+    """``s_t[ĉ] − mean_c s_t[c]``: the class-mean subtraction makes the map blind to any
+    score shared by all classes (a patch that is "image-like" in general)."""
+    chosen = scores.gather(-1, target.view(-1, 1, 1).expand(-1, scores.shape[1], 1)).squeeze(-1)
+    return chosen - scores.mean(-1)
+
+
+def to_image(
+    patch_values: Float[Tensor, "batch n_patches"], grid: tuple[int, int], size: tuple[int, int]
+) -> Float[Tensor, "batch height width"]:
+    """Patch values on the ``grid`` (row-major, as the patch embedding orders them),
+    bilinearly upsampled to ``size``, negatives clipped, min–max normalised per image."""
+    maps = patch_values.reshape(-1, 1, *grid)
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return minmax(maps.clamp_min(0))
+
+
+def minmax(maps: Float[Tensor, "batch height width"]) -> Float[Tensor, "batch height width"]:
+    """Per-image ``(x − min) / (max − min)``; a constant map becomes 0 (the reference's
+    NaN → 0)."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    span = (hi - lo).view(-1, 1, 1)
+    out = (maps - lo.view(-1, 1, 1)) / span.where(span > 0, torch.ones_like(span))
+    return out.where(span > 0, torch.zeros_like(out))
+
+
+def patch_grid(model) -> tuple[int, int]:
+    cfg = model.visual.cfg
+    side = cfg.image_size // cfg.patch_size
+    return side, side
+
+
+@torch.no_grad()
+def heatmaps(
+    model,
+    images: Float[Tensor, "batch channel height width"],
+    classifier,
+    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    transform: RowTransform | None = None,
+    target: Int[Tensor, " batch"] | int | None = None,
+) -> Float[Tensor, "batch height width"]:
+    """Normalised heat maps ``Res ∈ [0, 1]`` of the class ``target`` (default: the model's
+    own prediction ``ĉ``), one per image, at the image's resolution.
+
+    Args:
+        classifier: a :class:`~hookedclip.zeroshot.ZeroShotClassifier` (``W_cls [d', C]``).
+        components: whose per-token contributions count; default every head of every
+            layer (``"L0-{L-1}"``). Per-layer or per-head maps: ``"L3"``, ``["L3H1"]``;
+            MLPs can be added (``"mlp2"``).
+        transform: ``transform(rows [component, batch, pos, d'], labels) -> rows``, applied
+            per layer before summing (e.g. keep selected principal components).
+        target: class index for every image, or per image; ``None``: ``ĉ``.
+    """
+    scores, predicted = patch_scores(model, images, classifier, components, transform)
+    if target is None:
+        target = predicted
+    target = torch.as_tensor(target, device=scores.device).expand(scores.shape[0])
+    first = int(model.visual.cfg.class_token)  # patches only: CLS has no place on the grid
+    values = token_map(scores, target)[:, first:]
+    return to_image(values, patch_grid(model), tuple(images.shape[-2:]))
+
+
+def centre_blob(
+    height: int, width: int, sigma: float = 0.25, batch: int = 1
+) -> Float[Tensor, "batch height width"]:
+    """Baseline heat map: a Gaussian at the image centre, ``sigma`` a fraction of the side,
+    min–max normalised. Any map must beat "objects tend to be in the middle"."""
+    y = (torch.arange(height, dtype=torch.float32) + 0.5) / height - 0.5
+    x = (torch.arange(width, dtype=torch.float32) + 0.5) / width - 0.5
+    blob = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma**2))
+    return minmax(blob.expand(batch, height, width).contiguous())
+
+
+def binarize(res: Float[Tensor, "batch height width"]) -> Bool[Tensor, "batch height width"]:
+    """Foreground where ``Res > mean(Res)`` (per image), the reference's threshold."""
+    return res > res.flatten(1).mean(1).view(-1, 1, 1)
+
+
+# ---------------------------------------------------------------------------- metrics
+@dataclass
+class SegmentationMetrics:
+    """Streaming accumulator of pixel accuracy, mIoU (bg, fg) and mAP over a dataset.
+
+    ``update(res, gt)`` takes heat maps ``Res ∈ [0, 1]`` and boolean ground truth; only
+    counts and one AP per image are kept, so memory does not grow with image size.
+    """
+
+    correct: int = 0
+    labeled: int = 0
+    intersection: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))
+    union: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))
+    ap: list[float] = field(default_factory=list)
+
+    def update(self, res: Float[Tensor, "batch height width"], gt: Bool[Tensor, "batch height width"]) -> None:
+        res = torch.as_tensor(res, dtype=torch.float64).cpu()
+        gt = torch.as_tensor(gt).cpu().bool()
+        if res.ndim == 2:
+            res, gt = res[None], gt[None]
+        if res.shape != gt.shape:
+            raise ValueError(f"heat maps {tuple(res.shape)} and masks {tuple(gt.shape)} differ in shape")
+        pred = binarize(res)
+        self.correct += int((pred == gt).sum())
+        self.labeled += gt.numel()  # every pixel is labelled in ImageNet-seg and the toy world
+        for cls, (p, g) in enumerate(((~pred, ~gt), (pred, gt))):
+            self.intersection[cls] += int((p & g).sum())
+            self.union[cls] += int((p | g).sum())
+        for r, g in zip(res, gt):
+            self.ap.append(image_ap(r, g))
+
+    def merge(self, other: "SegmentationMetrics") -> "SegmentationMetrics":
+        """Combined counts of two accumulators (e.g. shards)."""
+        return SegmentationMetrics(self.correct + other.correct, self.labeled + other.labeled,
+                                   self.intersection + other.intersection, self.union + other.union,
+                                   self.ap + other.ap)
+
+    def compute(self) -> dict[str, float]:
+        """``{"pixel_accuracy", "miou", "map", "n_images"}``, fractions in [0, 1]."""
+        eps = np.spacing(1)  # the reference's guard against 0 / 0
+        return {
+            "pixel_accuracy": float(self.correct / (eps + self.labeled)),
+            "miou": float((self.intersection / (eps + self.union)).mean()),
+            "map": float(np.mean(self.ap)) if self.ap else float("nan"),
+            "n_images": len(self.ap),
+        }
+
+
+def image_ap(res: Float[Tensor, "height width"], gt: Bool[Tensor, "height width"]) -> float:
+    """Average precision of the flattened one-hot ground truth ``[bg, fg]`` against the
+    scores ``[1 − Res, Res]`` (one number per image, NaN → 0 as in the reference)."""
+    res = torch.as_tensor(res, dtype=torch.float64).cpu().numpy().ravel()
+    fg = torch.as_tensor(gt).cpu().numpy().astype(np.int64).ravel()
+    truth = np.concatenate([1 - fg, fg])
+    scores = np.concatenate([1 - res, res])
+    return float(np.nan_to_num(average_precision_score(truth, scores)))
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(
+    model,
+    batches: Iterable[tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]],
+    classifier,
+    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    transform: RowTransform | None = None,
+    blob_sigma: float = 0.25,
+) -> dict[str, dict[str, float]]:
+    """Metrics of the model's heat maps and of the centred-blob baseline.
+
+    ``batches`` yields ``(images [B, C, H, W], masks bool [B, H, W])``, optionally with a
+    third entry ``targets [B]`` (class to map; default the prediction ``ĉ``). Masks must
+    already be in the images' geometry (see :func:`resize_mask`).
+    """
+    ours, blob = SegmentationMetrics(), SegmentationMetrics()
+    for batch in batches:
+        images, masks = batch[0], batch[1]
+        target = batch[2] if len(batch) > 2 else None
+        images = images.to(model.device, model.dtype)
+        ours.update(heatmaps(model, images, classifier, components, transform, target).float(), masks)
+        blob.update(centre_blob(*masks.shape[-2:], sigma=blob_sigma, batch=masks.shape[0]), masks)
+    return {"model": ours.compute(), "blob": blob.compute()}
+
+
+def toy_batches(
+    model, world, batch_size: int = 64, attribute: str | None = None, classnames: Sequence[str] | None = None
+) -> Iterator[tuple[Tensor, ...]]:
+    """``(images, masks[, targets])`` batches of a :class:`~hookedclip.toy.world.ToyWorld`;
+    with ``attribute``, targets are each image's true value of it, as indices in
+    ``classnames`` (the ground-truth-class map instead of the predicted-class map)."""
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.world import render_batch
+
+    for start in range(0, len(world), batch_size):
+        attrs = world.attributes(range(start, min(start + batch_size, len(world))))
+        pixels, masks = render_batch(attrs, world.image_size)
+        images = images_to_tensor(pixels, model.cfg.image_mean, model.cfg.image_std)
+        if attribute is None:
+            yield images, torch.from_numpy(masks)
+        else:
+            targets = torch.tensor([list(classnames).index(getattr(a, attribute)) for a in attrs])
+            yield images, torch.from_numpy(masks), targets
+
+
+def evaluate_toy(
+    model, n: int = 200, seed: int = 7, attribute: str = "shape", use_labels: bool = False,
+    components=None, transform: RowTransform | None = None, batch_size: int = 64,
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` on ``n`` held-out toy images (masks known exactly), with the
+    zero-shot classifier of ``attribute``. ``use_labels``: map the true class, not ``ĉ``."""
+    from hookedclip.toy.world import ToyWorld, class_prompts
+    from hookedclip.zeroshot import ZeroShotClassifier
+
+    classifier = ZeroShotClassifier.from_prompts(model, class_prompts(attribute))
+    world = ToyWorld(n, seed=seed, split="test", image_size=model.visual.cfg.image_size)
+    batches = toy_batches(model, world, batch_size, attribute if use_labels else None, classifier.classnames)
+    return evaluate(model, batches, classifier, components, transform)
+
+
+# ---------------------------------------------------------------------------- geometry
+MaskGeometry = Literal["reference", "aligned"]
+
+
+def resize_mask(
+    mask: Bool[Tensor, "height width"], size: int = 224, geometry: MaskGeometry = "reference"
+) -> Bool[Tensor, "size size"]:
+    """A ground-truth mask in the geometry of a CLIP eval image of side ``size``.
+
+    ``"reference"``: resized straight to ``size × size`` (nearest), as the reference does
+    while the image gets a short-side resize and a centre crop, so the two disagree on
+    non-square images (spec Appendix A #11, kept for parity). ``"aligned"``: the image's own
+    short-side resize and centre crop, nearest interpolation.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    m = torch.as_tensor(mask).to(torch.uint8)[None]
+    nearest = InterpolationMode.NEAREST
+    if geometry == "reference":
+        return TF.resize(m, [size, size], interpolation=nearest)[0].bool()
+    if geometry != "aligned":
+        raise ValueError(f"geometry must be 'reference' or 'aligned', got {geometry!r}")
+    return TF.center_crop(TF.resize(m, size, interpolation=nearest), [size, size])[0].bool()
+
+
+# ---------------------------------------------------------------------------- figures
+@torch.no_grad()
+def save_overlays(
+    model,
+    pixels: np.ndarray,
+    classifier,
+    path,
+    masks: np.ndarray | None = None,
+    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    transform: RowTransform | None = None,
+    target: Int[Tensor, " batch"] | int | None = None,
+    cols: int = 6,
+    labels: Sequence[int] | None = None,
+):
+    """A PNG grid for a person to look at: each uint8 image ``[N, H, W, 3]`` with its
+    ground-truth contour, next to its heat map (:func:`hookedclip.report.viz.heatmap_overlays`).
+
+    Titles: ``"pred: X / true: Y"`` with the true class indices ``labels`` (in the
+    classifier's classes), ``"pred: X"`` without; with an explicit ``target``, ``"map: X"``
+    (the mapped class), plus ``"/ pred: ..."`` of the model. ``pixels`` must already be at the
+    model's input size; they are normalised with the model's mean and std.
+    """
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.report.viz import heatmap_overlays
+
+    images = images_to_tensor(pixels, model.cfg.image_mean, model.cfg.image_std).to(model.device, model.dtype)
+    maps = heatmaps(model, images, classifier, components, transform, target).float().cpu()
+    names = classifier.classnames
+    predicted = classifier.predict(model.encode_image(images)).tolist()
+    captions = [f"pred: {names[c]}" for c in predicted]
+    if target is not None:
+        mapped = torch.as_tensor(target).expand(len(pixels)).tolist()
+        captions = [f"map: {names[t]} / {c}" for t, c in zip(mapped, captions)]
+    if labels is not None:
+        captions = [f"{c} / true: {names[int(y)]}" for c, y in zip(captions, labels)]
+    return heatmap_overlays(pixels, maps.numpy(), masks, path, captions, cols)
+
+
+__all__ = [
+    "RowTransform", "SegmentationMetrics", "binarize", "centre_blob", "evaluate", "evaluate_toy",
+    "heatmaps", "image_ap", "minmax", "patch_grid", "patch_scores", "resize_mask", "save_overlays", "to_image", "token_contributions",
+    "token_map", "toy_batches",
+]

@@ -1,0 +1,300 @@
+"""The hooked CLIP towers and the :class:`HookedCLIP` model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from hookedclip.config import CLIPConfig, TextConfig, VisionConfig
+from hookedclip.hooks import HookedRootModule, HookPoint
+from hookedclip.model.layers import LayerNorm, PatchEmbed, TransformerBlock
+
+
+class HookedVisionTransformer(nn.Module):
+    """CLIP's ViT image tower: ``images [batch, C, H, W] -> embeddings [batch, d_out]``.
+
+    Parameters: ``embed`` (patch projection), ``class_embedding [d_model]``,
+    ``pos_embed [n_tokens, d_model]``, ``ln_pre``, ``blocks``, ``ln_post``,
+    ``W_proj [d_model, d_out]`` and ``b_proj [d_out]`` (zero unless ``ln_post`` was folded in).
+    """
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.embed = PatchEmbed(d, cfg.patch_size, cfg.in_channels, bias=cfg.patch_bias)
+        self.class_embedding = nn.Parameter(torch.randn(d) * d**-0.5) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.randn(cfg.n_tokens, d) * d**-0.5)
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.ln_pre = LayerNorm(d, cfg.ln_eps) if cfg.ln_pre else None
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.layers))
+        self.ln_post = LayerNorm(d, cfg.ln_eps)
+        self.hook_pooled = HookPoint()
+        out = cfg.output_dim
+        self.W_proj = nn.Parameter(torch.randn(d, out) * d**-0.5) if out else None
+        self.b_proj = nn.Parameter(torch.zeros(out)) if out else None
+        self.hook_out = HookPoint()
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise a clear error for images the tower cannot take."""
+        cfg = self.cfg
+        expected = f"[batch, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}]"
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor {expected}, got {type(images).__name__}")
+        if images.ndim != 4:
+            raise ValueError(f"images must be 4-D {expected}, got shape {tuple(images.shape)}")
+        if images.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"images have {images.shape[1]} channels, the model expects {cfg.in_channels}: "
+                f"expected {expected}, got {tuple(images.shape)} (channels-last? use .permute(0, 3, 1, 2))"
+            )
+        if tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
+            raise ValueError(
+                f"images are {images.shape[2]}x{images.shape[3]} px, the model expects "
+                f"{cfg.image_size}x{cfg.image_size}: resize with `model.preprocess` "
+                f"(expected {expected}, got {tuple(images.shape)})"
+            )
+        _check_dtype_device("images", images, self.embed.W)
+
+    def embed_tokens(self, images: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0 (after ``ln_pre``)."""
+        x = self.embed(images)
+        if self.class_embedding is not None:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)
+        x = self.hook_embed(x) + self.hook_pos_embed(self.pos_embed.expand_as(x))
+        return self.ln_pre(x) if self.ln_pre is not None else x
+
+    def pool(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
+        """``ln_post`` and pooling, in the order the checkpoint uses."""
+        if self.cfg.final_ln_after_pool:
+            return self.ln_post(self._global_pool(x))
+        return self._global_pool(self.ln_post(x))
+
+    def _global_pool(self, x: Tensor) -> Tensor:
+        if self.cfg.pool_type == "tok":
+            return x[:, 0]
+        return x[:, int(self.cfg.class_token):].mean(dim=1)
+
+    def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
+        self.check_images(images)
+        x = self.embed_tokens(images)
+        for block in self.blocks:
+            x = block(x)
+        pooled = self.hook_pooled(self.pool(x))
+        if self.W_proj is None:
+            return self.hook_out(pooled)
+        return self.hook_out(F.linear(pooled, self.W_proj.T, self.b_proj))
+
+
+class HookedTextTransformer(nn.Module):
+    """CLIP's text tower: ``tokens [batch, seq] -> embeddings [batch, d_out]``.
+
+    Parameters: ``W_E [vocab, d_model]``, ``W_pos [context_length, d_model]``, causal
+    ``blocks``, ``ln_final``, ``W_proj [d_model, d_out]``, ``b_proj [d_out]``.
+    """
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.W_E = nn.Parameter(torch.randn(cfg.vocab_size, d) * 0.02)
+        self.W_pos = nn.Parameter(torch.randn(cfg.context_length, d) * 0.01)
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, causal=cfg.causal) for _ in range(cfg.layers))
+        self.ln_final = LayerNorm(d, cfg.ln_eps)
+        self.hook_pooled = HookPoint()
+        out = cfg.output_dim
+        self.W_proj = nn.Parameter(torch.randn(d, out) * d**-0.5) if out else None
+        self.b_proj = nn.Parameter(torch.zeros(out)) if out else None
+        self.hook_out = HookPoint()
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        cfg = self.cfg
+        if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            got = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise TypeError(f"tokens must be an integer tensor [batch, seq] (use model.tokenize), got {got}")
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be 2-D [batch, seq], got shape {tuple(tokens.shape)}")
+        if tokens.shape[1] > cfg.context_length:
+            raise ValueError(
+                f"token sequences are {tokens.shape[1]} long, the text tower takes at most "
+                f"{cfg.context_length}: truncate or tokenize with `model.tokenize`"
+            )
+        if tokens.device != self.W_E.device:
+            raise ValueError(f"tokens are on {tokens.device}, the model on {self.W_E.device}: move one of them")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {cfg.vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]"
+            )
+
+    def pool_index(self, tokens: Int[Tensor, "batch seq"]) -> Int[Tensor, " batch"]:
+        """The position whose final state becomes the text embedding."""
+        kind = self.cfg.pool_type
+        if kind == "argmax":
+            return tokens.argmax(dim=-1)
+        if kind == "eos":
+            return (tokens == self.cfg.eos_token_id).int().argmax(dim=-1)
+        if kind == "first":
+            return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
+
+    def forward(self, tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch d_out"]:
+        self.check_tokens(tokens)
+        x = self.hook_embed(self.W_E[tokens])
+        x = x + self.hook_pos_embed(self.W_pos[: tokens.shape[1]].expand_as(x))
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_final(x)
+        pooled = self.hook_pooled(x[torch.arange(x.shape[0], device=x.device), self.pool_index(tokens)])
+        if self.W_proj is None:
+            return self.hook_out(pooled)
+        return self.hook_out(F.linear(pooled, self.W_proj.T, self.b_proj))
+
+
+def _check_dtype_device(what: str, x: Tensor, param: Tensor) -> None:
+    if x.dtype != param.dtype:
+        raise TypeError(
+            f"{what} are {x.dtype}, the model is {param.dtype}: use `{what}.to({param.dtype})` "
+            "or `model.to(dtype)`"
+        )
+    if x.device != param.device:
+        raise ValueError(f"{what} are on {x.device}, the model on {param.device}: move one of them")
+
+
+class HookedCLIP(HookedRootModule):
+    """CLIP with a named hook point on every head, MLP and residual stream.
+
+    ``visual`` is the image tower, ``text`` the text tower (``None`` for vision-only
+    checkpoints such as a LLaVA vision tower). Hook names are prefixed by tower:
+    ``visual.blocks.3.attn.hook_z``, ``text.blocks.0.hook_resid_post``.
+    """
+
+    tokenizer: Callable[..., Tensor] | None
+    preprocess: Callable[..., Tensor] | None
+
+    def __init__(self, cfg: CLIPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = HookedVisionTransformer(cfg.vision)
+        self.text = HookedTextTransformer(cfg.text) if cfg.text is not None else None
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.tokenizer = None
+        self.preprocess = None
+        self.setup()
+
+    # ------------------------------------------------------------------ forward
+    def encode_image(self, images: Float[Tensor, "batch channel height width"], normalize: bool = False) -> Float[Tensor, "batch d_out"]:
+        """Image embeddings in the joint space (unnormalised unless ``normalize``)."""
+        out = self.visual(images)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_text(self, tokens: Int[Tensor, "batch seq"], normalize: bool = False) -> Float[Tensor, "batch d_out"]:
+        """Text embeddings in the joint space (unnormalised unless ``normalize``)."""
+        if self.text is None:
+            raise ValueError(
+                f"this model ({self.cfg.model_name}, from {self.cfg.source}) has no text tower"
+            )
+        out = self.text(tokens)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def forward(self, images: Tensor | None = None, tokens: Tensor | None = None) -> Tensor:
+        """With images and tokens: ``logits_per_image [n_images, n_texts]``; with one of them,
+        that side's embeddings."""
+        if images is not None and not torch.is_floating_point(images):
+            raise TypeError(
+                "the first argument is images (a float tensor); for text use `model(tokens=...)`"
+            )
+        if images is None and tokens is None:
+            raise ValueError("give images, tokens, or both")
+        if tokens is None:
+            return self.encode_image(images)
+        if images is None:
+            return self.encode_text(tokens)
+        img = self.encode_image(images, normalize=True)
+        txt = self.encode_text(tokens, normalize=True)
+        return self.logit_scale.exp() * img @ txt.T
+
+    # ------------------------------------------------------------------ conveniences
+    def tokenize(self, texts: str | list[str]) -> Int[Tensor, "batch seq"]:
+        """Tokenize with the source library's tokenizer, on the model's device."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "this model has no tokenizer; pass one to the loader (tokenizer=...) or set "
+                "`model.tokenizer`"
+            )
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.tokenizer(texts).to(self.visual.pos_embed.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.visual.pos_embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.pos_embed.dtype
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_open_clip(cls, model_or_name: Any, pretrained: str | None = None, **kwargs) -> "HookedCLIP":
+        """From an ``open_clip`` CLIP instance or model name (random weights when
+        ``pretrained`` is None). See :func:`hookedclip.loading.open_clip.from_open_clip`."""
+        from hookedclip.loading.open_clip import from_open_clip
+
+        return from_open_clip(model_or_name, pretrained=pretrained, **kwargs)
+
+    @classmethod
+    def from_hf(cls, model: Any, **kwargs) -> "HookedCLIP":
+        """From a ``transformers`` CLIPModel, CLIPVisionModel(WithProjection) or a LLaVA model
+        (its vision tower). See :func:`hookedclip.loading.hf.from_hf`."""
+        from hookedclip.loading.hf import from_hf
+
+        return from_hf(model, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs) -> "HookedCLIP":
+        """A model shipped with the package: ``"toy"``."""
+        if name == "toy":
+            from hookedclip.toy.model import load_toy_model
+
+            return load_toy_model(**kwargs)
+        raise ValueError(
+            f"unknown shipped model {name!r}; the package ships 'toy'. For open_clip or Hugging "
+            "Face checkpoints use HookedCLIP.from_open_clip / HookedCLIP.from_hf"
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into the directory ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "HookedCLIP":
+        """Load a model written by :meth:`save`. The tokenizer and preprocessing are rebuilt
+        from the config where the source library provides them offline."""
+        from safetensors.torch import load_file
+
+        from hookedclip.loading.common import attach_io
+
+        path = Path(path)
+        for name in ("config.json", "model.safetensors"):
+            if not (path / name).exists():
+                raise FileNotFoundError(f"{path / name} not found: is {path} a directory written by HookedCLIP.save?")
+        cfg = CLIPConfig.from_dict(json.loads((path / "config.json").read_text()))
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+        attach_io(model)
+        return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Figures, HTML pages and the demo report, built on the methods."""

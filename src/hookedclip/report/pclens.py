@@ -1,0 +1,308 @@
+"""The ``hookedclip pclens`` commands and the PCLens HTML report.
+
+``hookedclip pclens debias`` runs :func:`hookedclip.methods.pclens.debias.debias_sweep`
+(toy spurious split by default, ``--waterbirds DIR`` for Waterbirds) and writes
+``debias.csv``, ``debias.png`` and ``summary.txt``.
+
+``hookedclip pclens report`` fits PCLens on held-out toy images and writes a folder: an
+overview page (strength curves, one row per head) and one page per analysed head with its
+PCs, their text labels and strengths, and a strip of the top / bottom images of each PC
+(scored by ``⟨ê, v⟩``, §4.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hookedclip.report import viz
+from hookedclip.methods.pclens import HeadPCA, PCLensResult, image_scores, top_images
+
+
+#: PCs holding less than this share (%) of a head's retained variance are listed apart.
+MIN_STRENGTH = 1.0
+
+
+def _label_cells(pca: HeadPCA, i: int, n: int) -> tuple[str, str]:
+    """PC ``i``'s two text lists, the side with the larger |cos| first (§4.2 step 7)."""
+    if pca.pos_idx is None:
+        return "", ""
+    return pca.label_of(i, n).cells(n)
+
+
+def _pc_rows(pca: HeadPCA, pcs: list[int], n_texts: int) -> list[list[str]]:
+    rel = pca.strength_rel.tolist()
+    return [[str(i), f"{rel[i]:.1f}", *_label_cells(pca, i, n_texts)] for i in pcs]
+
+
+def _projector_text(pca: HeadPCA) -> str:
+    rank = int(torch.linalg.matrix_rank(pca.projector)) if pca.k else 0
+    text = (f"The text projector Π ({pca.k}×{pca.k}) projects a head's PC coordinates onto the span of its PCs' "
+            f"best positive texts (one text per PC); interventions reconstruct the head as μ + (φ − μ)V_kᵀ Π V_k. "
+            f"Here rank Π = {rank} of k = {pca.k}")
+    if rank == pca.k:
+        return text + ", so Π = I and keeping every PC is the plain rank-k PCA reconstruction."
+    return text + (f": {pca.k - rank} dimension(s) are lost because several PCs share a best text (or their best "
+                   "texts are dependent), so keeping every PC is not the PCA reconstruction. A larger text pool "
+                   "makes this rarer; use_projector=False keeps Π = I.")
+
+
+def _nav(labels: list[str], i: int) -> str:
+    """Links of a head page: back to the overview, previous and next head."""
+    links = ["<a href='../index.html'>↑ overview</a>"]
+    if i > 0:
+        links.append(f"<a href='../{labels[i - 1]}/index.html'>← {labels[i - 1]}</a>")
+    if i + 1 < len(labels):
+        links.append(f"<a href='../{labels[i + 1]}/index.html'>{labels[i + 1]} →</a>")
+    return "<p class='nav'>" + " · ".join(links) + "</p>"
+
+
+def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch.Tensor, n_pcs: int, n_images: int,
+              n_texts: int, nav: str = "", min_strength: float = MIN_STRENGTH) -> Path:
+    """One head's page: its PCs holding at least ``min_strength`` % of the retained variance
+    (the rest listed apart), an image strip per PC (top row: highest ``⟨ê, v⟩``), and ``nav``
+    (HTML links) under the title."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rel = pca.strength_rel.tolist()
+    strong = [i for i in range(pca.k) if rel[i] >= min_strength] or list(range(min(1, pca.k)))
+    weak = [i for i in range(pca.k) if i not in strong]
+    header = ["PC", "strength %", "texts, stronger side (cos)", "texts, other side (cos)"]
+    figures = []
+    embeddings = embeddings.detach()
+    scores = image_scores(pca, embeddings)  # [n, k]: the score top_images ranks by
+    for i in strong[:n_pcs]:
+        top, bottom = top_images(pca, i, embeddings, n_images)
+        idx = torch.cat([top, bottom]).tolist()
+        captions = [f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k, i]):+.2f}"
+                    for j, k in enumerate(idx)]
+        name = f"pc{i}.png"
+        viz.image_grid(images[idx], captions, out_dir / name, cols=len(top))
+        label = f"PC {i} ({rel[i]:.1f}% of the retained variance)"
+        if pca.pos_idx is not None:
+            label += ": " + " / ".join(f"{sign} {items[0][0]}" for sign, items in pca.label_of(i, 1).sides())
+        figures.append((name, label + ". Top row (the + side): the images whose unit embedding ê has the highest "
+                        "cosine with the PC (⟨ê, v⟩, not the head's own contribution); bottom row (the − side): the "
+                        "lowest. Each caption gives that cosine."))
+    kept = 100 * float(pca.singular_values.sum()) / max(pca.total_singular, 1e-30)
+    text = [f"{pca.k} PCs keep {kept:.1f}% of ΣS over {pca.n} images.", _projector_text(pca)]
+    if weak:
+        share = sum(rel[i] for i in weak)
+        text.append(f"Listed: the {len(strong)} PCs holding at least {min_strength:g}% of the retained variance each; "
+                    f"the other {len(weak)} (together {share:.1f}%) are under “Weaker PCs” at the bottom.")
+    sections = [viz.Section(pca.label, text, figures, [(header, _pc_rows(pca, strong, n_texts))])]
+    if weak:
+        sections.append(viz.Section(f"Weaker PCs ({len(weak)}, each below {min_strength:g}%)", [],
+                                    [], [(header, _pc_rows(pca, weak, n_texts))]))
+    return viz.write_report(out_dir, f"PCLens: {pca.label}", sections, nav=nav)
+
+
+def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min_strength: float = MIN_STRENGTH
+                  ) -> Path:
+    """Relative strength (% of the retained variance) of each head's first PCs, log scale, with
+    the listing threshold ``min_strength`` dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    cmap = plt.get_cmap("tab20")
+    steps = 1
+    for j, (label, pca) in enumerate(result.heads.items()):
+        rel = pca.strength_rel[:max_pcs].cpu().numpy()
+        rel = rel[rel > 0]
+        steps = max(steps, len(rel))
+        ax.plot(np.arange(len(rel)), rel, marker="o", markersize=2.5, linewidth=1.2, color=cmap(j % 20), label=label)
+    if min_strength > 0:
+        ax.axhline(min_strength, color="black", linestyle="--", linewidth=0.9, label=f"listed: ≥ {min_strength:g}%")
+    ax.set_yscale("log")
+    ax.set_xlabel("principal component (0 = strongest)")
+    ax.set_ylabel("strength (% of retained variance)")
+    ax.set_title("PC strengths per head", fontsize=10)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlim(-0.5, steps - 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(result.heads) // 17)
+    return viz._save(fig, path)
+
+
+def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: torch.Tensor, out: str | Path,
+                        n_pcs: int = 5, n_images: int = 8, n_texts: int = 3, min_strength: float = MIN_STRENGTH
+                        ) -> Path:
+    """The report folder: ``index.html`` (overview) and ``<head>/index.html`` per analysed head,
+    each linked to the overview and to the previous and next head.
+
+    Args:
+        images: uint8 ``[N, H, W, 3]`` of the images behind ``embeddings``.
+        embeddings: ``[N, d']`` final image embeddings (normalised here).
+        min_strength: PCs below this % of their head's retained variance are listed apart.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    heads = list(result.heads.values()) + ([result.embedding] if result.embedding is not None else [])
+    labels = [p.label for p in heads]
+    for i, pca in enumerate(heads):
+        head_page(pca, out / pca.label, images, embeddings, n_pcs, n_images, n_texts, _nav(labels, i), min_strength)
+    strength_plot(result, out / "strengths.png", min_strength=min_strength)
+    rows = [[p.label, str(p.k), str(sum(1 for r in p.strength_rel.tolist() if r >= min_strength)),
+             f"{float(p.strength_rel[0]):.1f}" if p.k else "-", *_label_cells(p, 0, 2)] for p in heads]
+    overview = viz.Section(
+        "Analysed heads",
+        [f"{len(result)} heads, {result.n_pcs} PCs; rank rule {result.settings.get('threshold')} of "
+         f"{'ΣS' if result.settings.get('energy') == 'singular' else 'ΣS²'}, cap {result.settings.get('max_pcs')}. "
+         "Click a head for its PCs, labels and image strips. Label texts are cosines between the (pool-centred) "
+         "texts and the PC; the side with the larger |cosine| is listed first."],
+        [("strengths.png", "Share of each head's retained variance held by its first PCs (log scale); head pages "
+                            "list the PCs above the dashed line and put the rest apart.")],
+        [(["head", "k", f"PCs ≥ {min_strength:g}%", "PC0 strength %", "PC0 stronger side", "PC0 other side"],
+          rows)],
+    )
+    meta = f"model {result.model.get('model_name')} ({result.model.get('source')}), weights {result.model.get('weights')}"
+    path = viz.write_report(out, "PCLens report", [overview], meta=meta)
+    html = path.read_text()
+    for p in heads:  # link the head names of the overview table to their pages
+        html = html.replace(f"<td>{p.label}</td>", f"<td><a href='{p.label}/index.html'>{p.label}</a></td>", 1)
+    path.write_text(html)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def _toy_data(model, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.world import ToyWorld
+
+    world = ToyWorld(n, seed=seed, split="test", image_size=model.cfg.vision.image_size)
+    images = world.images()
+    return images, images_to_tensor(images, model.cfg.image_mean, model.cfg.image_std)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from hookedclip.cli import load_model
+    from hookedclip.data.vocab import load_vocabulary, toy_text_pool
+    from hookedclip.methods import pclens
+    from hookedclip.zeroshot import embed_images
+
+    torch.set_num_threads(max(1, args.threads))
+    model = load_model(args.model)
+    if args.data != "toy":
+        raise ValueError(f"--data {args.data!r}: only the toy world is supported by this command for now")
+    images, x = _toy_data(model, args.n, args.seed)
+    batches = list(x.split(args.batch_size))
+    if args.result:
+        result = PCLensResult.load(args.result, model=model)
+    else:
+        texts = load_vocabulary(args.vocab) if args.vocab else toy_text_pool()
+        L = model.cfg.vision.layers
+        result = pclens.fit(model, batches, components=[f"L{max(0, L - args.layers)}-{L - 1}"], texts=texts,
+                            n_texts=args.texts, max_pcs=args.max_pcs)
+        if args.save_result:
+            result.save(args.save_result)
+    embeddings = embed_images(model, batches)
+    path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts,
+                               args.min_strength)
+    print(f"report written to {path}")
+
+
+def _fit_images(model, args: argparse.Namespace, task):
+    """Batches PCLens is fitted on: held-out toy images (a fresh seed, all shapes), or for
+    Waterbirds the evaluation images themselves (transductive, as in the reference, §4.7)."""
+    if args.waterbirds:
+        return task.batches(args.batch_size, args.workers)
+    _, x = _toy_data(model, args.n_fit, args.seed)
+    return x.split(args.batch_size)
+
+
+def _cmd_debias(args: argparse.Namespace) -> None:
+    from hookedclip.cli import load_model
+    from hookedclip.data.vocab import load_vocabulary, toy_text_pool, vocabulary
+    from hookedclip.methods import pclens
+    from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
+
+    torch.set_num_threads(max(1, args.threads))
+    model = load_model(args.model, args.pretrained)
+    if args.waterbirds:
+        task = waterbirds_task(model, args.waterbirds, args.split, args.limit)
+    else:
+        task = toy_task(model, args.n, args.eval_seed)
+    concepts = args.concept or task.concepts
+    if args.result:
+        result = PCLensResult.load(args.result, model=model)
+    else:
+        default = toy_text_pool() if args.model == "toy" else vocabulary("english")
+        texts = load_vocabulary(args.vocab) if args.vocab else default
+        L = model.cfg.vision.layers
+        result = pclens.fit(model, _fit_images(model, args, task), components=[f"L{max(0, L - args.layers)}-{L - 1}"],
+                            texts=texts, n_texts=3, max_pcs=args.max_pcs)
+    ks = [int(k) for k in args.ks.split(",")]
+    sweep = debias_sweep(model, result, task.classifier, concepts, task.batches(args.batch_size, args.workers),
+                         task.labels, task.groups, ks, args.margin / 100, task.group_names)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep.to_csv(out / "debias.csv")
+    sweep.plot(out / "debias.png")
+    (out / "summary.txt").write_text(sweep.summary() + "\n")
+    print(sweep.summary())
+    print(f"written: {out / 'debias.csv'}, {out / 'debias.png'}, {out / 'summary.txt'}")
+
+
+def _add_debias(sub) -> None:
+    deb = sub.add_parser("debias", help="remove a spurious concept's PCs: worst-group / average accuracy vs K")
+    deb.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
+    deb.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
+    deb.add_argument("--waterbirds", default=None, metavar="DIR",
+                     help="Waterbirds folder (metadata.csv + images) instead of the toy spurious split")
+    deb.add_argument("--split", default="test", help="Waterbirds split (default %(default)s)")
+    deb.add_argument("--limit", type=int, default=None, help="use only the first N Waterbirds images")
+    deb.add_argument("--n", type=int, default=1000, help="toy spurious-split images (default %(default)s)")
+    deb.add_argument("--eval-seed", type=int, default=12345, help="toy spurious split seed (as `toy evaluate`)")
+    deb.add_argument("--n-fit", type=int, default=1024, help="held-out toy images PCLens is fitted on")
+    deb.add_argument("--seed", type=int, default=11, help="seed of the toy fit images")
+    deb.add_argument("--concept", action="append", default=None,
+                     help="a spurious concept text (repeat; default: the toy textures' words, or "
+                          "'water background' and 'land background' for Waterbirds)")
+    deb.add_argument("--ks", default="1,2,3,5,8,12,20,30,50", help="PCs per concept to remove (comma list)")
+    deb.add_argument("--margin", type=float, default=1.0,
+                     help="average-accuracy points the pick may lose (default %(default)s)")
+    deb.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
+    deb.add_argument("--max-pcs", type=int, default=80, help="cap on PCs per head (default %(default)s)")
+    deb.add_argument("--vocab", default=None, help="label vocabulary file (default: toy pool / english)")
+    deb.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")
+    deb.add_argument("--batch-size", type=int, default=256)
+    deb.add_argument("--workers", type=int, default=0, help="image loading workers (Waterbirds)")
+    deb.add_argument("--threads", type=int, default=1)
+    deb.add_argument("--out", default="pclens-debias", help="output folder (default: ./pclens-debias)")
+    deb.set_defaults(func=_cmd_debias)
+
+
+def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
+    """Register ``hookedclip pclens report`` and ``hookedclip pclens debias`` on the subparsers."""
+    group = subparsers.add_parser("pclens", help="PCLens: per-head principal components labelled with text")
+    sub = group.add_subparsers(dest="pclens_command", required=True)
+    rep = sub.add_parser("report", help="HTML page per analysed head: PCs, text labels, image strips, strengths")
+    rep.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
+    rep.add_argument("--data", default="toy", help="image source (only 'toy' for now)")
+    rep.add_argument("--n", type=int, default=1024, help="held-out images (default %(default)s)")
+    rep.add_argument("--seed", type=int, default=11)
+    rep.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
+    rep.add_argument("--max-pcs", type=int, default=80, help="cap on PCs per head (default %(default)s)")
+    rep.add_argument("--texts", type=int, default=3, help="texts per side of each PC")
+    rep.add_argument("--vocab", default=None, help="label vocabulary file, one text per line (default: toy pool)")
+    rep.add_argument("--pcs", type=int, default=5, help="PCs with image strips per head")
+    rep.add_argument("--images", type=int, default=8, help="top and bottom images per PC")
+    rep.add_argument("--min-strength", type=float, default=MIN_STRENGTH,
+                     help="list PCs below this %% of their head's retained variance apart (default %(default)s; 0: all)")
+    rep.add_argument("--batch-size", type=int, default=256)
+    rep.add_argument("--threads", type=int, default=1)
+    rep.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")
+    rep.add_argument("--save-result", default=None, help="also save the fitted result to this folder")
+    rep.add_argument("--out", default="pclens-report", help="report folder (default: ./pclens-report)")
+    rep.set_defaults(func=_cmd_report)
+    _add_debias(sub)
+    return group
+
+
+__all__ = ["head_page", "strength_plot", "write_pclens_report", "add_pclens_commands", "MIN_STRENGTH"]
