@@ -12,57 +12,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from hookedclip.model.hooked import HookedCLIP
 
-# TransformerLens-style short names -> hook point path inside a block.
-_BLOCK_SHORT_NAMES = {
-    **{k: f"attn.hook_{k}" for k in ("q", "k", "v", "z", "result", "pattern", "attn_scores")},
-    "scores": "attn.hook_attn_scores",
-    **{k: f"hook_{k}" for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")},
-    "pre": "mlp.hook_pre",
-    "post": "mlp.hook_post",
-    "mlp_pre": "mlp.hook_pre",
-    "mlp_post": "mlp.hook_post",
-    "ln1": "ln1.hook_normalized",
-    "ln2": "ln2.hook_normalized",
-    "ln1_scale": "ln1.hook_scale",
-    "ln2_scale": "ln2.hook_scale",
-}
-# Short names outside the blocks.
-_TOWER_SHORT_NAMES = {
-    "embed": "hook_embed",
-    "pos_embed": "hook_pos_embed",
-    "pooled": "hook_pooled",
-    "out": "hook_out",
-    "ln_pre": "ln_pre.hook_normalized",
-    "ln_post": "ln_post.hook_normalized",
-    "ln_post_scale": "ln_post.hook_scale",
-    "ln_final": "ln_final.hook_normalized",
-    "ln_final_scale": "ln_final.hook_scale",
-}
-
-
-def act_name(short: str, layer: int | None = None, tower: str = "visual", n_layers: int | None = None) -> str:
-    """The full hook name for a short name: ``act_name("z", 3) == "visual.blocks.3.attn.hook_z"``.
-
-    A negative ``layer`` counts from the end and needs ``n_layers``. A ``"_grad"`` suffix is
-    kept (``act_name("z_grad", 3)`` is the gradient entry of ``hook_z``).
-    """
-    suffix = ""
-    if short.endswith("_grad"):
-        short, suffix = short[: -len("_grad")], "_grad"
-    if layer is None:
-        if short not in _TOWER_SHORT_NAMES:
-            raise KeyError(
-                f"{short!r} needs a layer index or is unknown; names without a layer: "
-                f"{', '.join(_TOWER_SHORT_NAMES)}"
-            )
-        return f"{tower}.{_TOWER_SHORT_NAMES[short]}{suffix}"
-    if short not in _BLOCK_SHORT_NAMES:
-        raise KeyError(f"unknown short name {short!r}; per-layer names: {', '.join(_BLOCK_SHORT_NAMES)}")
-    if layer < 0:
-        if n_layers is None:
-            raise ValueError("a negative layer index needs the number of layers")
-        layer += n_layers
-    return f"{tower}.blocks.{layer}.{_BLOCK_SHORT_NAMES[short]}{suffix}"
+from hookedclip.names import _BLOCK_SHORT_NAMES, _TOWER_SHORT_NAMES, act_name  # noqa: F401
 
 
 class ActivationCache(Mapping[str, Tensor]):
