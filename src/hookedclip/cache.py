@@ -24,9 +24,10 @@ class ActivationCache(Mapping[str, Tensor]):
     recorded with ``incl_bwd=True`` are under ``name + "_grad"`` (``cache["z_grad", 3]``).
     """
 
-    def __init__(self, store: dict[str, Tensor], model: "HookedCLIP | None" = None) -> None:
+    def __init__(self, store: dict[str, Tensor], model: "HookedCLIP | None" = None, has_batch_dim: bool = True) -> None:
         self._store = store
         self.model = model
+        self.has_batch_dim = has_batch_dim
 
     def _full_name(self, key: str | tuple) -> str:
         if isinstance(key, str):
@@ -34,8 +35,14 @@ class ActivationCache(Mapping[str, Tensor]):
                 return key
             return act_name(key)
         short, layer, *rest = key
-        tower = rest[0] if rest else "visual"
-        return act_name(short, layer, tower, self._n_layers(tower))
+        tower = rest[0] if rest and rest[0] is not None else "visual"  # TransformerLens passes None
+        n_layers = self._n_layers(tower)
+        if layer is not None and n_layers is not None and not -n_layers <= layer < n_layers:
+            raise IndexError(
+                f"layer {layer} is out of range: the {tower} tower has {n_layers} layers "
+                f"(0..{n_layers - 1}, or -{n_layers}..-1 from the end)"
+            )
+        return act_name(short, layer, tower, n_layers)
 
     def _n_layers(self, tower: str) -> int | None:
         module = getattr(self.model, tower, None) if self.model is not None else None
@@ -60,8 +67,14 @@ class ActivationCache(Mapping[str, Tensor]):
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} tensors: {', '.join(list(self._store)[:4])}{', ...' if len(self) > 4 else ''})"
 
-    def to(self, device: torch.device | str) -> "ActivationCache":
-        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model)
+    def to(self, device: torch.device | str, move_model: bool = False) -> "ActivationCache":
+        """Move every cached tensor to ``device`` in place (the old copies are freed) and return
+        the cache itself, as TransformerLens does; ``move_model`` moves the model too."""
+        for name, value in self._store.items():
+            self._store[name] = value.to(device)
+        if move_model and self.model is not None:
+            self.model.to(device)
+        return self
 
     def stack(self, short: str, tower: str = "visual") -> Tensor:
         """One activation of every layer stacked: ``[n_layers, *shape]``."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,15 +26,23 @@ if TYPE_CHECKING:
 HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
 NameFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
+Direction = Literal["fwd", "bwd", "both"]
+PosSlice = Union[None, int, slice, Sequence[int], Tensor]
 
 
 class HookPoint(nn.Module):
     """Identity on a named tensor; runs forward and backward hook functions on it.
 
     A forward hook ``fn(tensor, hook)`` may return a replacement tensor (same shape) or
-    ``None`` to leave the tensor unchanged. A backward hook receives the gradient of the
-    loss with respect to the tensor and may likewise return a replacement gradient.
-    Hooks run in the order they were added: outer contexts before inner ones.
+    ``None`` to leave the tensor unchanged (an in-place edit of ``tensor`` then counts). It
+    is called as ``fn(tensor, hook=self)`` when its ``hook`` parameter is keyword-only, as
+    TransformerLens does, else positionally. A backward hook receives the gradient of the
+    loss with respect to the tensor and may return a replacement gradient (or a 1-tuple
+    ``(grad,)``). Hooks run in the order they were added: outer contexts before inner ones.
+
+    A hook never sees a view of a parameter, a view shared with other hook points, or (under
+    autograd) a tensor the backward pass needs: such tensors are copied before the first hook
+    function, so an in-place edit changes this forward pass only, as a replacement would.
     """
 
     def __init__(self) -> None:
@@ -40,24 +50,73 @@ class HookPoint(nn.Module):
         self.name: str = ""
         self.fwd_fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
+        self._permanent: set[int] = set()
 
     def is_active(self) -> bool:
         return bool(self.fwd_fns or self.bwd_fns)
 
+    def has_hooks(self, dir: Direction = "both", including_permanent: bool = True) -> bool:
+        """Whether any hook function (of direction ``dir``) is attached."""
+        return any(including_permanent or id(fn) not in self._permanent for fn in self._fns(dir))
+
+    def add_hook(self, hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd", is_permanent: bool = False,
+                 prepend: bool = False) -> None:
+        """Attach ``hook`` (``prepend`` runs it before the hooks already there). Permanent hooks
+        survive :meth:`remove_hooks` and ``reset_hooks`` unless ``including_permanent``."""
+        fns = self._list(dir)
+        fns.insert(0, hook) if prepend else fns.append(hook)
+        if is_permanent:
+            self._permanent.add(id(hook))
+
+    def remove_hooks(self, dir: Direction = "fwd", including_permanent: bool = False) -> None:
+        """Remove the hook functions of direction ``dir`` (``"fwd"``, ``"bwd"`` or ``"both"``)."""
+        for d in _directions(dir):
+            fns = self._list(d)
+            fns[:] = [fn for fn in fns if not including_permanent and id(fn) in self._permanent]
+        if including_permanent:
+            live = {id(fn) for fn in self.fwd_fns + self.bwd_fns}
+            self._permanent &= live
+
+    def remove_hook_fn(self, fn: HookFn, dir: Literal["fwd", "bwd"]) -> None:
+        """Remove one attachment of ``fn`` (by identity; the last one added)."""
+        fns = self._list(dir)
+        for i in range(len(fns) - 1, -1, -1):
+            if fns[i] is fn:
+                del fns[i]
+                break
+        if not any(f is fn for f in self.fwd_fns + self.bwd_fns):
+            self._permanent.discard(id(fn))
+
+    def _list(self, dir: str) -> list[HookFn]:
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        return self.fwd_fns if dir == "fwd" else self.bwd_fns
+
+    def _fns(self, dir: Direction) -> list[HookFn]:
+        return [fn for d in _directions(dir) for fn in self._list(d)]
+
     def forward(self, x: Tensor) -> Tensor:
-        for fn in self.fwd_fns:
-            out = fn(x, self)
-            if out is not None:
-                _check_replacement(self.name, x, out)
-                x = out
+        if self.fwd_fns:
+            if x._base is not None or x.requires_grad or isinstance(x, nn.Parameter):
+                # A view (of a parameter, or shared with other hook points) or a tensor autograd
+                # may have saved: a copy lets a hook edit it in place for this forward only.
+                x = x.clone()
+            for fn in self.fwd_fns:
+                out = _call(fn, x, self)
+                if out is not None:
+                    _check_replacement(self.name, x, out)
+                    x = out
         if self.bwd_fns and x.requires_grad:
             x.register_hook(self._run_bwd)
         return x
 
     def _run_bwd(self, grad: Tensor) -> Tensor:
         for fn in list(self.bwd_fns):
-            out = fn(grad, self)
+            out = _call(fn, grad, self)
+            if isinstance(out, tuple) and len(out) == 1:
+                out = out[0]
             if out is not None:
+                _check_replacement(self.name + " (backward)", grad, out)
                 grad = out
         return grad
 
@@ -68,6 +127,37 @@ class HookPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def _directions(dir: Direction) -> tuple[str, ...]:
+    if dir == "both":
+        return ("fwd", "bwd")
+    if dir not in ("fwd", "bwd"):
+        raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+    return (dir,)
+
+
+_KEYWORD_HOOK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _call(fn: HookFn, x: Tensor, hook: HookPoint):
+    """``fn(x, hook)``, or ``fn(x, hook=hook)`` when ``hook`` is keyword-only."""
+    try:
+        keyword = _KEYWORD_HOOK[fn]
+    except (KeyError, TypeError):
+        keyword = _takes_keyword_hook(fn)
+        with contextlib.suppress(TypeError):
+            _KEYWORD_HOOK[fn] = keyword
+    return fn(x, hook=hook) if keyword else fn(x, hook)
+
+
+def _takes_keyword_hook(fn: HookFn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("hook")
+    return param is not None and param.kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def _check_replacement(name: str, old: Tensor, new: object) -> None:
@@ -128,6 +218,29 @@ class HookedRootModule(nn.Module):
             f"{len(self.hook_dict)} names."
         )
 
+    # ------------------------------------------------------------------ adding and removing
+    def add_hook(self, name: str | Callable[[str], bool], hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd",
+                 is_permanent: bool = False, prepend: bool = False) -> None:
+        """Attach ``hook`` to a hook point (or every point a predicate accepts) until removed
+        (:meth:`reset_hooks`); prefer the :meth:`hooks` context, which always cleans up."""
+        for hook_name in self.resolve_hook_names(name):
+            self.hook_dict[hook_name].add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend)
+
+    def add_perma_hook(self, name: str | Callable[[str], bool], hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd") -> None:
+        """A hook that :meth:`reset_hooks` keeps unless ``including_permanent=True``."""
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(self, direction: Direction = "both", including_permanent: bool = False) -> None:
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(direction, including_permanent=including_permanent)
+
+    def reset_hooks(self, clear_contexts: bool = True, direction: Direction = "both",
+                    including_permanent: bool = False) -> None:
+        """Remove every hook function (permanent ones too with ``including_permanent``).
+        ``clear_contexts`` is accepted for TransformerLens compatibility (hook points keep no
+        context here)."""
+        self.remove_all_hook_fns(direction, including_permanent=including_permanent)
+
     # ------------------------------------------------------------------ contexts
     @contextlib.contextmanager
     def hooks(
@@ -142,28 +255,69 @@ class HookedRootModule(nn.Module):
         ``fn(tensor, hook)`` returns a replacement tensor or ``None``. Hooks are removed
         even when the body raises. Contexts nest; inner hooks run after outer ones.
         """
-        added: list[tuple[list[HookFn], HookFn]] = []
+        added: list[tuple[HookPoint, HookFn, str]] = []
         try:
-            for specs, attr in ((fwd_hooks, "fwd_fns"), (bwd_hooks, "bwd_fns")):
+            for specs, dir in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
                 for name_or_filter, fn in specs:
                     for name in self.resolve_hook_names(name_or_filter):
-                        fns = getattr(self.hook_dict[name], attr)
-                        fns.append(fn)
-                        added.append((fns, fn))
+                        self.hook_dict[name].add_hook(fn, dir=dir)
+                        added.append((self.hook_dict[name], fn, dir))
             yield self
         finally:
-            for fns, fn in reversed(added):
-                # Remove by identity: the same function may legitimately be added twice.
-                for i in range(len(fns) - 1, -1, -1):
-                    if fns[i] is fn:
-                        del fns[i]
-                        break
+            # Remove by identity: the same function may legitimately be added twice.
+            for hp, fn, dir in reversed(added):
+                hp.remove_hook_fn(fn, dir)
 
-    def reset_hooks(self) -> None:
-        """Remove every hook from every hook point (escape hatch for interactive use)."""
-        for hp in self.hook_dict.values():
-            hp.fwd_fns.clear()
-            hp.bwd_fns.clear()
+    def get_caching_hooks(
+        self,
+        names_filter: NameFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+        pos_slice: PosSlice = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[dict[str, Tensor], list[HookSpec], list[HookSpec]]:
+        """``(cache, fwd_hooks, bwd_hooks)``: hooks that store each activation (detached, moved
+        to ``device`` / ``dtype``) in ``cache``, gradients under ``name + "_grad"``.
+
+        ``remove_batch_dim`` keeps batch element 0 (for batch-size-1 runs); ``pos_slice`` (an
+        int, a slice, or a list of indices) keeps those positions: the query position of
+        attention scores and patterns, the token axis elsewhere; tensors with no token axis
+        (``hook_pooled``, ``hook_out``) are kept whole.
+        """
+        store: dict[str, Tensor] = {} if cache is None else cache
+
+        def keep(suffix: str) -> HookFn:
+            def fn(tensor: Tensor, hook: HookPoint) -> None:
+                value = tensor.detach().to(device=device, dtype=dtype)
+                if remove_batch_dim:
+                    if value.shape[0] != 1:
+                        raise ValueError(
+                            f"remove_batch_dim=True needs a batch of 1, but {hook.name} has batch "
+                            f"{value.shape[0]}; run one input or drop remove_batch_dim"
+                        )
+                    value = value[0]
+                if pos_slice is not None:
+                    value = _slice_positions(value, hook.name, pos_slice, has_batch=not remove_batch_dim)
+                store[hook.name + suffix] = value
+
+            return fn
+
+        names = self.resolve_hook_names(names_filter)
+        fwd = [(name, keep("")) for name in names]
+        bwd = [(name, keep("_grad")) for name in names] if incl_bwd else []
+        return store, fwd, bwd
+
+    def add_caching_hooks(self, names_filter: NameFilter = None, incl_bwd: bool = False,
+                          device: torch.device | str | None = None, remove_batch_dim: bool = False,
+                          cache: dict | None = None, pos_slice: PosSlice = None) -> dict[str, Tensor]:
+        """Attach caching hooks until :meth:`reset_hooks`; returns the dict they fill."""
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache, pos_slice)
+        for specs, dir in ((fwd, "fwd"), (bwd, "bwd")):
+            for name, fn in specs:
+                self.add_hook(name, fn, dir=dir)
+        return store
 
     @contextlib.contextmanager
     def cache(
@@ -172,38 +326,43 @@ class HookedRootModule(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         incl_bwd: bool = False,
+        remove_batch_dim: bool = False,
+        pos_slice: PosSlice = None,
     ) -> Iterator["ActivationCache"]:
         """Yield an :class:`ActivationCache` that fills with whatever runs inside.
 
         Forward values are stored detached, optionally moved to ``device`` / ``dtype``.
         With ``incl_bwd=True`` the gradients reaching each hook point during a backward
         pass inside the block are stored too, under ``name + "_grad"``.
+        ``remove_batch_dim`` and ``pos_slice`` as in :meth:`get_caching_hooks`.
         """
         from hookedclip.cache import ActivationCache
 
-        store: dict[str, Tensor] = {}
-        cache = ActivationCache(store, self)
-
-        def keep(suffix: str) -> HookFn:
-            def fn(tensor: Tensor, hook: HookPoint) -> None:
-                store[hook.name + suffix] = tensor.detach().to(device=device, dtype=dtype)
-
-            return fn
-
-        names = self.resolve_hook_names(names_filter)
-        fwd = [(name, keep("")) for name in names]
-        bwd = [(name, keep("_grad")) for name in names] if incl_bwd else []
+        store, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice, dtype=dtype
+        )
         with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
-            yield cache
+            yield ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
 
     def run_with_hooks(
         self,
         *args,
         fwd_hooks: Iterable[HookSpec] = (),
         bwd_hooks: Iterable[HookSpec] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
         **kwargs,
     ):
-        """``model(*args, **kwargs)`` with the given hooks active for this one call."""
+        """``model(*args, **kwargs)`` with the given hooks active for this one call.
+
+        ``reset_hooks_end=False`` leaves the hooks attached (e.g. backward hooks for a
+        ``.backward()`` after the call); remove them with :meth:`reset_hooks`.
+        """
+        if not reset_hooks_end:
+            for specs, dir in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
+                for name, fn in specs:
+                    self.add_hook(name, fn, dir=dir)
+            return self(*args, **kwargs)
         with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks):
             return self(*args, **kwargs)
 
@@ -213,10 +372,48 @@ class HookedRootModule(nn.Module):
         names_filter: NameFilter = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        loss_fn: Callable[[Tensor], Tensor] | None = None,
+        pos_slice: PosSlice = None,
+        return_cache_object: bool = True,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
         **kwargs,
     ):
-        """Run ``model(*args, **kwargs)`` and return ``(output, cache)``."""
-        with self.cache(names_filter=names_filter, device=device, dtype=dtype) as cache:
-            out = self(*args, **kwargs)
-        return out, cache
+        """Run ``model(*args, **kwargs)`` and return ``(output, cache)``.
 
+        ``incl_bwd=True`` also runs a backward pass and caches gradients (``name + "_grad"``):
+        from the output itself when it is a scalar, else from ``loss_fn(output)`` (a scalar,
+        e.g. ``lambda emb: emb @ class_direction`` summed over the batch). With
+        ``return_cache_object=False`` the cache is a plain dict, as in TransformerLens.
+        """
+        with self.cache(names_filter, device=device, dtype=dtype, incl_bwd=incl_bwd,
+                        remove_batch_dim=remove_batch_dim, pos_slice=pos_slice) as cache:
+            out = self(*args, **kwargs)
+            if incl_bwd:
+                loss = out if loss_fn is None else loss_fn(out)
+                if loss.numel() != 1:
+                    raise ValueError(
+                        f"incl_bwd=True needs a scalar to differentiate, but the output has shape "
+                        f"{tuple(loss.shape)}: pass loss_fn=, e.g. loss_fn=lambda out: out[:, 0].sum()"
+                    )
+                loss.backward()
+        return out, (cache if return_cache_object else dict(cache.items()))
+
+
+# Hook names whose token axis is third from the end ([batch, pos, head, d]) or, for attention
+# scores and patterns ([batch, head, q_pos, k_pos]), the query axis second from the end.
+_HEAD_AXIS_POINTS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_q_input", "hook_k_input",
+                     "hook_v_input")
+_NO_TOKEN_AXIS = ("hook_pooled", "hook_out")
+
+
+def _slice_positions(value: Tensor, name: str, pos_slice: PosSlice, has_batch: bool) -> Tensor:
+    """``value`` restricted to ``pos_slice`` along its token axis (an int drops the axis)."""
+    point = name.rsplit(".", 1)[-1]
+    if point in _NO_TOKEN_AXIS or value.ndim < 2 + int(has_batch):
+        return value
+    dim = -3 if point in _HEAD_AXIS_POINTS else -2
+    index = torch.as_tensor(pos_slice, device=value.device) if isinstance(pos_slice, (list, tuple)) else pos_slice
+    return value[(slice(None),) * (value.ndim + dim) + (index,)]

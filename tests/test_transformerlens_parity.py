@@ -1,0 +1,328 @@
+"""TransformerLens habits replayed on HookedCLIP: each test names the TL behaviour it checks.
+
+Run on the shipped toy model and on tiny / ViT-B-32 models with random weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hookedclip import HookedCLIP
+from tests.conftest import tiny_open_clip
+
+
+@pytest.fixture(scope="module")
+def toy() -> HookedCLIP:
+    return HookedCLIP.from_pretrained("toy")
+
+
+@pytest.fixture(scope="module")
+def toy_images(toy) -> torch.Tensor:
+    size = toy.cfg.vision.image_size
+    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> HookedCLIP:
+    return HookedCLIP.from_open_clip(tiny_open_clip(seed=3))
+
+
+def tiny_images(n: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before: dict[str, torch.Tensor]) -> None:
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed, f"hooks changed parameters: {changed}"
+
+
+def zero_inplace(act, hook):
+    act[:] = 0
+    return act
+
+
+# ------------------------------------------------------------------ no hook can damage the model
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_inplace_edit_at_every_hook_point_leaves_parameters_alone(tiny, grad, batch):
+    """TL idiom ``act[:] = 0; return act`` at each hook point, batch 1 and >1, with and without
+    autograd: parameters stay bit-identical and the edit equals the same edit by replacement."""
+    before = snapshot(tiny)
+    images = tiny_images(batch)
+    tokens = torch.randint(1, 90, (batch, 12))
+    for name in tiny.hook_points():
+        kwargs = {"images": images} if name.startswith("visual") else {"tokens": tokens}
+        with torch.set_grad_enabled(grad):
+            inplace = tiny.run_with_hooks(**kwargs, fwd_hooks=[(name, zero_inplace)])
+            replaced = tiny.run_with_hooks(**kwargs, fwd_hooks=[(name, lambda x, hook: torch.zeros_like(x))])
+        torch.testing.assert_close(inplace, replaced, equal_nan=True, msg=name)
+        if grad and inplace.requires_grad:
+            inplace.sum().backward()
+        assert_unchanged(tiny, before)
+    tiny.zero_grad(set_to_none=True)
+
+
+def test_pos_embed_hook_gets_a_copy_not_the_parameter(tiny):
+    """TL's hook_pos_embed hands out a fresh tensor; ours did hand out ``pos_embed.expand_as(x)``."""
+    seen = {}
+
+    def grab(act, hook):
+        seen[hook.name] = act
+
+    with torch.no_grad():
+        tiny.run_with_hooks(tiny_images(1), fwd_hooks=[("visual.hook_pos_embed", grab)])
+    assert seen["visual.hook_pos_embed"].data_ptr() != tiny.visual.pos_embed.data_ptr()
+
+
+@pytest.mark.parametrize("point", ["q", "k", "v", "z", "pattern", "result"])
+def test_inplace_head_ablation_with_gradients(tiny, point):
+    """TL's ``act[:, :, h] = 0; return act`` on hook_q/k/v (views of one fused tensor here)
+    works with autograd on, and gradients flow."""
+    head = 1
+
+    def ablate(act, hook):
+        if point == "pattern":
+            act[:, head] = 0
+        else:
+            act[:, :, head] = 0
+        return act
+
+    images = tiny_images(2).requires_grad_(True)
+    name = f"visual.blocks.0.attn.hook_{point}"
+    out = tiny.run_with_hooks(images, fwd_hooks=[(name, ablate)])
+    out.sum().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+
+    def replace(act, hook):
+        act = act.clone()
+        if point == "pattern":
+            act[:, head] = 0
+        else:
+            act[:, :, head] = 0
+        return act
+
+    torch.testing.assert_close(out, tiny.run_with_hooks(images, fwd_hooks=[(name, replace)]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(points=st.lists(st.sampled_from(["hook_resid_pre", "attn.hook_q", "attn.hook_v", "attn.hook_z",
+                                        "ln1.hook_normalized", "mlp.hook_post", "hook_resid_post"]),
+                       min_size=1, max_size=4, unique=True),
+       layer=st.integers(0, 1), batch=st.integers(1, 3), scale=st.floats(-2, 2))
+def test_inplace_scaling_equals_replacement(points, layer, batch, scale):
+    """Property: any set of in-place edits equals the same edits made by replacement, and leaves
+    the parameters as they were."""
+    model = _shared_tiny()
+    before = snapshot(model)
+    images = tiny_images(batch, seed=layer)
+    names = [f"visual.blocks.{layer}.{p}" for p in points]
+
+    def inplace(act, hook):
+        act.mul_(scale)
+
+    def replace(act, hook):
+        return act * scale
+
+    with torch.no_grad():
+        a = model.run_with_hooks(images, fwd_hooks=[(n, inplace) for n in names])
+        b = model.run_with_hooks(images, fwd_hooks=[(n, replace) for n in names])
+    torch.testing.assert_close(a, b)
+    assert_unchanged(model, before)
+
+
+_TINY: list[HookedCLIP] = []
+
+
+def _shared_tiny() -> HookedCLIP:
+    if not _TINY:
+        _TINY.append(HookedCLIP.from_open_clip(tiny_open_clip(seed=4)))
+    return _TINY[0]
+
+
+# ------------------------------------------------------------------ hook functions
+def test_hook_called_with_keyword_only_hook(tiny):
+    """TL calls ``fn(x, hook=hp)``: a hook whose ``hook`` is keyword-only works."""
+    names = []
+
+    def record(act, *, hook):
+        names.append(hook.name)
+
+    tiny.run_with_hooks(tiny_images(1), fwd_hooks=[("visual.blocks.1.hook_resid_post", record)])
+    assert names == ["visual.blocks.1.hook_resid_post"]
+
+
+def test_backward_hook_may_return_a_one_tuple(tiny):
+    """TL backward hooks may return ``(grad,)``."""
+    images = tiny_images(2).requires_grad_(True)
+    name = "visual.blocks.0.hook_resid_post"
+    out = tiny.run_with_hooks(images, bwd_hooks=[(name, lambda g, hook: (g * 0,))], reset_hooks_end=False)
+    out.sum().backward()
+    tiny.reset_hooks()
+    assert torch.count_nonzero(images.grad) == 0
+
+
+def test_add_hook_prepend_and_permanent(tiny):
+    """TL's ``add_hook(prepend=True)`` runs first; ``add_perma_hook`` survives ``reset_hooks``
+    unless ``including_permanent=True``; ``HookPoint.has_hooks``."""
+    order = []
+    name = "visual.blocks.0.hook_resid_pre"
+    tiny.add_hook(name, lambda x, hook: order.append("first"))
+    tiny.add_hook(name, lambda x, hook: order.append("prepended"), prepend=True)
+    tiny.add_perma_hook(name, lambda x, hook: order.append("permanent"))
+    tiny(tiny_images(1))
+    assert order == ["prepended", "first", "permanent"]
+    tiny.reset_hooks()
+    hp = tiny.hook_dict[name]
+    assert hp.has_hooks() and not hp.has_hooks(including_permanent=False)
+    order.clear()
+    tiny(tiny_images(1))
+    assert order == ["permanent"]
+    tiny.reset_hooks(including_permanent=True)
+    assert not hp.has_hooks()
+
+
+def test_hookpoint_add_and_remove_hooks(tiny):
+    """TL's ``HookPoint.add_hook(fn, dir=)`` / ``remove_hooks(dir)``."""
+    hp = tiny.hook_dict["visual.hook_embed"]
+    hp.add_hook(lambda x, hook: None)
+    hp.add_hook(lambda g, hook: None, dir="bwd")
+    hp.remove_hooks("fwd")
+    assert not hp.fwd_fns and hp.bwd_fns
+    hp.remove_hooks("both")
+    assert not hp.has_hooks()
+    with pytest.raises(ValueError, match="dir"):
+        hp.add_hook(lambda x, hook: None, dir="sideways")
+
+
+def test_run_with_hooks_reset_hooks_end_false_keeps_hooks(tiny):
+    """TL: ``run_with_hooks(..., reset_hooks_end=False)`` leaves the hooks for a later backward."""
+    name = "visual.blocks.0.hook_resid_pre"
+    tiny.run_with_hooks(tiny_images(1), fwd_hooks=[(name, lambda x, hook: None)], reset_hooks_end=False)
+    assert tiny.hook_dict[name].has_hooks()
+    tiny.reset_hooks()
+    assert not tiny.hook_dict[name].has_hooks()
+
+
+def test_get_and_add_caching_hooks(tiny):
+    """TL's ``get_caching_hooks`` (used with ``hooks``) and ``add_caching_hooks`` fill a dict."""
+    images = tiny_images(2)
+    cache, fwd, bwd = tiny.get_caching_hooks(lambda n: n.endswith("hook_z"))
+    assert bwd == []
+    with tiny.hooks(fwd_hooks=fwd):
+        tiny(images)
+    assert sorted(cache) == ["visual.blocks.0.attn.hook_z", "visual.blocks.1.attn.hook_z"]
+    store = tiny.add_caching_hooks("visual.hook_out")
+    out = tiny(images)
+    tiny.reset_hooks()
+    torch.testing.assert_close(store["visual.hook_out"], out)
+
+
+# ------------------------------------------------------------------ run_with_cache
+@settings(max_examples=10, deadline=None)
+@given(pos=st.one_of(st.integers(0, 16), st.integers(-17, -1),
+                     st.tuples(st.integers(0, 8), st.integers(9, 17)).map(lambda t: slice(*t)),
+                     st.lists(st.integers(0, 16), min_size=1, max_size=4)))
+def test_run_with_cache_pos_slice(pos):
+    """TL's ``pos_slice``: the token axis of every cached activation is sliced (query axis of
+    patterns), an int drops it; tensors without a token axis are kept whole."""
+    model = _shared_tiny()
+    images = tiny_images(2)
+    _, full = model.run_with_cache(images)
+    _, sliced = model.run_with_cache(images, pos_slice=pos)
+    index = torch.tensor(pos) if isinstance(pos, list) else pos
+    torch.testing.assert_close(sliced["resid_post", 1], full["resid_post", 1][:, index])
+    torch.testing.assert_close(sliced["z", 0], full["z", 0][:, index])
+    torch.testing.assert_close(sliced["pattern", 0], full["pattern", 0][:, :, index])
+    torch.testing.assert_close(sliced["out"], full["out"])
+
+
+def test_run_with_cache_remove_batch_dim(tiny):
+    """TL's ``remove_batch_dim`` drops the batch axis of a batch-1 run (and refuses bigger ones)."""
+    _, full = tiny.run_with_cache(tiny_images(1))
+    _, cache = tiny.run_with_cache(tiny_images(1), remove_batch_dim=True)
+    torch.testing.assert_close(cache["resid_pre", 1], full["resid_pre", 1][0])
+    assert not cache.has_batch_dim
+    with pytest.raises(ValueError, match="batch of 1"):
+        tiny.run_with_cache(tiny_images(2), remove_batch_dim=True)
+
+
+def test_run_with_cache_incl_bwd_from_a_zero_shot_logit(toy, toy_images):
+    """TL's ``incl_bwd``: gradients of a scalar (here one zero-shot logit) land in the cache and
+    equal autograd's."""
+    direction = toy.encode_text(toy.tokenize(["a red circle"]), normalize=True)[0].detach()
+
+    def logit(emb):
+        return (emb @ direction).sum()
+
+    names = ["visual.blocks.2.hook_resid_post"]
+    _, cache = toy.run_with_cache(toy_images, names_filter=names, incl_bwd=True, loss_fn=logit)
+    resid = {}
+
+    def keep(x, hook):
+        x.retain_grad()
+        resid["x"] = x
+
+    logit(toy.run_with_hooks(toy_images, fwd_hooks=[(names[0], keep)])).backward()
+    torch.testing.assert_close(cache["resid_post_grad", 2], resid["x"].grad)
+    with pytest.raises(ValueError, match="loss_fn"):
+        toy.run_with_cache(toy_images, names_filter=names, incl_bwd=True)
+    toy.zero_grad(set_to_none=True)
+
+
+def test_run_with_cache_return_cache_object_false(tiny):
+    """TL's ``return_cache_object=False`` returns a plain dict."""
+    _, cache = tiny.run_with_cache(tiny_images(1), names_filter="visual.hook_out", return_cache_object=False)
+    assert type(cache) is dict and list(cache) == ["visual.hook_out"]
+
+
+# ------------------------------------------------------------------ ActivationCache
+def test_cache_key_with_none_third_element(toy, toy_images):
+    """TL's ``cache["k", -1, None]``: the third element None means the default."""
+    _, cache = toy.run_with_cache(toy_images)
+    torch.testing.assert_close(cache["k", -1, None], cache["visual.blocks.3.attn.hook_k"])
+
+
+def test_cache_layer_out_of_range_says_so(toy, toy_images):
+    _, cache = toy.run_with_cache(toy_images, names_filter=lambda n: "pattern" in n)
+    with pytest.raises(IndexError, match="out of range.*4 layers"):
+        cache["pattern", 10]
+
+
+def test_cache_to_moves_in_place_and_returns_itself(tiny):
+    """TL's ``cache.to(device)`` moves the cache itself; the old tensors are released."""
+    _, cache = tiny.run_with_cache(tiny_images(1), names_filter="visual.hook_out")
+    old = cache["out"]
+    moved = cache.to("cpu")
+    assert moved is cache
+    cache.to(torch.float64 if False else "cpu")
+    assert cache["out"].device.type == "cpu" and torch.equal(cache["out"], old)
+    if torch.cuda.is_available():  # pragma: no cover - exercised on the GPU machine
+        cache.to("cuda")
+        assert cache["out"].is_cuda
+        cache.to("cpu")
+        assert not cache["out"].is_cuda
+
+
+def test_random_vit_b_32_hooks_behave_as_on_tl():
+    """The same habits on a real-size architecture (ViT-B-32, random weights): in-place ablation
+    of a head's values under autograd, and parameters untouched by an in-place pos-embed edit."""
+    model = HookedCLIP.from_open_clip("ViT-B-32")
+    before = snapshot(model)
+    images = torch.randn(1, 3, 224, 224, requires_grad=True)
+
+    def ablate(act, hook):
+        act[:, :, 5] = 0
+        return act
+
+    out = model.run_with_hooks(images, fwd_hooks=[("visual.blocks.6.attn.hook_v", ablate),
+                                                   ("visual.hook_pos_embed", zero_inplace)])
+    out.sum().backward()
+    assert torch.isfinite(images.grad).all()
+    assert_unchanged(model, before)
