@@ -326,3 +326,112 @@ def test_random_vit_b_32_hooks_behave_as_on_tl():
     out.sum().backward()
     assert torch.isfinite(images.grad).all()
     assert_unchanged(model, before)
+
+
+# ------------------------------------------------------------------ partial forwards
+@settings(max_examples=10, deadline=None)
+@given(layer=st.integers(-4, 4), batch=st.integers(1, 3))
+def test_stop_then_start_at_layer_is_the_forward(layer, batch):
+    """TL's ``stop_at_layer`` returns the residual stream entering block ``l`` (== the cached
+    ``resid_pre``) and ``start_at_layer`` runs the rest: together they are the whole forward."""
+    model = _toy()
+    images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        resid = model.encode_image(images, stop_at_layer=layer)
+        if layer % 4 != 0 or layer == 0:
+            _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_resid_pre"))
+            torch.testing.assert_close(resid, cache["resid_pre", layer % 4])
+        torch.testing.assert_close(model.encode_image(resid, start_at_layer=layer), model.encode_image(images))
+
+
+def test_start_at_layer_patching_idiom(toy, toy_images):
+    """Patching: run the clean residual stream of image A from layer 2 with block 2's hooks
+    seeing it, equal to a hook that patches resid_pre 2 to A's value."""
+    a, b = toy_images[:1], toy_images[1:]
+    with torch.no_grad():
+        resid_a = toy(a, stop_at_layer=2)
+        patched = toy.run_with_hooks(b, fwd_hooks=[("visual.blocks.2.hook_resid_pre", lambda x, hook: resid_a)])
+        torch.testing.assert_close(toy(resid_a, start_at_layer=2), patched)
+
+
+def test_partial_forward_bad_input(toy, toy_images):
+    with pytest.raises(ValueError, match="out of range"):
+        toy(toy_images, stop_at_layer=9)
+    with pytest.raises(ValueError, match=r"residual stream entering that block, \[batch, 17, 128\]"):
+        toy(toy_images, start_at_layer=1)
+    with pytest.raises(ValueError, match="image tower"):
+        toy(tokens=toy.tokenize(["a"]), stop_at_layer=1)
+
+
+# ------------------------------------------------------------------ input hooks
+def test_input_hooks_cost_nothing_unless_used(toy, toy_images, monkeypatch):
+    """TL's hook_attn_in / hook_q_input / hook_k_input / hook_v_input / hook_mlp_in exist;
+    unhooked (and in a cache of every hook point) attention keeps its fused per-model path."""
+    names = set(toy.hook_points())
+    for point in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in"):
+        assert f"visual.blocks.0.{point}" in names
+    calls = []
+    from hookedclip.model.layers import Attention
+
+    original = Attention.forward_split
+    monkeypatch.setattr(Attention, "forward_split", lambda self, *a: calls.append(1) or original(self, *a))
+    with torch.no_grad():
+        toy(toy_images)
+        _, cache = toy.run_with_cache(toy_images)
+    assert not calls
+    assert "visual.blocks.0.hook_q_input" not in cache and "visual.blocks.0.hook_mlp_in" in cache
+    with torch.no_grad():
+        toy.run_with_hooks(toy_images, fwd_hooks=[("visual.blocks.1.hook_v_input", lambda x, hook: None)])
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("point", ["hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in"])
+def test_input_hooks_are_identity_when_unedited(toy, toy_images, point):
+    with torch.no_grad():
+        out = toy.run_with_hooks(toy_images, fwd_hooks=[(f"visual.blocks.2.{point}", lambda x, hook: None)])
+        torch.testing.assert_close(out, toy(toy_images), rtol=1e-5, atol=1e-6)
+
+
+def test_path_patching_through_v_input(toy, toy_images):
+    """Path patching: head 1 of layer 2 reads its values from image A's residual stream while
+    everything else reads image B's. Its queries and keys (so the pattern) stay B's, the other
+    heads' z stay B's, and its own z is B's pattern applied to A's values."""
+    a, b, layer, head = toy_images[:1], toy_images[1:], 2, 1
+    names = lambda n: n.startswith(f"visual.blocks.{layer}.")  # noqa: E731
+    with torch.no_grad():
+        _, clean_a = toy.run_with_cache(a, names_filter=names)
+        _, clean_b = toy.run_with_cache(b, names_filter=names)
+
+        def patch(x, hook):
+            x[:, :, head] = clean_a["resid_pre", layer]
+            return x
+
+        with toy.cache(names_filter=lambda n: n.endswith(("attn.hook_z", "attn.hook_pattern"))) as patched:
+            toy.run_with_hooks(b, fwd_hooks=[(f"visual.blocks.{layer}.hook_v_input", patch)])
+    torch.testing.assert_close(patched["pattern", layer], clean_b["pattern", layer])
+    others = [h for h in range(toy.cfg.vision.heads) if h != head]
+    torch.testing.assert_close(patched["z", layer][:, :, others], clean_b["z", layer][:, :, others])
+    expected = torch.einsum("bqk,bke->bqe", clean_b["pattern", layer][:, head], clean_a["v", layer][:, :, head])
+    torch.testing.assert_close(patched["z", layer][:, :, head], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_in_patch_changes_only_the_mlp_input(toy, toy_images):
+    a, b = toy_images[:1], toy_images[1:]
+    with torch.no_grad():
+        _, cache_a = toy.run_with_cache(a, names_filter=lambda n: n.startswith("visual.blocks.1."))
+        _, cache_b = toy.run_with_cache(b, names_filter=lambda n: n.startswith("visual.blocks.1."))
+        with toy.cache(names_filter=lambda n: n.startswith("visual.blocks.1.")) as patched:
+            toy.run_with_hooks(b, fwd_hooks=[("visual.blocks.1.hook_mlp_in", lambda x, hook: cache_a["resid_mid", 1])])
+    torch.testing.assert_close(patched["mlp_out", 1], cache_a["mlp_out", 1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(patched["resid_mid", 1], cache_b["resid_mid", 1])
+    torch.testing.assert_close(patched["resid_post", 1], cache_b["resid_mid", 1] + cache_a["mlp_out", 1],
+                               rtol=1e-5, atol=1e-6)
+
+
+_TOY: list[HookedCLIP] = []
+
+
+def _toy() -> HookedCLIP:
+    if not _TOY:
+        _TOY.append(HookedCLIP.from_pretrained("toy"))
+    return _TOY[0]

@@ -27,6 +27,8 @@ HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
 NameFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
 Direction = Literal["fwd", "bwd", "both"]
+#: Hook points that make attention run on per-head inputs while active (left out of "every hook").
+SPLIT_INPUT_HOOKS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
 PosSlice = Union[None, int, slice, Sequence[int], Tensor]
 
 
@@ -196,11 +198,13 @@ class HookedRootModule(nn.Module):
     def resolve_hook_names(self, name_or_filter: NameFilter) -> list[str]:
         """Turn a name, a list of names or a predicate into the matching hook point names.
 
-        ``None`` means every hook point. A string or list names hook points exactly; an
-        unknown name raises ``KeyError`` listing the closest valid names.
+        ``None`` means every hook point except the per-head input hooks (``hook_attn_in``,
+        ``hook_q_input``, ``hook_k_input``, ``hook_v_input``), which switch attention to per-head
+        inputs; name them (or accept them in a predicate) to use them. A string or list names
+        hook points exactly; an unknown name raises ``KeyError`` listing the closest valid names.
         """
         if name_or_filter is None:
-            return self.hook_points()
+            return [n for n in self.hook_dict if not n.endswith(SPLIT_INPUT_HOOKS)]
         if callable(name_or_filter):
             return [n for n in self.hook_dict if name_or_filter(n)]
         names = [name_or_filter] if isinstance(name_or_filter, str) else list(name_or_filter)

@@ -83,15 +83,52 @@ class HookedVisionTransformer(nn.Module):
             return x[:, 0]
         return x[:, int(self.cfg.class_token):].mean(dim=1)
 
-    def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
-        self.check_images(images)
-        x = self.embed_tokens(images)
-        for block in self.blocks:
+    def forward(
+        self,
+        images: Float[Tensor, "batch channel height width"] | Float[Tensor, "batch pos d_model"],
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+    ) -> Float[Tensor, "batch d_out"] | Float[Tensor, "batch pos d_model"]:
+        """Images to embeddings, or part of the way (TransformerLens's partial forwards).
+
+        ``stop_at_layer=l`` returns the residual stream entering block ``l`` (``[batch, pos,
+        d_model]``; ``l = n_layers`` is the last block's output, before ``ln_post``).
+        ``start_at_layer=l`` takes that residual stream instead of images and runs blocks ``l``
+        onward and the readout: the patching idiom.
+        """
+        n = len(self.blocks)
+        start = self._layer_index(start_at_layer, "start_at_layer") if start_at_layer is not None else 0
+        stop = self._layer_index(stop_at_layer, "stop_at_layer") if stop_at_layer is not None else n
+        if start_at_layer is None:
+            self.check_images(images)
+            x = self.embed_tokens(images)
+        else:
+            x = self._check_residual(images, start)
+        for block in self.blocks[start:stop]:
             x = block(x)
+        if stop_at_layer is not None:
+            return x
         pooled = self.hook_pooled(self.pool(x))
         if self.W_proj is None:
             return self.hook_out(pooled)
         return self.hook_out(F.linear(pooled, self.W_proj.T, self.b_proj))
+
+    def _layer_index(self, layer: int, what: str) -> int:
+        n = len(self.blocks)
+        if not -n <= layer <= n:
+            raise ValueError(f"{what}={layer} is out of range: the tower has {n} layers (0..{n}, or negative from the end)")
+        return layer % n if layer < 0 else layer
+
+    def _check_residual(self, x: Tensor, layer: int) -> Tensor:
+        expected = (self.cfg.n_tokens, self.cfg.width)
+        if not isinstance(x, Tensor) or x.ndim != 3 or tuple(x.shape[1:]) != expected:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"start_at_layer={layer} takes the residual stream entering that block, [batch, {expected[0]}, "
+                f"{expected[1]}], got {got}: get it with stop_at_layer={layer} or cache['resid_pre', {layer}]"
+            )
+        _check_dtype_device("the residual stream", x, self.embed.W)
+        return x
 
 
 class HookedTextTransformer(nn.Module):
@@ -192,10 +229,20 @@ class HookedCLIP(HookedRootModule):
         self.setup()
 
     # ------------------------------------------------------------------ forward
-    def encode_image(self, images: Float[Tensor, "batch channel height width"], normalize: bool = False) -> Float[Tensor, "batch d_out"]:
-        """Image embeddings in the joint space (unnormalised unless ``normalize``)."""
-        out = self.visual(images)
-        return F.normalize(out, dim=-1) if normalize else out
+    def encode_image(
+        self,
+        images: Float[Tensor, "batch channel height width"],
+        normalize: bool = False,
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+    ) -> Float[Tensor, "batch d_out"]:
+        """Image embeddings in the joint space (unnormalised unless ``normalize``).
+
+        ``stop_at_layer`` / ``start_at_layer``: partial forwards, see
+        :meth:`HookedVisionTransformer.forward` (``images`` is then the residual stream).
+        """
+        out = self.visual(images, stop_at_layer=stop_at_layer, start_at_layer=start_at_layer)
+        return F.normalize(out, dim=-1) if normalize and stop_at_layer is None else out
 
     def encode_text(self, tokens: Int[Tensor, "batch seq"], normalize: bool = False) -> Float[Tensor, "batch d_out"]:
         """Text embeddings in the joint space (unnormalised unless ``normalize``)."""
@@ -206,9 +253,16 @@ class HookedCLIP(HookedRootModule):
         out = self.text(tokens)
         return F.normalize(out, dim=-1) if normalize else out
 
-    def forward(self, images: Tensor | None = None, tokens: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor | None = None, tokens: Tensor | None = None, stop_at_layer: int | None = None,
+                start_at_layer: int | None = None) -> Tensor:
         """With images and tokens: ``logits_per_image [n_images, n_texts]``; with one of them,
-        that side's embeddings."""
+        that side's embeddings. ``stop_at_layer`` / ``start_at_layer`` run part of the image
+        tower (see :meth:`encode_image`)."""
+        partial = stop_at_layer is not None or start_at_layer is not None
+        if partial and (tokens is not None or images is None):
+            raise ValueError("stop_at_layer / start_at_layer apply to the image tower: call model(images, ...) alone")
+        if partial:
+            return self.encode_image(images, stop_at_layer=stop_at_layer, start_at_layer=start_at_layer)
         if images is not None and not torch.is_floating_point(images):
             raise TypeError(
                 "the first argument is images (a float tensor); for text use `model(tokens=...)`"

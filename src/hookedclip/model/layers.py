@@ -90,7 +90,29 @@ class Attention(nn.Module):
         batch, pos, _ = x.shape
         weight, bias = self._packed_qkv()
         qkv = F.linear(x, weight, bias).view(batch, pos, 3, self.n_heads, self.d_head)
-        q, k, v = (hook(t) for hook, t in zip((self.hook_q, self.hook_k, self.hook_v), qkv.unbind(2)))
+        return self.attend(*qkv.unbind(2))
+
+    def forward_split(
+        self,
+        q_input: Float[Tensor, "batch pos head d_model"],
+        k_input: Float[Tensor, "batch pos head d_model"],
+        v_input: Float[Tensor, "batch pos head d_model"],
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Attention from separate (already normalised) inputs per head, for path patching."""
+        q, k, v = (
+            torch.einsum("bphm,hme->bphe", x, W) + b
+            for x, W, b in ((q_input, self.W_Q, self.b_Q), (k_input, self.W_K, self.b_K), (v_input, self.W_V, self.b_V))
+        )
+        return self.attend(q, k, v)
+
+    def attend(
+        self,
+        q: Float[Tensor, "batch pos head d_head"],
+        k: Float[Tensor, "batch pos head d_head"],
+        v: Float[Tensor, "batch pos head d_head"],
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The attention from queries, keys and values on: patterns, ``z`` and the output."""
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.hook_attn_scores.is_active() or self.hook_pattern.is_active():
             z = self._explicit_attention(q, k, v)
         else:
@@ -139,7 +161,15 @@ class MLP(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LN residual block: ``resid_mid = resid_pre + attn(ln1(resid_pre))``,
     ``resid_post = resid_mid + mlp(ln2(resid_mid))``. Layer scale, where a checkpoint has
-    it, is folded into ``W_O, b_O`` and ``W_out, b_out`` at load."""
+    it, is folded into ``W_O, b_O`` and ``W_out, b_out`` at load.
+
+    The input hooks cost nothing unless hooked or cached: ``hook_attn_in`` (the residual
+    stream copied per head, ``[batch, pos, head, d_model]``, feeding queries, keys and values),
+    ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (each head's query, key and value
+    input, for path patching) and ``hook_mlp_in`` (the MLP's input, ``[batch, pos, d_model]``).
+    While one of the first four is active, ``ln1`` runs once per input (its hooks fire three
+    times: queries, keys, values).
+    """
 
     def __init__(self, cfg: TransformerConfig, causal: bool = False) -> None:
         super().__init__()
@@ -148,17 +178,35 @@ class TransformerBlock(nn.Module):
         self.ln2 = LayerNorm(cfg.width, cfg.ln_eps)
         self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()
+        self.hook_attn_in = HookPoint()
+        self.hook_q_input = HookPoint()
+        self.hook_k_input = HookPoint()
+        self.hook_v_input = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
+        self.hook_mlp_in = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
+        inputs = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
+        if any(hook.is_active() for hook in inputs):
+            attn_out = self._split_attention(resid_pre)
+        else:
+            attn_out = self.attn(self.ln1(resid_pre))
+        attn_out = self.hook_attn_out(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.hook_mlp_in.is_active() else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def _split_attention(self, resid_pre: Tensor) -> Tensor:
+        per_head = resid_pre.unsqueeze(2).expand(-1, -1, self.attn.n_heads, -1)
+        attn_in = self.hook_attn_in(per_head.clone()) if self.hook_attn_in.is_active() else per_head
+        q, k, v = (hook(attn_in.clone()) if hook.is_active() else attn_in
+                   for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+        return self.attn.forward_split(self.ln1(q), self.ln1(k), self.ln1(v))
 
 
 class PatchEmbed(nn.Module):
