@@ -435,3 +435,68 @@ def _toy() -> HookedCLIP:
     if not _TOY:
         _TOY.append(HookedCLIP.from_pretrained("toy"))
     return _TOY[0]
+
+
+# ------------------------------------------------------------------ model-level weights
+def test_stacked_weights_match_the_blocks_and_are_copies(toy):
+    """TL's ``model.W_Q`` etc.: ``[n_layers, ...]`` stacks of the blocks' weights; editing the
+    stack leaves the model alone."""
+    assert toy.W_Q.shape == (toy.cfg.n_layers, toy.cfg.n_heads, toy.cfg.d_model, toy.cfg.d_head)
+    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
+        torch.testing.assert_close(getattr(toy, name)[2], getattr(toy.visual.blocks[2].attn, name))
+    for name in ("W_in", "W_out", "b_in", "b_out"):
+        torch.testing.assert_close(getattr(toy, name)[1], getattr(toy.visual.blocks[1].mlp, name))
+    torch.testing.assert_close(toy.text.W_O[0], toy.text.blocks[0].attn.W_O)
+    stacked = toy.W_O
+    stacked.zero_()
+    assert toy.visual.blocks[0].attn.W_O.abs().sum() > 0
+    assert toy.cfg.d_mlp == toy.cfg.vision.d_mlp
+
+
+@settings(max_examples=8, deadline=None)
+@given(layer=st.integers(0, 3), head=st.integers(0, 3))
+def test_factored_ov_qk_svd_without_the_full_matrix(layer, head):
+    """TL's ``model.OV`` / ``model.QK`` are factored: their SVD (from the d_head-sized factors)
+    equals the SVD of the full product, and the rank is at most d_head."""
+    model = _toy()
+    for circuit, full in ((model.OV[layer, head], model.W_V[layer, head] @ model.W_O[layer, head]),
+                          (model.QK[layer, head], model.W_Q[layer, head] @ model.W_K[layer, head].T)):
+        U, S, Vh = circuit.svd()
+        assert S.shape == (model.cfg.d_head,)
+        torch.testing.assert_close(S, torch.linalg.svdvals(full)[: model.cfg.d_head], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(U @ torch.diag(S) @ Vh, full, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(circuit.norm(), full.norm(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(circuit.AB, full)
+
+
+def test_head_labels_and_accumulated_bias(toy):
+    """TL's ``all_head_labels`` and ``accumulated_bias`` (the biases written before a block)."""
+    labels = toy.all_head_labels()
+    assert labels[:2] == ["L0H0", "L0H1"] and len(labels) == toy.cfg.n_layers * toy.cfg.n_heads
+    expected = toy.b_O[:2].sum(0) + toy.b_out[:2].sum(0)
+    torch.testing.assert_close(toy.accumulated_bias(2), expected)
+    torch.testing.assert_close(toy.accumulated_bias(2, mlp_input=True), expected + toy.b_O[2])
+    torch.testing.assert_close(toy.accumulated_bias(2, include_mlp_biases=False), toy.b_O[:2].sum(0))
+    torch.testing.assert_close(toy.accumulated_bias(0), torch.zeros(toy.cfg.d_model))
+
+
+def test_from_open_clip_processing_flags_keep_the_function(tmp_path):
+    """TL's ``from_pretrained(fold_ln=, center_writing_weights=, fold_value_biases=)``: the
+    embeddings are unchanged and a folded LayerNorm says so (also after save/load)."""
+    source = tiny_open_clip(seed=5)
+    plain = HookedCLIP.from_open_clip(source)
+    folded = HookedCLIP.from_open_clip(source, fold_ln=True, center_writing_weights=True, fold_value_biases=True)
+    images = tiny_images(2)
+    torch.testing.assert_close(folded.encode_image(images), plain.encode_image(images), rtol=1e-4, atol=1e-5)
+    ln = folded.visual.blocks[0].ln1
+    assert ln.folded and "folded" in repr(ln) and not plain.visual.blocks[0].ln1.folded
+    assert torch.equal(folded.b_V, torch.zeros_like(folded.b_V))
+    folded.save(tmp_path / "m")
+    assert HookedCLIP.load(tmp_path / "m").visual.ln_final.folded
+
+
+def test_ln_final_is_an_alias_of_ln_post(toy, toy_images):
+    """TL calls the last LayerNorm ``ln_final``; open_clip's ``ln_post`` keeps its name."""
+    assert toy.visual.ln_final is toy.visual.ln_post
+    _, cache = toy.run_with_cache(toy_images, names_filter="visual.ln_post.hook_scale")
+    torch.testing.assert_close(cache["ln_final_scale"], cache["visual.ln_post.hook_scale"])

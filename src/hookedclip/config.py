@@ -115,6 +115,13 @@ class CLIPConfig:
     init_logit_scale: float = 4.6052  # log(100)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # TransformerLens's names, for the image tower (``cfg.vision`` / ``cfg.text`` for either).
+    n_layers = property(lambda self: self.vision.layers, doc="image tower layers")
+    d_model = property(lambda self: self.vision.width, doc="image tower width")
+    n_heads = property(lambda self: self.vision.heads, doc="image tower heads per layer")
+    d_head = property(lambda self: self.vision.d_head, doc="image tower head width")
+    d_mlp = property(lambda self: self.vision.d_mlp, doc="image tower MLP width")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -49,6 +49,8 @@ def act_name(short: str, layer: int | None = None, tower: str = "visual", n_laye
     if short.endswith("_grad"):
         short, suffix = short[: -len("_grad")], "_grad"
     if layer is None:
+        if tower == "visual" and short.startswith("ln_final"):
+            short = short.replace("ln_final", "ln_post")  # TransformerLens's name for open_clip's ln_post
         if short not in _TOWER_SHORT_NAMES:
             raise KeyError(
                 f"{short!r} needs a layer index or is unknown; names without a layer: "

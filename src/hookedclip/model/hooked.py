@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from hookedclip.config import CLIPConfig, TextConfig, VisionConfig
 from hookedclip.hooks import HookedRootModule, HookPoint
 from hookedclip.model.layers import LayerNorm, PatchEmbed, TransformerBlock
+from hookedclip.model.stacked import StackedWeights
 
 
-class HookedVisionTransformer(nn.Module):
+class HookedVisionTransformer(StackedWeights, nn.Module):
     """CLIP's ViT image tower: ``images [batch, C, H, W] -> embeddings [batch, d_out]``.
 
     Parameters: ``embed`` (patch projection), ``class_embedding [d_model]``,
@@ -41,6 +42,11 @@ class HookedVisionTransformer(nn.Module):
         self.W_proj = nn.Parameter(torch.randn(d, out) * d**-0.5) if out else None
         self.b_proj = nn.Parameter(torch.zeros(out)) if out else None
         self.hook_out = HookPoint()
+
+    @property
+    def ln_final(self) -> LayerNorm:
+        """TransformerLens's name for the final LayerNorm (open_clip's ``ln_post``)."""
+        return self.ln_post
 
     def check_images(self, images: Tensor) -> None:
         """Raise a clear error for images the tower cannot take."""
@@ -131,7 +137,7 @@ class HookedVisionTransformer(nn.Module):
         return x
 
 
-class HookedTextTransformer(nn.Module):
+class HookedTextTransformer(StackedWeights, nn.Module):
     """CLIP's text tower: ``tokens [batch, seq] -> embeddings [batch, d_out]``.
 
     Parameters: ``W_E [vocab, d_model]``, ``W_pos [context_length, d_model]``, causal
@@ -207,6 +213,20 @@ def _check_dtype_device(what: str, x: Tensor, param: Tensor) -> None:
         raise ValueError(f"{what} are on {x.device}, the model on {param.device}: move one of them")
 
 
+def process_weights(model: "HookedCLIP", fold_ln: bool = False, center_writing_weights: bool = False,
+                    fold_value_biases: bool = False) -> "HookedCLIP":
+    """Apply TransformerLens's function-preserving weight processing, in its order."""
+    from hookedclip.model import weights
+
+    if fold_ln:
+        weights.fold_ln(model)
+    if center_writing_weights:
+        weights.center_writing_weights(model)
+    if fold_value_biases:
+        weights.fold_value_biases(model)
+    return model
+
+
 class HookedCLIP(HookedRootModule):
     """CLIP with a named hook point on every head, MLP and residual stream.
 
@@ -277,6 +297,32 @@ class HookedCLIP(HookedRootModule):
         txt = self.encode_text(tokens, normalize=True)
         return self.logit_scale.exp() * img @ txt.T
 
+    # ------------------------------------------------------------------ TransformerLens weight views
+    # The image tower's stacked weights, as TransformerLens's model-level names; the text
+    # tower's are on ``model.text`` (``model.text.W_Q``).
+    W_Q = property(lambda self: self.visual.W_Q, doc="``[n_layers, n_heads, d_model, d_head]`` (image tower)")
+    W_K = property(lambda self: self.visual.W_K, doc="``[n_layers, n_heads, d_model, d_head]`` (image tower)")
+    W_V = property(lambda self: self.visual.W_V, doc="``[n_layers, n_heads, d_model, d_head]`` (image tower)")
+    W_O = property(lambda self: self.visual.W_O, doc="``[n_layers, n_heads, d_head, d_model]`` (image tower)")
+    b_Q = property(lambda self: self.visual.b_Q, doc="``[n_layers, n_heads, d_head]`` (image tower)")
+    b_K = property(lambda self: self.visual.b_K, doc="``[n_layers, n_heads, d_head]`` (image tower)")
+    b_V = property(lambda self: self.visual.b_V, doc="``[n_layers, n_heads, d_head]`` (image tower)")
+    b_O = property(lambda self: self.visual.b_O, doc="``[n_layers, d_model]`` (image tower)")
+    W_in = property(lambda self: self.visual.W_in, doc="``[n_layers, d_model, d_mlp]`` (image tower)")
+    W_out = property(lambda self: self.visual.W_out, doc="``[n_layers, d_mlp, d_model]`` (image tower)")
+    b_in = property(lambda self: self.visual.b_in, doc="``[n_layers, d_mlp]`` (image tower)")
+    b_out = property(lambda self: self.visual.b_out, doc="``[n_layers, d_model]`` (image tower)")
+    OV = property(lambda self: self.visual.OV, doc="factored ``W_V W_O`` per layer and head (image tower)")
+    QK = property(lambda self: self.visual.QK, doc="factored ``W_Q W_Kᵀ`` per layer and head (image tower)")
+
+    def all_head_labels(self) -> list[str]:
+        """The image tower's head labels, ``["L0H0", "L0H1", ...]``."""
+        return self.visual.all_head_labels()
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
+        """The image tower's :meth:`~hookedclip.model.stacked.StackedWeights.accumulated_bias`."""
+        return self.visual.accumulated_bias(layer, mlp_input, include_mlp_biases)
+
     # ------------------------------------------------------------------ conveniences
     def tokenize(self, texts: str | list[str]) -> Int[Tensor, "batch seq"]:
         """Tokenize with the source library's tokenizer, on the model's device."""
@@ -298,20 +344,28 @@ class HookedCLIP(HookedRootModule):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_open_clip(cls, model_or_name: Any, pretrained: str | None = None, **kwargs) -> "HookedCLIP":
+    def from_open_clip(cls, model_or_name: Any, pretrained: str | None = None, fold_ln: bool = False,
+                       center_writing_weights: bool = False, fold_value_biases: bool = False, **kwargs) -> "HookedCLIP":
         """From an ``open_clip`` CLIP instance or model name (random weights when
-        ``pretrained`` is None). See :func:`hookedclip.loading.open_clip.from_open_clip`."""
+        ``pretrained`` is None). See :func:`hookedclip.loading.open_clip.from_open_clip`.
+
+        ``fold_ln``, ``center_writing_weights``, ``fold_value_biases``: TransformerLens's
+        function-preserving weight processing (:mod:`hookedclip.model.weights`); off by default,
+        so hook points show exactly what the source model computes."""
         from hookedclip.loading.open_clip import from_open_clip
 
-        return from_open_clip(model_or_name, pretrained=pretrained, **kwargs)
+        model = from_open_clip(model_or_name, pretrained=pretrained, **kwargs)
+        return process_weights(model, fold_ln, center_writing_weights, fold_value_biases)
 
     @classmethod
-    def from_hf(cls, model: Any, **kwargs) -> "HookedCLIP":
+    def from_hf(cls, model: Any, fold_ln: bool = False, center_writing_weights: bool = False,
+                fold_value_biases: bool = False, **kwargs) -> "HookedCLIP":
         """From a ``transformers`` CLIPModel, CLIPVisionModel(WithProjection) or a LLaVA model
-        (its vision tower). See :func:`hookedclip.loading.hf.from_hf`."""
+        (its vision tower). See :func:`hookedclip.loading.hf.from_hf`; the weight-processing
+        flags as in :meth:`from_open_clip`."""
         from hookedclip.loading.hf import from_hf
 
-        return from_hf(model, **kwargs)
+        return process_weights(from_hf(model, **kwargs), fold_ln, center_writing_weights, fold_value_biases)
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs) -> "HookedCLIP":
@@ -350,5 +404,9 @@ class HookedCLIP(HookedRootModule):
         cfg = CLIPConfig.from_dict(json.loads((path / "config.json").read_text()))
         model = cls(cfg)
         model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+        if cfg.extra.get("ln_folded"):
+            for module in model.modules():
+                if isinstance(module, LayerNorm) and module is not getattr(model.visual, "ln_pre", None):
+                    module.folded = True
         attach_io(model)
         return model.to(device).eval()

@@ -40,6 +40,10 @@ class LayerNorm(nn.Module):
         self.b = nn.Parameter(torch.zeros(d_model))
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
+        self.folded = False  # True once fold_ln moved w, b into the weights that read the output
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.w.shape[0]}, eps={self.eps}" + (", folded (w = 1, b = 0)" if self.folded else "")
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         if not self.hook_scale.is_active():

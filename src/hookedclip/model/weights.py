@@ -33,6 +33,7 @@ def _towers(model: nn.Module) -> Iterator[nn.Module]:
 def _reset(ln: LayerNorm) -> None:
     ln.w.fill_(1.0)
     ln.b.zero_()
+    ln.folded = True
 
 
 @torch.no_grad()
