@@ -381,7 +381,8 @@ def test_a_site_replacement_nests_like_total_edits(setup):
         torch.testing.assert_close(shifted, model.encode_image(images), rtol=0, atol=0)
     expected = _expected(e, rows, {"L1H1": setup.means["L1H1"]})
     for order in (0, 1):
-        pair = [ablation.intervene_at(model, site, splice), ablation.mean_ablate(model, ["L1H1"], setup.means, "direct")]
+        pair = [ablation.intervene_at(model, site, splice),
+                ablation.mean_ablate(model, ["L1H1"], setup.means, "direct")]
         with pair[order], pair[1 - order]:
             torch.testing.assert_close(model.encode_image(images), expected, rtol=0, atol=1e-12)
     assert _clean(model)
