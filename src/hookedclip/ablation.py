@@ -1,4 +1,13 @@
-"""Ablations as context managers over ``model.hooks``: they compose and always undo themselves.
+"""The intervention engine: every edit of a component's output is a context manager that
+composes with every other edit and always undoes itself (``docs/engine.md``).
+
+:func:`intervene` is the one entry point and the extension point for new methods: a method
+supplies the components, a ``replace(row, component) -> row`` and, in direct mode, an optional
+``finalize(unit, rows, new_rows) -> unit`` over the whole rewritten unit embedding. The usual
+ablations below (zero / mean / resample / project-out / keep-only) and PCLens's ``keep`` /
+``remove`` / ``reweight`` / ``amplify`` are thin wrappers around it. :func:`intervene_at`
+hosts a replacement at any hook site (an SAE spliced into ``blocks.{l}.hook_resid_post``).
+:func:`active` lists the edits in force on a model.
 
 Every context takes a set of components (``"L10H3"``, ``"mlp9"``, ``"embed"``, ``"L8-11"``)
 and a ``mode``:
@@ -11,11 +20,19 @@ and a ``mode``:
   with ``ln_post`` statistics frozen at the clean run: the embedding becomes
   ``e' = ‖e‖ (Σ_kept φ_c + Σ_ablated φ'_c)`` where ``φ_c`` are the decomposition rows of
   :func:`hookedclip.decompose.decompose_image` (TextSpan/PCLens accuracy protocol). The rest
-  of the network is untouched. Nested direct contexts compose exactly: nesting ``A`` then
-  ``B`` equals one context over ``A ∪ B`` (an overlapping component gets the inner
-  replacement applied to the outer one's result), every row normalised by the ``‖e‖`` of
-  the forward before any direct rewrite. The rows are read from the activations the
-  forward actually used, so ``model.hooks`` edits entered inside or outside are part of it.
+  of the network is untouched. The rows are read from the activations the forward actually
+  used, so ``model.hooks`` edits and total-mode edits, entered inside or outside, are part of
+  what is decomposed.
+
+Nested contexts of any kinds compose in one way (``docs/engine.md`` has the diagram):
+
+- total edits are hook functions: at one hook point they run in entry order, outer first;
+- direct edits are applied together by one rewrite of ``visual.hook_out``: per component,
+  the replacements of every context listing it, outer first (an inner replace receives the
+  outer one's result); then ``u = e/‖e₀‖ + Σ_c (φ'_c − φ_c)``; then every ``finalize``,
+  outer first; then ``e' = ‖e₀‖ u``. ``‖e₀‖`` is the norm of the embedding before any direct
+  rewrite, so nesting ``A`` then ``B`` over disjoint components equals ``B`` then ``A`` and
+  one context over ``A ∪ B``.
 
 Replacement values (``means``, ``directions``) live in the space the mode edits: for
 ``"total"``, the hook's space (``hook_z`` ``[pos, d_head]`` per head, ``[pos, d_model]`` for
@@ -26,8 +43,9 @@ MLPs and embed; directions in ``d_model``); for ``"direct"``, the joint space ``
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,49 +54,158 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, parse
+from hookedclip.components import Component, ComponentLike, Head, parse
 from hookedclip.decompose import ComponentStack, needed_hooks, stack_from_cache
+from hookedclip.names import act_name, component_hook
 
 Mode = Literal["total", "direct"]
 # replace(values, component) -> new values; values are the component's output in the edited space
 Replace = Callable[[Tensor, Component], Tensor]
+# finalize(unit, rows, new_rows) -> unit: the whole rewritten unit embedding [batch, d_out] (direct mode);
+# rows / new_rows map each of the context's component labels to its row before / after every replacement
+Finalize = Callable[[Tensor, dict[str, Tensor], dict[str, Tensor]], Tensor]
+# replace(values, hook_name) -> new values at an arbitrary hook site (total mode)
+SiteReplace = Callable[[Tensor, str], Tensor]
 
 
 def _components(model, components: ComponentLike | Sequence[ComponentLike]) -> list[Component]:
     cfg = model.cfg.vision
-    return parse(components, n_layers=cfg.layers, n_heads=cfg.heads)
+    return list(dict.fromkeys(parse(components, n_layers=cfg.layers, n_heads=cfg.heads)))  # each edited once
 
 
-def ablate(
+# ---------------------------------------------------------------------------- the registry
+@dataclass(eq=False)
+class Edit:
+    """One intervention in force on a model, as :func:`active` lists them (outermost first).
+
+    ``site`` is set for :func:`intervene_at` edits (``components`` is then empty)."""
+
+    mode: Mode
+    components: tuple[Component, ...]
+    replace: Callable | None
+    finalize: Finalize | None = None
+    site: str | None = None
+
+    def __str__(self) -> str:
+        where = self.site or ", ".join(map(str, self.components)) or "the unit embedding"
+        parts = [name for name, fn in (("replace", self.replace), ("finalize", self.finalize)) if fn is not None]
+        return f"{self.mode} {'+'.join(parts)} on {where}"
+
+
+@dataclass
+class _Engine:
+    """The edits in force on one model, outermost first, and what the next direct rewrite reads."""
+
+    edits: list[Edit] = field(default_factory=list)
+    captured: dict[str, Tensor] = field(default_factory=dict)
+
+    def direct(self) -> list[Edit]:
+        return [edit for edit in self.edits if edit.mode == "direct"]
+
+
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def active(model) -> list[Edit]:
+    """The engine's edits in force on ``model``, outermost first (empty outside every context)."""
+    engine = _ENGINES.get(model)
+    return list(engine.edits) if engine is not None else []
+
+
+@contextlib.contextmanager
+def _registered(model, edit: Edit) -> Iterator[_Engine]:
+    engine = _ENGINES.setdefault(model, _Engine())
+    engine.edits.append(edit)
+    try:
+        yield engine
+    finally:
+        engine.edits.remove(edit)  # by identity (eq=False): contexts closed out of order remove their own
+        if not engine.edits:
+            _ENGINES.pop(model, None)
+
+
+# ---------------------------------------------------------------------------- the entry points
+def intervene(
     model,
     components: ComponentLike | Sequence[ComponentLike],
-    replace: Replace,
+    replace: Replace | None = None,
     mode: Mode = "total",
+    finalize: Finalize | None = None,
     head_space: Literal["z", "result"] = "z",
 ) -> contextlib.AbstractContextManager:
-    """The general ablation context: ``replace`` maps each listed component's output to its
-    new value. ``head_space`` picks where heads are edited in total mode (``hook_z``,
-    ``[batch, pos, d_head]``, or ``hook_result``, ``[batch, pos, d_model]``)."""
+    """The engine's one entry point: a context in which each listed component's output is
+    ``replace(output, component)``.
+
+    Args:
+        components: labels or components (``"L10H3"``, ``"mlp9"``, ``"embed"``, ``"L8-11"``);
+            a component listed twice is edited once.
+        replace: ``replace(x, component) -> x``. In total mode ``x`` is the hook's value (heads:
+            ``[batch, pos, d_head]`` at ``hook_z`` or ``[batch, pos, d_model]`` at ``hook_result``
+            per ``head_space``; MLPs and embed: ``[batch, pos, d_model]``), in the forward's dtype.
+            In direct mode ``x`` is the component's decomposition row ``φ_c [batch, d_out]``
+            (normalised by the clean ``‖e‖``, float64) as left by outer contexts; the result must
+            broadcast to it. ``None``: leave the rows as they are (a finalize-only edit).
+        mode: ``"total"`` or ``"direct"`` (module docstring).
+        finalize: direct mode only. ``finalize(unit, rows, new_rows) -> unit`` maps the whole
+            rewritten unit embedding ``u [batch, d_out]`` (float64, bias included) after every
+            context's replacements; ``rows`` / ``new_rows`` are this context's rows before / after
+            them, by label. PCLens's ``mean_ablate_all`` and ``amplify`` are finalizes.
+        head_space: where heads are edited in total mode.
+    """
     comps = _components(model, components)
+    _check_mode(mode)
+    if head_space not in ("z", "result"):
+        raise ValueError(f"head_space must be 'z' or 'result', got {head_space!r}")
+    if finalize is not None and mode != "direct":
+        raise ValueError("finalize acts on the embedding's direct path: use mode='direct' (total mode edits the "
+                         "forward pass, where there is no rewritten embedding to finalize)")
+    if replace is None and (mode == "total" or finalize is None):
+        raise TypeError("intervene needs a replace function (direct mode: a replace, a finalize or both)")
+    if not comps and finalize is None:
+        return model.hooks()
+    edit = Edit(mode, tuple(comps), replace, finalize)
+    if mode == "direct":
+        return _direct_context(model, edit)
+    return _hooked(model, edit, _total_hooks(comps, replace, head_space))
+
+
+def ablate(model, components, replace: Replace, mode: Mode = "total", head_space: Literal["z", "result"] = "z"):
+    """Deprecated name of :func:`intervene`."""
+    warnings.warn("ablation.ablate is deprecated; use ablation.intervene (same arguments)", DeprecationWarning,
+                  stacklevel=2)
+    return intervene(model, components, replace, mode, head_space=head_space)
+
+
+def intervene_at(model, site: str, replace: SiteReplace) -> contextlib.AbstractContextManager:
+    """A total-mode replacement at any hook site: ``replace(x, site) -> x`` on the value of the
+    hook point ``site`` (e.g. ``act_name("resid_post", 3)`` for an SAE spliced into the
+    residual stream; same shape). It nests like every total edit (hook order, inner after
+    outer) and direct-mode rows downstream of the site are read from the spliced forward."""
+    model.resolve_hook_names(site)  # an unknown site raises, naming the closest ones
+    edit = Edit("total", (), replace, site=site)
+    return _hooked(model, edit, [(site, lambda x, hook: replace(x, hook.name))])
+
+
+def _check_mode(mode: str) -> None:
     if mode not in ("total", "direct"):
         raise ValueError(f"mode must be 'total' or 'direct', got {mode!r}")
-    if not comps:
-        return model.hooks()
-    if mode == "direct":
-        return _direct_context(model, comps, replace)
-    return model.hooks(fwd_hooks=_total_hooks(comps, replace, head_space))
 
 
+@contextlib.contextmanager
+def _hooked(model, edit: Edit, hooks: list) -> Iterator:
+    with _registered(model, edit), model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+# ---------------------------------------------------------------------------- total mode
 def _total_hooks(comps: list[Component], replace: Replace, head_space: str) -> list:
     hooks = []
     for comp in comps:
+        name = component_hook(comp, head_space)
         if isinstance(comp, Head):
-            name = f"visual.blocks.{comp.layer}.attn.hook_{head_space}"
             hooks.append((name, _edit_head(comp, replace)))
-        elif isinstance(comp, MLP):
-            hooks.append((f"visual.blocks.{comp.layer}.hook_mlp_out", lambda x, hook, c=comp: replace(x, c)))
         else:
-            hooks.append(("visual.blocks.0.hook_resid_pre", lambda x, hook, c=comp: replace(x, c)))
+            hooks.append((name, lambda x, hook, c=comp: replace(x, c)))
     return hooks
 
 
@@ -91,81 +218,95 @@ def _edit_head(comp: Head, replace: Replace):
     return hook
 
 
-# Direct-mode contexts active on each model, outermost first. One hook_out rewrite (the
-# outermost context's) applies all of them, so nested direct contexts compose like nested
-# functions on each row and every row is normalised by the clean ‖e‖.
-_DIRECT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class _DirectState:
-    edits: list[tuple[list[Component], Replace]] = field(default_factory=list)
-    captured: dict[str, Tensor] = field(default_factory=dict)
-
-
+# ---------------------------------------------------------------------------- direct mode
 @contextlib.contextmanager
-def _direct_context(model, comps: list[Component], replace: Replace):
-    """Rewrite ``hook_out`` to ``e_in + ‖e₀‖ Σ_c (φ'_c − φ_c)``.
+def _direct_context(model, edit: Edit) -> Iterator:
+    """Register ``edit`` and rewrite ``hook_out`` while it is in force.
 
-    ``e₀`` is the projection of ``hook_pooled`` (the embedding before any rewrite of
-    ``hook_out``) and the rows ``φ_c`` come from the activations the forward actually used:
-    they are read by module forward hooks, which run after every ``model.hooks`` function
-    at that point whatever the nesting order. An outer ``model.hooks`` edit of
-    ``hook_out`` itself runs before the rewrite, an inner one after it.
+    Every direct context captures the activations its rows need with module forward hooks,
+    which run after every ``model.hooks`` function at that point whatever the nesting order;
+    the outermost direct context's ``hook_out`` function applies all of them (:func:`_rewrite`).
+    An outer ``model.hooks`` edit of ``hook_out`` itself runs before that rewrite, an inner
+    one after it.
     """
-    state = _DIRECT.setdefault(model, _DirectState())
-    edit = (comps, replace)
-    state.edits.append(edit)
-    names = needed_hooks(model, "visual", [str(c) for c in comps]) | {"visual.hook_pooled"}
+    names = sorted(needed_hooks(model, "visual", [str(c) for c in edit.components]) | {act_name("pooled")})
+    with _registered(model, edit) as engine:
 
-    def capture(module, inputs, output: Tensor) -> None:
-        state.captured[module.name] = output
+        def capture(module, inputs, output: Tensor) -> None:
+            engine.captured[module.name] = output
 
-    def rewrite(e: Tensor, hook) -> Tensor | None:
-        if state.edits[0] is not edit:
-            return None  # the outermost direct context rewrites for all of them
-        return _rewrite(model, state, e)
+        def rewrite(e: Tensor, hook) -> Tensor | None:
+            if engine.direct()[0] is not edit:
+                return None  # the outermost direct context rewrites for all of them
+            return _rewrite(model, engine, e)
 
-    handles = [model.hook_dict[n].register_forward_hook(capture) for n in names]
-    try:
-        # The no-op functions make the hook points active (hook_pattern is only computed then).
-        with model.hooks(fwd_hooks=[(lambda n: n in names, _keep_active), ("visual.hook_out", rewrite)]):
-            yield model
-    finally:
-        for handle in handles:
-            handle.remove()
-        state.edits.pop(next(i for i, x in enumerate(state.edits) if x is edit))
-        if not state.edits:
-            del _DIRECT[model]
+        handles = []
+        try:
+            handles = [model.hook_dict[n].register_forward_hook(capture) for n in names]
+            # The no-op functions make the hook points active (hook_pattern is only computed then).
+            with model.hooks(fwd_hooks=[(names, _keep_active), (act_name("out"), rewrite)]):
+                yield model
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def _keep_active(x: Tensor, hook) -> None:
     return None
 
 
-def _rewrite(model, state: _DirectState, e: Tensor) -> Tensor:
+def _rewrite(model, engine: _Engine, e: Float[Tensor, "batch d_out"]) -> Float[Tensor, "batch d_out"]:
+    """``e' = ‖e₀‖ · finalize_n(… finalize_1(e/‖e₀‖ + Σ_c (φ'_c − φ_c)))`` over every direct edit
+    in force, ``e₀`` the embedding before any direct rewrite (the projection of ``hook_pooled``)."""
+    captured, engine.captured = engine.captured, {}
+    direct = engine.direct()
+    clean = _projected(model, captured[act_name("pooled")])
+    norm = clean.norm(dim=-1, keepdim=True).to(torch.float64)
+    rows = _rows(model, captured, clean, [str(c) for edit in direct for c in edit.components])
+    new = dict(rows)
+    for edit in direct:  # outer first: an inner replace receives the outer one's result
+        if edit.replace is not None:
+            for c in edit.components:
+                new[str(c)] = _as_row(edit.replace(new[str(c)], c), rows[str(c)], f"replace for {c}")
+    unit = e.to(torch.float64) / norm
+    for label, row in rows.items():
+        unit = unit + (new[label] - row)
+    for edit in direct:
+        if edit.finalize is not None:
+            mine = [str(c) for c in edit.components]
+            out = edit.finalize(unit, {k: rows[k] for k in mine}, {k: new[k] for k in mine})
+            unit = _as_row(out, unit, "finalize")
+    return (unit * norm).to(e.dtype)
+
+
+def _projected(model, pooled: Tensor) -> Tensor:
     visual = model.visual
-    pooled = state.captured["visual.hook_pooled"]
-    clean = pooled if visual.W_proj is None else F.linear(pooled, visual.W_proj.T, visual.b_proj)
-    labels = list(dict.fromkeys(str(c) for comps, _ in state.edits for c in comps))
-    stack = stack_from_cache(model, "visual", None, state.captured, clean, components=labels)
-    state.captured.clear()
-    delta = torch.zeros_like(e)
-    for row, comp in zip(stack.tensor, stack.components):
-        if comp is None:  # the "rest" row
-            continue
-        new = row
-        for comps, replace in state.edits:  # outer contexts first, as in total mode
-            if comp in comps:
-                new = replace(new, comp)
-        delta = delta + (new - row)
-    return e + clean.norm(dim=-1, keepdim=True) * delta
+    return pooled if visual.W_proj is None else F.linear(pooled, visual.W_proj.T, visual.b_proj)
+
+
+def _rows(model, captured: dict[str, Tensor], clean: Tensor, labels: list[str]) -> dict[str, Tensor]:
+    """Each labelled component's row ``φ_c [batch, d_out]`` (float64), normalised by ``‖clean‖``."""
+    labels = list(dict.fromkeys(labels))
+    if not labels:
+        return {}
+    stack = stack_from_cache(model, "visual", None, captured, clean, components=labels)
+    return {label: row.to(torch.float64) for label, row in zip(stack.labels, stack.tensor) if label != "rest"}
+
+
+def _as_row(value: object, like: Tensor, what: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{what} returned {type(value).__name__}; it must return a Tensor shaped like its input")
+    try:
+        return torch.broadcast_to(value.to(like), like.shape)
+    except RuntimeError:
+        raise ValueError(f"{what} returned shape {tuple(value.shape)}; direct mode needs {tuple(like.shape)} "
+                         "([batch, d_out]) or a shape that broadcasts to it") from None
 
 
 # ---------------------------------------------------------------------------- the usual ablations
 def zero_ablate(model, components, mode: Mode = "total"):
     """Set each component's output to zero."""
-    return ablate(model, components, lambda x, c: torch.zeros_like(x), mode)
+    return intervene(model, components, lambda x, c: torch.zeros_like(x), mode)
 
 
 def mean_ablate(model, components, means: Mapping[str, Tensor], mode: Mode = "total"):
@@ -176,7 +317,7 @@ def mean_ablate(model, components, means: Mapping[str, Tensor], mode: Mode = "to
         raise KeyError(f"no mean for {', '.join(missing)}; compute them with ablation.component_means(model, batches, mode={mode!r})")
     for c in comps:
         _check_mean_shape(model, c, means[str(c)], mode)
-    return ablate(model, comps, lambda x, c: means[str(c)].to(x).expand_as(x), mode)
+    return intervene(model, comps, lambda x, c: means[str(c)].to(x).expand_as(x), mode)
 
 
 def _check_mean_shape(model, comp: Component, mean: Tensor, mode: Mode) -> None:
@@ -210,8 +351,8 @@ def resample_ablate(model, components, source: Tensor, mode: Mode = "total"):
                 "pass one source image (broadcast to the batch) or exactly one per image"
             )
 
-    return _then(model.hooks(fwd_hooks=[("visual.hook_embed", check_batch)]),
-                 ablate(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode))
+    return _then(model.hooks(fwd_hooks=[(act_name("embed"), check_batch)]),
+                 intervene(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode))
 
 
 @contextlib.contextmanager
@@ -251,7 +392,7 @@ def _projection(model, components, directions, means, mode: Mode, keep: bool):
         inside = ((x - m) @ Q) @ Q.T
         return m + inside if keep else x - inside
 
-    return ablate(model, comps, replace, mode, head_space="result")
+    return intervene(model, comps, replace, mode, head_space="result")
 
 
 def _check_directions(model, comps: list[Component], directions, means, mode: Mode) -> None:
@@ -285,17 +426,9 @@ def _outputs_on(model, comps: list[Component], images: Tensor, mode: Mode) -> di
 
             stack = decompose_image(model, images, components=[str(c) for c in comps])
             return {label: row for label, row in zip(stack.labels, stack.tensor) if label != "rest"}
-        names = {_hook_name(c) for c in comps}
+        names = {component_hook(c) for c in comps}
         _, cache = model.run_with_cache(images, names_filter=lambda n: n in names)
-        return {str(c): _slice(cache[_hook_name(c)], c) for c in comps}
-
-
-def _hook_name(c: Component) -> str:
-    if isinstance(c, Head):
-        return f"visual.blocks.{c.layer}.attn.hook_z"
-    if isinstance(c, MLP):
-        return f"visual.blocks.{c.layer}.hook_mlp_out"
-    return "visual.blocks.0.hook_resid_pre"
+        return {str(c): _slice(cache[component_hook(c)], c) for c in comps}
 
 
 def _slice(x: Tensor, c: Component) -> Tensor:
@@ -338,6 +471,6 @@ def _every_component(cfg) -> list[Component]:
 
 
 __all__ = [
-    "ablate", "zero_ablate", "mean_ablate", "resample_ablate", "project_out", "keep_only", "component_means",
-    "ComponentStack",
+    "intervene", "intervene_at", "active", "Edit", "zero_ablate", "mean_ablate", "resample_ablate", "project_out",
+    "keep_only", "component_means", "ablate", "ComponentStack",
 ]

@@ -1,4 +1,4 @@
-"""PCSelection: intervening on chosen principal components (``specs/pclens_textspan.md`` §4.6).
+"""PCSelection: intervening on chosen principal components of the analysed heads.
 
 For every analysed head ``(l, h)`` with retained basis ``V_k``, mean ``μ`` and projector
 ``Π``, a selection gives per-PC weights ``w ∈ R^k`` and the head's contribution becomes
@@ -12,15 +12,19 @@ nothing" still drops the tail beyond ``k``).
 
 This is the reference's **intended** formula. Its loop
 (``reconstruct_all_embeddings_mean_ablation_pcs``) projects the activation of the wrong head
-and drops means unless every analysed head has a selected PC (Appendix A rows 6–7); the two
-agree exactly in that case (tested).
+and drops the means unless every analysed head has a selected PC; the two agree exactly in
+that case (tested).
 
-The contexts (:func:`keep`, :func:`remove`, :func:`reweight`, :func:`amplify`) are CLS-only:
-they rewrite the image embedding's direct path from the decomposition of the CLS readout
-(LayerNorm statistics frozen, the TextSpan/PCLens accuracy protocol, like ``ablation``'s
-``mode="direct"``; they take no ``mode`` argument): ``e' = ‖e‖ (ê + Σ_h (φ'_h − φ_h))``. They
-are ``model.hooks`` contexts, so they nest with any other hook context (ablations, caches);
-outer contexts' edits are seen by the decomposition they rewrite.
+The contexts (:func:`keep`, :func:`remove`, :func:`reweight`, :func:`amplify`) are CLS-only
+direct-mode edits of the intervention engine (:func:`hookedclip.ablation.intervene`, see
+``docs/engine.md``): they rewrite the image embedding's direct path from the decomposition of
+the CLS readout (LayerNorm statistics frozen, the TextSpan/PCLens accuracy protocol; they take
+no ``mode`` argument): ``e' = ‖e‖ (ê + Σ_h (φ'_h − φ_h))``. The per-head formula is the
+engine's ``replace``; ``mean_ablate_all`` and :func:`amplify`'s norm mixing act on the whole
+unit embedding and are its ``finalize``. So they nest with every other engine context
+(ablations in either mode, other PCLens contexts), with ``model.hooks`` and caches, by the
+engine's one rule: every row normalised by the ``‖e‖`` before any direct rewrite, and
+disjoint edits giving the same embedding in either nesting order.
 
 The spatial variant (per-token rows, the mean spread as ``μ/T``) has no context of its own:
 its tokens sum to the CLS-only result, so it would leave the embedding exactly as the
@@ -31,7 +35,6 @@ segmentation heat maps.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +44,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hookedclip.decompose import ComponentStack, needed_hooks, stack_from_cache
+from hookedclip.ablation import Finalize, intervene
+from hookedclip.decompose import ComponentStack
 
 if TYPE_CHECKING:
     from hookedclip.methods.pclens import PCLensResult
@@ -250,42 +254,34 @@ def nearest_neighbours(query: Float[Tensor, " d"], candidates: Float[Tensor, "n 
 
 
 # --------------------------------------------------------------------------------------
-# Contexts on a model
+# Contexts on a model: direct-mode edits of the intervention engine (hookedclip.ablation)
 # --------------------------------------------------------------------------------------
 
 
-def _direct_context(model, result: "PCLensResult", sel: PCSelection, mean_ablate_all: bool, combine=None):
-    """Rewrite ``visual.hook_out`` from the decomposition of the heads in ``sel``.
+def _context(model, result: "PCLensResult", sel: PCSelection, mean_ablate_all: bool, combine: Finalize | None = None):
+    """An engine context (``ablation.intervene``, direct mode) that rewrites the heads in ``sel``.
 
-    ``combine(unit, rows, new_rows)`` may replace the default new unit embedding (amplify).
+    Its ``replace`` is the per-head formula ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k``; its ``finalize``,
+    when there is one, acts on the whole unit embedding: ``mean_ablate_all`` makes it
+    ``(mean ê − Σ_h μ_h) + Σ_h φ'_h``, then ``combine(unit, rows, new_rows)`` (amplify) may
+    replace it.
     """
     result.check_model(model)
     if mean_ablate_all:
         sel = _full(result, sel)
-    labels = list(sel.weights)
-    if not labels:
-        return contextlib.nullcontext(model)
-    names = needed_hooks(model, "visual", labels)
-    captured: dict[str, Tensor] = {}
+        mean_rest = _unit_mean_rest(result)  # raises before any work when the result has no image mean
+    weights = dict(sel.weights)
 
-    def capture(x: Tensor, hook) -> None:
-        captured[hook.name] = x
+    def replace(row: Tensor, head) -> Tensor:
+        return result[str(head)].reconstruct(row, weights[str(head)])
 
-    def rewrite(e: Tensor, hook) -> Tensor:
-        stack = stack_from_cache(model, "visual", None, captured, e, components=labels)
-        captured.clear()
-        unit = e.to(torch.float64) * stack.scale.to(torch.float64)[:, None]
-        rows = {label: stack.tensor[i].to(torch.float64) for i, label in enumerate(stack.labels) if label in sel.weights}
-        new_rows = {label: result[label].reconstruct(rows[label], sel.weights[label]) for label in labels}
+    def finalize(unit: Tensor, rows: dict[str, Tensor], new_rows: dict[str, Tensor]) -> Tensor:
         if mean_ablate_all:
-            new = _unit_mean_rest(result).to(unit) + sum(new_rows.values())
-        else:
-            new = unit + sum(new_rows[label] - rows[label] for label in labels)
-        if combine is not None:
-            new = combine(new, rows, new_rows)
-        return (new / stack.scale.to(torch.float64)[:, None]).to(e.dtype)
+            unit = mean_rest.to(unit) + sum(new_rows.values())
+        return unit if combine is None else combine(unit, rows, new_rows)
 
-    return model.hooks(fwd_hooks=[(lambda n: n in names, capture), ("visual.hook_out", rewrite)])
+    needs_finalize = mean_ablate_all or combine is not None
+    return intervene(model, list(weights), replace, mode="direct", finalize=finalize if needs_finalize else None)
 
 
 def reweight(model, result: "PCLensResult", weights, mean_ablate_all: bool = False):
@@ -293,21 +289,21 @@ def reweight(model, result: "PCLensResult", weights, mean_ablate_all: bool = Fal
     ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k`` in the embedding's direct path; other heads untouched
     (mean-ablated with ``mean_ablate_all``, which also replaces every non-analysed component by
     its dataset mean)."""
-    return _direct_context(model, result, _as_selection(result, weights), mean_ablate_all)
+    return _context(model, result, _as_selection(result, weights), mean_ablate_all)
 
 
 def keep(model, result: "PCLensResult", selection, mean_ablate_all: bool = False):
     """Context: keep only the selected PCs of every analysed head; a head with no selected PC
-    is mean-ablated (§4.6 "Keep", intended semantics)."""
+    is mean-ablated (the intended semantics of the paper's "keep")."""
     sel = _full(result, _indicator_of(result, selection))
-    return _direct_context(model, result, sel, mean_ablate_all)
+    return _context(model, result, sel, mean_ablate_all)
 
 
 def remove(model, result: "PCLensResult", selection, mean_ablate_all: bool = False):
     """Context: drop the selected PCs from every analysed head, keeping the rest of its retained
     basis (the tail beyond ``k`` is dropped too, so removing nothing ≠ the original)."""
     sel = _full(result, _indicator_of(result, selection)).complement()
-    return _direct_context(model, result, sel, mean_ablate_all)
+    return _context(model, result, sel, mean_ablate_all)
 
 
 def _indicator_of(result: "PCLensResult", selection) -> PCSelection:
@@ -316,10 +312,10 @@ def _indicator_of(result: "PCLensResult", selection) -> PCSelection:
 
 
 def amplify(model, result: "PCLensResult", selection, ratio: float, mean_ablate_all: bool = False):
-    """Context: the reference's ``ratio`` mode (§4.6). With ``R_S = Σ_sel ⟨φ, v_i⟩ v_i`` (uncentred
-    projections on the selected PCs) and ``B`` the keep-mode embedding minus ``R_S``,
-    ``e' = ρ n̄ R_S/‖R_S‖ + (1 − ρ) n̄ B/‖B‖`` with ``n̄ = ‖mean ê‖``. Not a per-PC gain; for
-    that use :func:`reweight` with ``w_i = λ``."""
+    """Context: the reference implementation's ``ratio`` mode. With ``R_S = Σ_sel ⟨φ, v_i⟩ v_i``
+    (uncentred projections of the heads' rows, before any replacement, on the selected PCs) and
+    ``B`` the keep-mode embedding minus ``R_S``, ``e' = ρ n̄ R_S/‖R_S‖ + (1 − ρ) n̄ B/‖B‖`` with
+    ``n̄ = ‖mean ê‖``. Not a per-PC gain; for that use :func:`reweight` with ``w_i = λ``."""
     if not 0 <= ratio <= 1:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     if result.image_mean is None:
@@ -336,7 +332,7 @@ def amplify(model, result: "PCLensResult", selection, ratio: float, mean_ablate_
         unit = lambda t: t / t.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # noqa: E731
         return ratio * n_bar * unit(r_s) + (1 - ratio) * n_bar * unit(b)
 
-    return _direct_context(model, result, sel, mean_ablate_all, combine)
+    return _context(model, result, sel, mean_ablate_all, combine)
 
 
 __all__ = ["PCSelection", "apply_to_stack", "selection_embeddings", "nearest_neighbours", "reweight", "keep",
