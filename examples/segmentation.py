@@ -42,7 +42,7 @@ def imagenet_segmentation(args) -> None:
     """The §4.8 protocol on ImageNet-segmentation: predicted-class maps of every head."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    from hookedclip.cli import load_model
+    from hookedclip.model import load_model
     from hookedclip.data.datasets import ImageNetSegmentation
 
     model = load_model(args.model, args.pretrained)
