@@ -29,7 +29,7 @@ from hookedclip.methods.neighbours import embedding_space, head_space, nearest_i
 from hookedclip.methods.segmentation import evaluate, evaluate_toy, resize_mask, save_overlays
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import SHAPES, ToyWorld, class_prompts, render_batch
-from hookedclip.report.viz import neighbour_grid
+from hookedclip.plotting import neighbour_grid
 from hookedclip.zeroshot import ZeroShotClassifier
 
 

@@ -118,7 +118,7 @@ def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min
     ax.set_xlim(-0.5, steps - 0.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(result.heads) // 17)
-    return viz._save(fig, path)
+    return viz.save_figure(fig, path)
 
 
 def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: torch.Tensor, out: str | Path,
