@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hookedclip.decompose import ComponentStack, decompose_image
-from hookedclip.methods.pclens import PCLensResult
+from hookedclip.methods.pclens.core import PCLensResult
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
 from hookedclip.methods.pclens.selection import PCSelection, selection_embeddings
 from hookedclip.zeroshot import accuracy, group_accuracies
