@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 import hookedclip
 from hookedclip.decompose import needed_hooks, stack_from_cache
+from hookedclip.names import act_name
 from hookedclip.data.stats import RunningMoments
 from hookedclip.data.store import (FORMAT, ActivationStore, RankWriter, StoreError, TargetSpec, dataset_fingerprint,
                               finalize, model_fingerprint, moments_kind, spec_dicts)
 
 ALIASES = {"heads": "decompose:heads", "heads/tokens": "decompose:heads/tokens", "components": "decompose:all",
-           "embedding": "visual.hook_out"}
+           "embedding": act_name("out")}
 
 
 # ---------------------------------------------------------------------------- targets
@@ -51,13 +52,13 @@ class Target:
     def hooks(self, model) -> set[str]:
         if self.hook is not None:
             return {self.hook}
-        return needed_hooks(model, "visual", self.components) | {"visual.hook_out"}
+        return needed_hooks(model, "visual", self.components) | {act_name("out")}
 
     def compute(self, model, images: Tensor, cache: dict[str, Tensor]) -> Float[Tensor, "batch *shape"]:
         if self.hook is not None:
             x = cache[self.hook]
             return x if self.pos is None else x[:, self.pos]
-        stack = stack_from_cache(model, "visual", images, cache, cache["visual.hook_out"], self.tokens,
+        stack = stack_from_cache(model, "visual", images, cache, cache[act_name("out")], self.tokens,
                                  self.components)
         self.labels = stack.labels
         return stack.tensor.movedim(1, 0)  # [batch, component, (pos,) d_out]

@@ -30,6 +30,7 @@ from torch import Tensor
 from hookedclip.components import ComponentLike, parse
 from hookedclip.data.masks import MaskGeometry, resize_mask  # noqa: F401 (part of this module's API)
 from hookedclip.decompose import needed_hooks, stack_from_cache
+from hookedclip.names import act_name
 
 # transform(rows [component, batch, pos, d'], labels) -> rows: applied to each chunk of
 # per-token contributions before they are summed (a PC projection plugs in here).
@@ -71,12 +72,12 @@ def token_contributions(
     through ``transform`` before summing. Returns ``([batch, T, d'], e [batch, d'])``.
     """
     comps = _components(model, components)
-    wanted = needed_hooks(model, "visual", comps) | {"visual.hook_out"}
+    wanted = needed_hooks(model, "visual", comps) | {act_name("out")}
     model.visual.check_images(images)
     with model.cache(names_filter=lambda n: n in wanted) as cache:
         model.encode_image(images)
     cache = dict(cache)
-    embedding = cache["visual.hook_out"]
+    embedding = cache[act_name("out")]
     total = None
     for chunk in _chunks(comps):
         stack = stack_from_cache(model, "visual", images, cache, embedding, tokens="all", components=chunk)
