@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hookedclip.report import viz
+from hookedclip import plotting
 from hookedclip.toy.world import SpuriousSpec, ToyWorld, caption
 
 GRID_SEED, CAPTION_SEED, SPURIOUS_SEED = 5, 0, 1
@@ -22,14 +22,14 @@ def toy_grid(path: Path) -> Path:
     world = ToyWorld(16, seed=GRID_SEED, split="test")
     rng = np.random.default_rng(CAPTION_SEED)
     captions = [caption(a, rng)[0] for a in world.attributes()]
-    return viz.image_grid(world.images(), captions, path)
+    return plotting.image_grid(world.images(), captions, path)
 
 
 def toy_spurious(path: Path) -> Path:
     spec = SpuriousSpec()
     world = ToyWorld(8, seed=SPURIOUS_SEED, split="test", spurious=spec, group_balanced=True)
     names = spec.group_names()
-    return viz.image_grid(world.images(), [names[g] for g in world.groups()], path)
+    return plotting.image_grid(world.images(), [names[g] for g in world.groups()], path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 Run: ``python examples/extract_store.py [OUT_DIR]``. Interrupt it and run it again: it
 resumes after the last finished shard. Under several processes:
-``torchrun --nproc-per-node 2 -m hookedclip.data.extract --model toy --data toy:2048 --targets heads embedding --out OUT_DIR``.
+``torchrun --nproc-per-node 2 -m hookedclip.cli.cache --model toy --data toy:2048 --targets heads embedding --out OUT_DIR``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from hookedclip.methods.neighbours import embedding_space, head_space, nearest_i
 from hookedclip.methods.segmentation import evaluate, evaluate_toy, resize_mask, save_overlays
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import SHAPES, ToyWorld, class_prompts, render_batch
-from hookedclip.report.viz import neighbour_grid
+from hookedclip.plotting import neighbour_grid
 from hookedclip.zeroshot import ZeroShotClassifier
 
 
@@ -42,7 +42,7 @@ def imagenet_segmentation(args) -> None:
     """The §4.8 protocol on ImageNet-segmentation: predicted-class maps of every head."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    from hookedclip.cli import load_model
+    from hookedclip.model import load_model
     from hookedclip.data.datasets import ImageNetSegmentation
 
     model = load_model(args.model, args.pretrained)

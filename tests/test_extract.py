@@ -360,7 +360,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
 def test_cache_command_writes_a_store(tmp_path, monkeypatch, tiny_model):
     import hookedclip.cli as cli
 
-    monkeypatch.setattr(cli, "load_model", lambda spec, pretrained=None, device="cpu": tiny_model)
+    monkeypatch.setattr("hookedclip.cli.cache.load_model", lambda spec, pretrained=None, device="cpu": tiny_model)
     monkeypatch.setattr("hookedclip.data.datasets.toy_dataset", lambda n=1024, **kw: toy16(n))
     rc = cli.main(["cache", "--model", "toy", "--data", "toy:6", "--targets", "embedding", "heads",
                    "--out", str(tmp_path), "--batch-size", "4", "--rows-per-shard", "4"])
@@ -370,7 +370,7 @@ def test_cache_command_writes_a_store(tmp_path, monkeypatch, tiny_model):
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path):
-    """The real launcher: ``torchrun --nproc-per-node 2 -m hookedclip.data.extract`` (gloo on CPU)
+    """The real launcher: ``torchrun --nproc-per-node 2 -m hookedclip.cli.cache`` (gloo on CPU)
     writes the same rows and statistics as ``hookedclip cache`` in one process."""
     import os
     import socket
@@ -386,7 +386,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-           "-m", "hookedclip.data.extract", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+           "-m", "hookedclip.cli.cache", *args, "--out", str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert cli.main(["cache", *args, "--out", str(tmp_path / "one")]) == 0

@@ -38,10 +38,10 @@ class AblationCurve:
         return path
 
     def plot(self, path: str | Path, title: str = "Accumulated mean-ablation (direct)") -> Path:
-        from hookedclip.report import viz
+        from hookedclip import plotting
 
-        return viz.line_curves({"accuracy": self.accuracy}, ["none", *self.steps], path, title,
-                               "mean-ablated up to and including")
+        return plotting.line_curves({"accuracy": self.accuracy}, ["none", *self.steps], path, title,
+                                    "mean-ablated up to and including")
 
 
 @torch.no_grad()

@@ -178,7 +178,7 @@ def test_pclens_nearest_neighbours_delegates_to_nearest():
 def test_neighbour_grid_shows_rank_and_score(tmp_path):
     from PIL import Image
 
-    from hookedclip.report.viz import neighbour_grid
+    from hookedclip.plotting import neighbour_grid
 
     rng = np.random.default_rng(0)
     query, found = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)

@@ -284,7 +284,7 @@ def test_toy_heads_beat_centre_blob(toy_results):
 
 # ---------------------------------------------------------------------------- figures
 def test_blend_leaves_cold_pixels_and_tints_hot_ones():
-    from hookedclip.report.viz import blend_heatmap
+    from hookedclip.plotting import blend_heatmap
 
     image = np.full((6, 6, 3), 128, np.uint8)
     heat = np.zeros((6, 6))
@@ -299,7 +299,7 @@ def test_blend_leaves_cold_pixels_and_tints_hot_ones():
 def test_heatmap_overlays_file_size_and_content(tmp_path):
     from PIL import Image
 
-    from hookedclip.report.viz import heatmap_overlays
+    from hookedclip.plotting import heatmap_overlays
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
@@ -316,7 +316,7 @@ def test_heatmap_overlays_file_size_and_content(tmp_path):
 
 
 def test_save_overlays_titles_prediction_and_truth(tmp_path, tiny_model, classifier, monkeypatch):
-    import hookedclip.report.viz as viz
+    import hookedclip.plotting as plotting
     from hookedclip.methods.segmentation import save_overlays
 
     seen = {}
@@ -325,7 +325,7 @@ def test_save_overlays_titles_prediction_and_truth(tmp_path, tiny_model, classif
         seen.update(images=images, maps=maps, captions=captions)
         return path
 
-    monkeypatch.setattr(viz, "heatmap_overlays", capture)
+    monkeypatch.setattr(plotting, "heatmap_overlays", capture)
     pixels = np.random.default_rng(2).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
     save_overlays(tiny_model, pixels, classifier, tmp_path / "o.png", labels=[0, 1, 2])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255

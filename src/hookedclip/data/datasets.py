@@ -298,7 +298,7 @@ def _unwrap(x) -> np.ndarray:
 def preprocess_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
     """A mask resized and centre-cropped like CLIP's image preprocessing (shorter side to
     ``image_size``, centre crop), nearest neighbour: bool ``[image_size, image_size]``."""
-    from hookedclip.methods.segmentation import resize_mask
+    from hookedclip.data.masks import resize_mask
 
     return resize_mask(torch.from_numpy(np.asarray(mask, dtype=np.uint8)), image_size, "aligned")
 

@@ -9,16 +9,14 @@ Labels, group labels and dataset indices are stored as rows; float64 moments of 
 target are accumulated as the rows are written.
 
 Under ``torchrun`` each rank takes a contiguous slice of the dataset and writes its own
-shards; rank 0 merges the logs and moments when all have finished. Run as a module::
+shards; rank 0 merges the logs and moments when all have finished. From the command line
+(``hookedclip cache``, :mod:`hookedclip.cli.cache`)::
 
-    torchrun --nproc-per-node 2 -m hookedclip.data.extract --model toy --data toy:4096 --targets heads --out store/
+    torchrun --nproc-per-node 2 -m hookedclip.cli.cache --model toy --data toy:4096 --targets heads --out store/
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,12 +29,13 @@ from tqdm.auto import tqdm
 
 import hookedclip
 from hookedclip.decompose import needed_hooks, stack_from_cache
+from hookedclip.names import act_name
 from hookedclip.data.stats import RunningMoments
 from hookedclip.data.store import (FORMAT, ActivationStore, RankWriter, StoreError, TargetSpec, dataset_fingerprint,
                               finalize, model_fingerprint, moments_kind, spec_dicts)
 
 ALIASES = {"heads": "decompose:heads", "heads/tokens": "decompose:heads/tokens", "components": "decompose:all",
-           "embedding": "visual.hook_out"}
+           "embedding": act_name("out")}
 
 
 # ---------------------------------------------------------------------------- targets
@@ -53,13 +52,13 @@ class Target:
     def hooks(self, model) -> set[str]:
         if self.hook is not None:
             return {self.hook}
-        return needed_hooks(model, "visual", self.components) | {"visual.hook_out"}
+        return needed_hooks(model, "visual", self.components) | {act_name("out")}
 
     def compute(self, model, images: Tensor, cache: dict[str, Tensor]) -> Float[Tensor, "batch *shape"]:
         if self.hook is not None:
             x = cache[self.hook]
             return x if self.pos is None else x[:, self.pos]
-        stack = stack_from_cache(model, "visual", images, cache, cache["visual.hook_out"], self.tokens,
+        stack = stack_from_cache(model, "visual", images, cache, cache[act_name("out")], self.tokens,
                                  self.components)
         self.labels = stack.labels
         return stack.tensor.movedim(1, 0)  # [batch, component, (pos,) d_out]
@@ -290,61 +289,3 @@ def _run_rank(model, dataset, targets, specs, writer: RankWriter, batch_size, ro
         writer.commit(start, stop, tensors, ids, skipped, acc)
     bar.close()
     writer.finish()
-
-
-# ---------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="toy", help="toy | open_clip name | saved HookedCLIP dir | hf:LOCAL_DIR")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    parser.add_argument("--data", default="toy:1024",
-                        help="toy[:N] | an image folder | waterbirds:ROOT[:SPLIT] | imagenet-val:ROOT | imagenet-seg:FILE.mat")
-    parser.add_argument("--targets", nargs="+", default=["heads", "embedding"],
-                        help="hook names (NAME or NAME@POS), heads, heads/tokens, components, embedding, decompose:SPEC")
-    parser.add_argument("--out", required=True, help="store directory (resumed if it holds an unfinished run)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--rows-per-shard", type=int, default=4096)
-    parser.add_argument("--moments", default="auto", choices=["auto", "cov", "mean", "none"])
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-
-
-def run_cache(args: argparse.Namespace) -> ActivationStore | None:
-    """``hookedclip cache``: set up torch.distributed when launched by torchrun, load the
-    model and dataset, extract."""
-    from hookedclip.cli import load_model
-    from hookedclip.data.datasets import open_dataset
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    try:
-        model = load_model(args.model, args.pretrained, device=device).eval()
-        dataset = open_dataset(args.data)
-        store = extract(model, dataset, args.targets, args.out, batch_size=args.batch_size,
-                        dtype=getattr(torch, args.dtype), rows_per_shard=args.rows_per_shard, moments=args.moments,
-                        num_workers=args.workers)
-        if _distributed()[0] == 0:
-            print(f"{store}; skipped {len(store.skipped)} unreadable images")
-        return store
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hookedclip.data.extract", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run_cache(parser.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

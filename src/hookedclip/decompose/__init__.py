@@ -30,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, all_components, parse
+from hookedclip.names import act_name
 
 Tokens = Literal["cls", "all"]
 LnMode = Literal["reference", "center_each"]
@@ -187,25 +188,28 @@ def needed_hooks(model, name: str = "visual", components=None) -> set[str]:
     """The hook points a decomposition of ``name``'s embedding into ``components`` reads."""
     tower = getattr(model, name)
     L = len(tower.blocks)
-    ln = "ln_post" if name == "visual" else "ln_final"
-    wanted = {f"{name}.blocks.{L - 1}.hook_resid_post", f"{name}.{ln}.hook_scale"}
+    wanted = {act_name("resid_post", L - 1, name), _final_ln_scale(name)}
     for comp in _selection(model, name, components):
         if isinstance(comp, Embed):
-            wanted.add(f"{name}.blocks.0.hook_resid_pre")
+            wanted.add(act_name("resid_pre", 0, name))
         elif isinstance(comp, MLP):
-            wanted.add(f"{name}.blocks.{comp.layer}.hook_mlp_out")
+            wanted.add(act_name("mlp_out", comp.layer, name))
         else:
-            wanted |= {f"{name}.blocks.{comp.layer}.attn.hook_pattern", f"{name}.blocks.{comp.layer}.attn.hook_v"}
+            wanted |= {act_name("pattern", comp.layer, name), act_name("v", comp.layer, name)}
     return wanted
+
+
+def _final_ln_scale(name: str) -> str:
+    """The hook of the final LayerNorm's scale σ: ``ln_post`` (vision) or ``ln_final`` (text)."""
+    return act_name("ln_post_scale" if name == "visual" else "ln_final_scale", tower=name)
 
 
 def _readout(model, name: str, inputs: Tensor, cache: dict[str, Tensor], embedding: Tensor) -> _Readout:
     """Readout weights and frozen LayerNorm statistics from a forward pass's cache."""
     tower = getattr(model, name)
-    x = cache[f"{name}.blocks.{len(tower.blocks) - 1}.hook_resid_post"]
+    x = cache[act_name("resid_post", len(tower.blocks) - 1, name)]
     pi = _pool_weights(tower, inputs, x)
-    ln = "ln_post" if name == "visual" else "ln_final"
-    sigma = cache[f"{name}.{ln}.hook_scale"]
+    sigma = cache[_final_ln_scale(name)]
     if getattr(tower.cfg, "final_ln_after_pool", False):
         pooled = (pi.unsqueeze(-1) * x).sum(1)
         kappa = pi / sigma.view(-1, 1)
@@ -275,12 +279,12 @@ def _decompose_in_passes(model, images: Tensor, per_pass: int, tokens: Tokens, c
     n_rows = _n_rows(model, components)
     width = (cfg.n_tokens,) if tokens == "all" else ()
     tensor = images.new_empty(n_rows, images.shape[0], *width, cfg.output_dim)
-    wanted = needed_hooks(model, "visual", components) | {"visual.hook_out"}
+    wanted = needed_hooks(model, "visual", components) | {act_name("out")}
     scales, stack = [], None
     for start in range(0, images.shape[0], per_pass):
         part = images[start : start + per_pass]
         cache = _run(model, "visual", part, wanted)
-        stack = stack_from_cache(model, "visual", part, cache, cache["visual.hook_out"], tokens, components,
+        stack = stack_from_cache(model, "visual", part, cache, cache[act_name("out")], tokens, components,
                                  ln_mode, normalize, head_chunk, out=tensor[:, start : start + per_pass])
         scales.append(stack.scale)
     scale = torch.cat(scales) if normalize else None
@@ -396,8 +400,8 @@ def _decompose_embed(model, name: str, inputs: Tensor, tokens: Tokens, component
         raise ValueError(f"the {name} tower has no projection; use target=('resid', layer)")
     if ln_mode not in ("reference", "center_each"):
         raise ValueError(f"ln_mode must be 'reference' or 'center_each', got {ln_mode!r}")
-    cache = _run(model, name, inputs, needed_hooks(model, name, components) | {f"{name}.hook_out"})
-    return stack_from_cache(model, name, inputs, cache, cache[f"{name}.hook_out"], tokens, components, ln_mode,
+    cache = _run(model, name, inputs, needed_hooks(model, name, components) | {act_name("out", tower=name)})
+    return stack_from_cache(model, name, inputs, cache, cache[act_name("out", tower=name)], tokens, components, ln_mode,
                             normalize, head_chunk)
 
 
@@ -428,20 +432,19 @@ def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, T
     heads_by_layer: dict[int, list[tuple[int, int]]] = {}  # layer -> [(head, row index)]
     for i, comp in enumerate(selection):
         if isinstance(comp, Embed):
-            rows.slot(cache[f"{name}.blocks.0.hook_resid_pre"], tensor[i])
+            rows.slot(cache[act_name("resid_pre", 0, name)], tensor[i])
         elif isinstance(comp, MLP):
-            rows.slot(cache[f"{name}.blocks.{comp.layer}.hook_mlp_out"], tensor[i])
+            rows.slot(cache[act_name("mlp_out", comp.layer, name)], tensor[i])
         else:
             heads_by_layer.setdefault(comp.layer, []).append((comp.head, i))
     for layer, wanted in heads_by_layer.items():
-        prefix = f"{name}.blocks.{layer}.attn"
+        pattern, v = cache[act_name("pattern", layer, name)], cache[act_name("v", layer, name)]
         for start in range(0, len(wanted), head_chunk):
             chunk = wanted[start : start + head_chunk]
             index = [i for _, i in chunk]
             consecutive = index == list(range(index[0], index[0] + len(index)))
             target = tensor[index[0] : index[-1] + 1] if consecutive else tensor.new_empty(len(index), *shape[1:])
-            rows.heads(tower.blocks[layer].attn, [h for h, _ in chunk],
-                       cache[f"{prefix}.hook_pattern"], cache[f"{prefix}.hook_v"], target)
+            rows.heads(tower.blocks[layer].attn, [h for h, _ in chunk], pattern, v, target)
             if not consecutive:
                 tensor[index] = target
     bias = tower.b_proj.detach().clone()
@@ -565,20 +568,20 @@ def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, 
     kind, layer = target if isinstance(target, tuple) else (target, None)
     if kind != "resid" or not isinstance(layer, int) or not 0 <= layer <= L:
         raise ValueError(f"target must be 'embed' or ('resid', layer) with 0 <= layer <= {L}, got {target!r}")
-    wanted = {"visual.blocks.0.hook_resid_pre"}
-    wanted |= {f"visual.blocks.{l}.{n}" for l in range(layer) for n in ("attn.hook_z", "hook_mlp_out")}
+    wanted = {act_name("resid_pre", 0)}
+    wanted |= {act_name(short, l) for l in range(layer) for short in ("z", "mlp_out")}
     cache = _run(model, "visual", images, wanted)
     at = slice(None) if tokens == "all" else slice(0, 1)
-    rows, labels, comps = [cache["visual.blocks.0.hook_resid_pre"][:, at]], ["embed"], [Embed()]
+    rows, labels, comps = [cache[act_name("resid_pre", 0)][:, at]], ["embed"], [Embed()]
     for l in range(layer):
         attn = visual.blocks[l].attn
-        z = cache[f"visual.blocks.{l}.attn.hook_z"][:, at]
+        z = cache[act_name("z", l)][:, at]
         for start in range(0, H, head_chunk):
             sl = slice(start, start + head_chunk)
             rows += list(torch.einsum("bphe,hem->hbpm", z[:, :, sl], attn.W_O[sl]) + attn.b_O / H)
         labels += [f"L{l}H{h}" for h in range(H)]
         comps += [Head(l, h) for h in range(H)]
-        rows.append(cache[f"visual.blocks.{l}.hook_mlp_out"][:, at])
+        rows.append(cache[act_name("mlp_out", l)][:, at])
         labels.append(f"mlp{l}")
         comps.append(MLP(l))
     tensor = torch.stack(rows)

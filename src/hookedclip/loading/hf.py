@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from hookedclip.config import CLIPConfig, TextConfig, VisionConfig
 from hookedclip.loading.common import attach_io, block_state, check_layer_norm_eps
 from hookedclip.model.hooked import HookedCLIP
+from hookedclip.names import act_name
 
 SUPPORTED = (
     "CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection, and LLaVA models "
@@ -139,7 +140,7 @@ def hidden_state_hook_name(index: int, n_layers: int, tower: str = "visual") -> 
     if not -n <= index < n:
         raise IndexError(f"hidden_states index {index} is out of range for {n_layers} layers ({n} entries)")
     index %= n
-    return f"{tower}.blocks.0.hook_resid_pre" if index == 0 else f"{tower}.blocks.{index - 1}.hook_resid_post"
+    return act_name("resid_pre", 0, tower) if index == 0 else act_name("resid_post", index - 1, tower)
 
 
 def llava_feature_hook_names(cfg: CLIPConfig) -> list[str]:

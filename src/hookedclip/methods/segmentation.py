@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +28,9 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from hookedclip.components import ComponentLike, parse
+from hookedclip.data.masks import MaskGeometry, resize_mask  # noqa: F401 (part of this module's API)
 from hookedclip.decompose import needed_hooks, stack_from_cache
+from hookedclip.names import act_name
 
 # transform(rows [component, batch, pos, d'], labels) -> rows: applied to each chunk of
 # per-token contributions before they are summed (a PC projection plugs in here).
@@ -71,12 +72,12 @@ def token_contributions(
     through ``transform`` before summing. Returns ``([batch, T, d'], e [batch, d'])``.
     """
     comps = _components(model, components)
-    wanted = needed_hooks(model, "visual", comps) | {"visual.hook_out"}
+    wanted = needed_hooks(model, "visual", comps) | {act_name("out")}
     model.visual.check_images(images)
     with model.cache(names_filter=lambda n: n in wanted) as cache:
         model.encode_image(images)
     cache = dict(cache)
-    embedding = cache["visual.hook_out"]
+    embedding = cache[act_name("out")]
     total = None
     for chunk in _chunks(comps):
         stack = stack_from_cache(model, "visual", images, cache, embedding, tokens="all", components=chunk)
@@ -304,32 +305,6 @@ def evaluate_toy(
     return evaluate(model, batches, classifier, components, transform)
 
 
-# ---------------------------------------------------------------------------- geometry
-MaskGeometry = Literal["reference", "aligned"]
-
-
-def resize_mask(
-    mask: Bool[Tensor, "height width"], size: int = 224, geometry: MaskGeometry = "reference"
-) -> Bool[Tensor, "size size"]:
-    """A ground-truth mask in the geometry of a CLIP eval image of side ``size``.
-
-    ``"reference"``: resized straight to ``size × size`` (nearest), as the reference does
-    while the image gets a short-side resize and a centre crop, so the two disagree on
-    non-square images (spec Appendix A #11, kept for parity). ``"aligned"``: the image's own
-    short-side resize and centre crop, nearest interpolation.
-    """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
-
-    m = torch.as_tensor(mask).to(torch.uint8)[None]
-    nearest = InterpolationMode.NEAREST
-    if geometry == "reference":
-        return TF.resize(m, [size, size], interpolation=nearest)[0].bool()
-    if geometry != "aligned":
-        raise ValueError(f"geometry must be 'reference' or 'aligned', got {geometry!r}")
-    return TF.center_crop(TF.resize(m, size, interpolation=nearest), [size, size])[0].bool()
-
-
 # ---------------------------------------------------------------------------- figures
 @torch.no_grad()
 def save_overlays(
@@ -345,15 +320,15 @@ def save_overlays(
     labels: Sequence[int] | None = None,
 ):
     """A PNG grid for a person to look at: each uint8 image ``[N, H, W, 3]`` with its
-    ground-truth contour, next to its heat map (:func:`hookedclip.report.viz.heatmap_overlays`).
+    ground-truth contour, next to its heat map (:func:`hookedclip.plotting.heatmap_overlays`).
 
     Titles: ``"pred: X / true: Y"`` with the true class indices ``labels`` (in the
     classifier's classes), ``"pred: X"`` without; with an explicit ``target``, ``"map: X"``
     (the mapped class), plus ``"/ pred: ..."`` of the model. ``pixels`` must already be at the
     model's input size; they are normalised with the model's mean and std.
     """
+    from hookedclip import plotting
     from hookedclip.toy.model import images_to_tensor
-    from hookedclip.report.viz import heatmap_overlays
 
     images = images_to_tensor(pixels, model.cfg.image_mean, model.cfg.image_std).to(model.device, model.dtype)
     maps = heatmaps(model, images, classifier, components, transform, target).float().cpu()
@@ -365,7 +340,7 @@ def save_overlays(
         captions = [f"map: {names[t]} / {c}" for t, c in zip(mapped, captions)]
     if labels is not None:
         captions = [f"{c} / true: {names[int(y)]}" for c, y in zip(captions, labels)]
-    return heatmap_overlays(pixels, maps.numpy(), masks, path, captions, cols)
+    return plotting.heatmap_overlays(pixels, maps.numpy(), masks, path, captions, cols)
 
 
 __all__ = [

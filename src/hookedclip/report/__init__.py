@@ -1,1 +1,1 @@
-"""Figures, HTML pages and the demo report, built on the methods."""
+"""HTML pages and the demo report, built on the methods (figures: :mod:`hookedclip.plotting`)."""

@@ -116,18 +116,16 @@ def _batched_decomposition(ctx: DemoContext, decompose_image, batch_size: int = 
                           torch.cat([p.scale for p in parts]))
 
 
-def _is_visual_head_result(name: str) -> bool:
-    return name.startswith("visual.") and name.endswith("attn.hook_result")
-
-
 def section_head_probes(ctx: DemoContext) -> Section:
+    from hookedclip.names import act_name
     from hookedclip.probes import head_probe_grid
 
     model = ctx.model
+    head_results = {act_name("result", layer) for layer in range(model.cfg.vision.layers)}
     heads = []
     for i in range(0, len(ctx.tensors), 256):
         with torch.no_grad():
-            _, cache = model.run_with_cache(ctx.tensors[i : i + 256], names_filter=_is_visual_head_result)
+            _, cache = model.run_with_cache(ctx.tensors[i : i + 256], names_filter=head_results.__contains__)
         heads.append(cache.stack_head_results(pos=0)[0])  # the cached hook_result of each head at CLS
     heads = torch.cat(heads, dim=1)
     cfg = model.cfg.vision

@@ -1,135 +1,27 @@
-"""Matplotlib figures and the static HTML report.
-
-Figures are written as PNG files; a report is a folder with ``index.html`` and its PNGs,
-readable offline in any browser.
+"""The static HTML report: a folder with ``index.html`` and its PNGs, readable offline in any
+browser. The figures come from :mod:`hookedclip.plotting` (re-exported here for the report's
+sections).
 """
 
 from __future__ import annotations
 
 import html
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def image_grid(images: np.ndarray, captions: Sequence[str], path: str | Path, cols: int = 8) -> Path:
-    """uint8 images ``[N, H, W, 3]`` with a wrapped caption under each."""
-    n = len(images)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, image, text in zip(np.ravel(axes), images, captions):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(text, 22)), fontsize=7.5)
-    return _save(fig, path)
-
-
-def bar_chart(values: dict[str, float], path: str | Path, ylabel: str, title: str, chance: dict[str, float] | None = None,
-              percent: bool = True) -> Path:
-    """One bar per key, value printed on top; optional chance level per bar as a tick."""
-    names = list(values)
-    scale = 100 if percent else 1
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.2))
-    bars = ax.bar(names, [scale * values[k] for k in names], color="#4C72B0")
-    for bar, k in zip(bars, names):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{scale * values[k]:.1f}", ha="center", fontsize=8)
-        if chance and k in chance:
-            ax.hlines(scale * chance[k], bar.get_x(), bar.get_x() + bar.get_width(), colors="#C44E52", linestyles="--")
-    if chance:
-        ax.plot([], [], "--", color="#C44E52", label="chance")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a bar
-    ax.set_ylim(0, 105 if percent else None)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def stacked_layer_shares(shares: dict[str, np.ndarray], labels: Sequence[str], path: str | Path, title: str,
-                         single: dict[str, float] | None = None) -> Path:
-    """Per-layer bars split into parts (e.g. ``{"attention": [...], "MLP": [...]}``), after
-    optional ``single`` bars (e.g. ``{"embed": share}``, grey); values in [0, 1] drawn as % and
-    printed on each bar."""
-    single = single or {}
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * (len(labels) + len(single)) + 2), 3.4))
-    width = 0.8 / len(shares)
-    x = np.arange(len(labels)) + len(single)
-    bars = []
-    for i, value in enumerate(single.values()):
-        bars += ax.bar([i], [100 * value], width, color="#8C8C8C")
-    for i, (name, vals) in enumerate(shares.items()):
-        bars += ax.bar(x + (i - (len(shares) - 1) / 2) * width, 100 * np.asarray(vals), width, label=name)
-    for bar in bars:
-        height = bar.get_height()
-        ax.text(bar.get_x() + bar.get_width() / 2, max(height, 0) + 0.4, f"{height:.1f}", ha="center", fontsize=7)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(np.arange(len(single) + len(labels)), [*single, *labels])
-    ax.set_ylabel("share of the image embedding (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.margins(y=0.08)
-    return _save(fig, path)
-
-
-def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, vmin: float = 0.0,
-                  baseline: dict[str, float] | None = None, baseline_label: str = "chance") -> Path:
-    """One ``[layer, head]`` heatmap per key, the value (%) written in each cell; ``baseline``
-    (e.g. the majority-class rate) is named in each panel's title as ``baseline_label``."""
-    n = len(scores)
-    first = next(iter(scores.values()))
-    fig, axes = plt.subplots(1, n, figsize=(1.4 + 0.95 * first.shape[1] * n + 0.7 * n, 0.75 * first.shape[0] + 1.9),
-                             squeeze=False)  # fmt: skip
-    for ax, (name, grid) in zip(axes[0], scores.items()):
-        im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100, cmap="viridis", aspect="auto")
-        for (i, j), val in np.ndenumerate(grid):
-            ax.text(j, i, f"{100 * val:.0f}", ha="center", va="center", fontsize=10,
-                    color="white" if val < 0.7 else "black")  # fmt: skip
-        subtitle = name + (f"\n({baseline_label} {100 * baseline[name]:.0f}%)" if baseline and name in baseline else "")
-        ax.set_title(subtitle, fontsize=10)
-        ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])], fontsize=9)
-        ax.set_yticks(range(grid.shape[0]), [f"L{l}" for l in range(grid.shape[0])], fontsize=9)
-        ax.set_xlabel("head", fontsize=9)
-        ax.set_ylabel("layer", fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="probe accuracy (%)")
-    fig.suptitle(title, fontsize=11, y=1.0 + 0.35 / fig.get_figheight())  # above the two-line panel titles
-    return _save(fig, path)
-
-
-def line_curves(curves: dict[str, Sequence[float]], xlabels: Sequence[str], path: str | Path, title: str,
-                xlabel: str, ylabel: str = "zero-shot top-1 (%)", chance: dict[str, float] | None = None) -> Path:
-    """Several curves over the same steps (values in [0, 1], drawn as percentages)."""
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.38 * len(xlabels) + 2.5), 3.4))
-    for i, (name, values) in enumerate(curves.items()):
-        line, = ax.plot(range(len(values)), [100 * v for v in values], marker="o", markersize=3.5, label=name)
-        if chance and name in chance:
-            ax.axhline(100 * chance[name], color=line.get_color(), linestyle=":", linewidth=1)
-    if max(map(len, xlabels), default=0) > 3:  # rotate only labels that would collide
-        ax.set_xticks(range(len(xlabels)), xlabels, rotation=45, ha="right", fontsize=8)
-    else:
-        ax.set_xticks(range(len(xlabels)), xlabels, fontsize=9)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 102)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="dotted: chance" if chance else None, title_fontsize=7)
-    return _save(fig, path)
+from hookedclip.plotting import (  # noqa: F401
+    bar_chart,
+    blend_heatmap,
+    head_heatmaps,
+    heatmap_overlays,
+    image_grid,
+    line_curves,
+    neighbour_grid,
+    save_figure,
+    stacked_layer_shares,
+    sweep_curves,
+)
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -185,111 +77,3 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], m
     path = out_dir / "index.html"
     path.write_text("\n".join(parts))
     return path
-
-
-# ---------------------------------------------------------------------------- segmentation, neighbours
-def blend_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, cmap: str = "jet") -> np.ndarray:
-    """uint8 ``[H, W, 3]``: the image tinted by the colour-mapped heat map ``[H, W]`` in [0, 1],
-    the tint's opacity ``alpha · heat``: where the map is 0 the image is unchanged, so the
-    cold part of a map hides nothing."""
-    colours = plt.get_cmap(cmap)(np.clip(heat, 0, 1))[..., :3]
-    weight = alpha * np.clip(heat, 0, 1)[..., None]
-    out = (1 - weight) * (np.asarray(image, dtype=np.float64) / 255) + weight * colours
-    return np.round(255 * out).astype(np.uint8)
-
-
-def heatmap_overlays(images: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, path: str | Path,
-                     captions: Sequence[str] | None = None, cols: int = 6, alpha: float = 0.6) -> Path:
-    """Pairs of panels per image: the uint8 image ``[N, H, W, 3]`` with the ground-truth
-    contour (white), and the image tinted by its heat map ``[N, H, W]`` in [0, 1]
-    (:func:`blend_heatmap`: red = high, untinted = 0) with the binarised foreground
-    (``map > mean``, cyan dashed contour). A legend under the grid says so."""
-    n = len(images)
-    cols = max(1, min(cols, n))
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.45 * 2 * cols, 1.8 * rows + 0.45), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        left, right = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
-        left.imshow(images[i], interpolation="nearest")
-        right.imshow(blend_heatmap(images[i], maps[i], alpha), interpolation="nearest")
-        if maps[i].max() > maps[i].min():
-            right.contour(maps[i] > maps[i].mean(), levels=[0.5], colors="cyan", linewidths=1.0, linestyles="--")
-        if masks is not None:
-            for ax in (left, right):
-                ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=1.0)
-        if captions is not None:
-            left.set_title("\n".join(textwrap.wrap(captions[i], 26)), fontsize=6.5, loc="left", x=0.0)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color="white", linewidth=1.5, label="true outline"),
-               Line2D([], [], color="cyan", linewidth=1.5, linestyle="--", label="binarised map (Res > mean)"),
-               Line2D([], [], color="#d62728", linewidth=6, alpha=0.7, label="heat map tint (red = high)")]
-    legend = fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7.5, frameon=True,
-                        bbox_to_anchor=(0.5, 0.0), facecolor="#555555", labelcolor="white", edgecolor="none")
-    legend.get_frame().set_alpha(1.0)
-    fig.subplots_adjust(bottom=0.45 / (1.8 * rows + 0.45) + 0.02)
-    return _save(fig, path)
-
-
-def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence[str], path: str | Path,
-                   title: str = "", query_caption: str = "query", cols: int = 8,
-                   scores: Sequence[float] | None = None, score_name: str = "score") -> Path:
-    """The query image (left, boxed) and its neighbours ``[k, H, W, 3]`` in rank order, each
-    titled ``#rank`` and, with ``scores``, ``score_name = value`` above its caption."""
-    k = len(neighbours)
-    rows = int(np.ceil(k / cols))
-    fig = plt.figure(figsize=(1.5 * (cols + 1.3), 1.9 * rows + 0.5))
-    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.3] + [1] * cols, wspace=0.15, hspace=0.6)
-    ax = fig.add_subplot(grid[:, 0])
-    ax.imshow(query, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for side in ax.spines.values():
-        side.set_edgecolor("#C44E52")
-        side.set_linewidth(2.5)
-    ax.set_title("query\n" + "\n".join(textwrap.wrap(query_caption, 18)), fontsize=7.5)
-    for i in range(k):
-        ax = fig.add_subplot(grid[i // cols, 1 + i % cols])
-        ax.imshow(neighbours[i], interpolation="nearest")
-        ax.axis("off")
-        head = f"#{i + 1}" + (f"  {score_name} {float(scores[i]):.3g}" if scores is not None else "")
-        ax.set_title(head + "\n" + "\n".join(textwrap.wrap(captions[i], 18)), fontsize=6.5)
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.0 + 0.12 / rows)
-    return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------- sweeps
-def sweep_curves(x: Sequence[float], curves: dict[str, Sequence[float]], path: str | Path, title: str, xlabel: str,
-                 thin: dict[str, Sequence[float]] | None = None, highlight: float | None = None,
-                 highlight_label: str = "pick", ylabel: str = "accuracy (%)", reference: str = "original") -> Path:
-    """Bold curves (values in [0, 1], drawn as %) over a numeric sweep ``x``, each with its
-    value at ``x[0]`` (the ``reference`` point) as a dashed line named in the legend; optional
-    ``thin`` curves (e.g. per group) and a vertical line at one ``highlight`` value of ``x``.
-    The x axis is symmetric-log so a sweep from 0 to large values stays readable."""
-    fig, ax = plt.subplots(figsize=(6.8, 3.8))
-    thin_colours = [plt.get_cmap("Dark2")(i % 8) for i in range(len(thin or {}))]
-    for colour, (name, values) in zip(thin_colours, (thin or {}).items()):
-        ax.plot(x, [100 * v for v in values], color=colour, linewidth=1.3, alpha=0.9, marker=".", markersize=5,
-                label=name)
-    bold = ["#C44E52", "#1f3b73", "#55A868", "#8172B2"]
-    for i, (name, values) in enumerate(curves.items()):
-        line, = ax.plot(x, [100 * v for v in values], color=bold[i % len(bold)], linewidth=2.6, marker="o",
-                        markersize=5, label=name)
-        ax.axhline(100 * values[0], color=line.get_color(), linestyle="--", linewidth=1, alpha=0.8,
-                   label=f"{name}, {reference}: {100 * values[0]:.1f}%")
-    if highlight is not None:
-        ax.axvline(highlight, color="black", linestyle=":", linewidth=1.5, label=highlight_label)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xticks(list(x), [str(v) for v in x], fontsize=8)
-    ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    lowest = min(min(v) for v in list(curves.values()) + list((thin or {}).values()))
-    ax.set_ylim(max(0.0, 10 * np.floor(10 * lowest - 0.5)), 102)  # start at the decade below the lowest value
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _save(fig, path)

@@ -499,14 +499,3 @@ def _still_rising(card: dict, attribute: str) -> str:
         trend = "still rising" if slope > 0 else "no longer rising"
         text += f", {trend} by {100 * 250 * slope:.1f} points per 250 steps over the last {steps - late[0][0]:,} steps"
     return text
-
-
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, eval_n: int = 2000) -> dict:
-    """Export the shipped files from a (possibly unfinished) ``checkpoint.pt``."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    arch, recipe = ckpt["arch"], ckpt["recipe"]
-    model = toy_model.build_open_clip_toy(recipe["seed"], **arch)
-    model.load_state_dict(ckpt["model"])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return export_model(model, out, seed=recipe["seed"], arch=arch, recipe=recipe, state=ckpt["state"], eval_n=eval_n)

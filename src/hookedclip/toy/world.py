@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import struct
-import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -153,10 +151,6 @@ class ToyAttributes:
         if abs(dx) >= abs(dy):
             return "left" if dx < 0 else "right"
         return "top" if dy < 0 else "bottom"
-
-    def as_dict(self) -> dict:
-        """All fields plus the derived ``position``."""
-        return {**asdict(self), "position": self.position}
 
     def labels(self) -> dict[str, int]:
         """Integer class index of each categorical attribute (into SHAPES, COLORS, ...)."""
@@ -592,7 +586,7 @@ def contact_sheet(
 ) -> np.ndarray:
     """Grid uint8 [rows * (S * scale + 2), cols * (S * scale + 2), 3] of the first ``n``
     images, nearest-neighbour upscaled with a 2 px white gutter; written as PNG to ``path``
-    if given (no matplotlib or PIL needed)."""
+    if given."""
     images = world.images(range(min(n, len(world))))
     images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     rows = -(-len(images) // cols)
@@ -602,20 +596,7 @@ def contact_sheet(
         r, c = divmod(k, cols)
         sheet[r * tile + 1 : r * tile + tile - 1, c * tile + 1 : c * tile + tile - 1] = image
     if path is not None:
-        _write_png(path, sheet)
+        from PIL import Image
+
+        Image.fromarray(sheet).save(path, format="PNG")  # 8-bit RGB
     return sheet
-
-
-def _write_png(path: str, rgb: np.ndarray) -> None:
-    """Write uint8 [H, W, 3] as an 8-bit RGB PNG using only the standard library."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        body = tag + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + np.ascontiguousarray(row).tobytes() for row in rgb)  # filter 0 per row
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    with open(path, "wb") as f:
-        f.write(png)

@@ -2,7 +2,7 @@
 
 For each analysed head ``(l, h)`` with direct contributions ``X ∈ R^{N×d'}`` (rows ``φ_{l,h}(x)``,
 the normalised CLS contributions of :func:`hookedclip.decompose.decompose_image`), PCLens
-(``specs/pclens_textspan.md`` §4.2, the reference's ``svd_data_approx``) computes:
+(the reference implementation's ``svd_data_approx``) computes:
 
 1. the mean ``μ_h`` and the centred data ``X_c = X − μ_h`` (no whitening);
 2. the thin SVD ``X_c = U S Vᵀ``; the rows ``v_i`` of ``Vᵀ`` are the PCs;
@@ -23,7 +23,8 @@ Everything is fitted from first and second moments (:class:`hookedclip.data.stat
 or from a data matrix: ``eigh`` of the scatter ``M2 = X_cᵀ X_c`` gives ``S² `` directly, so
 N images never sit in memory. Interventions on chosen PCs live in
 :mod:`hookedclip.methods.pclens.selection` and ranking PCs for a concept in
-:mod:`hookedclip.methods.pclens.query`; both are re-exported here.
+:mod:`hookedclip.methods.pclens.query`; both build on this module, and the package
+(:mod:`hookedclip.methods.pclens`) gathers the public names of all of them.
 """
 
 from __future__ import annotations
@@ -643,25 +644,10 @@ def top_images(pca: HeadPCA, i: int, embeddings: Float[Tensor, "n d"], n: int = 
     return scores.topk(n).indices, (-scores).topk(n).indices
 
 
-# Interventions and queries, re-exported so that ``pclens.keep(...)`` etc. work.
-from hookedclip.methods.pclens.query import QueryResult, QuerySystem  # noqa: E402
-from hookedclip.methods.pclens.selection import (  # noqa: E402
-    PCSelection,
-    amplify,
-    apply_to_stack,
-    keep,
-    nearest_neighbours,
-    remove,
-    reweight,
-    row_transform,
-)
-
 __all__ = [
     "PCLabel", "HeadPCA", "PCLensResult", "choose_rank", "pca_from_data", "pca_from_moments", "text_coordinates",
     "projector", "label_pcs", "model_identity", "fit_from_moments", "fit_from_contributions", "analysed_heads",
-    "stream_moments", "fit", "image_scores", "top_images", "QuerySystem", "QueryResult", "PCSelection", "keep",
-    "remove", "reweight", "amplify", "apply_to_stack", "nearest_neighbours",
-    "row_transform",
+    "stream_moments", "fit", "image_scores", "top_images",
 ]
 
 

@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hookedclip.decompose import ComponentStack, decompose_image
-from hookedclip.methods.pclens import PCLensResult
+from hookedclip.methods.pclens.core import PCLensResult
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
 from hookedclip.methods.pclens.selection import PCSelection, selection_embeddings
 from hookedclip.zeroshot import accuracy, group_accuracies
@@ -105,15 +105,15 @@ class DebiasSweep:
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """Worst-group and average accuracy against ``K`` (thin lines: each group), the
         unmodified model's values dashed and the picked ``K`` marked by a vertical line."""
-        from hookedclip.report import viz
+        from hookedclip import plotting
 
         ks = [p.k for p in self.points]
         curves = {"worst group": [p.worst_group for p in self.points], "average": [p.average for p in self.points]}
         groups = {g: [p.groups[g] for p in self.points] for g in self.group_names}
         title = title or f"Removing the PCs of {', '.join(repr(c) for c in self.concepts)}"
-        return viz.sweep_curves(ks, curves, path, title, "top PCs removed per concept (K; 0 = original model)",
-                                thin=groups, highlight=self.chosen.k,
-                                highlight_label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)")
+        return plotting.sweep_curves(ks, curves, path, title, "top PCs removed per concept (K; 0 = original model)",
+                                     thin=groups, highlight=self.chosen.k,
+                                     highlight_label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)")
 
     def summary(self) -> str:
         """A few lines: the baseline, the picked point and the rule."""

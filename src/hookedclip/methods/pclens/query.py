@@ -23,7 +23,7 @@ from torch import Tensor
 from hookedclip.methods.pclens.selection import PCSelection
 
 if TYPE_CHECKING:
-    from hookedclip.methods.pclens import PCLensResult
+    from hookedclip.methods.pclens.core import PCLensResult
 
 
 @dataclass

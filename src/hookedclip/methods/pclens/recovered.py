@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hookedclip.methods.pclens import PCLensResult, fit_from_moments, model_identity, projector, text_coordinates
+from hookedclip.methods.pclens.core import PCLensResult, fit_from_moments, model_identity, projector, text_coordinates
 from hookedclip.methods.textspan import TextSpanResult, text_span_from_moments
 from hookedclip.data.stats import RunningMoments
 
@@ -250,7 +250,7 @@ def evaluate(parts: Iterable[Parts], weights: Float[Tensor, "d c"], ablated_mean
 
 def _split(model, heads: Sequence[str] | str | None) -> tuple[list[str], list[str]]:
     """Analysed heads (default: the last 4 layers) and every other head (mean-ablated)."""
-    from hookedclip.methods.pclens import analysed_heads
+    from hookedclip.methods.pclens.core import analysed_heads
 
     analysed = analysed_heads(model, heads)
     cfg = model.cfg.vision

@@ -48,7 +48,7 @@ from hookedclip.ablation import Finalize, intervene
 from hookedclip.decompose import ComponentStack
 
 if TYPE_CHECKING:
-    from hookedclip.methods.pclens import PCLensResult
+    from hookedclip.methods.pclens.core import PCLensResult
 
 PCRef = tuple[str, int]
 _PC_STRING = re.compile(r"^(L-?\d+H\d+)[.:/](?:PC)?(\d+)$", re.IGNORECASE)
@@ -238,11 +238,11 @@ def selection_embeddings(stack: ComponentStack, result: "PCLensResult", selectio
 def nearest_neighbours(query: Float[Tensor, " d"], candidates: Float[Tensor, "n d"], k: int = 15,
                        score: Literal["dot", "cos"] = "dot") -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
     """The ``k`` candidates with the highest ``⟨c, q⟩`` (``"dot"``, TextSpan's per-head search) or
-    cosine (``"cos"``), best first: ``(indices, scores)`` (§4.9). In-memory shorthand for
-    :func:`hookedclip.methods.neighbours.nearest` (``"score"`` / ``"score_vis"``); candidates are a
-    head's contributions or :func:`selection_embeddings` (see also
-    :func:`hookedclip.methods.neighbours.selection_space`)."""
-    from hookedclip.methods.neighbours import nearest
+    cosine (``"cos"``), best first: ``(indices, scores)``, the nearest-neighbour image search of
+    TextSpan and PCLens. In-memory shorthand for :func:`hookedclip.search.nearest` (``"score"`` /
+    ``"score_vis"``); candidates are a head's contributions or :func:`selection_embeddings` (see
+    also :func:`hookedclip.methods.neighbours.selection_space`)."""
+    from hookedclip.search import nearest
 
     if candidates.ndim != 2 or query.shape[-1] != candidates.shape[1]:
         raise ValueError(f"query {tuple(query.shape)} and candidates {tuple(candidates.shape)} must share d'")

@@ -1,0 +1,7 @@
+"""``python -m hookedclip.cli``: the ``hookedclip`` command."""
+
+import sys
+
+from hookedclip.cli import main
+
+sys.exit(main())

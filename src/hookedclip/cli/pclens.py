@@ -1,0 +1,153 @@
+"""``hookedclip pclens report`` and ``hookedclip pclens debias``.
+
+``report`` fits PCLens on held-out toy images and writes the HTML report of
+:func:`hookedclip.report.pclens.write_pclens_report`. ``debias`` runs
+:func:`hookedclip.methods.pclens.debias.debias_sweep` (toy spurious split by default,
+``--waterbirds DIR`` for Waterbirds) and writes ``debias.csv``, ``debias.png`` and ``summary.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hookedclip.methods.pclens import PCLensResult
+from hookedclip.model.resolve import load_model
+from hookedclip.report.pclens import MIN_STRENGTH, write_pclens_report
+
+
+def _toy_data(model, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.world import ToyWorld
+
+    world = ToyWorld(n, seed=seed, split="test", image_size=model.cfg.vision.image_size)
+    images = world.images()
+    return images, images_to_tensor(images, model.cfg.image_mean, model.cfg.image_std)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from hookedclip.data.vocab import load_vocabulary, toy_text_pool
+    from hookedclip.methods import pclens
+    from hookedclip.zeroshot import embed_images
+
+    torch.set_num_threads(max(1, args.threads))
+    model = load_model(args.model)
+    if args.data != "toy":
+        raise ValueError(f"--data {args.data!r}: only the toy world is supported by this command for now")
+    images, x = _toy_data(model, args.n, args.seed)
+    batches = list(x.split(args.batch_size))
+    if args.result:
+        result = PCLensResult.load(args.result, model=model)
+    else:
+        texts = load_vocabulary(args.vocab) if args.vocab else toy_text_pool()
+        L = model.cfg.vision.layers
+        result = pclens.fit(model, batches, components=[f"L{max(0, L - args.layers)}-{L - 1}"], texts=texts,
+                            n_texts=args.texts, max_pcs=args.max_pcs)
+        if args.save_result:
+            result.save(args.save_result)
+    embeddings = embed_images(model, batches)
+    path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts,
+                               args.min_strength)
+    print(f"report written to {path}")
+
+
+def _fit_images(model, args: argparse.Namespace, task):
+    """Batches PCLens is fitted on: held-out toy images (a fresh seed, all shapes), or for
+    Waterbirds the evaluation images themselves (transductive, as in the reference's
+    Waterbirds experiment)."""
+    if args.waterbirds:
+        return task.batches(args.batch_size, args.workers)
+    _, x = _toy_data(model, args.n_fit, args.seed)
+    return x.split(args.batch_size)
+
+
+def _cmd_debias(args: argparse.Namespace) -> None:
+    from hookedclip.data.vocab import load_vocabulary, toy_text_pool, vocabulary
+    from hookedclip.methods import pclens
+    from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
+
+    torch.set_num_threads(max(1, args.threads))
+    model = load_model(args.model, args.pretrained)
+    if args.waterbirds:
+        task = waterbirds_task(model, args.waterbirds, args.split, args.limit)
+    else:
+        task = toy_task(model, args.n, args.eval_seed)
+    concepts = args.concept or task.concepts
+    if args.result:
+        result = PCLensResult.load(args.result, model=model)
+    else:
+        default = toy_text_pool() if args.model == "toy" else vocabulary("english")
+        texts = load_vocabulary(args.vocab) if args.vocab else default
+        L = model.cfg.vision.layers
+        result = pclens.fit(model, _fit_images(model, args, task), components=[f"L{max(0, L - args.layers)}-{L - 1}"],
+                            texts=texts, n_texts=3, max_pcs=args.max_pcs)
+    ks = [int(k) for k in args.ks.split(",")]
+    sweep = debias_sweep(model, result, task.classifier, concepts, task.batches(args.batch_size, args.workers),
+                         task.labels, task.groups, ks, args.margin / 100, task.group_names)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep.to_csv(out / "debias.csv")
+    sweep.plot(out / "debias.png")
+    (out / "summary.txt").write_text(sweep.summary() + "\n")
+    print(sweep.summary())
+    print(f"written: {out / 'debias.csv'}, {out / 'debias.png'}, {out / 'summary.txt'}")
+
+
+def _add_debias(sub) -> None:
+    deb = sub.add_parser("debias", help="remove a spurious concept's PCs: worst-group / average accuracy vs K")
+    deb.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
+    deb.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
+    deb.add_argument("--waterbirds", default=None, metavar="DIR",
+                     help="Waterbirds folder (metadata.csv + images) instead of the toy spurious split")
+    deb.add_argument("--split", default="test", help="Waterbirds split (default %(default)s)")
+    deb.add_argument("--limit", type=int, default=None, help="use only the first N Waterbirds images")
+    deb.add_argument("--n", type=int, default=1000, help="toy spurious-split images (default %(default)s)")
+    deb.add_argument("--eval-seed", type=int, default=12345, help="toy spurious split seed (as `toy evaluate`)")
+    deb.add_argument("--n-fit", type=int, default=1024, help="held-out toy images PCLens is fitted on")
+    deb.add_argument("--seed", type=int, default=11, help="seed of the toy fit images")
+    deb.add_argument("--concept", action="append", default=None,
+                     help="a spurious concept text (repeat; default: the toy textures' words, or "
+                          "'water background' and 'land background' for Waterbirds)")
+    deb.add_argument("--ks", default="1,2,3,5,8,12,20,30,50", help="PCs per concept to remove (comma list)")
+    deb.add_argument("--margin", type=float, default=1.0,
+                     help="average-accuracy points the pick may lose (default %(default)s)")
+    deb.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
+    deb.add_argument("--max-pcs", type=int, default=80, help="cap on PCs per head (default %(default)s)")
+    deb.add_argument("--vocab", default=None, help="label vocabulary file (default: toy pool / english)")
+    deb.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")
+    deb.add_argument("--batch-size", type=int, default=256)
+    deb.add_argument("--workers", type=int, default=0, help="image loading workers (Waterbirds)")
+    deb.add_argument("--threads", type=int, default=1)
+    deb.add_argument("--out", default="pclens-debias", help="output folder (default: ./pclens-debias)")
+    deb.set_defaults(func=_cmd_debias)
+
+
+def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
+    """Register ``hookedclip pclens report`` and ``hookedclip pclens debias`` on the subparsers."""
+    group = subparsers.add_parser("pclens", help="PCLens: per-head principal components labelled with text")
+    sub = group.add_subparsers(dest="pclens_command", required=True)
+    rep = sub.add_parser("report", help="HTML page per analysed head: PCs, text labels, image strips, strengths")
+    rep.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
+    rep.add_argument("--data", default="toy", help="image source (only 'toy' for now)")
+    rep.add_argument("--n", type=int, default=1024, help="held-out images (default %(default)s)")
+    rep.add_argument("--seed", type=int, default=11)
+    rep.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
+    rep.add_argument("--max-pcs", type=int, default=80, help="cap on PCs per head (default %(default)s)")
+    rep.add_argument("--texts", type=int, default=3, help="texts per side of each PC")
+    rep.add_argument("--vocab", default=None, help="label vocabulary file, one text per line (default: toy pool)")
+    rep.add_argument("--pcs", type=int, default=5, help="PCs with image strips per head")
+    rep.add_argument("--images", type=int, default=8, help="top and bottom images per PC")
+    rep.add_argument("--min-strength", type=float, default=MIN_STRENGTH,
+                     help="list PCs below this %% of their head's retained variance apart "
+                          "(default %(default)s; 0: all)")
+    rep.add_argument("--batch-size", type=int, default=256)
+    rep.add_argument("--threads", type=int, default=1)
+    rep.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")
+    rep.add_argument("--save-result", default=None, help="also save the fitted result to this folder")
+    rep.add_argument("--out", default="pclens-report", help="report folder (default: ./pclens-report)")
+    rep.set_defaults(func=_cmd_report)
+    _add_debias(sub)
+    return group
