@@ -8,7 +8,7 @@ from hookedclip.cli import main
 
 # DESIGN §3 per block: resid_pre, attn_out, resid_mid, mlp_out, resid_post; ln1 and ln2 scale and
 # normalized; attn q, k, v, attn_scores, pattern, z, result; mlp pre and post.
-PER_BLOCK = 5 + 4 + 7 + 2
+PER_BLOCK = 5 + 4 + 7 + 2 + 5  # + the TransformerLens input hooks: attn_in, q/k/v_input, mlp_in
 # Outside the blocks: embed, pos_embed, pooled, out; visual ln_pre and ln_post, text ln_final.
 VISUAL_EXTRA, TEXT_EXTRA = 4 + 2 + 2, 4 + 2
 VIT_B_32_HOOKS = 12 * PER_BLOCK + VISUAL_EXTRA + 12 * PER_BLOCK + TEXT_EXTRA
