@@ -6,7 +6,7 @@ import re
 
 from hookedclip.cli import main
 
-# DESIGN §3 per block: resid_pre, attn_out, resid_mid, mlp_out, resid_post; ln1 and ln2 scale and
+# Per block: resid_pre, attn_out, resid_mid, mlp_out, resid_post; ln1 and ln2 scale and
 # normalized; attn q, k, v, attn_scores, pattern, z, result; mlp pre and post.
 PER_BLOCK = 5 + 4 + 7 + 2 + 5  # + the TransformerLens input hooks: attn_in, q/k/v_input, mlp_in
 # Outside the blocks: embed, pos_embed, pooled, out; visual ln_pre and ln_post, text ln_final.
