@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from hookedclip.model.hooked import HookedCLIP
 
-from hookedclip.names import _BLOCK_SHORT_NAMES, _TOWER_SHORT_NAMES, act_name  # noqa: F401
+from hookedclip.decompose import residual
+from hookedclip.names import _BLOCK_SHORT_NAMES, _LAYER_TYPES, _TOWER_SHORT_NAMES, act_name  # noqa: F401
 
 
 class ActivationCache(Mapping[str, Tensor]):
@@ -36,6 +38,10 @@ class ActivationCache(Mapping[str, Tensor]):
             return act_name(key)
         short, layer, *rest = key
         tower = rest[0] if rest and rest[0] is not None else "visual"  # TransformerLens passes None
+        if tower in _LAYER_TYPES:  # TransformerLens's sublayer ("ln2", "m", ...), not a tower
+            if short in ("scale", "normalized"):
+                short = f"{_LAYER_TYPES[tower]}_scale" if short == "scale" else _LAYER_TYPES[tower]
+            tower = "visual"
         n_layers = self._n_layers(tower)
         if layer is not None and n_layers is not None and not -n_layers <= layer < n_layers:
             raise IndexError(
@@ -76,35 +82,111 @@ class ActivationCache(Mapping[str, Tensor]):
             self.model.to(device)
         return self
 
-    def stack(self, short: str, tower: str = "visual") -> Tensor:
-        """One activation of every layer stacked: ``[n_layers, *shape]``."""
+    # ------------------------------------------------------------------ TransformerLens's analyses
+    # With CLIP's readout (the frozen ln_post, pooling and the projection) in place of the
+    # unembedding; see :mod:`hookedclip.decompose.residual`.
+    def stack_activation(self, activation_name: str, layer: int = -1, tower: str = "visual") -> Tensor:
+        """One activation of every block before ``layer`` (all with -1) stacked: ``[n, *shape]``."""
         n = self._n_layers(tower)
         if n is None:
             raise ValueError("stacking needs the model (and the tower) the cache came from")
-        return torch.stack([self[short, layer, tower] for layer in range(n)])
+        n = n if layer == -1 else layer
+        return torch.stack([self[activation_name, block, tower] for block in range(n)])
 
-    def stack_head_results(
-        self, tower: str = "visual", pos: int | slice | None = None
-    ) -> tuple[Float[Tensor, "component batch *pos d_model"], list[str]]:
-        """Every head's output (before ``b_O``) stacked across layers, with labels ``"L{l}H{h}"``.
+    def stack(self, short: str, tower: str = "visual") -> Tensor:
+        """Short name of :meth:`stack_activation` over every layer: ``[n_layers, *shape]``."""
+        return self.stack_activation(short, -1, tower)
 
-        Uses the cached ``hook_result`` where present, else computes it from the cached
-        ``hook_z`` and ``W_O``. ``pos`` selects token positions first (``0`` for CLS only),
-        which keeps the result small.
-        """
-        n = self._n_layers(tower)
-        if n is None:
-            raise ValueError("stacking head results needs the model the cache came from")
-        index = (slice(None), pos) if pos is not None else (slice(None),)
-        rows, labels = [], []
-        for layer in range(n):
+    def stack_head_results(self, layer: int = -1, return_labels: bool = False, incl_remainder: bool = False,
+                           pos_slice=None, apply_ln: bool = False, tower: str = "visual", pos=None):
+        """Every head's output (before ``b_O``) in the blocks before ``layer`` (all with -1):
+        ``[layer * head, batch, *pos, d_model]``, with labels ``"L{l}H{h}"`` when
+        ``return_labels``. Uses cached ``hook_result`` where present, else ``hook_z`` and
+        ``W_O``. ``pos_slice=0`` keeps the class token only (small); ``incl_remainder`` adds
+        the rest of the residual stream; ``apply_ln`` the frozen LayerNorm of ``layer``."""
+        if pos is not None:  # the old signature returned (stack, labels)
+            warnings.warn("stack_head_results(pos=...) is deprecated and will be removed; use pos_slice=... "
+                          "(and return_labels=True for the labels)", DeprecationWarning, stacklevel=2)
+            pos_slice, return_labels = pos, True
+        return residual.stack_head_results(self, layer, return_labels, incl_remainder, pos_slice, apply_ln, tower)
+
+    def stack_neuron_results(self, layer: int = -1, neuron_slice=None, pos_slice=None, return_labels: bool = False,
+                             incl_remainder: bool = False, apply_ln: bool = False, tower: str = "visual"):
+        """Every MLP neuron's output in the blocks before ``layer``: ``[layer * neuron, batch,
+        *pos, d_model]``, labels ``"L{l}N{n}"``."""
+        return residual.stack_neuron_results(self, layer, neuron_slice, pos_slice, return_labels, incl_remainder,
+                                             apply_ln, tower)
+
+    def get_neuron_results(self, layer: int, neuron_slice=None, pos_slice=None, tower: str = "visual") -> Tensor:
+        """Block ``layer``'s neurons' outputs ``[batch, *pos, neuron, d_model]``."""
+        return residual.neuron_results(self, layer, neuron_slice, pos_slice, tower)
+
+    def compute_head_results(self, tower: str = "visual") -> None:
+        """Store every block's ``hook_result`` (from ``hook_z`` and ``W_O``) in the cache."""
+        for layer in range(self._n_layers(tower) or 0):
             name = act_name("result", layer, tower)
-            if name in self._store:
-                result = self._store[name][index]
-            else:
-                W_O = getattr(self.model, tower).blocks[layer].attn.W_O
-                z = self["z", layer, tower][index]
-                result = torch.einsum("...he,hem->...hm", z, W_O.to(z.dtype).detach())
-            rows.append(result.movedim(-2, 0))
-            labels += [f"L{layer}H{h}" for h in range(result.shape[-2])]
-        return torch.cat(rows), labels
+            if name not in self._store:
+                self._store[name] = residual.head_results(self, layer, tower=tower)
+
+    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
+                          pos_slice=None, mlp_input: bool = False, return_labels: bool = False,
+                          tower: str = "visual"):
+        """The residual stream entering each block (the logit lens's input); see
+        :func:`hookedclip.decompose.residual.accumulated_resid`."""
+        return residual.accumulated_resid(self, layer, incl_mid, apply_ln, pos_slice, mlp_input, return_labels, tower)
+
+    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
+                        apply_ln: bool = False, pos_slice=None, incl_embeds: bool = True, return_labels: bool = False,
+                        tower: str = "visual"):
+        """The residual stream split into the embedding slot and each block's attention and MLP
+        output; see :func:`hookedclip.decompose.residual.decompose_resid`."""
+        return residual.decompose_resid(self, layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds,
+                                        return_labels, tower)
+
+    def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
+                                     expand_neurons: bool = True, apply_ln: bool = False, pos_slice=None,
+                                     return_labels: bool = False, tower: str = "visual"):
+        """Heads, MLPs (or neurons), the embedding slot and the biases, summing to the residual
+        stream; see :func:`hookedclip.decompose.residual.get_full_resid_decomposition`."""
+        return residual.get_full_resid_decomposition(self, layer, mlp_input, expand_neurons, apply_ln, pos_slice,
+                                                     return_labels, tower)
+
+    def apply_ln_to_stack(self, residual_stack: Tensor, layer: int | None = None, mlp_input: bool = False,
+                          pos_slice=None, batch_slice=None, has_batch_dim: bool = True,
+                          tower: str = "visual") -> Tensor:
+        """Centre each row and divide by the LayerNorm scale of the cached forward (``ln_post``
+        for ``layer=None``, pooling first where the model pools before it)."""
+        return residual.apply_ln_to_stack(self, residual_stack, layer, mlp_input, pos_slice, batch_slice,
+                                          has_batch_dim, tower)
+
+    def logit_attrs(self, residual_stack: Tensor, directions: Tensor, incorrect: Tensor | None = None,
+                    pos_slice=None, batch_slice=None, has_batch_dim: bool = True) -> Tensor:
+        """Each row's direct contribution to the score ``⟨e, direction⟩`` of a text embedding or
+        a zero-shot class direction (``[d_out]`` or ``[batch, d_out]``): ``[component, batch]``."""
+        return residual.logit_attrs(self, residual_stack, directions, incorrect, pos_slice, batch_slice,
+                                    has_batch_dim)
+
+    # ------------------------------------------------------------------ batch handling
+    def remove_batch_dim(self) -> "ActivationCache":
+        """Drop the batch axis of a batch-1 cache (in place)."""
+        if not self.has_batch_dim:
+            return self
+        sizes = {v.shape[0] for v in self._store.values()}
+        if sizes != {1}:
+            raise ValueError(f"remove_batch_dim needs a batch of 1, this cache has batch sizes {sorted(sizes)}")
+        for name, value in self._store.items():
+            self._store[name] = value[0]
+        self.has_batch_dim = False
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice: int | slice | list[int]) -> "ActivationCache":
+        """A new cache holding only the selected images (an int keeps the batch axis, as a
+        one-image batch)."""
+        if not self.has_batch_dim:
+            raise ValueError("this cache has no batch axis (remove_batch_dim was applied)")
+        index = [batch_slice] if isinstance(batch_slice, int) else batch_slice
+        return ActivationCache({k: v[index] for k, v in self._store.items()}, self.model)
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """Turn autograd on or off globally (``torch.set_grad_enabled``), as TransformerLens does."""
+        torch.set_grad_enabled(mode)

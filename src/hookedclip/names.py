@@ -24,7 +24,19 @@ _BLOCK_SHORT_NAMES = {
     "ln2": "ln2.hook_normalized",
     "ln1_scale": "ln1.hook_scale",
     "ln2_scale": "ln2.hook_scale",
+    # TransformerLens's aliases
+    "attn": "attn.hook_pattern",
+    "attn_logits": "attn.hook_attn_scores",
+    "query": "attn.hook_q",
+    "key": "attn.hook_k",
+    "value": "attn.hook_v",
+    "scale": "ln1.hook_scale",
+    "normalized": "ln1.hook_normalized",
+    **{k: f"hook_{k}" for k in ("attn_in", "q_input", "k_input", "v_input", "mlp_in")},
 }
+#: TransformerLens's third key element (the sublayer) for "scale" / "normalized", and its
+#: one-letter shorthands; the tower stays "visual".
+_LAYER_TYPES = {"ln1": "ln1", "ln2": "ln2", "a": "ln1", "m": "ln2", "attn": "ln1", "mlp": "ln2"}
 # Short names outside the blocks.
 _TOWER_SHORT_NAMES = {
     "embed": "hook_embed",
