@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, parse
+from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, select
 from hookedclip.decompose import ComponentStack, needed_hooks, stack_from_cache
 
 Mode = Literal["total", "direct"]
@@ -45,8 +45,7 @@ Replace = Callable[[Tensor, Component], Tensor]
 
 
 def _components(model, components: ComponentLike | Sequence[ComponentLike]) -> list[Component]:
-    cfg = model.cfg.vision
-    return parse(components, n_layers=cfg.layers, n_heads=cfg.heads)
+    return select(model, components)
 
 
 def ablate(

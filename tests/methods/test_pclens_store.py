@@ -7,9 +7,9 @@ import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.data.extract import extract
-from hookedclip.methods import pclens
+from hookedclip.methods import head_moments, pclens
 from hookedclip.data.stats import RunningMoments
-from hookedclip.methods.textspan import head_moments, text_span_from_moments, text_span_from_store
+from hookedclip.methods.textspan import text_span_from_moments, text_span_from_store
 from tests.conftest import tiny_open_clip
 
 
@@ -48,7 +48,7 @@ def test_fit_from_store_equals_fit(stored, moments):
     model, images, pool, texts, stores = stored
     store = stores[moments]
     direct = pclens.fit(model, images.split(16), components="L1-2", texts=texts, text_embeddings=pool, n_texts=3)
-    heads = pclens.store_heads(store, last_layers=2)
+    heads = pclens.store_heads(store, components="L-2-")
     fitted = pclens.fit_from_store(store, heads, model=model, texts=texts, text_embeddings=pool, n_texts=3)
     assert list(fitted.heads) == list(direct.heads) == [f"L{l}H{h}" for l in (1, 2) for h in range(4)]
     fitted.check_model(model)
@@ -66,19 +66,18 @@ def test_fit_from_store_equals_fit(stored, moments):
 
 def test_text_span_from_store_equals_moments(stored):
     model, images, pool, texts, stores = stored
-    labels, moments = head_moments(model, images.split(16), ["L2H0", "L2H3"])
-    second = moments.second_moment()
-    from_store = text_span_from_store(stores["mean"], pool, texts, heads=["L2H0", "L2H3"], n_texts=4, rank=5)
-    for i, label in enumerate(labels):
-        ref = text_span_from_moments(moments.mean[i], second[i], moments.n, pool, texts, n_texts=4, rank=5)
+    moments, _ = head_moments(model, images.split(16), ["L2H0", "L2H3"])
+    from_store = text_span_from_store(stores["mean"], pool, texts, components=["L2H0", "L2H3"], n_texts=4, rank=5)
+    for label, m in moments.items():
+        ref = text_span_from_moments(m.mean, m.second_moment(), m.n, pool, texts, n_texts=4, rank=5)
         assert from_store[label].texts == ref.texts
         torch.testing.assert_close(from_store[label].basis, ref.basis, rtol=0, atol=1e-8)
 
 
 def test_store_errors(stored):
     *_, stores = stored
-    with pytest.raises(KeyError, match="L9H0"):
-        pclens.fit_from_store(stores["cov"], heads=["L9H0"])
+    with pytest.raises(ValueError, match="L9H0.*layers 0..2"):
+        pclens.fit_from_store(stores["cov"], components=["L9H0"])
     with pytest.raises(KeyError, match="decomposition target"):
         pclens.fit_from_store(stores["cov"], target="embedding")
     identity = pclens.fit_from_store(stores["cov"]).model
