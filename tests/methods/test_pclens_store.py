@@ -82,3 +82,37 @@ def test_store_errors(stored):
         pclens.fit_from_store(stores["cov"], target="embedding")
     identity = pclens.fit_from_store(stores["cov"]).model
     assert identity["source"] == "store" and identity["weights"] == stores["cov"].manifest["model"]["weights_hash"]
+
+
+def test_store_components_and_old_names(stored):
+    """Heads of a store are chosen with components= (default: every head it holds); the old
+    heads= and last_layers= still work with a deprecation warning and choose the same heads."""
+    from hookedclip.methods import store_heads, store_moments
+
+    model, images, pool, texts, stores = stored
+    store = stores["cov"]
+    every = [f"L{l}H{h}" for l in range(3) for h in range(4)]
+    assert store_heads(store) == every
+    assert store_heads(store, components="L-2-") == store_heads(store, components="L1-2", model=model) == every[4:]
+    with pytest.warns(DeprecationWarning, match=r"store_heads\(last_layers=\.\.\.\).*use components="):
+        assert store_heads(store, last_layers=2) == every[4:]
+    with pytest.warns(DeprecationWarning, match=r"store_heads\(heads=\.\.\.\).*use components="):
+        assert store_heads(store, heads=["L2H1", "L0H3"]) == ["L2H1", "L0H3"]
+    with pytest.warns(DeprecationWarning, match=r"store_moments\(heads=\.\.\.\)"):
+        old = store_moments(store, heads=["L2H1"])
+    assert torch.equal(old["L2H1"].m2, store_moments(store, ["L2H1"])["L2H1"].m2)
+    with pytest.raises(ValueError, match="not heads"):
+        store_heads(store, components="mlp1")
+
+    with pytest.warns(DeprecationWarning, match=r"fit_from_store\(heads=\.\.\.\)"):
+        old = pclens.fit_from_store(store, heads=["L2H0", "L2H3"], model=model)
+    new = pclens.fit_from_store(store, components=["L2H0", "L2H3"], model=model)
+    assert list(old.heads) == list(new.heads) == ["L2H0", "L2H3"]
+    assert all(torch.equal(a.components, b.components) for a, b in zip(old, new))
+
+    with pytest.warns(DeprecationWarning, match=r"text_span_from_store\(heads=\.\.\.\)"):
+        old = text_span_from_store(store, pool, texts, heads=["L2H0"], n_texts=3, rank=5)
+    assert old["L2H0"].texts == text_span_from_store(store, pool, texts, components=["L2H0"], n_texts=3,
+                                                     rank=5)["L2H0"].texts
+    with pytest.raises(ValueError, match="pass text_embeddings= or the model"):  # nothing to embed the texts with
+        text_span_from_store(store, None, texts)
