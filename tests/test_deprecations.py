@@ -32,8 +32,8 @@ def model():
 @pytest.fixture(scope="module")
 def classifier(model):
     d = model.cfg.vision.output_dim
-    return ZeroShotClassifier(torch.nn.functional.normalize(torch.randn(d, 3, generator=GEN, dtype=torch.float64), dim=0),
-                              ["a", "b", "c"])
+    weights = torch.nn.functional.normalize(torch.randn(d, 3, generator=GEN, dtype=torch.float64), dim=0)
+    return ZeroShotClassifier(weights, ["a", "b", "c"])
 
 
 def old_and_new(call_old, call_new, old: str, new: str, n_old: int = 1):
@@ -63,7 +63,8 @@ def test_the_helper():
 
 def test_tokens_is_positions(model):
     a, b = old_and_new(lambda: decompose_image(model, IMAGES[:2], tokens="all", components="L1"),
-                       lambda: decompose_image(model, IMAGES[:2], positions="all", components="L1"), "tokens", "positions")
+                       lambda: decompose_image(model, IMAGES[:2], positions="all", components="L1"),
+                       "tokens", "positions")
     assert a.tensor.shape[2] == model.cfg.vision.n_tokens and torch.equal(a.tensor, b.tensor)
     with model.cache() as cache:
         emb = model.encode_image(IMAGES[:2])
@@ -71,8 +72,8 @@ def test_tokens_is_positions(model):
                        lambda: stack_from_cache(model, "visual", IMAGES[:2], dict(cache), emb, positions="all"),
                        "tokens", "positions")
     assert torch.equal(a.tensor, b.tensor)
-    a, b = old_and_new(lambda: estimate_memory(model, 4, tokens="all"), lambda: estimate_memory(model, 4, positions="all"),
-                       "tokens", "positions")
+    a, b = old_and_new(lambda: estimate_memory(model, 4, tokens="all"),
+                       lambda: estimate_memory(model, 4, positions="all"), "tokens", "positions")
     assert a == b > estimate_memory(model, 4, positions="cls")
     a, b = old_and_new(lambda: plan_chunks(model, 4, tokens="all", max_memory=10**9),
                        lambda: plan_chunks(model, 4, positions="all", max_memory=10**9), "tokens", "positions")
@@ -80,7 +81,8 @@ def test_tokens_is_positions(model):
 
 
 def test_data_and_heads_in_accuracy_recovered(model, classifier):
-    a, b = old_and_new(lambda: accuracy_recovered(model, data=BATCHES, classifier=classifier, heads="L1", budgets=(0, 2)),
+    a, b = old_and_new(lambda: accuracy_recovered(model, data=BATCHES, classifier=classifier, heads="L1",
+                                                  budgets=(0, 2)),
                        lambda: accuracy_recovered(model, BATCHES, classifier, components="L1", budgets=(0, 2)),
                        "(?:data|heads)", "(?:batches|components)", n_old=2)
     assert a.curves == b.curves and a.heads == b.heads == [f"L1H{h}" for h in range(4)] and a.ablated == b.ablated

@@ -8,7 +8,6 @@ import torch
 from hookedclip import HookedCLIP
 from hookedclip.data.extract import extract
 from hookedclip.methods import head_moments, pclens
-from hookedclip.data.stats import RunningMoments
 from hookedclip.methods.textspan import text_span_from_moments, text_span_from_store
 from tests.conftest import tiny_open_clip
 
