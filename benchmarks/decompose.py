@@ -7,7 +7,7 @@ frozen (``specs/pclens_textspan.md`` §1.3, reference convention):
 - naive: cache the layers' patterns and values, materialise every head's width-space
   output at the CLS query per source token ``[batch, token, head, d_model]``, then apply the
   frozen LayerNorm and the projection;
-- ours: ``decompose_image(model, images, tokens="all", components=["L8-11"])``, which
+- ours: ``decompose_image(model, images, positions="all", components=["L8-11"])``, which
   folds ``W_O · diag(γ) · P`` per head and never forms a ``d_model``-wide per-head tensor.
 
 Prints time and peak-memory ratios (naive / ours) measured in the same run, and the max
@@ -49,7 +49,7 @@ def build(name: str):
 def ours(model, images, layers: list[int]) -> torch.Tensor:
     from hookedclip.decompose import decompose_image
 
-    stack = decompose_image(model, images, tokens="all", components=[f"L{l}" for l in layers])
+    stack = decompose_image(model, images, positions="all", components=[f"L{l}" for l in layers])
     return stack.tensor[:-1]  # drop the "rest" row: [layer * head, batch, token, d_out]
 
 

@@ -50,11 +50,11 @@ def main() -> None:
     for attribute in ("shape", "color"):
         labels = torch.tensor([a.labels()[attribute] for a in world.attributes()])
         classifier = ZeroShotClassifier.from_prompts(model, class_prompts(attribute))
-        data = list(zip(x.split(250), labels.split(250)))
+        batches = list(zip(x.split(250), labels.split(250)))
         with warnings.catch_warnings():  # TextSpan may run out of new directions in a small pool
             warnings.simplefilter("ignore", RuntimeWarning)
-            result = accuracy_recovered(model, data, classifier, heads=heads, budgets=args.budgets, texts=texts,
-                                        text_embeddings=pool)
+            result = accuracy_recovered(model, batches, classifier, components=heads, budgets=args.budgets,
+                                        texts=texts, text_embeddings=pool)
         name = NAMES[attribute]
         print(f"\n{name} ({len(classifier.classnames)} classes)\n{result.table()}")
         result.to_csv(out / f"accuracy_recovered_{name}.csv")

@@ -34,7 +34,7 @@ def test_rows_sum_to_embedding_fp64(seed, layers, pool, ln_mode, normalize):
     stack = decompose_image(model, images, ln_mode=ln_mode, normalize=normalize)
     assert stack.tensor.shape == (1 + layers * (model.cfg.vision.heads + 1), images.shape[0], e.shape[-1])
     torch.testing.assert_close(stack.sum(), target, rtol=1e-10, atol=1e-12)
-    per_token = decompose_image(model, images, tokens="all", ln_mode=ln_mode, normalize=normalize)
+    per_token = decompose_image(model, images, positions="all", ln_mode=ln_mode, normalize=normalize)
     torch.testing.assert_close(per_token.sum_tokens().tensor, stack.tensor, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(per_token.sum().sum(1), target, rtol=1e-10, atol=1e-12)
 
@@ -51,12 +51,12 @@ def tiny_configs(draw):
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**16), config=tiny_configs(), ln_mode=st.sampled_from(["reference", "center_each"]),
-       tokens=st.sampled_from(["cls", "all"]))
-def test_rows_sum_to_embedding_fp32(seed, config, ln_mode, tokens):
+       positions=st.sampled_from(["cls", "all"]))
+def test_rows_sum_to_embedding_fp32(seed, config, ln_mode, positions):
     """Property 1 in fp32 (1e-5 relative), both ln_post conventions."""
     model, images = _setup(seed, dtype=torch.float32, **config)
-    stack = decompose_image(model, images, ln_mode=ln_mode, tokens=tokens)
-    total = stack.sum() if tokens == "cls" else stack.sum().sum(1)
+    stack = decompose_image(model, images, ln_mode=ln_mode, positions=positions)
+    total = stack.sum() if positions == "cls" else stack.sum().sum(1)
     assert rel_err(F.normalize(model.encode_image(images), dim=-1), total) < 1e-5
 
 
@@ -90,7 +90,7 @@ def test_rows_match_a_materialised_reference(ln_mode):
         return (gamma * (c - centre) / sigma + omega * beta) @ P / norm
 
     stack = decompose_image(model, images, ln_mode=ln_mode)
-    per_token = decompose_image(model, images, tokens="all", ln_mode=ln_mode)
+    per_token = decompose_image(model, images, positions="all", ln_mode=ln_mode)
     row = lambda st_, label: st_.select(label).tensor[0]  # noqa: E731
     close = dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(row(stack, "embed"), phi(cache["resid_pre", 0][:, 0], 1 / n_c), **close)
@@ -146,14 +146,14 @@ def test_conventions_agree_in_sum_differ_in_parts(seed, layers):
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16), n=st.integers(2, 5), data=st.data(), tokens=st.sampled_from(["cls", "all"]),
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 5), data=st.data(), positions=st.sampled_from(["cls", "all"]),
        pool=st.sampled_from(POOLS), ln_mode=st.sampled_from(["reference", "center_each"]))
-def test_batch_independence(seed, n, data, tokens, pool, ln_mode):
+def test_batch_independence(seed, n, data, positions, pool, ln_mode):
     """Property 6: decomposing an image alone equals decomposing it inside any batch."""
     model, images = _setup(seed, n=n, **pool)
     i = data.draw(st.integers(0, n - 1))
-    together = decompose_image(model, images, tokens=tokens, ln_mode=ln_mode)
-    alone = decompose_image(model, images[i : i + 1], tokens=tokens, ln_mode=ln_mode)
+    together = decompose_image(model, images, positions=positions, ln_mode=ln_mode)
+    alone = decompose_image(model, images[i : i + 1], positions=positions, ln_mode=ln_mode)
     torch.testing.assert_close(together.tensor[:, i : i + 1], alone.tensor, rtol=1e-10, atol=1e-12)
 
 
@@ -161,7 +161,7 @@ def test_resid_target_matches_hidden_states():
     model, images = _setup(9, layers=3)
     _, cache = model.run_with_cache(images)
     for layer in range(4):
-        stack = decompose_image(model, images, target=("resid", layer), tokens="all")
+        stack = decompose_image(model, images, target=("resid", layer), positions="all")
         expected = cache["resid_pre", layer] if layer < 3 else cache["resid_post", 2]
         torch.testing.assert_close(stack.sum(), expected, rtol=1e-10, atol=1e-12)
     cls = decompose_image(model, images, target=("resid", 2))
@@ -175,7 +175,7 @@ def test_selected_components_keep_the_identity_with_a_rest_row():
     full = decompose_image(model, images)
     some = decompose_image(model, images, components=["L1H2", "mlp0", "L0", "L0H1"])
     assert some.labels == ["L1H2", "mlp0", "L0H0", "L0H1", "L0H2", "L0H3", "rest"]  # request order, no repeats
-    per_token = decompose_image(model, images, components=["L1H2", "mlp0"], tokens="all")
+    per_token = decompose_image(model, images, components=["L1H2", "mlp0"], positions="all")
     torch.testing.assert_close(per_token.sum().sum(1), full.sum())
     torch.testing.assert_close(some.sum(), full.sum())
     torch.testing.assert_close(some.select("L1H2").tensor, full.select(Head(1, 2)).tensor)
@@ -221,11 +221,11 @@ def test_memory_bound_is_checked_before_work():
     from hookedclip.decompose import _memory_parts
 
     model, images = _setup(12)
-    output, per_image, per_head = _memory_parts(model, images.shape[0], "all", None)
+    output, per_image, per_head = _memory_parts(model, images.shape[0], "all", "all")  # every component, the default
     with pytest.raises(MemoryError, match="result alone"):
-        decompose_image(model, images, tokens="all", max_memory=output - 1)
+        decompose_image(model, images, positions="all", max_memory=output - 1)
     with pytest.raises(MemoryError, match="one image with one head"):
-        decompose_image(model, images, tokens="all", max_memory=output + per_image)
+        decompose_image(model, images, positions="all", max_memory=output + per_image)
     with pytest.raises(ValueError, match="px"):
         decompose_image(model, images[:, :, :8])
 
@@ -236,7 +236,7 @@ def test_max_memory_sets_the_chunks_and_keeps_the_result(monkeypatch):
     from hookedclip import decompose as dec
 
     model, images = _setup(15, n=5)
-    expected = decompose_image(model, images, tokens="all", components=["L0-1", "mlp1"])
+    expected = decompose_image(model, images, positions="all", components=["L0-1", "mlp1"])
     output, per_image, per_head = dec._memory_parts(model, 5, "all", ["L0-1", "mlp1"])
     heads_seen: list[int] = []
     original = dec._Rows.heads
@@ -249,7 +249,7 @@ def test_max_memory_sets_the_chunks_and_keeps_the_result(monkeypatch):
         heads_seen.clear()
         passes: list[int] = []
         with model.hooks(fwd_hooks=[("visual.hook_out", lambda x, hook: passes.append(x.shape[0]))]):
-            stack = decompose_image(model, images, tokens="all", components=["L0-1", "mlp1"], max_memory=bound)
+            stack = decompose_image(model, images, positions="all", components=["L0-1", "mlp1"], max_memory=bound)
         plans.append((max(passes), max(heads_seen)))
         assert sum(passes) == 5
         torch.testing.assert_close(stack.tensor, expected.tensor, rtol=1e-12, atol=1e-14)
@@ -293,7 +293,7 @@ def test_top1_is_scale_invariant(seed, n_classes, ablated):
 
 def test_norms_are_row_lengths():
     model, images = _setup(16)
-    stack = decompose_image(model, images, tokens="all", components=["L1H2", "mlp0"])
+    stack = decompose_image(model, images, positions="all", components=["L1H2", "mlp0"])
     norms = stack.norms()
     assert norms.shape == stack.tensor.shape[:-1]
     torch.testing.assert_close(norms[0, 1, 3], stack.tensor[0, 1, 3].pow(2).sum().sqrt())
@@ -301,8 +301,8 @@ def test_norms_are_row_lengths():
     torch.testing.assert_close(cls.norms().pow(2).sum(0), cls.tensor.pow(2).sum((0, 2)))
 
 
-@pytest.mark.parametrize("tokens", ["cls", "all"])
-def test_stack_from_cache_under_autograd_matches_and_backpropagates(tokens):
+@pytest.mark.parametrize("positions", ["cls", "all"])
+def test_stack_from_cache_under_autograd_matches_and_backpropagates(positions):
     """Attribution code decomposes a forward that records gradients: the rows must be the
     no-grad rows and carry gradients back to the image."""
     from hookedclip.decompose import stack_from_cache
@@ -312,8 +312,8 @@ def test_stack_from_cache_under_autograd_matches_and_backpropagates(tokens):
     heads = [f"L{l}" for l in range(len(model.visual.blocks))]
     with model.cache() as cache:
         emb = model.encode_image(images)
-    stack = stack_from_cache(model, "visual", images, dict(cache), emb, tokens=tokens, components=heads)
-    expected = decompose_image(model, images.detach(), tokens=tokens, components=heads)
+    stack = stack_from_cache(model, "visual", images, dict(cache), emb, positions=positions, components=heads)
+    expected = decompose_image(model, images.detach(), positions=positions, components=heads)
     torch.testing.assert_close(stack.tensor.detach(), expected.tensor, rtol=1e-10, atol=1e-12)
     stack.tensor[:-1].sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0

@@ -309,8 +309,10 @@ def test_labels_and_groups_are_stored(tmp_path, tiny_model):
 
 
 def test_target_parsing(tiny_model):
-    assert parse_target("heads/tokens", tiny_model).tokens == "all"
+    assert parse_target("heads/tokens", tiny_model).positions == "all"
     assert parse_target("decompose:L1H0,mlp1", tiny_model).components == ["L1H0", "mlp1"]
+    with pytest.raises(ValueError, match="layers 0..1"):  # refused before any image is read
+        parse_target("decompose:L9", tiny_model)
     assert parse_target("visual.blocks.0.hook_mlp_out@3", tiny_model).pos == 3
     with pytest.raises(KeyError, match="hook_resid_post"):
         parse_target("visual.blocks.0.hook_resid_pots", tiny_model)

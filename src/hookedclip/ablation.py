@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.components import Component, ComponentLike, Head, parse
+from hookedclip.components import Component, ComponentLike, Head, select
 from hookedclip.decompose import ComponentStack, needed_hooks, stack_from_cache
 from hookedclip.names import act_name, component_hook
 
@@ -69,8 +69,7 @@ SiteReplace = Callable[[Tensor, str], Tensor]
 
 
 def _components(model, components: ComponentLike | Sequence[ComponentLike]) -> list[Component]:
-    cfg = model.cfg.vision
-    return list(dict.fromkeys(parse(components, n_layers=cfg.layers, n_heads=cfg.heads)))  # each edited once
+    return select(model, components)
 
 
 # ---------------------------------------------------------------------------- the registry

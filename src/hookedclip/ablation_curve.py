@@ -9,14 +9,16 @@ and zero-shot top-1 is measured after every step. Means come from the same data 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hookedclip.ablation import component_means
-from hookedclip.components import ComponentLike, parse
+from hookedclip._compat import renamed_arguments
+from hookedclip.components import ComponentLike, select
+from hookedclip.data.batches import check_reiterable, iter_images, iter_labelled
 from hookedclip.decompose import decompose_image
 from hookedclip.zeroshot import ZeroShotClassifier
 
@@ -44,10 +46,11 @@ class AblationCurve:
                                     "mean-ablated up to and including")
 
 
+@renamed_arguments(data="batches")
 @torch.no_grad()
 def mean_ablation_curve(
     model,
-    data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches,
     classifier: ZeroShotClassifier,
     components_order: Sequence[ComponentLike | Sequence[ComponentLike]],
     means: dict[str, torch.Tensor] | None = None,
@@ -55,23 +58,24 @@ def mean_ablation_curve(
     """Accuracy after mean-ablating ``components_order[0]``, then also ``[1]``, and so on.
 
     Args:
-        data: re-iterable ``(images, labels)`` batches (a list or a DataLoader): read once
-            for the means (unless given) and once for the accuracies.
+        batches: re-iterable ``(images, labels[, groups])`` batches (a list or a DataLoader;
+            see :mod:`hookedclip.data.batches`): read once for the means (unless given) and
+            once for the accuracies.
         components_order: groups in ablation order, e.g. ``["L0", "L1", ...]`` (whole layers)
-            or ``["mlp0", ["L3H1", "L3H2"]]``.
+            or ``["mlp0", ["L3H1", "L3H2"]]``; each group is parsed by
+            :func:`hookedclip.components.select`.
         means: per-label mean rows from :func:`hookedclip.ablation.component_means`
             (``mode="direct"``).
     """
-    cfg = model.cfg.vision
-    groups = [[str(c) for c in parse(g, cfg.layers, cfg.heads)] for g in components_order]
+    check_reiterable(batches, "mean_ablation_curve")
+    groups = [[str(c) for c in select(model, g)] for g in components_order]
     labels = list(dict.fromkeys(label for g in groups for label in g))
     if means is None:
-        means = component_means(model, (images for images, _ in data), labels, mode="direct")
+        means = component_means(model, iter_images(batches), labels, mode="direct")
     W = classifier.weights.to(model.device, model.dtype)
     correct = torch.zeros(len(groups) + 1, dtype=torch.long)
     total = 0
-    for images, targets in data:
-        images = images.to(model.device, model.dtype)
+    for images, targets, _ in iter_labelled(batches, model):
         stack = decompose_image(model, images, components=labels)
         embedding = stack.sum()
         rows = dict(zip(stack.labels, stack.tensor))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +63,12 @@ def embed_texts(model, texts: Sequence[str], batch_size: int = 256) -> Float[Ten
 
 
 @torch.no_grad()
-def embed_images(model, batches: Iterable[Tensor]) -> Float[Tensor, "n d_out"]:
-    """Image embeddings of every batch, concatenated."""
-    return torch.cat([model.encode_image(b.to(model.device, model.dtype)) for b in batches])
+def embed_images(model, batches) -> Float[Tensor, "n d_out"]:
+    """Image embeddings of every batch (image tensors or ``(images, labels[, groups])`` tuples;
+    see :mod:`hookedclip.data.batches`), concatenated."""
+    from hookedclip.data.batches import iter_images
+
+    return torch.cat([model.encode_image(images) for images in iter_images(batches, model)])
 
 
 def accuracy(predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"]) -> float:

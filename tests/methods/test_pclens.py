@@ -660,7 +660,7 @@ def test_spatial_variant_sums_to_cls_and_spreads_the_mean(model, imgs, fitted):
     chosen = [("L1H0", 0), ("L0H2", 1)]
     sel = pclens_selection._full(fitted, PCSelection.indicator(fitted, chosen))
     cls = apply_to_stack(decompose_image(model, imgs[:4], components=list(fitted.heads)), fitted, sel)
-    tok_stack = decompose_image(model, imgs[:4], tokens="all", components=list(fitted.heads))
+    tok_stack = decompose_image(model, imgs[:4], positions="all", components=list(fitted.heads))
     tok = apply_to_stack(tok_stack, fitted, sel)
     assert torch.allclose(tok.tensor.sum(2), cls.tensor, atol=1e-5)
     T = tok.tensor.shape[2]
@@ -787,7 +787,7 @@ def test_row_transform_gives_heat_maps_of_the_selected_pcs(model, imgs, fitted):
     sel = pclens_selection._full(fitted, PCSelection.indicator(fitted, [("L1H0", 0), ("L0H2", 1)]))
     heads = list(fitted.heads)
     got, _ = token_contributions(model, imgs[:4], heads, pclens.row_transform(fitted, sel))
-    stack = decompose_image(model, imgs[:4], tokens="all", components=heads)
+    stack = decompose_image(model, imgs[:4], positions="all", components=heads)
     expected = apply_to_stack(stack, fitted, sel).select(heads).tensor.sum(0)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     plain, _ = token_contributions(model, imgs[:4], heads)

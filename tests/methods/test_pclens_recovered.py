@@ -61,7 +61,7 @@ def test_full_rank_is_the_baseline_and_zero_is_the_floor(setup):
     model, data, images, labels, classifier, *_ = setup
     result = _exact_pca(model, data, "L1-2")
     full_rank = max(h.k for h in result)
-    out = accuracy_recovered(model, data, classifier, heads="L1-2", budgets=(0, full_rank), result=result)
+    out = accuracy_recovered(model, data, classifier, components="L1-2", budgets=(0, full_rank), result=result)
     assert out.ablated == [f"L0H{h}" for h in range(4)] and out.n == 96
     # K = full rank, Π = I: X̂ = X, so the analysed heads are intact (§5.2 baseline).
     assert out.curves["PCLens"][1] == out.baseline
@@ -77,7 +77,7 @@ def test_full_rank_is_the_baseline_and_zero_is_the_floor(setup):
 def test_all_heads_full_rank_is_the_model(setup):
     model, data, images, labels, classifier, *_ = setup
     result = _exact_pca(model, data, "L0-2")
-    out = accuracy_recovered(model, data, classifier, heads="L0-2", budgets=(max(h.k for h in result),),
+    out = accuracy_recovered(model, data, classifier, components="L0-2", budgets=(max(h.k for h in result),),
                              result=result)
     assert out.ablated == []
     assert out.curves["PCLens"][0] == out.baseline == out.full == _accuracy(model, classifier, images, labels)
@@ -94,7 +94,7 @@ def test_one_budget_matches_the_contexts(setup):
     means = ablation.component_means(model, [images], ["L0"], mode="direct")
 
     small, small_pool = texts[:3], pool[:3]
-    out = accuracy_recovered(model, data, classifier, heads="L1-2", budgets=(0, 4, 50), texts=small,
+    out = accuracy_recovered(model, data, classifier, components="L1-2", budgets=(0, 4, 50), texts=small,
                              text_embeddings=small_pool, textspan=False)
     capped = pclens.fit_from_moments(moments, pclens.model_identity(model), text_embeddings=small_pool,
                                      texts=small, n_texts=1, max_pcs=4)
@@ -102,7 +102,7 @@ def test_one_budget_matches_the_contexts(setup):
     with ablation.mean_ablate(model, "L0", means, mode="direct"), pclens.keep(model, capped, capped.pcs()):
         assert out.curves["PCLens"][1] == _accuracy(model, classifier, images, labels)
 
-    out = accuracy_recovered(model, data, classifier, heads="L1-2", budgets=(0, 3), texts=texts,
+    out = accuracy_recovered(model, data, classifier, components="L1-2", budgets=(0, 3), texts=texts,
                              text_embeddings=pool)
     spans = fit_text_spans(moments, pool, texts, 3)
     bases = {label: s.basis for label, s in spans.items()}
@@ -119,13 +119,13 @@ def test_projector_needs_the_pool(setup):
     moments, _ = _statistics(model, data, analysed, ablated)
     labelled = pclens.fit_from_moments(moments, pclens.model_identity(model), text_embeddings=pool, texts=texts)
     with pytest.raises(ValueError, match="text_embeddings"):
-        accuracy_recovered(model, data, classifier, heads="L2", budgets=(1,), result=labelled)
+        accuracy_recovered(model, data, classifier, components="L2", budgets=(1,), result=labelled)
 
 
 @pytest.mark.filterwarnings("ignore:TextSpan stopped")
 def test_csv_and_plot(setup, tmp_path):
     model, data, _, _, classifier, texts, pool = setup
-    out = accuracy_recovered(model, data, classifier, heads="L2", budgets=(0, 1, 4), texts=texts,
+    out = accuracy_recovered(model, data, classifier, components="L2", budgets=(0, 1, 4), texts=texts,
                              text_embeddings=pool)
     assert set(out.curves) == {"PCLens", "TextSpan"} and all(len(v) == 3 for v in out.curves.values())
     lines = out.to_csv(tmp_path / "r.csv").read_text().splitlines()

@@ -7,9 +7,8 @@ import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.data.extract import extract
-from hookedclip.methods import pclens
-from hookedclip.data.stats import RunningMoments
-from hookedclip.methods.textspan import head_moments, text_span_from_moments, text_span_from_store
+from hookedclip.methods import head_moments, pclens
+from hookedclip.methods.textspan import text_span_from_moments, text_span_from_store
 from tests.conftest import tiny_open_clip
 
 
@@ -48,7 +47,7 @@ def test_fit_from_store_equals_fit(stored, moments):
     model, images, pool, texts, stores = stored
     store = stores[moments]
     direct = pclens.fit(model, images.split(16), components="L1-2", texts=texts, text_embeddings=pool, n_texts=3)
-    heads = pclens.store_heads(store, last_layers=2)
+    heads = pclens.store_heads(store, components="L-2-")
     fitted = pclens.fit_from_store(store, heads, model=model, texts=texts, text_embeddings=pool, n_texts=3)
     assert list(fitted.heads) == list(direct.heads) == [f"L{l}H{h}" for l in (1, 2) for h in range(4)]
     fitted.check_model(model)
@@ -66,20 +65,53 @@ def test_fit_from_store_equals_fit(stored, moments):
 
 def test_text_span_from_store_equals_moments(stored):
     model, images, pool, texts, stores = stored
-    labels, moments = head_moments(model, images.split(16), ["L2H0", "L2H3"])
-    second = moments.second_moment()
-    from_store = text_span_from_store(stores["mean"], pool, texts, heads=["L2H0", "L2H3"], n_texts=4, rank=5)
-    for i, label in enumerate(labels):
-        ref = text_span_from_moments(moments.mean[i], second[i], moments.n, pool, texts, n_texts=4, rank=5)
+    moments, _ = head_moments(model, images.split(16), ["L2H0", "L2H3"])
+    from_store = text_span_from_store(stores["mean"], pool, texts, components=["L2H0", "L2H3"], n_texts=4, rank=5)
+    for label, m in moments.items():
+        ref = text_span_from_moments(m.mean, m.second_moment(), m.n, pool, texts, n_texts=4, rank=5)
         assert from_store[label].texts == ref.texts
         torch.testing.assert_close(from_store[label].basis, ref.basis, rtol=0, atol=1e-8)
 
 
 def test_store_errors(stored):
     *_, stores = stored
-    with pytest.raises(KeyError, match="L9H0"):
-        pclens.fit_from_store(stores["cov"], heads=["L9H0"])
+    with pytest.raises(ValueError, match="L9H0.*layers 0..2"):
+        pclens.fit_from_store(stores["cov"], components=["L9H0"])
     with pytest.raises(KeyError, match="decomposition target"):
         pclens.fit_from_store(stores["cov"], target="embedding")
     identity = pclens.fit_from_store(stores["cov"]).model
     assert identity["source"] == "store" and identity["weights"] == stores["cov"].manifest["model"]["weights_hash"]
+
+
+def test_store_components_and_old_names(stored):
+    """Heads of a store are chosen with components= (default: every head it holds); the old
+    heads= and last_layers= still work with a deprecation warning and choose the same heads."""
+    from hookedclip.methods import store_heads, store_moments
+
+    model, images, pool, texts, stores = stored
+    store = stores["cov"]
+    every = [f"L{l}H{h}" for l in range(3) for h in range(4)]
+    assert store_heads(store) == every
+    assert store_heads(store, components="L-2-") == store_heads(store, components="L1-2", model=model) == every[4:]
+    with pytest.warns(DeprecationWarning, match=r"store_heads\(last_layers=\.\.\.\).*use components="):
+        assert store_heads(store, last_layers=2) == every[4:]
+    with pytest.warns(DeprecationWarning, match=r"store_heads\(heads=\.\.\.\).*use components="):
+        assert store_heads(store, heads=["L2H1", "L0H3"]) == ["L2H1", "L0H3"]
+    with pytest.warns(DeprecationWarning, match=r"store_moments\(heads=\.\.\.\)"):
+        old = store_moments(store, heads=["L2H1"])
+    assert torch.equal(old["L2H1"].m2, store_moments(store, ["L2H1"])["L2H1"].m2)
+    with pytest.raises(ValueError, match="not heads"):
+        store_heads(store, components="mlp1")
+
+    with pytest.warns(DeprecationWarning, match=r"fit_from_store\(heads=\.\.\.\)"):
+        old = pclens.fit_from_store(store, heads=["L2H0", "L2H3"], model=model)
+    new = pclens.fit_from_store(store, components=["L2H0", "L2H3"], model=model)
+    assert list(old.heads) == list(new.heads) == ["L2H0", "L2H3"]
+    assert all(torch.equal(a.components, b.components) for a, b in zip(old, new))
+
+    with pytest.warns(DeprecationWarning, match=r"text_span_from_store\(heads=\.\.\.\)"):
+        old = text_span_from_store(store, pool, texts, heads=["L2H0"], n_texts=3, rank=5)
+    assert old["L2H0"].texts == text_span_from_store(store, pool, texts, components=["L2H0"], n_texts=3,
+                                                     rank=5)["L2H0"].texts
+    with pytest.raises(ValueError, match="pass text_embeddings= or the model"):  # nothing to embed the texts with
+        text_span_from_store(store, None, texts)

@@ -286,3 +286,26 @@ def test_waterbirds_task_runs_the_sweep(tmp_path, model):
     assert wb.labels.tolist() == [0, 0, 1, 1] and wb.groups.tolist() == [0, 1, 2, 3]
     assert sweep.group_names[1] == "landbird on water" and len(sweep.points) == 3 and sweep.n_images == 4
     assert 1 <= sweep.points[1].n_removed <= 2  # the union of one PC per concept
+
+
+def test_debias_sweep_takes_labelled_batches(model):
+    """(images, labels, groups) batches give the sweep of images with labels= and groups=; the
+    old ``images=`` still works, with a deprecation warning."""
+    task = toy_task(model, n=48)
+    result = pclens.fit(model, task.images.split(16), components="L3", texts=toy_text_pool(), n_texts=2)
+    common = dict(ks=[1, 2], group_names=task.group_names)
+    separate = debias_sweep(model, result, task.classifier, task.concepts, task.images.split(20), task.labels,
+                            task.groups, **common)
+    triples = list(zip(task.images.split(20), task.labels.split(20), task.groups.split(20)))
+    labelled = debias_sweep(model, result, task.classifier, task.concepts, triples, **common)
+    with pytest.warns(DeprecationWarning, match=r"debias_sweep\(images=\.\.\.\) is deprecated.*use batches="):
+        old = debias_sweep(model, result, task.classifier, task.concepts, images=task.images, labels=task.labels,
+                           groups=task.groups, **common)
+    for sweep in (labelled, old):
+        assert sweep.n_images == separate.n_images == 48
+        assert [(p.k, p.average, p.worst_group, p.groups) for p in sweep.points] == \
+               [(p.k, p.average, p.worst_group, p.groups) for p in separate.points]
+    with pytest.raises(TypeError, match="needs each image's group"):
+        debias_sweep(model, result, task.classifier, task.concepts, [(task.images, task.labels)], **common)
+    with pytest.raises(ValueError, match="give both labels= and groups="):
+        debias_sweep(model, result, task.classifier, task.concepts, task.images, task.labels, **common)

@@ -158,7 +158,7 @@ def test_token_maps_sum_to_attention_logit(tiny_model, images, classifier):
     L, H = tiny_model.visual.cfg.layers, tiny_model.visual.cfg.heads
     scores, predicted = patch_scores(tiny_model, images, classifier)
     per_token = token_map(scores, predicted).sum(1)
-    heads = decompose_image(tiny_model, images, tokens="cls", components=[f"L0-{L - 1}"])
+    heads = decompose_image(tiny_model, images, positions="cls", components=[f"L0-{L - 1}"])
     attention = heads.tensor[: L * H].sum(0) @ classifier.weights
     expected = attention.gather(1, predicted[:, None])[:, 0] - attention.mean(1)
     torch.testing.assert_close(per_token, expected, rtol=1e-4, atol=1e-6)
@@ -166,9 +166,9 @@ def test_token_maps_sum_to_attention_logit(tiny_model, images, classifier):
 
 
 def direct_heatmaps(model, images, classifier, target=None):
-    """§4.8 step by step from one full ``decompose_image(tokens="all")``."""
+    """§4.8 step by step from one full ``decompose_image(positions="all")``."""
     cfg = model.visual.cfg
-    stack = decompose_image(model, images, tokens="all")
+    stack = decompose_image(model, images, positions="all")
     heads = stack.select(lambda label: label.startswith("L"))
     s = heads.tensor.sum(0) @ classifier.weights  # [batch, T, C]
     c = classifier.predict(model.encode_image(images)) if target is None else target

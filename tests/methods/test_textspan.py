@@ -400,6 +400,36 @@ def test_text_span_heads_streams_and_matches_the_data_path():
         text_span_heads(model, never_read(), pool, components=["L1H0"], n_texts=11)
 
 
+def test_text_span_heads_takes_precomputed_text_embeddings():
+    """``text_embeddings=`` (precomputed) gives what embedding ``texts`` with the model gives,
+    and a pool that does not match its texts is refused before any image is read."""
+    from hookedclip import HookedCLIP
+    from hookedclip.methods.textspan import text_span_heads
+    from hookedclip.zeroshot import embed_texts
+    from tests.conftest import tiny_open_clip
+
+    model = HookedCLIP.from_open_clip(tiny_open_clip(seed=4, vocab_size=49408)).double()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(20, 3, 16, 16, generator=gen, dtype=torch.float64)
+    labels = torch.zeros(20, dtype=torch.long)
+    pool = ["a dog", "a cat", "a red car", "a tree", "the sea", "a house", "music", "a bird"]
+    embedded = text_span_heads(model, images.split(10), pool, components="L1", n_texts=3, rank=None)
+    given = text_span_heads(model, list(zip(images.split(10), labels.split(10))), pool, components="L1", n_texts=3,
+                            rank=None, text_embeddings=embed_texts(model, pool))
+    assert list(given) == list(embedded) == [f"L1H{h}" for h in range(4)]
+    for label, result in embedded.items():
+        assert given[label].texts == result.texts
+        torch.testing.assert_close(given[label].basis, result.basis, rtol=0, atol=1e-12)
+
+    def never_read():
+        raise AssertionError("read an image batch before checking the text pool")
+        yield
+
+    with pytest.raises(ValueError, match=r"8 texts but text_embeddings of shape \(5, "):
+        text_span_heads(model, never_read(), pool, components="L1", n_texts=2,
+                        text_embeddings=embed_texts(model, pool[:5]))
+
+
 def test_toy_last_layer_heads_have_shape_and_colour_roles():
     """Planted structure: on the shipped toy CLIP (1,024 held-out images, last layer, 3 texts)
     TextSpan measured L3H0 = colour ("a blue shape", "a purple shape", ...) and L3H2 = shape

@@ -17,7 +17,7 @@ from hookedclip.toy import model as toy_model
 from hookedclip.cli.toy import add_toy_commands
 from hookedclip.toy.train import (CAPTION_KEEP, CHECKPOINT_FILE, batch_items, clip_loss, lr_factor,
                                   model_card_markdown, train)
-from hookedclip.toy.world import SHAPES, SpuriousSpec, ToyWorld, caption
+from hookedclip.toy.world import SHAPES, SpuriousSpec, ToyWorld
 
 TINY = dict(
     embed_dim=16,

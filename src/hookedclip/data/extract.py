@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import hookedclip
+from hookedclip.components import ALL_COMPONENTS, select
 from hookedclip.decompose import needed_hooks, stack_from_cache
 from hookedclip.names import act_name
 from hookedclip.data.stats import RunningMoments
@@ -46,8 +47,8 @@ class Target:
     name: str
     hook: str | None = None
     pos: int | None = None
-    components: list[str] | None = None  # decomposition: None = every component
-    tokens: str = "cls"
+    components: list[str] | str = ALL_COMPONENTS  # decomposition: parsed by components.select
+    positions: str = "cls"
 
     def hooks(self, model) -> set[str]:
         if self.hook is not None:
@@ -58,8 +59,8 @@ class Target:
         if self.hook is not None:
             x = cache[self.hook]
             return x if self.pos is None else x[:, self.pos]
-        stack = stack_from_cache(model, "visual", images, cache, cache[act_name("out")], self.tokens,
-                                 self.components)
+        stack = stack_from_cache(model, "visual", images, cache, cache[act_name("out")], positions=self.positions,
+                                 components=self.components)
         self.labels = stack.labels
         return stack.tensor.movedim(1, 0)  # [batch, component, (pos,) d_out]
 
@@ -73,9 +74,9 @@ def parse_target(spec: str, model) -> Target:
         body, _, tokens = name[len("decompose:"):].partition("/")
         if tokens not in ("", "tokens"):
             raise ValueError(f"target {spec!r}: the only suffix is '/tokens', got '/{tokens}'")
-        L = len(model.visual.blocks)
-        comps = None if body == "all" else [f"L0-{L - 1}"] if body == "heads" else body.split(",")
-        return Target(spec, components=comps, tokens="all" if tokens else "cls")
+        comps = body.split(",")  # "all" and "heads" are specs too
+        select(model, comps)  # a bad spec fails here, naming the model's layers and heads
+        return Target(spec, components=comps, positions="all" if tokens else "cls")
     hook, _, pos = name.partition("@")
     valid = set(model.hook_points())
     if hook not in valid:

@@ -29,10 +29,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, all_components, parse
+from hookedclip._compat import renamed_arguments
+from hookedclip.components import ALL_COMPONENTS, MLP, Component, ComponentLike, Embed, Head, parse, select
 from hookedclip.names import act_name
 
-Tokens = Literal["cls", "all"]
+Positions = Literal["cls", "all"]
+Tokens = Positions  # the old name of the type
 LnMode = Literal["reference", "center_each"]
 
 
@@ -42,7 +44,7 @@ class ComponentStack:
 
     ``bias [d]`` is the part that belongs to no component (the projection bias, non-zero
     after ``fold_ln``); ``rows.sum(0) + bias`` is the decomposed quantity. With
-    ``tokens="all"`` the ``pos`` axis is where a contribution enters the readout: the
+    ``positions="all"`` the ``pos`` axis is where a contribution enters the readout: the
     source token for heads, the token's own position for MLP and embedding slots.
     """
 
@@ -83,7 +85,7 @@ class ComponentStack:
         )
 
     def sum_tokens(self) -> "ComponentStack":
-        """Per-token rows summed over positions: the CLS-only (``tokens="cls"``) stack."""
+        """Per-token rows summed over positions: the CLS-only (``positions="cls"``) stack."""
         if self.tensor.ndim != 4:
             return self
         return ComponentStack(self.tensor.sum(2), self.labels, self.bias, self.components, self.scale)
@@ -177,14 +179,10 @@ def _pattern_rows(tower) -> int | None:
 
 
 def _selection(model, name: str, components) -> list[Component]:
-    tower = getattr(model, name)
-    L, H = len(tower.blocks), tower.cfg.heads
-    if components is None:
-        return all_components(L, H)
-    return list(dict.fromkeys(parse(components, n_layers=L, n_heads=H)))  # request order, no repeats
+    return select(getattr(model, name), components, tower=name)  # request order, no repeats
 
 
-def needed_hooks(model, name: str = "visual", components=None) -> set[str]:
+def needed_hooks(model, name: str = "visual", components=ALL_COMPONENTS) -> set[str]:
     """The hook points a decomposition of ``name``'s embedding into ``components`` reads."""
     tower = getattr(model, name)
     L = len(tower.blocks)
@@ -221,12 +219,13 @@ def _readout(model, name: str, inputs: Tensor, cache: dict[str, Tensor], embeddi
 
 
 # ---------------------------------------------------------------------------- main entry
+@renamed_arguments(tokens="positions")
 @torch.no_grad()
 def decompose_image(
     model,
     images: Float[Tensor, "batch channel height width"],
-    tokens: Tokens = "cls",
-    components: Sequence[ComponentLike] | None = None,
+    positions: Positions = "cls",
+    components: ComponentLike | Sequence[ComponentLike] = ALL_COMPONENTS,
     ln_mode: LnMode = "reference",
     normalize: bool = True,
     target: str | tuple[str, int] = "embed",
@@ -237,11 +236,14 @@ def decompose_image(
 
     Args:
         images: ``[batch, C, H, W]`` preprocessed images.
-        tokens: ``"cls"``: one row per component ``[component, batch, d]``; ``"all"``:
-            per token ``[component, batch, pos, d]`` (heads by source token).
-        components: keep these rows (``"L10H3"``, ``"mlp9"``, ``"L8-11"``, ...); everything
-            else is summed into one ``"rest"`` row so the identity still holds.
-            ``None``: every component (``embed``, then each layer's heads and MLP).
+        positions: ``"cls"``: one row per component ``[component, batch, d]``; ``"all"``:
+            per token ``[component, batch, pos, d]`` (heads by source token). (Formerly
+            ``tokens=``, still accepted with a deprecation warning.)
+        components: keep these rows (``"L10H3"``, ``"mlp9"``, ``"L8-11"``, ``"heads"``, ...,
+            see :func:`hookedclip.components.select`); everything else is summed into one
+            ``"rest"`` row so the identity still holds. Default ``"all"``
+            (:data:`~hookedclip.components.ALL_COMPONENTS`): every component (``embed``, then
+            each layer's heads and MLP), so there is no ``"rest"`` row.
         ln_mode: ``"reference"`` (TextSpan's fractional shares) or ``"center_each"``.
         normalize: divide every row by ``‖e‖`` so rows sum to the unit embedding.
         target: ``"embed"`` (joint space, ``d = d_out``) or ``("resid", layer)``: raw
@@ -264,27 +266,27 @@ def decompose_image(
         raise ValueError(f"ln_mode must be 'reference' or 'center_each', got {ln_mode!r}")
     if target != "embed":
         if max_memory is not None:
-            _check_memory(model, images.shape[0], tokens, components, target, max_memory)
-        return _decompose_resid(model, images, target, tokens, components, head_chunk)
-    per_pass, head_chunk = plan_chunks(model, images.shape[0], tokens, components, max_memory, head_chunk)
+            _check_memory(model, images.shape[0], positions, components, target, max_memory)
+        return _decompose_resid(model, images, target, positions, components, head_chunk)
+    per_pass, head_chunk = plan_chunks(model, images.shape[0], positions, components, max_memory, head_chunk)
     if per_pass == images.shape[0]:
-        return _decompose_embed(model, "visual", images, tokens, components, ln_mode, normalize, head_chunk)
-    return _decompose_in_passes(model, images, per_pass, tokens, components, ln_mode, normalize, head_chunk)
+        return _decompose_embed(model, "visual", images, positions, components, ln_mode, normalize, head_chunk)
+    return _decompose_in_passes(model, images, per_pass, positions, components, ln_mode, normalize, head_chunk)
 
 
-def _decompose_in_passes(model, images: Tensor, per_pass: int, tokens: Tokens, components, ln_mode: LnMode,
+def _decompose_in_passes(model, images: Tensor, per_pass: int, positions: Positions, components, ln_mode: LnMode,
                          normalize: bool, head_chunk: int) -> ComponentStack:
     """One forward pass per ``per_pass`` images, each writing its slice of one output tensor."""
     cfg = model.visual.cfg
     n_rows = _n_rows(model, components)
-    width = (cfg.n_tokens,) if tokens == "all" else ()
+    width = (cfg.n_tokens,) if positions == "all" else ()
     tensor = images.new_empty(n_rows, images.shape[0], *width, cfg.output_dim)
     wanted = needed_hooks(model, "visual", components) | {act_name("out")}
     scales, stack = [], None
     for start in range(0, images.shape[0], per_pass):
         part = images[start : start + per_pass]
         cache = _run(model, "visual", part, wanted)
-        stack = stack_from_cache(model, "visual", part, cache, cache[act_name("out")], tokens, components,
+        stack = stack_from_cache(model, "visual", part, cache, cache[act_name("out")], positions, components,
                                  ln_mode, normalize, head_chunk, out=tensor[:, start : start + per_pass])
         scales.append(stack.scale)
     scale = torch.cat(scales) if normalize else None
@@ -297,14 +299,14 @@ def _n_rows(model, components) -> int:
     return len(selection) + (len(selection) < 1 + cfg.layers * (cfg.heads + 1))
 
 
-def _memory_parts(model, batch: int, tokens: Tokens, components) -> tuple[int, int, int]:
+def _memory_parts(model, batch: int, positions: Positions, components) -> tuple[int, int, int]:
     """Bytes of (the output, what one image's forward and cache hold, one head of a
     chunk per image) for an ``"embed"`` decomposition."""
     cfg = model.visual.cfg
     itemsize = torch.finfo(model.dtype).bits // 8
     T, D, H, e, d = cfg.n_tokens, cfg.width, cfg.heads, cfg.d_head, cfg.output_dim
     selection = _selection(model, "visual", components)
-    per_token = T if tokens == "all" else 1
+    per_token = T if positions == "all" else 1
     output = _n_rows(model, components) * batch * per_token * d
     head_layers = {c.layer for c in selection if isinstance(c, Head)}
     rows = _pattern_rows(model.visual) or T
@@ -315,7 +317,9 @@ def _memory_parts(model, batch: int, tokens: Tokens, components) -> tuple[int, i
     return itemsize * output, itemsize * (cached + forward), itemsize * per_head
 
 
-def plan_chunks(model, batch: int, tokens: Tokens = "cls", components=None, max_memory: int | None = None,
+@renamed_arguments(tokens="positions")
+def plan_chunks(model, batch: int, positions: Positions = "cls", components=ALL_COMPONENTS,
+                max_memory: int | None = None,
                 head_chunk: int = 8) -> tuple[int, int]:
     """(images per forward pass, heads per step) for a :func:`decompose_image` call that
     stays under ``max_memory`` bytes (:func:`estimate_memory`): the whole batch and
@@ -326,11 +330,11 @@ def plan_chunks(model, batch: int, tokens: Tokens = "cls", components=None, max_
     heads = min(head_chunk, model.visual.cfg.heads)
     if max_memory is None:
         return batch, heads
-    output, per_image, per_head = _memory_parts(model, batch, tokens, components)
+    output, per_image, per_head = _memory_parts(model, batch, positions, components)
     if output > max_memory:
         raise MemoryError(
             f"the result alone needs {output / 2**20:.1f} MiB, over max_memory = {max_memory / 2**20:.1f} MiB: "
-            "decompose fewer images at a time, fewer components, or tokens='cls'"
+            "decompose fewer images at a time, fewer components, or positions='cls'"
         )
     room = max_memory - output
     for h in range(heads, 0, -1):  # the whole batch in one pass, with as many heads as fit
@@ -341,36 +345,37 @@ def plan_chunks(model, batch: int, tokens: Tokens = "cls", components=None, max_
         need = output + per_image + per_head
         raise MemoryError(
             f"even one image with one head at a time needs about {need / 2**20:.1f} MiB, over max_memory = "
-            f"{max_memory / 2**20:.1f} MiB: raise max_memory, decompose fewer components, or use tokens='cls'"
+            f"{max_memory / 2**20:.1f} MiB: raise max_memory, decompose fewer components, or use positions='cls'"
         )
     fits = [h for h in range(heads, 0, -1) if images * (per_image + h * per_head) <= room]
     return int(images), fits[0]
 
 
-def estimate_memory(model, batch: int, tokens: Tokens = "cls", components=None, target="embed",
+@renamed_arguments(tokens="positions")
+def estimate_memory(model, batch: int, positions: Positions = "cls", components=ALL_COMPONENTS, target="embed",
                     per_pass: int | None = None, head_chunk: int = 8) -> int:
     """Bytes a :func:`decompose_image` call holds at its peak, roughly: the output stack,
     plus, for ``per_pass`` images at a time (default: all), the forward pass's
     activations, the cached values and attention rows, and one chunk of ``head_chunk`` heads."""
     cfg = model.visual.cfg
     if target == "embed":
-        output, per_image, per_head = _memory_parts(model, batch, tokens, components)
+        output, per_image, per_head = _memory_parts(model, batch, positions, components)
         heads = min(head_chunk, cfg.heads)
         return int(output + (per_pass or batch) * (per_image + heads * per_head))
     itemsize = torch.finfo(model.dtype).bits // 8
-    per_token = cfg.n_tokens if tokens == "all" else 1
+    per_token = cfg.n_tokens if positions == "all" else 1
     layer = target[1]
     rows, width = 1 + layer * (cfg.heads + 1), cfg.width
     cached = layer * batch * cfg.n_tokens * 2 * cfg.width
     return int(itemsize * (rows * batch * per_token * width + cached))
 
 
-def _check_memory(model, batch: int, tokens, components, target, max_memory: int) -> None:
-    need = estimate_memory(model, batch, tokens, components, target)
+def _check_memory(model, batch: int, positions, components, target, max_memory: int) -> None:
+    need = estimate_memory(model, batch, positions, components, target)
     if need > max_memory:
         raise MemoryError(
             f"this decomposition needs about {need / 2**20:.0f} MiB, over max_memory = {max_memory / 2**20:.0f} MiB: "
-            "use a smaller batch, fewer components, or tokens='cls'"
+            "use a smaller batch, fewer components, or positions='cls'"
         )
 
 
@@ -378,8 +383,8 @@ def _check_memory(model, batch: int, tokens, components, target, max_memory: int
 def decompose_text(
     model,
     tokens: Int[Tensor, "batch seq"],
-    positions: Tokens = "cls",
-    components: Sequence[ComponentLike] | None = None,
+    positions: Positions = "cls",
+    components: ComponentLike | Sequence[ComponentLike] = ALL_COMPONENTS,
     ln_mode: LnMode = "reference",
     normalize: bool = True,
     head_chunk: int = 8,
@@ -392,21 +397,21 @@ def decompose_text(
     return _decompose_embed(model, "text", tokens, positions, components, ln_mode, normalize, head_chunk)
 
 
-def _decompose_embed(model, name: str, inputs: Tensor, tokens: Tokens, components, ln_mode: LnMode,
+def _decompose_embed(model, name: str, inputs: Tensor, positions: Positions, components, ln_mode: LnMode,
                      normalize: bool, head_chunk: int) -> ComponentStack:
     tower = getattr(model, name)
-    L, H = len(tower.blocks), tower.cfg.heads
     if tower.W_proj is None:
         raise ValueError(f"the {name} tower has no projection; use target=('resid', layer)")
     if ln_mode not in ("reference", "center_each"):
         raise ValueError(f"ln_mode must be 'reference' or 'center_each', got {ln_mode!r}")
     cache = _run(model, name, inputs, needed_hooks(model, name, components) | {act_name("out", tower=name)})
-    return stack_from_cache(model, name, inputs, cache, cache[act_name("out", tower=name)], tokens, components, ln_mode,
-                            normalize, head_chunk)
+    return stack_from_cache(model, name, inputs, cache, cache[act_name("out", tower=name)], positions, components,
+                            ln_mode, normalize, head_chunk)
 
 
+@renamed_arguments(tokens="positions")
 def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, Tensor], embedding: Tensor,
-                     tokens: Tokens = "cls", components=None, ln_mode: LnMode = "reference",
+                     positions: Positions = "cls", components=ALL_COMPONENTS, ln_mode: LnMode = "reference",
                      normalize: bool = True, head_chunk: int = 8,
                      out: Tensor | None = None) -> ComponentStack:
     """The decomposition from an already-run forward pass: ``cache`` holds at least
@@ -414,16 +419,16 @@ def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, T
 
     Only the requested rows are computed; when some components are left out, their total
     is one ``"rest"`` row (the embedding minus the computed rows; at position 0 when
-    ``tokens="all"``). ``out``: a ``[row, batch, (pos,) d]`` tensor (or view) to write
+    ``positions="all"``). ``out``: a ``[row, batch, (pos,) d]`` tensor (or view) to write
     the rows into instead of allocating one."""
     tower = getattr(model, name)
     L, H = len(tower.blocks), tower.cfg.heads
     selection = _selection(model, name, components)
     readout = _readout(model, name, inputs, cache, embedding)
     scale = 1.0 / embedding.norm(dim=-1) if normalize else torch.ones_like(embedding[:, 0])
-    rows = _Rows(tower, readout, ln_mode, tokens == "all", scale)
+    rows = _Rows(tower, readout, ln_mode, positions == "all", scale)
     has_rest = len(selection) < 1 + L * (H + 1)
-    width = (readout.kappa.shape[1],) if tokens == "all" else ()
+    width = (readout.kappa.shape[1],) if positions == "all" else ()
     shape = (len(selection) + has_rest, embedding.shape[0], *width, embedding.shape[-1])
     # Rows are written straight into one tensor, already scaled: no per-row copies, no stacking.
     tensor = embedding.new_empty(shape) if out is None else out
@@ -451,7 +456,7 @@ def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, T
     labels, comps = [str(c) for c in selection], list(selection)
     if has_rest:
         computed = tensor[:-1].sum(0)
-        if tokens == "all":  # the rest enters at position 0
+        if positions == "all":  # the rest enters at position 0
             computed = computed.sum(1)
             tensor[-1].zero_()
             rest = tensor[-1][:, 0]
@@ -559,10 +564,11 @@ def _writable(out: Tensor, *inputs: Tensor) -> bool:
     return out.is_contiguous() and not grad
 
 
-def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, head_chunk: int) -> ComponentStack:
+def _decompose_resid(model, images: Tensor, target, positions: Positions, components,
+                     head_chunk: int) -> ComponentStack:
     """Raw contributions to the residual stream after ``layer`` blocks (HF's
     ``hidden_states[layer]``), at every query position: ``[component, batch, pos, d_model]``
-    (``tokens="cls"``: position 0 only)."""
+    (``positions="cls"``: position 0 only)."""
     visual = model.visual
     L, H = len(visual.blocks), visual.cfg.heads
     kind, layer = target if isinstance(target, tuple) else (target, None)
@@ -571,7 +577,7 @@ def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, 
     wanted = {act_name("resid_pre", 0)}
     wanted |= {act_name(short, l) for l in range(layer) for short in ("z", "mlp_out")}
     cache = _run(model, "visual", images, wanted)
-    at = slice(None) if tokens == "all" else slice(0, 1)
+    at = slice(None) if positions == "all" else slice(0, 1)
     rows, labels, comps = [cache[act_name("resid_pre", 0)][:, at]], ["embed"], [Embed()]
     for l in range(layer):
         attn = visual.blocks[l].attn
@@ -585,17 +591,15 @@ def _decompose_resid(model, images: Tensor, target, tokens: Tokens, components, 
         labels.append(f"mlp{l}")
         comps.append(MLP(l))
     tensor = torch.stack(rows)
-    if tokens != "all":
+    if positions != "all":
         tensor = tensor[:, :, 0]
     stack = ComponentStack(tensor, labels, torch.zeros(tensor.shape[-1], dtype=tensor.dtype, device=tensor.device), comps)
-    return _keep(stack, components, L, H)
+    return _keep(stack, _selection(model, "visual", components))
 
 
-def _keep(stack: ComponentStack, components: Sequence[ComponentLike] | None, L: int, H: int) -> ComponentStack:
-    """Restrict to the requested components, summing the others into a ``rest`` row."""
-    if components is None:
-        return stack
-    wanted = {str(c) for c in parse(components, n_layers=L, n_heads=H)}
+def _keep(stack: ComponentStack, selection: list[Component]) -> ComponentStack:
+    """Restrict to the selected components, summing the others into a ``rest`` row."""
+    wanted = {str(c) for c in selection}
     keep = [i for i, label in enumerate(stack.labels) if label in wanted]
     rest = [i for i in range(len(stack.labels)) if i not in set(keep)]
     tensor = stack.tensor[keep]

@@ -25,7 +25,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hookedclip._compat import renamed_arguments
 from hookedclip.components import ComponentLike
+from hookedclip.data.batches import iter_images
 from hookedclip.decompose import decompose_image
 from hookedclip.search import Neighbours, Score, TopK, nearest, scores  # noqa: F401 (this module's API too)
 
@@ -37,7 +39,7 @@ def head_space(model, component: ComponentLike, normalize: bool = True) -> Space
     """Images -> one component's direct contribution ``φ_c(x) [B, d']`` (CLS readout)."""
 
     def embed(images: Tensor) -> Tensor:
-        stack = decompose_image(model, images, tokens="cls", components=[component], normalize=normalize)
+        stack = decompose_image(model, images, positions="cls", components=[component], normalize=normalize)
         return stack.tensor[0]
 
     return embed
@@ -75,7 +77,7 @@ def selection_space(model, result, selection, mean_ablate_all: bool = True, cent
 
     @torch.no_grad()
     def embed(images: Tensor) -> Tensor:
-        stack = decompose_image(model, images, tokens="cls", components=heads)
+        stack = decompose_image(model, images, positions="cls", components=heads)
         e = pclens.selection_embeddings(stack, result, sel, mean_ablate_all)
         return e - result.image_mean.to(e) if centre else e
 
@@ -83,17 +85,19 @@ def selection_space(model, result, selection, mean_ablate_all: bool = True, cent
 
 
 # ---------------------------------------------------------------------------- search
+@renamed_arguments(image_batches="batches")
 @torch.no_grad()
 def nearest_images(
     model,
     query_image: Float[Tensor, "channel height width"] | None,
-    image_batches: Iterable[Float[Tensor, "batch channel height width"]],
+    batches: Iterable[Float[Tensor, "batch channel height width"]],
     space: Space,
     k: int = 15,
     score: Score = "score",
     largest: bool = True,
 ) -> Neighbours:
-    """The ``k`` images of the stream nearest to ``query_image`` in ``space``.
+    """The ``k`` images of ``batches`` (image tensors or ``(images, labels[, groups])`` tuples;
+    see :mod:`hookedclip.data.batches`) nearest to ``query_image`` in ``space``.
 
     ``space(images) -> [B, d]`` is e.g. ``head_space(model, "L3H1")`` (TextSpan's per-head
     retrieval) or a rebuilt embedding from selected PCs (PCLens). ``"self"`` scores
@@ -104,8 +108,7 @@ def nearest_images(
         query = space(query_image[None].to(model.device, model.dtype))[0]
 
     def stream():
-        for images in image_batches:
-            images = images.to(model.device, model.dtype)
+        for images in iter_images(batches, model):
             emb = space(images)
             yield (emb, model.encode_image(images, normalize=True)) if score == "self" else emb
 

@@ -27,7 +27,8 @@ from jaxtyping import Bool, Float, Int
 from sklearn.metrics import average_precision_score
 from torch import Tensor
 
-from hookedclip.components import ComponentLike, parse
+from hookedclip.components import ALL_HEADS, ComponentLike, select
+from hookedclip.data.batches import iter_labelled
 from hookedclip.data.masks import MaskGeometry, resize_mask  # noqa: F401 (part of this module's API)
 from hookedclip.decompose import needed_hooks, stack_from_cache
 from hookedclip.names import act_name
@@ -38,13 +39,6 @@ RowTransform = Callable[[Tensor, list[str]], Tensor]
 
 
 # ---------------------------------------------------------------------------- heat maps
-def _components(model, components) -> list:
-    """Requested components in decomposition order; default: every head of every layer."""
-    cfg = model.visual.cfg
-    spec = f"L0-{cfg.layers - 1}" if components is None else components
-    return list(dict.fromkeys(parse(spec, n_layers=cfg.layers, n_heads=cfg.heads)))
-
-
 def _chunks(comps: list) -> Iterator[list]:
     """Components grouped by layer (heads of one layer share a cached pattern): bounds the
     transient to one layer's ``[heads, batch, pos, d']`` rows."""
@@ -62,7 +56,7 @@ def _chunks(comps: list) -> Iterator[list]:
 def token_contributions(
     model,
     images: Float[Tensor, "batch channel height width"],
-    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
     transform: RowTransform | None = None,
 ) -> tuple[Float[Tensor, "batch pos d_out"], Float[Tensor, "batch d_out"]]:
     """``Σ_c φ_c,t`` over the chosen components per source token, and the embedding ``e``.
@@ -71,7 +65,7 @@ def token_contributions(
     (normalised by ``‖e‖``, ``ln_mode="reference"``) one layer at a time, each passed
     through ``transform`` before summing. Returns ``([batch, T, d'], e [batch, d'])``.
     """
-    comps = _components(model, components)
+    comps = select(model, components)
     wanted = needed_hooks(model, "visual", comps) | {act_name("out")}
     model.visual.check_images(images)
     with model.cache(names_filter=lambda n: n in wanted) as cache:
@@ -80,7 +74,7 @@ def token_contributions(
     embedding = cache[act_name("out")]
     total = None
     for chunk in _chunks(comps):
-        stack = stack_from_cache(model, "visual", images, cache, embedding, tokens="all", components=chunk)
+        stack = stack_from_cache(model, "visual", images, cache, embedding, positions="all", components=chunk)
         rows, labels = stack.tensor, stack.labels
         if labels[-1] == "rest":  # everything not requested: not part of the map
             rows, labels = rows[:-1], labels[:-1]
@@ -95,7 +89,7 @@ def patch_scores(
     model,
     images: Float[Tensor, "batch channel height width"],
     classifier,
-    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
     transform: RowTransform | None = None,
 ) -> tuple[Float[Tensor, "batch pos n_classes"], Int[Tensor, " batch"]]:
     """Class scores ``s_t = Σ_c φ_c,t @ W_cls`` of every token (CLS included, at 0) and the
@@ -145,7 +139,7 @@ def heatmaps(
     model,
     images: Float[Tensor, "batch channel height width"],
     classifier,
-    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
     transform: RowTransform | None = None,
     target: Int[Tensor, " batch"] | int | None = None,
 ) -> Float[Tensor, "batch height width"]:
@@ -154,9 +148,10 @@ def heatmaps(
 
     Args:
         classifier: a :class:`~hookedclip.zeroshot.ZeroShotClassifier` (``W_cls [d', C]``).
-        components: whose per-token contributions count; default every head of every
-            layer (``"L0-{L-1}"``). Per-layer or per-head maps: ``"L3"``, ``["L3H1"]``;
-            MLPs can be added (``"mlp2"``).
+        components: whose per-token contributions count (parsed by
+            :func:`hookedclip.components.select`); default every head of every layer
+            (``"heads"``). Per-layer or per-head maps: ``"L3"``, ``["L3H1"]``; MLPs can be
+            added (``"mlp2"``).
         transform: ``transform(rows [component, batch, pos, d'], labels) -> rows``, applied
             per layer before summing (e.g. keep selected principal components).
         target: class index for every image, or per image; ``None``: ``ĉ``.
@@ -250,7 +245,7 @@ def evaluate(
     model,
     batches: Iterable[tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]],
     classifier,
-    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
     transform: RowTransform | None = None,
     blob_sigma: float = 0.25,
 ) -> dict[str, dict[str, float]]:
@@ -261,10 +256,7 @@ def evaluate(
     already be in the images' geometry (see :func:`resize_mask`).
     """
     ours, blob = SegmentationMetrics(), SegmentationMetrics()
-    for batch in batches:
-        images, masks = batch[0], batch[1]
-        target = batch[2] if len(batch) > 2 else None
-        images = images.to(model.device, model.dtype)
+    for images, masks, target in iter_labelled(batches, model, names=("masks", "targets")):
         ours.update(heatmaps(model, images, classifier, components, transform, target).float(), masks)
         blob.update(centre_blob(*masks.shape[-2:], sigma=blob_sigma, batch=masks.shape[0]), masks)
     return {"model": ours.compute(), "blob": blob.compute()}
@@ -292,7 +284,7 @@ def toy_batches(
 
 def evaluate_toy(
     model, n: int = 200, seed: int = 7, attribute: str = "shape", use_labels: bool = False,
-    components=None, transform: RowTransform | None = None, batch_size: int = 64,
+    components=ALL_HEADS, transform: RowTransform | None = None, batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
     """:func:`evaluate` on ``n`` held-out toy images (masks known exactly), with the
     zero-shot classifier of ``attribute``. ``use_labels``: map the true class, not ``ĉ``."""
@@ -313,7 +305,7 @@ def save_overlays(
     classifier,
     path,
     masks: np.ndarray | None = None,
-    components: ComponentLike | Sequence[ComponentLike] | None = None,
+    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
     transform: RowTransform | None = None,
     target: Int[Tensor, " batch"] | int | None = None,
     cols: int = 6,

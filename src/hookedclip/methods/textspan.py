@@ -50,6 +50,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip._compat import renamed_arguments
+from hookedclip.components import ALL_HEADS
+from hookedclip.data.stats import RunningMoments
+from hookedclip.methods import _common
+
 Criterion = Literal["unnormalized_std", "variance_gain"]
 SpanFrom = Literal["uncentred", "centred"]
 
@@ -503,52 +508,55 @@ def text_span_from_moments(
 # --------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def head_moments(model, batches, components) -> tuple[list[str], "RunningMoments"]:
-    """Mean and scatter of each component's CLS contribution (normalised, reference LN
-    convention) over ``batches`` of images, without keeping the contributions:
-    labels and a :class:`~hookedclip.data.stats.RunningMoments` of shape ``[component, d']``."""
-    from hookedclip.decompose import decompose_image
-    from hookedclip.data.stats import RunningMoments
-
-    moments, labels = None, None
-    for images in batches:
-        stack = decompose_image(model, images.to(model.device, model.dtype), components=components)
-        keep = [i for i, label in enumerate(stack.labels) if label != "rest"]
-        rows = stack.tensor[keep].transpose(0, 1)  # [batch, component, d']
-        labels = [stack.labels[i] for i in keep]
-        moments = RunningMoments.of(rows) if moments is None else moments.merge(RunningMoments.of(rows))
-    if moments is None:
-        raise ValueError("head_moments got no images")
-    return labels, moments
+def head_moments(model, batches, components=ALL_HEADS) -> tuple[list[str], RunningMoments]:
+    """Deprecated: use :func:`hookedclip.methods.head_moments` (a ``label -> RunningMoments``
+    dict and the embedding's moments). Labels and one ``[component, d']`` accumulator."""
+    warnings.warn("textspan.head_moments is deprecated; use hookedclip.methods.head_moments",
+                  DeprecationWarning, stacklevel=2)
+    per_head, _ = _common.head_moments(model, batches, components)
+    first = next(iter(per_head.values()))
+    mean = torch.stack([m.mean for m in per_head.values()])
+    m2 = torch.stack([m.m2 for m in per_head.values()])
+    return list(per_head), RunningMoments(first.n, mean, m2)
 
 
+@renamed_arguments(data="batches")
 def text_span_heads(
     model,
     batches,
     texts: Sequence[str],
-    components=("L-1",),
+    components=ALL_HEADS,
     n_texts: int = 20,
     rank: int | None = 80,
     criterion: Criterion = "unnormalized_std",
     text_batch_size: int = 256,
+    text_embeddings: Float[Tensor, "m_pool d"] | None = None,
 ) -> dict[str, TextSpanResult]:
-    """TextSpan for every listed head (default: the last layer), from one streaming pass
-    over ``batches`` of images; the text pool is embedded once with ``model``."""
-    from hookedclip.zeroshot import embed_texts
+    """TextSpan for every chosen component, from one streaming pass over ``batches``.
 
+    Args:
+        batches: image tensors ``[B, C, H, W]`` or ``(images, labels[, groups])`` tuples (labels
+            unused; see :mod:`hookedclip.data.batches`).
+        texts: the text pool (the names of the chosen texts).
+        components: parsed by :func:`hookedclip.components.select`; default every head
+            (``"heads"``). The paper analyses the last four layers:
+            ``components=LAST_4_LAYERS`` (``"L-4-"``).
+        n_texts: ``m``, the size of each head's text basis (the reference README uses 20).
+            PCLens's ``n_texts`` (5) is another quantity: the texts labelling each side of a PC.
+        rank, criterion: as in :func:`text_span`.
+        text_embeddings: ``[M, d']`` precomputed embeddings of ``texts`` (L2-normalised
+            ``encode_text`` outputs); by default the pool is embedded once with ``model``.
+    """
     if len(texts) == 0:
         raise ValueError("the text pool is empty")
     if isinstance(n_texts, bool) or not isinstance(n_texts, int) or not 0 <= n_texts <= len(texts):
         raise ValueError(f"n_texts={n_texts!r} must be an int from 0 to the text pool's size ({len(texts)} texts)")
-    labels, moments = head_moments(model, batches, components)
-    pool = embed_texts(model, list(texts), text_batch_size).to(torch.float64)
-    second = moments.second_moment()
-    return {
-        label: text_span_from_moments(moments.mean[i], second[i], moments.n, pool, texts, n_texts=n_texts,
-                                      rank=rank, criterion=criterion)
-        for i, label in enumerate(labels)
-    }
+    texts, pool = _common.text_pool(model, texts, text_embeddings, text_batch_size)
+    per_head, _ = _common.head_moments(model, batches, components)
+    pool = pool.to(torch.float64)
+    return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, pool, texts, n_texts=n_texts, rank=rank,
+                                          criterion=criterion)
+            for label, m in per_head.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -556,26 +564,27 @@ def text_span_heads(
 # --------------------------------------------------------------------------------------
 
 
+@renamed_arguments(heads="components")
 def text_span_from_store(
     store,
-    text_embeddings: Float[Tensor, "m_pool d"],
+    text_embeddings: Float[Tensor, "m_pool d"] | None,
     texts: Sequence[str],
-    heads: Sequence[str] | None = None,
+    components=ALL_HEADS,
     target: str = "heads",
     n_texts: int = 20,
     model=None,
     **options,
 ) -> dict[str, TextSpanResult]:
-    """:func:`text_span_from_moments` for every head of a store's decomposition ``target``
-    (default: the heads of its last 4 layers), from the store's moments: the rows are never
-    loaded together. ``options``: ``rank``, ``criterion``, ``center_texts``, ``span_from``.
-    With ``model`` (the one that embedded the texts) a store of another model is refused
-    (:class:`~hookedclip.data.store.StoreMismatch`)."""
-    from hookedclip.methods.pclens import store_heads, store_moments
-
+    """:func:`text_span_from_moments` for the chosen heads of a store's decomposition ``target``
+    (default every head it holds; :func:`hookedclip.methods.store_heads`), from the store's
+    moments: the rows are never loaded together. ``text_embeddings=None`` embeds ``texts``
+    with ``model``. ``n_texts`` as in :func:`text_span_heads`. ``options``: ``rank``,
+    ``criterion``, ``center_texts``, ``span_from``. With ``model`` (the one that embedded the
+    texts) a store of another model is refused (:class:`~hookedclip.data.store.StoreMismatch`)."""
+    texts, text_embeddings = _common.text_pool(model, texts, text_embeddings)
     store.check(model=model, targets=[target], text_embeddings=text_embeddings)
-    labels = store_heads(store, target, heads)
-    moments = store_moments(store, labels, target)
+    labels = _common.store_heads(store, target, components, model)
+    moments = _common.store_moments(store, labels, target)
     return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
             for label, m in moments.items()}
 

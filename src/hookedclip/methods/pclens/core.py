@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,7 +41,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip._compat import renamed_arguments
+from hookedclip.components import ALL_HEADS, select
 from hookedclip.data.stats import RunningMoments
+from hookedclip.methods._common import (head_moments, store_embedding_moments, store_heads, store_moments,
+                                        text_pool)
 
 Energy = Literal["singular", "variance"]
 Sign = Literal["canonical", "raw"]
@@ -543,51 +548,27 @@ def fit_from_contributions(
     return fit_from_moments(moments, model_id, emb, **kwargs)
 
 
-def analysed_heads(model, components: Sequence[str] | str | None = None, last_layers: int = 4) -> list[str]:
-    """Head labels for ``components`` (``"L8-11"``, ``"L10H3"``, ...), default the heads of the
-    last ``last_layers`` layers (the reference's ``num_of_last_layers = 4``)."""
-    from hookedclip.components import Head, parse
-
-    cfg = model.cfg.vision
-    if components is None:
-        first = max(0, cfg.layers - last_layers)
-        components = [f"L{first}-{cfg.layers - 1}"]
-    comps = parse(components, n_layers=cfg.layers, n_heads=cfg.heads)
-    not_heads = [str(c) for c in comps if not isinstance(c, Head)]
-    if not_heads:
-        raise ValueError(f"PCLens analyses attention heads; {', '.join(not_heads)} are not heads")
-    return list(dict.fromkeys(str(c) for c in comps))
+@renamed_arguments(last_layers=("components", lambda n: f"L-{n}-"))
+def analysed_heads(model, components=ALL_HEADS) -> list[str]:
+    """Deprecated: ``[str(c) for c in components.select(model, components, heads_only=True)]``."""
+    warnings.warn("pclens.analysed_heads is deprecated; use hookedclip.components.select(model, components, "
+                  "heads_only=True)", DeprecationWarning, stacklevel=2)
+    return [str(c) for c in select(model, components, heads_only=True)]
 
 
-@torch.no_grad()
-def stream_moments(model, batches: Iterable[Tensor], heads: Sequence[str]
-                   ) -> tuple[dict[str, RunningMoments], RunningMoments]:
-    """One pass over ``batches`` of images: moments of each head's normalised CLS contribution
-    ``φ_{l,h}`` and of the unit image embedding ``ê`` (the sum of all rows), in float64."""
-    from hookedclip.decompose import decompose_image
-
-    acc: RunningMoments | None = None
-    emb: RunningMoments | None = None
-    labels: list[str] = []
-    for images in batches:
-        stack = decompose_image(model, images.to(model.device, model.dtype), components=list(heads))
-        keep = [i for i, label in enumerate(stack.labels) if label != "rest"]
-        labels = [stack.labels[i] for i in keep]
-        rows = stack.tensor[keep].transpose(0, 1)  # [batch, head, d']
-        batch = RunningMoments.of(rows)
-        acc = batch if acc is None else acc.merge(batch)
-        e = RunningMoments.of(stack.sum())
-        emb = e if emb is None else emb.merge(e)
-    if acc is None:
-        raise ValueError("PCLens got no images")
-    per_head = {label: RunningMoments(acc.n, acc.mean[i], acc.m2[i]) for i, label in enumerate(labels)}
-    return per_head, emb
+@renamed_arguments(heads="components")
+def stream_moments(model, batches, components=ALL_HEADS) -> tuple[dict[str, RunningMoments], RunningMoments]:
+    """Deprecated: use :func:`hookedclip.methods.head_moments` (the same)."""
+    warnings.warn("pclens.stream_moments is deprecated; use hookedclip.methods.head_moments",
+                  DeprecationWarning, stacklevel=2)
+    return head_moments(model, batches, components)
 
 
+@renamed_arguments(data="batches")
 def fit(
     model,
-    batches: Iterable[Tensor],
-    components: Sequence[str] | str | None = None,
+    batches,
+    components=ALL_HEADS,
     texts: Sequence[str] | None = None,
     text_embeddings: Float[Tensor, "m d"] | None = None,
     n_texts: int = 5,
@@ -603,24 +584,25 @@ def fit(
     per-head PCA, the embedding's PCA and (with ``texts``) the labels and projectors.
 
     Args:
-        components: heads to analyse (default: the last 4 layers).
+        batches: image tensors ``[B, C, H, W]`` or ``(images, labels[, groups])`` tuples (labels
+            unused; see :mod:`hookedclip.data.batches`).
+        components: heads to analyse, parsed by :func:`hookedclip.components.select`; default
+            every head (``"heads"``). The paper analyses the last four layers:
+            ``components=LAST_4_LAYERS`` (``"L-4-"``).
         texts: the label vocabulary; embedded with ``model`` unless ``text_embeddings`` are given.
-        n_texts: texts per side of each PC (``n_t``; 5 in the reference script).
+        n_texts: texts per side of each PC (``n_t``; 5 in the reference script). Not TextSpan's
+            ``n_texts`` (20), which is the size of a head's text basis.
         max_pcs: the ``k`` cap per head (``--max_text``, 80).
         threshold, energy: the rank rule (99% of ``ΣS``).
         center_texts: centre the pool before the cosines (reference HEAD).
         sign: ``"canonical"`` (deterministic) or ``"raw"`` (whatever ``eigh`` returns).
         use_projector: build ``Π`` from the texts (reference) or keep ``Π = I``.
     """
-    heads = analysed_heads(model, components)
-    moments, emb = stream_moments(model, batches, heads)
-    if texts is not None and text_embeddings is None:
-        from hookedclip.zeroshot import embed_texts
-
-        text_embeddings = embed_texts(model, list(texts), text_batch_size)
-    return fit_from_moments(moments, model_identity(model), emb, text_embeddings,
-                            None if texts is None else list(texts), n_texts, max_pcs, threshold, energy,
-                            center_texts, sign, use_projector)
+    heads = [str(c) for c in select(model, components, heads_only=True)]
+    texts, text_embeddings = text_pool(model, texts, text_embeddings, text_batch_size)
+    moments, emb = head_moments(model, batches, heads)
+    return fit_from_moments(moments, model_identity(model), emb, text_embeddings, texts, n_texts, max_pcs, threshold,
+                            energy, center_texts, sign, use_projector)
 
 
 # --------------------------------------------------------------------------------------
@@ -656,52 +638,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
-def store_heads(store, target: str = "heads", heads: Sequence[str] | None = None, last_layers: int = 4) -> list[str]:
-    """Head labels of a store's decomposition ``target`` to analyse: ``heads`` (checked), or
-    every head of its last ``last_layers`` layers."""
-    import re
-
-    spec = store.targets.get(target)
-    if spec is None or spec.labels is None:
-        raise KeyError(f"{target!r} is not a decomposition target of {store.path} (targets: {list(store.targets)}); "
-                       "extract with --targets heads embedding")
-    stored = [label for label in spec.labels if re.fullmatch(r"L\d+H\d+", label)]
-    if heads is not None:
-        missing = [h for h in heads if h not in stored]
-        if missing:
-            raise KeyError(f"{', '.join(missing)} not in the store's {target!r} rows ({', '.join(spec.labels)})")
-        return list(heads)
-    layers = sorted({int(label[1:].split("H")[0]) for label in stored})
-    keep = set(layers[-last_layers:])
-    return [label for label in stored if int(label[1:].split("H")[0]) in keep]
-
-
-def store_moments(store, heads: Sequence[str], target: str = "heads") -> dict[str, RunningMoments]:
-    """Per-head moments (``[d']`` mean and scatter) from a store: the extraction's moments when it
-    kept covariances (nothing is read), else streamed shard by shard over the chosen rows only
-    (in-place float64 accumulation, :meth:`~hookedclip.data.stats.RunningMoments.update`)."""
-    spec = store.targets[target]
-    idx = [spec.labels.index(h) for h in heads]
-    if spec.moments == "cov":
-        m = store.moments(target)
-        return {h: RunningMoments(m.n, m.mean[i], m.m2[i]) for h, i in zip(heads, idx)}
-    acc = RunningMoments.empty((len(idx),), spec.shape[-1])
-    contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
-    pick = slice(idx[0], idx[0] + len(idx)) if contiguous else idx  # a slice is a view, no copy of the shard
-    for shard in store.iter_shards([target]):
-        acc.update(shard[target][:, pick])  # one shard's [rows, heads, d'] at a time
-    return {h: RunningMoments(acc.n, acc.mean[i], acc.m2[i]) for i, h in enumerate(heads)}
-
-
-def store_embedding_moments(store, embedding: str = "embedding") -> RunningMoments:
-    """Moments of the unit embeddings ``ê = e/‖e‖`` streamed from the store's raw embedding
-    target (the extraction's own moments are of ``e``, not ``ê``)."""
-    acc = RunningMoments.empty((), store.targets[embedding].shape[-1])
-    for shard in store.iter_shards([embedding]):
-        acc.update(torch.nn.functional.normalize(shard[embedding].to(torch.float64), dim=-1))
-    return acc
-
-
 def store_identity(store) -> dict[str, str]:
     """A result's ``model`` record from the store's fingerprint (pass ``model`` to
     :func:`fit_from_store` instead for results that :meth:`PCLensResult.check_model` accepts)."""
@@ -710,19 +646,25 @@ def store_identity(store) -> dict[str, str]:
             "config_hash": fp.get("config_hash"), "weights": fp.get("weights_hash")}
 
 
-def fit_from_store(store, heads: Sequence[str] | None = None, target: str = "heads",
-                   embedding: str | None = "embedding", model=None, **kwargs) -> PCLensResult:
+@renamed_arguments(heads="components")
+def fit_from_store(store, components=ALL_HEADS, target: str = "heads", embedding: str | None = "embedding",
+                   model=None, texts: Sequence[str] | None = None, text_embeddings: Float[Tensor, "m d"] | None = None,
+                   **kwargs) -> PCLensResult:
     """PCLens from an :class:`~hookedclip.data.store.ActivationStore` written by ``extract`` (or
     ``hookedclip cache``) with a decomposition ``target`` (``heads``) and, optionally, the raw
-    ``embedding``. Per-head moments come from the store (see :func:`store_moments`); equals
-    :func:`fit` on the same images. Keyword arguments as in :func:`fit_from_moments`. A
-    ``model`` other than the store's is refused (:class:`~hookedclip.data.store.StoreMismatch`)."""
-    store.check(model=model, targets=[target], text_embeddings=kwargs.get("text_embeddings"))
-    labels = store_heads(store, target, heads)
+    ``embedding``. ``components``: the heads to analyse (default every head the store holds;
+    :func:`hookedclip.methods.store_heads`). Per-head moments come from the store (see
+    :func:`hookedclip.methods.store_moments`); equals :func:`fit` on the same images. ``texts``
+    are embedded with ``model`` unless ``text_embeddings`` are given; other keyword arguments
+    as in :func:`fit_from_moments`. A ``model`` other than the store's is refused
+    (:class:`~hookedclip.data.store.StoreMismatch`)."""
+    texts, text_embeddings = text_pool(model, texts, text_embeddings)
+    store.check(model=model, targets=[target], text_embeddings=text_embeddings)
+    labels = store_heads(store, target, components, model)
     moments = store_moments(store, labels, target)
     emb = store_embedding_moments(store, embedding) if embedding and embedding in store.targets else None
     identity = model_identity(model) if model is not None else store_identity(store)
-    return fit_from_moments(moments, identity, emb, **kwargs)
+    return fit_from_moments(moments, identity, emb, text_embeddings, texts, **kwargs)
 
 
 __all__ += ["store_heads", "store_moments", "store_embedding_moments", "store_identity", "fit_from_store"]

@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip._compat import renamed_arguments
+from hookedclip.data.batches import iter_images, iter_labelled
 from hookedclip.decompose import ComponentStack, decompose_image
 from hookedclip.methods.pclens.core import PCLensResult
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
@@ -141,16 +143,43 @@ class DebiasSweep:
 
 
 @torch.no_grad()
-def decompose_batches(model, result: PCLensResult, batches: Iterable[Tensor]) -> list[ComponentStack]:
-    """One normalised CLS decomposition per batch of preprocessed images (``[B, C, H, W]``),
-    split into the analysed heads and "rest", kept on the CPU."""
+def decompose_batches(model, result: PCLensResult, batches) -> list[ComponentStack]:
+    """One normalised CLS decomposition per batch of preprocessed images (``[B, C, H, W]``, or
+    ``(images, labels[, groups])`` tuples; see :mod:`hookedclip.data.batches`), split into the
+    analysed heads and "rest", kept on the CPU."""
     heads = list(result.heads)
     stacks = []
-    for images in batches:
-        stack = decompose_image(model, images.to(model.device, model.dtype), components=heads)
+    for images in iter_images(batches, model):
+        stack = decompose_image(model, images, components=heads)
         stacks.append(ComponentStack(stack.tensor.cpu(), stack.labels, stack.bias.cpu(), stack.components,
                                      stack.scale.cpu()))
     return stacks
+
+
+def _decomposed_with_targets(model, result: PCLensResult, batches, labels, groups
+                             ) -> tuple[list[ComponentStack], Tensor, Tensor]:
+    """The decomposed batches with the labels and groups of every image, taken from
+    ``(images, labels, groups)`` batches or given alongside image batches."""
+    if (labels is None) != (groups is None):
+        raise ValueError("give both labels= and groups=, or neither (then batches are (images, labels, groups))")
+    if labels is not None:
+        stacks = decompose_batches(model, result, batches)
+        return stacks, torch.as_tensor(labels).cpu(), torch.as_tensor(groups).cpu()
+    seen: list[tuple] = []
+
+    def images():
+        for batch in iter_labelled(batches):
+            if batch.groups is None:
+                raise TypeError("debias_sweep needs each image's group: batches of (images, labels, groups), "
+                                "or labels= and groups= beside image batches")
+            seen.append((batch.labels, batch.groups))
+            yield batch.images
+
+    stacks = decompose_batches(model, result, images())
+    if not stacks:
+        raise ValueError("debias_sweep got no images: batches was empty")
+    labels, groups = (torch.cat([torch.as_tensor(b[i]).cpu().reshape(-1) for b in seen]) for i in (0, 1))
+    return stacks, labels, groups
 
 
 def removal_embeddings(stacks: Sequence[ComponentStack], result: PCLensResult, pcs: Sequence[tuple[str, int]]
@@ -183,15 +212,16 @@ def _point(k: int, pcs: list, embeddings: Tensor, classifier, labels: Tensor, gr
     return SweepPoint(k, len(pcs), accuracy(pred, labels), min(per_group.values()), by_name, list(pcs))
 
 
+@renamed_arguments(images="batches")
 @torch.no_grad()
 def debias_sweep(
     model,
     result: PCLensResult,
     classifier,
     concepts: Sequence[str],
-    images: Float[Tensor, "n channel height width"] | Iterable[Tensor],
-    labels: Int[Tensor, " n"],
-    groups: Int[Tensor, " n"],
+    batches,
+    labels: Int[Tensor, " n"] | None = None,
+    groups: Int[Tensor, " n"] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     margin: float = 0.01,
     group_names: Sequence[str] | None = None,
@@ -205,8 +235,12 @@ def debias_sweep(
         classifier: a :class:`~hookedclip.zeroshot.ZeroShotClassifier` over the task's classes.
         concepts: texts of the spurious feature, e.g. ``["a striped background", "a dotted
             background"]`` (toy) or ``["water background", "land background"]`` (Waterbirds).
-        images: preprocessed images ``[N, C, H, W]``, or an iterable of such batches.
-        labels, groups: class index and group index ``[N]`` of each image.
+        batches: ``(images, labels, groups)`` tuples (see :mod:`hookedclip.data.batches`), or
+            images only (a ``[N, C, H, W]`` tensor, read ``batch_size`` at a time, or an
+            iterable of batches) with ``labels`` and ``groups`` given separately.
+            (Formerly ``images=``, still accepted with a deprecation warning.)
+        labels, groups: class index and group index ``[N]`` of each image, when ``batches``
+            holds images only.
         ks: PCs per concept to remove; the union over concepts is removed (``K = 0``, the
             unmodified model, is always measured first).
         margin: the average accuracy the pick may lose (fraction; see :meth:`DebiasSweep.pick`).
@@ -215,9 +249,9 @@ def debias_sweep(
     ks = sorted({int(k) for k in ks if int(k) > 0})
     if not ks:
         raise ValueError("give at least one K >= 1 to sweep")
-    batches = images.split(batch_size) if isinstance(images, Tensor) else images
-    stacks = decompose_batches(model, result, batches)
-    labels, groups = torch.as_tensor(labels).cpu(), torch.as_tensor(groups).cpu()
+    if isinstance(batches, Tensor):
+        batches = batches.split(batch_size)
+    stacks, labels, groups = _decomposed_with_targets(model, result, batches, labels, groups)
     n_groups = int(groups.max()) + 1
     names = list(group_names) if group_names is not None else [f"group {g}" for g in range(n_groups)]
     base = torch.cat([s.sum() for s in stacks])  # the unit embeddings, unmodified

@@ -30,12 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
+from hookedclip._compat import renamed_arguments
+from hookedclip.components import ALL_HEADS, select
+from hookedclip.data.batches import check_reiterable, iter_labelled
+from hookedclip.data.stats import RunningMoments
+from hookedclip.methods._common import text_pool
 from hookedclip.methods.pclens.core import PCLensResult, fit_from_moments, model_identity, projector, text_coordinates
 from hookedclip.methods.textspan import TextSpanResult, text_span_from_moments
-from hookedclip.data.stats import RunningMoments
 
 DEFAULT_BUDGETS = (0, 1, 2, 4, 8, 16, 32)
 
@@ -248,34 +252,34 @@ def evaluate(parts: Iterable[Parts], weights: Float[Tensor, "d c"], ablated_mean
 # --------------------------------------------------------------------------------------
 
 
-def _split(model, heads: Sequence[str] | str | None) -> tuple[list[str], list[str]]:
-    """Analysed heads (default: the last 4 layers) and every other head (mean-ablated)."""
-    from hookedclip.methods.pclens.core import analysed_heads
-
-    analysed = analysed_heads(model, heads)
-    cfg = model.cfg.vision
-    every = [f"L{l}H{h}" for l in range(cfg.layers) for h in range(cfg.heads)]
+def _split(model, components) -> tuple[list[str], list[str]]:
+    """Analysed heads (:func:`hookedclip.components.select`, default every head) and every other
+    head (mean-ablated)."""
+    analysed = [str(c) for c in select(model, components, heads_only=True)]
+    every = [str(c) for c in select(model, ALL_HEADS)]
     return analysed, [label for label in every if label not in set(analysed)]
 
 
+@renamed_arguments(data="batches", heads="components")
 @torch.no_grad()
-def model_parts(model, data: Iterable[tuple[Tensor, Tensor]], heads: Sequence[str], ablated: Sequence[str]
-                ) -> Iterator[Parts]:
-    """Decompose each batch once: ê, the ablated heads' sum and the analysed heads' rows."""
+def model_parts(model, batches, components: Sequence[str], ablated: Sequence[str]) -> Iterator[Parts]:
+    """Decompose each labelled batch once: ê, the ablated heads' sum and the analysed heads'
+    (``components``, labels) rows."""
     from hookedclip.decompose import decompose_image
 
-    for images, labels in data:
-        stack = decompose_image(model, images.to(model.device, model.dtype), components=[*ablated, *heads])
+    heads = list(components)
+    for images, labels, _ in iter_labelled(batches, model):
+        stack = decompose_image(model, images, components=[*ablated, *heads])
         rows = dict(zip(stack.labels, stack.tensor))
         early = sum((rows[label] for label in ablated), torch.zeros_like(stack.tensor[0]))
         yield stack.sum(), early, torch.stack([rows[label] for label in heads], 1), labels
 
 
 @torch.no_grad()
-def _statistics(model, data, heads, ablated) -> tuple[dict[str, RunningMoments], Tensor]:
+def _statistics(model, batches, heads, ablated) -> tuple[dict[str, RunningMoments], Tensor]:
     """Moments of each analysed head and ``Σ_early φ̄`` (one pass)."""
     moments, early = None, None
-    for _, e, rows, _ in model_parts(model, data, heads, ablated):
+    for _, e, rows, _ in model_parts(model, batches, heads, ablated):
         m, s = RunningMoments.of(rows), RunningMoments.of(e, covariance=False)
         moments, early = (m, s) if moments is None else (moments.merge(m), early.merge(s))
     if moments is None:
@@ -294,11 +298,12 @@ def fit_text_spans(moments: Mapping[str, RunningMoments], text_embeddings: Float
             for label, m in moments.items()}
 
 
+@renamed_arguments(data="batches", heads="components")
 def accuracy_recovered(
     model,
-    data: Iterable[tuple[Tensor, Tensor]],
+    batches,
     classifier,
-    heads: Sequence[str] | str | None = None,
+    components=ALL_HEADS,
     budgets: Sequence[int] = DEFAULT_BUDGETS,
     texts: Sequence[str] | None = None,
     text_embeddings: Float[Tensor, "m d"] | None = None,
@@ -308,30 +313,33 @@ def accuracy_recovered(
     textspan: bool = True,
     textspan_options: Mapping | None = None,
 ) -> AccuracyRecovered:
-    """Accuracy recovered against ``K`` on a model (§4.4), two passes over ``data`` at most.
+    """Accuracy recovered against ``K`` on a model (§4.4), two passes over ``batches`` at most.
 
     Args:
-        data: re-iterable ``(images, labels)`` batches: the statistics (means, PCs, TextSpan)
-            and the accuracies use the same images (the reference's transductive convention).
+        batches: re-iterable ``(images, labels[, groups])`` batches (a list or a DataLoader;
+            see :mod:`hookedclip.data.batches`): the statistics (means, PCs, TextSpan) and the
+            accuracies use the same images (the reference's transductive convention).
         classifier: a :class:`~hookedclip.zeroshot.ZeroShotClassifier` (``W_cls [d', C]``).
-        heads: analysed heads (default: the last 4 layers); every other head is mean-ablated.
+        components: analysed heads (:func:`hookedclip.components.select`; default every head,
+            then nothing is mean-ablated); every other head is mean-ablated. The papers analyse
+            the last four layers: ``components=LAST_4_LAYERS`` (``"L-4-"``).
         budgets: ``K`` values; PCLens uses ``min(K, k_99)`` PCs per head.
         texts: the pool for PCLens labels (hence ``Π``) and TextSpan; without it the PCLens
             curve is plain PCA (``Π = I``) and there is no TextSpan curve.
+        text_embeddings: precomputed embeddings of ``texts`` (default: embedded with ``model``).
         result, spans: already fitted PCLens / TextSpan results on these heads (skip fitting).
-        n_label_texts: texts per side of each PC when fitting PCLens (only the best one builds ``Π``).
+        n_label_texts: texts per side of each PC when fitting PCLens (PCLens's ``n_texts``; only
+            the best one builds ``Π``). TextSpan chooses ``max(budgets)`` texts per head.
         textspan: add the TextSpan curve (needs ``texts`` or ``spans``).
         textspan_options: overrides for :func:`fit_text_spans` (``rank``, ``center_texts``, ...).
     """
-    analysed, ablated = _split(model, heads)
-    if texts is not None and text_embeddings is None:
-        from hookedclip.zeroshot import embed_texts
-
-        text_embeddings = embed_texts(model, list(texts))
-    moments, early_mean = _statistics(model, data, analysed, ablated)
+    check_reiterable(batches, "accuracy_recovered")
+    analysed, ablated = _split(model, components)
+    texts, text_embeddings = text_pool(model, texts, text_embeddings)
+    moments, early_mean = _statistics(model, batches, analysed, ablated)
     if result is None:
         result = fit_from_moments(moments, model_identity(model), text_embeddings=text_embeddings,
-                                  texts=None if texts is None else list(texts),
+                                  texts=texts,
                                   n_texts=min(n_label_texts, len(texts or [0])),
                                   max_pcs=max(budgets) or 1)
     w = classifier.weights
@@ -340,7 +348,8 @@ def accuracy_recovered(
         spans = fit_text_spans(moments, text_embeddings, list(texts), max(budgets), **(textspan_options or {}))
     if textspan and spans is not None:
         readouts["TextSpan"] = textspan_readout(spans, analysed, w, budgets)
-    return evaluate(model_parts(model, data, analysed, ablated), w, early_mean, readouts, budgets, analysed, ablated)
+    return evaluate(model_parts(model, batches, analysed, ablated), w, early_mean, readouts, budgets, analysed,
+                    ablated)
 
 
 __all__ = ["AccuracyRecovered", "Readout", "Parts", "DEFAULT_BUDGETS", "pclens_readout", "textspan_readout",
