@@ -23,11 +23,7 @@ PACKAGE = "hookedclip"
 LAYERS = ("methods", "report", "cli")
 
 # Known violations, to be emptied: (importing module, imported module).
-ALLOWED: set[tuple[str, str]] = {
-    # textspan reads store_heads / store_moments from pclens while pclens.recovered builds on textspan;
-    # those helpers are moving to methods/_common.py on another branch, which removes this edge.
-    ("hookedclip.methods.textspan", "hookedclip.methods.pclens"),
-}
+ALLOWED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
