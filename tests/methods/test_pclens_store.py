@@ -9,6 +9,7 @@ from hookedclip import HookedCLIP
 from hookedclip.data.extract import extract
 from hookedclip.methods import pclens
 from hookedclip.data.stats import RunningMoments
+from hookedclip.identity import model_identity
 from hookedclip.methods.textspan import head_moments, text_span_from_moments, text_span_from_store
 from tests.conftest import tiny_open_clip
 
@@ -81,5 +82,8 @@ def test_store_errors(stored):
         pclens.fit_from_store(stores["cov"], heads=["L9H0"])
     with pytest.raises(KeyError, match="decomposition target"):
         pclens.fit_from_store(stores["cov"], target="embedding")
-    identity = pclens.fit_from_store(stores["cov"]).model
-    assert identity["source"] == "store" and identity["weights"] == stores["cov"].manifest["model"]["weights_hash"]
+    identity = pclens.fit_from_store(stores["cov"]).model  # the store's record: the model's own identity
+    assert identity == stores["cov"].manifest["model"] == stores["cov"].model
+    assert identity == model_identity(stored[0])
+    with pytest.warns(DeprecationWarning, match="store.model"):
+        assert pclens.store_identity(stores["cov"]) == identity

@@ -29,6 +29,8 @@ from torch import Tensor
 
 from hookedclip.components import ComponentLike
 from hookedclip.decompose import decompose_image
+from hookedclip.identity import ModelIdentity, model_identity
+from hookedclip.results import Result
 
 Score = Literal["score", "score_vis", "self"]
 Space = Callable[[Tensor], Tensor]  # images [B, C, H, W] -> embeddings [B, d]
@@ -57,15 +59,31 @@ def scores(
 
 
 # ---------------------------------------------------------------------------- streaming top-k
-@dataclass
-class Neighbours:
-    """The ``k`` best items: ``values [k]`` (best first) and their dataset ``indices [k]``."""
+@dataclass(repr=False)
+class Neighbours(Result):
+    """The ``k`` best items: ``values [k]`` (best first) and their dataset ``indices [k]``;
+    ``model``: the identity of the model whose space was searched, when it is recorded."""
+
+    _kind = "neighbours"
+    _tensor_fields = ("values", "indices")
 
     values: Float[Tensor, " k"]
     indices: Int[Tensor, " k"]
+    model: ModelIdentity | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    # ---- the Result protocol
+    def _title(self) -> str:
+        return f"{len(self)} nearest neighbours ({self.model or 'no recorded model'})"
+
+    def _table(self) -> tuple[list[str], list[list]]:
+        return ["rank", "index", "score"], [[r + 1, int(i), float(v)] for r, (i, v) in
+                                            enumerate(zip(self.indices.tolist(), self.values.tolist()))]
+
+    def _repr_sizes(self) -> dict:
+        return {"k": len(self)}
 
 
 class TopK:
@@ -191,4 +209,6 @@ def nearest_images(
             emb = space(images)
             yield (emb, model.encode_image(images, normalize=True)) if score == "self" else emb
 
-    return nearest(query, stream(), k, score, largest)
+    found = nearest(query, stream(), k, score, largest)
+    found.model = model_identity(model)
+    return found
