@@ -46,7 +46,7 @@ class ModelIdentity(dict):
         return f"{self.get('name') or 'unnamed model'} (weights {weights})"
 
     @classmethod
-    def of(cls, identity: Mapping | None) -> "ModelIdentity | None":
+    def of(cls, identity: Mapping | None) -> ModelIdentity | None:
         """A recorded identity (e.g. read back from JSON) as a :class:`ModelIdentity`."""
         return None if identity is None else cls(identity)
 
@@ -113,5 +113,15 @@ def check_same_model(recorded: Mapping | None, model, what: str = "this result")
                             "transfer between models: use the model it was computed with, or compute it again")
 
 
-__all__ = ["ModelIdentity", "ModelMismatch", "model_identity", "weights_fingerprint", "as_identity", "differences",
-           "same_model", "describe_mismatch", "check_same_model", "SAMPLE"]
+__all__ = [
+    "SAMPLE",
+    "ModelIdentity",
+    "ModelMismatch",
+    "as_identity",
+    "check_same_model",
+    "describe_mismatch",
+    "differences",
+    "model_identity",
+    "same_model",
+    "weights_fingerprint",
+]

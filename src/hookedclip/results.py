@@ -205,7 +205,8 @@ def format_table(header: list[str], rows: list[list], max_rows: int = SUMMARY_RO
     widths = [max(len(r[c]) for r in cells) for c in range(len(header))]
     lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     if len(rows) > max_rows:
-        lines.append(f"  ... {len(rows) - max_rows} more rows (to_csv() has them all)")
+        more = len(rows) - max_rows
+        lines.append(f"  ... {more} more row{'s' * (more > 1)} (to_csv() has them all)")
     return lines
 
 
@@ -229,5 +230,13 @@ def finish_figure(fig, path: str | Path | None):
     return fig
 
 
-__all__ = ["Result", "ResultFormatError", "format_table", "format_cell", "deprecated_alias", "new_figure",
-           "finish_figure", "SUMMARY_ROWS"]
+__all__ = [
+    "SUMMARY_ROWS",
+    "Result",
+    "ResultFormatError",
+    "deprecated_alias",
+    "finish_figure",
+    "format_cell",
+    "format_table",
+    "new_figure",
+]

@@ -80,12 +80,12 @@ class ComponentStack(Result):
         return tensors, fields
 
     @classmethod
-    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> "ComponentStack":
+    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> ComponentStack:
         components = [None if c is None else parse(c)[0] for c in fields["components"]]
         return cls(**tensors, labels=fields["labels"], components=components, model=model)
 
     @classmethod
-    def cat(cls, stacks: Sequence["ComponentStack"], dim: str = "batch") -> "ComponentStack":
+    def cat(cls, stacks: Sequence[ComponentStack], dim: str = "batch") -> ComponentStack:
         """Stacks of the same components (of one model) concatenated along the batch: the stack
         of the concatenated images. ``dim`` must be ``"batch"``."""
         if dim != "batch":

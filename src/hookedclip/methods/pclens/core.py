@@ -483,7 +483,7 @@ class PCLensResult(Result):
 
     @classmethod
     def _from_state(cls, tensors: dict[str, Tensor | None], fields: dict, model: ModelIdentity | None
-                    ) -> "PCLensResult":
+                    ) -> PCLensResult:
         texts = fields["texts"]
         pcas = [_head_from(record, tensors, texts) for record in fields["heads"]]
         embedding = pcas.pop() if fields["has_embedding"] else None
@@ -499,7 +499,7 @@ class PCLensResult(Result):
         return super().save(path)
 
     @classmethod
-    def load(cls, path: str | Path, model=None, device: str | torch.device = "cpu") -> "PCLensResult":
+    def load(cls, path: str | Path, model=None, device: str | torch.device = "cpu") -> PCLensResult:
         """Read a result written by :meth:`save`; with ``model``, refuse
         (:class:`~hookedclip.identity.ModelMismatch`) a model other than the one it was fitted on."""
         return super().load(path, model, device)

@@ -109,11 +109,11 @@ class DebiasSweep(Result):
     def _state(self) -> tuple[dict, dict]:
         tensors, fields = super()._state()
         fields["points"] = [asdict(p) for p in self.points]
-        fields["chosen"] = next(i for i, p in enumerate(self.points) if p is self.chosen)  # an index into points
+        fields["chosen"] = self.points.index(self.chosen)  # saved as an index into points
         return tensors, fields
 
     @classmethod
-    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> "DebiasSweep":
+    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> DebiasSweep:
         points = [SweepPoint(**dict(p, removed=[tuple(pc) for pc in p["removed"]])) for p in fields["points"]]
         return cls(**dict(fields, points=points, chosen=points[fields["chosen"]]), model=model)
 

@@ -116,7 +116,7 @@ class QueryResult(Result):
         return tensors, fields
 
     @classmethod
-    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> "QueryResult":
+    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> QueryResult:
         fields = dict(fields, entries=[QueryEntry(**e) for e in fields["entries"]],
                       concepts=[cls._from_state({}, c, model) for c in fields["concepts"]])
         return cls(**fields, model=model)
