@@ -153,7 +153,8 @@ class DebiasSweep(Result):
         """A few lines: the baseline, the picked point and the rule."""
         b, c = self.baseline, self.chosen
         lines = [f"spurious concepts: {'; '.join(self.concepts)} ({self.n_images} images, "
-                 f"{len(self.points) - 1} values of K; model {self.model or 'not recorded'})",
+                 f"{len(self.points) - 1} values of K)",
+                 f"model:            {self.model or 'not recorded'}",
                  f"original model:   average {100 * b.average:.1f}%, worst group {100 * b.worst_group:.1f}%"]
         if c is b:
             lines.append(f"no K raised the worst group with average above original - {100 * self.margin:.1f} points: "
