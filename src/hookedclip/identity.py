@@ -20,6 +20,7 @@ values between the sampled ones (an edit of single weights) share a fingerprint.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 
@@ -54,13 +55,17 @@ class ModelIdentity(dict):
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """16 hex digits of a sha256 over every state-dict tensor's name, shape and up to
     :data:`SAMPLE` strided values rounded to float16 (device- and fp32/fp16-independent)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    entries = sorted(model.state_dict().items())
+    if not entries:
+        return hashlib.sha256(b"").hexdigest()[:16]
+    device = entries[0][1].device
+    samples = []
+    for _, tensor in entries:
         flat = tensor.detach().reshape(-1)
-        step = max(1, math.ceil(flat.numel() / SAMPLE))
-        sample = flat[::step].to("cpu", torch.float16).contiguous()
-        h.update(f"{name}{tuple(tensor.shape)}".encode())
-        h.update(sample.view(torch.int16).numpy().tobytes())
+        samples.append(flat[:: max(1, math.ceil(flat.numel() / SAMPLE))].to(device, torch.float16))
+    values = torch.cat(samples).cpu()  # one transfer from an accelerator, not one per tensor
+    h = hashlib.sha256(json.dumps([[name, list(t.shape)] for name, t in entries]).encode())
+    h.update(values.view(torch.int16).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
