@@ -44,7 +44,7 @@ def _write_child(path: str, rows: int, heads: int, d: int) -> float:
     from hookedclip.data.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
 
     labels = [f"L{8 + h // 12}H{h % 12}" for h in range(heads)]
-    header = {"format": FORMAT, "model": {"id": "bench", "config_hash": "x", "weights_hash": "y"},
+    header = {"format": FORMAT, "model": {"name": "bench", "config_hash": "x", "weights": "y"},
               "dataset": {"length": rows}, "world_size": 1, "rows_per_shard": PER_SHARD, "params": {},
               "targets": spec_dicts([TargetSpec("heads", "float32", [heads, d], "cov", labels)])}
     writer = RankWriter(path, header)

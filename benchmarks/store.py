@@ -77,7 +77,7 @@ def _write_child(path: str, rows: int, d: int) -> None:
     from hookedclip.data.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
 
     per_shard = 5000
-    header = {"format": FORMAT, "model": {"id": "bench"}, "dataset": {"length": rows}, "world_size": 1,
+    header = {"format": FORMAT, "model": {"name": "bench"}, "dataset": {"length": rows}, "world_size": 1,
               "targets": spec_dicts([TargetSpec("x", "float32", [d], "cov")]), "rows_per_shard": per_shard, "params": {}}
     writer = RankWriter(path, header)
     gen = torch.Generator().manual_seed(0)

@@ -56,7 +56,7 @@ def main() -> None:
             result = accuracy_recovered(model, batches, classifier, components=heads, budgets=args.budgets,
                                         texts=texts, text_embeddings=pool)
         name = NAMES[attribute]
-        print(f"\n{name} ({len(classifier.classnames)} classes)\n{result.table()}")
+        print(f"\n{name} ({len(classifier.classnames)} classes)\n{result.summary()}")
         result.to_csv(out / f"accuracy_recovered_{name}.csv")
         result.plot(out / f"accuracy_recovered_{name}.png",
                     title=f"Toy CLIP, {name}: heads {heads} rebuilt, earlier heads mean-ablated")

@@ -28,7 +28,7 @@ def test_curve_matches_contexts(tmp_path):
     # Everything ablated: one constant prediction (spec property 7).
     constant = classifier.predict(sum(means.values()).unsqueeze(0)).item()
     assert abs(curve.accuracy[-1] - (labels == constant).double().mean().item()) < 1e-12
-    csv_path = curve.to_csv(tmp_path / "curve.csv")
-    assert csv_path.read_text().splitlines()[0] == "n_ablated,last_ablated,accuracy"
+    curve.to_csv(tmp_path / "curve.csv")
+    assert (tmp_path / "curve.csv").read_text().splitlines()[0] == "n_ablated,last_ablated,accuracy"
     curve.plot(tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -229,25 +229,38 @@ def test_builtin_vocabularies():
     assert len(vocabulary("imagenet")) == 1000 and "a red shape" in vocabulary("toy")
 
 
-def test_text_embeddings_are_cached_per_model_in_store_format(tmp_path, monkeypatch):
+def test_text_embeddings_are_cached_per_model_in_one_file(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from safetensors import safe_open
+
     from hookedclip import HookedCLIP
     from hookedclip.data.vocab import text_embeddings
-    from hookedclip.data.store import ActivationStore
+    from hookedclip.identity import model_identity
 
     model = HookedCLIP.from_pretrained("toy")
     concepts = ["a red circle", "a blue square", "a dog"]
     first = text_embeddings(model, concepts, cache_dir=tmp_path)
     torch.testing.assert_close(first, model.encode_text(model.tokenize(concepts), normalize=True), rtol=0, atol=0)
-    (store_dir,) = (tmp_path / "text").iterdir()
-    assert ActivationStore(store_dir).ids() == concepts
+    (file,) = (tmp_path / "text").iterdir()  # one safetensors file, named by the model identity
+    identity = model_identity(model)
+    assert file.suffix == ".safetensors" and file.name.startswith(f"{identity['config_hash']}-{identity['weights']}-")
+    with safe_open(str(file), framework="pt") as f:
+        assert list(f.keys()) == ["text_embedding"] and json.loads(f.metadata()["model"]) == identity
     monkeypatch.setattr(model, "encode_text", lambda *a, **k: pytest.fail("the cache was not used"))
     assert torch.equal(text_embeddings(model, concepts, cache_dir=tmp_path), first)
+    half = HookedCLIP.from_pretrained("toy").half()  # the same checkpoint in fp16: the same identity
+    monkeypatch.setattr(half, "encode_text", lambda *a, **k: pytest.fail("the cache was not used"))
+    assert torch.equal(text_embeddings(half, concepts, cache_dir=tmp_path), first)
     monkeypatch.undo()
-    import dataclasses
 
-    model.cfg = dataclasses.replace(model.cfg, init_logit_scale=1.0)  # same weights, another config
+    text = dataclasses.replace(model.cfg.text, ln_eps=1e-3)
+    model.cfg = dataclasses.replace(model.cfg, text=text)  # same weights, another config
     assert torch.equal(text_embeddings(model, concepts, cache_dir=tmp_path), first)
     assert len(list((tmp_path / "text").iterdir())) == 2  # not served from the other config's entry
+    text_embeddings(model, concepts[:2], cache_dir=tmp_path)
+    assert len(list((tmp_path / "text").iterdir())) == 3  # other concepts: another entry
 
 
 def write_segmentation_mat_v73(path, n: int = 3) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -17,7 +17,7 @@ from hookedclip.data.store import (FORMAT, ActivationStore, CorruptShard, RankWr
 
 def header(d: int = 3, dtype: str = "float64", model: str = "m", rows_per_shard: int = 4) -> dict:
     spec = TargetSpec("x", dtype, [d], "cov")
-    return {"format": FORMAT, "model": {"id": model}, "dataset": {"name": "synthetic"}, "targets": spec_dicts([spec]),
+    return {"format": FORMAT, "model": {"name": model}, "dataset": {"name": "synthetic"}, "targets": spec_dicts([spec]),
             "rows_per_shard": rows_per_shard, "world_size": 1, "params": {}}
 
 
@@ -78,7 +78,7 @@ def test_truncated_shard_is_reported_on_open(tmp_path):
 
 def test_mismatched_header_is_refused_naming_the_difference(tmp_path):
     write(tmp_path, torch.randn(8, 3, dtype=torch.float64), [4])
-    with pytest.raises(StoreMismatch, match="model m .*model is other.*another output directory"):
+    with pytest.raises(StoreMismatch, match="extracted from m .*model given is other.*another output directory"):
         RankWriter(tmp_path, header(model="other"))
     with pytest.raises(StoreMismatch, match="targets"):
         RankWriter(tmp_path, header(d=4))

@@ -8,7 +8,6 @@ and zero-shot top-1 is measured after every step. Means come from the same data 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,30 +19,49 @@ from hookedclip._compat import renamed_arguments
 from hookedclip.components import ComponentLike, select
 from hookedclip.data.batches import check_reiterable, iter_images, iter_labelled
 from hookedclip.decompose import decompose_image
+from hookedclip.identity import ModelIdentity, model_identity
+from hookedclip.results import Result, finish_figure, new_figure
 from hookedclip.zeroshot import ZeroShotClassifier
 
 
-@dataclass
-class AblationCurve:
-    """``accuracy[k]`` is top-1 with the first ``k`` groups mean-ablated (``accuracy[0]``: none)."""
+@dataclass(repr=False)
+class AblationCurve(Result):
+    """``accuracy[k]`` is top-1 with the first ``k`` groups mean-ablated (``accuracy[0]``: none);
+    ``model``: the identity of the model ablated."""
+
+    _kind = "ablation_curve"
+    _json_fields = ("steps", "accuracy")
 
     steps: list[str]
     accuracy: list[float]
+    model: ModelIdentity | None = None
 
-    def to_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["n_ablated", "last_ablated", "accuracy"])
-            for k, acc in enumerate(self.accuracy):
-                writer.writerow([k, self.steps[k - 1] if k else "", f"{acc:.6f}"])
-        return path
+    # ---- the Result protocol
+    def _title(self) -> str:
+        return f"Accumulated mean-ablation (direct) on {self.model or 'no recorded model'}: {len(self.steps)} steps"
 
-    def plot(self, path: str | Path, title: str = "Accumulated mean-ablation (direct)") -> Path:
-        from hookedclip import plotting
+    def _table(self) -> tuple[list[str], list[list]]:
+        rows = [[k, self.steps[k - 1] if k else "", acc] for k, acc in enumerate(self.accuracy)]
+        return ["n_ablated", "last_ablated", "accuracy"], rows
 
-        return plotting.line_curves({"accuracy": self.accuracy}, ["none", *self.steps], path, title,
-                                    "mean-ablated up to and including")
+    def _repr_sizes(self) -> dict:
+        return {"steps": len(self.steps)}
+
+    def plot(self, path: str | Path | None = None, title: str = "Accumulated mean-ablation (direct)"):
+        """Accuracy (%) after each step (a matplotlib ``Figure``; written to ``path`` when given)."""
+        labels = ["none", *self.steps]
+        fig, ax = new_figure(max(4.5, 0.38 * len(labels) + 2.5), 3.4)
+        ax.plot(range(len(self.accuracy)), [100 * v for v in self.accuracy], marker="o", markersize=3.5,
+                label="accuracy")
+        rotate = max(map(len, labels)) > 3  # rotate only labels that would collide
+        ax.set_xticks(range(len(labels)), labels, rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                      fontsize=8 if rotate else 9)
+        ax.set_xlabel("mean-ablated up to and including")
+        ax.set_ylabel("zero-shot top-1 (%)")
+        ax.set_ylim(0, 102)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        return finish_figure(fig, path)
 
 
 @renamed_arguments(data="batches")
@@ -93,4 +111,4 @@ def mean_ablation_curve(
     if total == 0:
         raise ValueError("mean_ablation_curve got no data")
     steps = [g[0] if len(g) == 1 else str(components_order[i]) for i, g in enumerate(groups)]
-    return AblationCurve(steps, (correct.double() / total).tolist())
+    return AblationCurve(steps, (correct.double() / total).tolist(), model=model_identity(model))

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip.identity import ModelIdentity
+from hookedclip.results import Result
+
 Score = Literal["score", "score_vis", "self"]
 
 
@@ -44,15 +47,31 @@ def scores(
 
 
 # ---------------------------------------------------------------------------- streaming top-k
-@dataclass
-class Neighbours:
-    """The ``k`` best items: ``values [k]`` (best first) and their dataset ``indices [k]``."""
+@dataclass(repr=False)
+class Neighbours(Result):
+    """The ``k`` best items: ``values [k]`` (best first) and their dataset ``indices [k]``;
+    ``model``: the identity of the model whose space was searched, when it is recorded."""
+
+    _kind = "neighbours"
+    _tensor_fields = ("values", "indices")
 
     values: Float[Tensor, " k"]
     indices: Int[Tensor, " k"]
+    model: ModelIdentity | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    # ---- the Result protocol
+    def _title(self) -> str:
+        return f"{len(self)} nearest neighbours ({self.model or 'no recorded model'})"
+
+    def _table(self) -> tuple[list[str], list[list]]:
+        return ["rank", "index", "score"], [[r + 1, int(i), float(v)] for r, (i, v) in
+                                            enumerate(zip(self.indices.tolist(), self.values.tolist()))]
+
+    def _repr_sizes(self) -> dict:
+        return {"k": len(self)}
 
 
 class TopK:

@@ -157,7 +157,7 @@ def test_selection_space_checks_the_selection_and_the_model(tiny_model, pc_resul
     with pytest.raises(IndexError, match=f"L1H0 has {k} retained PCs"):
         selection_space(tiny_model, pc_result, [("L1H0", k)])
     other = HookedCLIP.from_open_clip(tiny_open_clip(seed=9))
-    with pytest.raises(ValueError, match="fitted on"):
+    with pytest.raises(ValueError, match="computed with .* but the model given is"):
         selection_space(other, pc_result, [("L1H0", 0)])
 
 

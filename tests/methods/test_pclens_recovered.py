@@ -128,8 +128,13 @@ def test_csv_and_plot(setup, tmp_path):
     out = accuracy_recovered(model, data, classifier, components="L2", budgets=(0, 1, 4), texts=texts,
                              text_embeddings=pool)
     assert set(out.curves) == {"PCLens", "TextSpan"} and all(len(v) == 3 for v in out.curves.values())
-    lines = out.to_csv(tmp_path / "r.csv").read_text().splitlines()
+    text = out.to_csv(tmp_path / "r.csv")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert text.splitlines() == lines
     assert lines[0] == "method,budget,accuracy" and len(lines) == 1 + 6 + 2
     assert lines[-1].startswith("full model,,")
-    assert out.plot(tmp_path / "r.png").stat().st_size > 1000
-    assert "baseline" in out.table()
+    out.plot(tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert "baseline" in out.summary()
+    with pytest.warns(DeprecationWarning, match=r"summary\(\)"):
+        assert out.table() == out.summary()

@@ -7,6 +7,7 @@ import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.data.extract import extract
+from hookedclip.identity import model_identity
 from hookedclip.methods import head_moments, pclens
 from hookedclip.methods.textspan import text_span_from_moments, text_span_from_store
 from tests.conftest import tiny_open_clip
@@ -79,8 +80,11 @@ def test_store_errors(stored):
         pclens.fit_from_store(stores["cov"], components=["L9H0"])
     with pytest.raises(KeyError, match="decomposition target"):
         pclens.fit_from_store(stores["cov"], target="embedding")
-    identity = pclens.fit_from_store(stores["cov"]).model
-    assert identity["source"] == "store" and identity["weights"] == stores["cov"].manifest["model"]["weights_hash"]
+    identity = pclens.fit_from_store(stores["cov"]).model  # the store's record: the model's own identity
+    assert identity == stores["cov"].manifest["model"] == stores["cov"].model
+    assert identity == model_identity(stored[0])
+    with pytest.warns(DeprecationWarning, match="store.model"):
+        assert pclens.store_identity(stores["cov"]) == identity
 
 
 def test_store_components_and_old_names(stored):

@@ -33,7 +33,8 @@ from hookedclip.decompose import needed_hooks, stack_from_cache
 from hookedclip.names import act_name
 from hookedclip.data.stats import RunningMoments
 from hookedclip.data.store import (FORMAT, ActivationStore, RankWriter, StoreError, TargetSpec, dataset_fingerprint,
-                              finalize, model_fingerprint, moments_kind, spec_dicts)
+                              finalize, moments_kind, spec_dicts)
+from hookedclip.identity import model_identity
 
 ALIASES = {"heads": "decompose:heads", "heads/tokens": "decompose:heads/tokens", "components": "decompose:all",
            "embedding": act_name("out")}
@@ -227,10 +228,11 @@ def extract(
         raise ValueError(f"targets repeat: {list(targets)}")
     specs = _probe(model, parsed, dtype, moments)
     header = {
-        "format": FORMAT, "model": model_fingerprint(model), "dataset": dataset_fingerprint(dataset),
+        "format": FORMAT, "model": model_identity(model), "dataset": dataset_fingerprint(dataset),
         "dataset_name": type(dataset).__name__,
         "targets": spec_dicts(specs), "rows_per_shard": rows_per_shard, "world_size": world,
-        "params": {"batch_size": batch_size, "dtype": str(dtype)},
+        # the identity is one for fp32 and fp16 copies, but their rows differ: a resume must not mix them
+        "params": {"batch_size": batch_size, "dtype": str(dtype), "model_dtype": str(model.dtype)},
         "created_with": {"hookedclip": getattr(hookedclip, "__version__", None), "torch": torch.__version__},
     }
     writer = RankWriter(store_path, header, rank)

@@ -36,8 +36,10 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from hookedclip.data.stats import RunningMoments
+from hookedclip.identity import ModelIdentity, describe_mismatch, model_identity, same_model
 
-FORMAT = "hookedclip-store/1"
+#: v2: the manifest's ``model`` is :func:`hookedclip.identity.model_identity` (v1 hashed every weight's bytes).
+FORMAT = "hookedclip-store/2"
 MANIFEST = "manifest.json"
 MOMENTS = "moments.safetensors"
 ROW_KEYS = ("index", "label", "group")  # int64 bookkeeping rows stored with every target
@@ -134,19 +136,13 @@ def moments_kind(shape: Sequence[int], requested: str = "auto") -> str:
     return "cov" if shape and lead * shape[-1] ** 2 * 8 <= MAX_COVARIANCE_BYTES else "mean"
 
 
-def model_fingerprint(model) -> dict[str, str]:
-    """Model id, a hash of its config and a hash of its weights (two random models of the
-    same architecture differ only there)."""
-    cfg = model.cfg.to_dict()
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {
-        "id": f"{cfg.get('model_name')}" + (f"/{cfg['pretrained']}" if cfg.get("pretrained") else ""),
-        "config_hash": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
-        "weights_hash": h.hexdigest()[:16],
-    }
+def model_fingerprint(model) -> ModelIdentity:
+    """Deprecated: :func:`hookedclip.identity.model_identity`, which stores record."""
+    import warnings
+
+    warnings.warn("model_fingerprint is deprecated; use hookedclip.identity.model_identity", DeprecationWarning,
+                  stacklevel=2)
+    return model_identity(model)
 
 
 def dataset_fingerprint(dataset) -> dict:
@@ -159,11 +155,7 @@ def dataset_fingerprint(dataset) -> dict:
 
 def _describe_mismatch(key: str, stored, wanted) -> str:
     if key == "model":
-        stored, wanted = stored or {}, wanted or {}
-        differ = [k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
-        hint = " (the same checkpoint in another dtype has other weight bytes)" if "weights_hash" in differ else ""
-        return (f"it was extracted from model {stored.get('id')} ({stored}); this run's model is {wanted.get('id')} "
-                f"({wanted}): {', '.join(differ)} differ{hint}")
+        return f"it was extracted from {describe_mismatch(stored, wanted)}"
     if key == "dataset":
         return f"it was extracted from dataset {stored}; this run's dataset is {wanted}"
     if key == "targets":
@@ -182,7 +174,8 @@ def check_header(path: Path, stored: dict, wanted: dict, keys: Sequence[str] = H
     """Refuse to ``action`` (resume, read) ``stored`` with a different ``wanted`` header,
     comparing ``keys`` and naming what differs."""
     for key in keys:
-        if stored.get(key) != wanted.get(key):
+        same = stored.get(key) == wanted.get(key) or (key == "model" and same_model(stored.get(key), wanted.get(key)))
+        if not same:
             raise StoreMismatch(f"cannot {action} the store at {path}: "
                                 f"{_describe_mismatch(key, stored.get(key), wanted.get(key))}. {fix}")
 
@@ -354,7 +347,9 @@ class ActivationStore:
             raise FileNotFoundError(f"{manifest} not found: is {self.path} a store written by hookedclip.data.extract?")
         self.manifest = json.loads(manifest.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise StoreError(f"{manifest} is format {self.manifest.get('format')!r}, this library reads {FORMAT!r}")
+            raise StoreError(f"{manifest} is format {self.manifest.get('format')!r}, this library reads {FORMAT!r} "
+                             "(stores before v2 recorded the model by a fingerprint this version no longer "
+                             "computes): extract the store again")
         self.targets = {t["name"]: TargetSpec(**t) for t in self.manifest["targets"]}
         self.shards = self.manifest["shards"]
         self._verify = verify
@@ -375,6 +370,11 @@ class ActivationStore:
         return int(self._offsets[-1])
 
     @property
+    def model(self) -> ModelIdentity | None:
+        """The :func:`~hookedclip.identity.model_identity` of the model the store was extracted from."""
+        return ModelIdentity.of(self.manifest.get("model"))
+
+    @property
     def keys(self) -> list[str]:
         """Every stored tensor name: the targets, then ``index``, ``label``, ``group``."""
         return list(self.targets) + list(ROW_KEYS)
@@ -388,7 +388,7 @@ class ActivationStore:
         (``ValueError`` otherwise)."""
         wanted = {}
         if model is not None:
-            wanted["model"] = model_fingerprint(model)
+            wanted["model"] = model_identity(model)
         if dataset is not None:
             wanted["dataset"] = dataset_fingerprint(dataset)
         check_header(self.path, self.manifest, wanted, keys=list(wanted), action="read",

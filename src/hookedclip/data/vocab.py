@@ -125,37 +125,34 @@ def vocabulary(name_or_path: str | Path) -> list[str]:
 
 def text_embeddings(model, concepts: list[str], cache_dir: str | Path | None = None, batch_size: int = 256,
                     normalize: bool = True):
-    """Text embeddings ``[n_concepts, d_out]`` of ``concepts``, cached per model and concept
-    list as an :class:`~hookedclip.data.store.ActivationStore` under ``cache_dir`` (default
-    ``~/.cache/hookedclip/text``), target ``"text_embedding"``; a later call with the same
-    model (config and weights) and concepts reads the cache instead of running the text tower."""
+    """Text embeddings ``[n_concepts, d_out]`` (float32, CPU) of ``concepts``, cached as one
+    safetensors file per model and concept list under ``cache_dir`` (default
+    ``$HOOKEDCLIP_CACHE/text`` or ``~/.cache/hookedclip/text``). The file name holds the model's
+    :func:`~hookedclip.identity.model_identity` (config hash and weights fingerprint) and a hash of
+    the concepts, so a later call with the same model (on any device, fp32 or fp16) and the
+    same concepts reads the file instead of running the text tower."""
     import hashlib
     import json
     import os
 
     import torch
+    from safetensors.torch import load as load_bytes
 
-    from hookedclip.data.stats import RunningMoments
-    from hookedclip.data.store import (FORMAT, ActivationStore, RankWriter, TargetSpec, finalize, model_fingerprint,
-                                  spec_dicts)
+    from hookedclip.data.store import atomic_write, tensors_bytes
+    from hookedclip.identity import model_identity
 
     cache_dir = Path(cache_dir or os.environ.get("HOOKEDCLIP_CACHE", Path.home() / ".cache" / "hookedclip")) / "text"
-    fingerprint = model_fingerprint(model)
-    concepts_hash = hashlib.sha256(json.dumps(concepts).encode()).hexdigest()[:16]
-    key = f"{fingerprint['config_hash']}-{fingerprint['weights_hash']}-{concepts_hash}-{'norm' if normalize else 'raw'}"
-    path = cache_dir / key
-    if not (path / "manifest.json").exists():
-        with torch.no_grad():
-            emb = torch.cat([model.encode_text(model.tokenize(concepts[i:i + batch_size]), normalize=normalize)
-                             for i in range(0, len(concepts), batch_size)]).float().cpu()
-        spec = TargetSpec("text_embedding", "float32", [emb.shape[1]], "cov")
-        header = {"format": FORMAT, "model": fingerprint, "dataset": {"length": len(concepts), "fingerprint": concepts_hash},
-                  "targets": spec_dicts([spec]), "rows_per_shard": len(concepts), "world_size": 1,
-                  "params": {"normalize": normalize}}
-        writer = RankWriter(path, header)
-        index = torch.arange(len(concepts))
-        writer.commit(0, len(concepts), {"text_embedding": emb, "index": index, "label": index, "group": -torch.ones_like(index)},
-                      list(concepts), [], {"text_embedding": RunningMoments.of(emb)})
-        writer.finish()
-        finalize(path)
-    return ActivationStore(path).rows("text_embedding")
+    identity = model_identity(model)
+    concepts_hash = hashlib.sha256(json.dumps(list(concepts)).encode()).hexdigest()[:16]
+    mode = "norm" if normalize else "raw"
+    path = cache_dir / f"{identity['config_hash']}-{identity['weights']}-{concepts_hash}-{mode}.safetensors"
+    if path.exists():
+        return load_bytes(path.read_bytes())["text_embedding"]
+    with torch.no_grad():
+        emb = torch.cat([model.encode_text(model.tokenize(concepts[i:i + batch_size]), normalize=normalize)
+                         for i in range(0, len(concepts), batch_size)]).float().cpu()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    metadata = {"model": json.dumps(identity), "concepts_sha256": concepts_hash, "n_concepts": str(len(concepts)),
+                "normalize": str(normalize)}
+    atomic_write(path, tensors_bytes({"text_embedding": emb}, metadata=metadata))  # no half-written cache file
+    return emb

@@ -29,6 +29,7 @@ from hookedclip._compat import renamed_arguments
 from hookedclip.components import ComponentLike
 from hookedclip.data.batches import iter_images
 from hookedclip.decompose import decompose_image
+from hookedclip.identity import model_identity
 from hookedclip.search import Neighbours, Score, TopK, nearest, scores  # noqa: F401 (this module's API too)
 
 Space = Callable[[Tensor], Tensor]  # images [B, C, H, W] -> embeddings [B, d]
@@ -112,4 +113,6 @@ def nearest_images(
             emb = space(images)
             yield (emb, model.encode_image(images, normalize=True)) if score == "self" else emb
 
-    return nearest(query, stream(), k, score, largest)
+    found = nearest(query, stream(), k, score, largest)
+    found.model = model_identity(model)
+    return found

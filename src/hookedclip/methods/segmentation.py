@@ -31,7 +31,9 @@ from hookedclip.components import ALL_HEADS, ComponentLike, select
 from hookedclip.data.batches import iter_labelled
 from hookedclip.data.masks import MaskGeometry, resize_mask  # noqa: F401 (part of this module's API)
 from hookedclip.decompose import needed_hooks, stack_from_cache
+from hookedclip.identity import ModelIdentity
 from hookedclip.names import act_name
+from hookedclip.results import Result
 
 # transform(rows [component, batch, pos, d'], labels) -> rows: applied to each chunk of
 # per-token contributions before they are summed (a PC projection plugs in here).
@@ -182,19 +184,36 @@ def binarize(res: Float[Tensor, "batch height width"]) -> Bool[Tensor, "batch he
 
 
 # ---------------------------------------------------------------------------- metrics
-@dataclass
-class SegmentationMetrics:
+@dataclass(repr=False)
+class SegmentationMetrics(Result):
     """Streaming accumulator of pixel accuracy, mIoU (bg, fg) and mAP over a dataset.
 
     ``update(res, gt)`` takes heat maps ``Res ∈ [0, 1]`` and boolean ground truth; only
     counts and one AP per image are kept, so memory does not grow with image size.
+    ``model``: the identity of the model whose maps were scored, when it is recorded.
     """
+
+    _kind = "segmentation"
+    _tensor_fields = ("intersection", "union")
+    _json_fields = ("correct", "labeled", "ap")
 
     correct: int = 0
     labeled: int = 0
     intersection: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))
     union: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))
     ap: list[float] = field(default_factory=list)
+    model: ModelIdentity | None = None
+
+    # ---- the Result protocol: one row, the dataset's metrics
+    def _title(self) -> str:
+        return f"Segmentation metrics of {self.model or 'no recorded model'}"
+
+    def _table(self) -> tuple[list[str], list[list]]:
+        metrics = self.compute()
+        return list(metrics), [list(metrics.values())]
+
+    def _repr_sizes(self) -> dict:
+        return {"images": len(self.ap), "pixels": self.labeled}
 
     def update(self, res: Float[Tensor, "batch height width"], gt: Bool[Tensor, "batch height width"]) -> None:
         res = torch.as_tensor(res, dtype=torch.float64).cpu()
@@ -216,7 +235,7 @@ class SegmentationMetrics:
         """Combined counts of two accumulators (e.g. shards)."""
         return SegmentationMetrics(self.correct + other.correct, self.labeled + other.labeled,
                                    self.intersection + other.intersection, self.union + other.union,
-                                   self.ap + other.ap)
+                                   self.ap + other.ap, model=self.model or other.model)
 
     def compute(self) -> dict[str, float]:
         """``{"pixel_accuracy", "miou", "map", "n_images"}``, fractions in [0, 1]."""

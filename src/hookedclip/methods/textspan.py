@@ -44,6 +44,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
@@ -53,7 +54,9 @@ from torch import Tensor
 from hookedclip._compat import renamed_arguments
 from hookedclip.components import ALL_HEADS
 from hookedclip.data.stats import RunningMoments
+from hookedclip.identity import ModelIdentity, model_identity
 from hookedclip.methods import _common
+from hookedclip.results import Result, finish_figure, new_figure
 
 Criterion = Literal["unnormalized_std", "variance_gain"]
 SpanFrom = Literal["uncentred", "centred"]
@@ -84,8 +87,8 @@ _SPANS = ("uncentred", "centred")
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class TextSpanResult:
+@dataclass(repr=False)
+class TextSpanResult(Result):
     """The texts TextSpan chose for one component, and the subspace they span.
 
     Attributes:
@@ -106,7 +109,14 @@ class TextSpanResult:
             :func:`text_span`; ``None`` from :func:`text_span_from_moments`).
         n: number of data rows ``N`` the statistics came from.
         criterion: the selection rule used.
+        model: the :func:`~hookedclip.identity.model_identity` of the model behind the
+            contributions (``None`` when computed from tensors alone).
     """
+
+    _kind = "textspan"
+    _tensor_fields = ("indices", "directions", "basis", "explained_variance", "mean", "scores", "span",
+                      "reconstruction")
+    _json_fields = ("texts", "total_variance", "n", "criterion")
 
     texts: list[str]
     indices: Int[Tensor, " m"]
@@ -120,9 +130,40 @@ class TextSpanResult:
     reconstruction: Float[Tensor, "n d"] | None = None
     n: int = 0
     criterion: str = "unnormalized_std"
+    model: ModelIdentity | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    # ---- the Result protocol
+    def _title(self) -> str:
+        explained = float(self.explained_fraction[-1]) if len(self) else 0.0
+        return (f"TextSpan on {self.model or 'no recorded model'}: {len(self)} texts explain "
+                f"{100 * explained:.1f}% of the variance (N={self.n}, {self.criterion})")
+
+    def _table(self) -> tuple[list[str], list[list]]:
+        header = ["rank", "text", "pool_index", "score", "explained_variance", "explained_fraction"]
+        scores = [None] * len(self) if self.scores is None else self.scores.tolist()
+        rows = [[i + 1, text, int(j), score, float(v), float(f)] for i, (text, j, score, v, f) in
+                enumerate(zip(self.texts, self.indices.tolist(), scores, self.explained_variance.tolist(),
+                              self.explained_fraction.tolist()))]
+        return header, rows
+
+    def _repr_sizes(self) -> dict:
+        return {"texts": len(self), "d": self.mean.shape[-1], "n": self.n}
+
+    def plot(self, path: str | Path | None = None, title: str | None = None):
+        """Cumulative share of the variance explained against the texts chosen (a matplotlib
+        ``Figure``; written to ``path`` when given)."""
+        fig, ax = new_figure(max(4.5, 0.3 * len(self) + 2.0), 3.4)
+        ax.plot(range(1, len(self) + 1), [100 * float(f) for f in self.explained_fraction], marker="o",
+                markersize=3.5)
+        ax.set_xticks(range(1, len(self) + 1), self.texts, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("variance explained (%)")
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+        ax.set_title(title or f"TextSpan ({self.model or 'no recorded model'})", fontsize=10)
+        return finish_figure(fig, path)
 
     @property
     def explained_fraction(self) -> Float[Tensor, " m"]:
@@ -554,9 +595,13 @@ def text_span_heads(
     texts, pool = _common.text_pool(model, texts, text_embeddings, text_batch_size)
     per_head, _ = _common.head_moments(model, batches, components)
     pool = pool.to(torch.float64)
-    return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, pool, texts, n_texts=n_texts, rank=rank,
-                                          criterion=criterion)
-            for label, m in per_head.items()}
+    identity = model_identity(model)
+    results = {label: text_span_from_moments(m.mean, m.second_moment(), m.n, pool, texts, n_texts=n_texts, rank=rank,
+                                             criterion=criterion)
+               for label, m in per_head.items()}
+    for result in results.values():
+        result.model = identity
+    return results
 
 
 # --------------------------------------------------------------------------------------
@@ -585,8 +630,11 @@ def text_span_from_store(
     store.check(model=model, targets=[target], text_embeddings=text_embeddings)
     labels = _common.store_heads(store, target, components, model)
     moments = _common.store_moments(store, labels, target)
-    return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
-            for label, m in moments.items()}
+    results = {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts,
+                                             **options) for label, m in moments.items()}
+    for result in results.values():
+        result.model = store.model
+    return results
 
 
 __all__ += ["text_span_from_store"]

@@ -336,6 +336,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
 
 def run_demo(out_dir: str | Path, model=None, n_images: int = 512, seed: int = 2024, progress: bool = True) -> Path:
     """Write the demo report into ``out_dir``; returns the path of ``index.html``."""
+    from hookedclip.identity import model_identity
     from hookedclip.model.hooked import HookedCLIP
     from hookedclip.toy.model import images_to_tensor
     from hookedclip.toy.world import ToyWorld, caption
@@ -362,5 +363,5 @@ def run_demo(out_dir: str | Path, model=None, n_images: int = 512, seed: int = 2
     for fn in bar:
         bar.set_postfix_str(fn.__name__.removeprefix("section_"))  # which step is running
         sections.append(fn(ctx))
-    meta = f"model: {model.cfg.model_name} ({model.cfg.pretrained or 'random weights'}); {n_images} held-out images, seed {seed}"
+    meta = f"model: {model_identity(model)}; {n_images} held-out images, seed {seed}"
     return viz.write_report(out_dir, "hookedclip demo: the toy CLIP", sections, meta)

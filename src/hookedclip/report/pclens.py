@@ -152,7 +152,7 @@ def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: to
         [(["head", "k", f"PCs ≥ {min_strength:g}%", "PC0 strength %", "PC0 stronger side", "PC0 other side"],
           rows)],
     )
-    meta = f"model {result.model.get('model_name')} ({result.model.get('source')}), weights {result.model.get('weights')}"
+    meta = f"model {result.model or 'not recorded'}"
     path = viz.write_report(out, "PCLens report", [overview], meta=meta)
     html = path.read_text()
     for p in heads:  # link the head names of the overview table to their pages

@@ -29,8 +29,6 @@ N images never sit in memory. Interventions on chosen PCs live in
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +42,10 @@ from torch import Tensor
 from hookedclip._compat import renamed_arguments
 from hookedclip.components import ALL_HEADS, select
 from hookedclip.data.stats import RunningMoments
+from hookedclip.identity import ModelIdentity, model_identity
 from hookedclip.methods._common import (head_moments, store_embedding_moments, store_heads, store_moments,
                                         text_pool)
+from hookedclip.results import Result, finish_figure, new_figure
 
 Energy = Literal["singular", "variance"]
 Sign = Literal["canonical", "raw"]
@@ -53,7 +53,8 @@ Sign = Literal["canonical", "raw"]
 #: Eigenvalues of the scatter below this multiple of ``d · eps · λ_max`` are zero (round-off).
 _EIG_RTOL = 10.0
 
-FORMAT_VERSION = 1
+#: v2: the model is recorded by :func:`hookedclip.identity.model_identity` (v1 used another fingerprint).
+FORMAT_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------
@@ -97,8 +98,8 @@ class PCLabel:
         return " ".join(f"{sign}[{', '.join(t for t, _ in items)}]" for sign, items in self.sides(n))
 
 
-@dataclass
-class HeadPCA:
+@dataclass(repr=False)
+class HeadPCA(Result):
     """The retained principal components of one head (or of the final embedding).
 
     Attributes:
@@ -112,7 +113,14 @@ class HeadPCA:
         pos_idx, pos_coef: ``[k, n_t]`` pool indices and coefficients of the positive texts.
         neg_idx, neg_coef: ``[k, n_t]`` the same for the negative side (most negative first).
         texts: the text pool the indices point into (shared with the result).
+        model: the identity of the model the statistics came from (a result's heads share its own).
     """
+
+    _kind = "headpca"
+    _tensor_fields = ("mean", "components", "singular_values", "projector", "pos_idx", "pos_coef", "neg_idx",
+                      "neg_coef")
+    _json_fields = ("label", "n", "total_singular", "texts")
+    _HEADER = ("pc", "singular_value", "strength_rel", "texts (stronger side)", "texts (other side)")
 
     label: str
     mean: Float[Tensor, " d"]
@@ -126,10 +134,39 @@ class HeadPCA:
     neg_idx: Int[Tensor, "k t"] | None = None
     neg_coef: Float[Tensor, "k t"] | None = None
     texts: list[str] | None = field(default=None, repr=False)
+    model: ModelIdentity | None = None
 
     @property
     def k(self) -> int:
         return self.components.shape[0]
+
+    # ---- the Result protocol
+    def _title(self) -> str:
+        return f"{self.label} of {self.model or 'no recorded model'}: {self.k} PCs from {self.n} rows"
+
+    def _table(self) -> tuple[list[str], list[list]]:
+        header = list(self._HEADER)
+        labelled = self.pos_idx is not None and self.texts is not None
+        rows = []
+        for i, (s, rel) in enumerate(zip(self.singular_values.tolist(), self.strength_rel.tolist())):
+            first, second = self.label_of(i, 2).cells() if labelled else ("", "")
+            rows.append([i, s, rel, first, second])
+        return header, rows
+
+    def _repr_sizes(self) -> dict:
+        return {"label": repr(self.label), "k": self.k, "d": self.mean.shape[-1], "n": self.n,
+                "labelled": self.pos_idx is not None}
+
+    def plot(self, path: str | Path | None = None, title: str | None = None):
+        """Relative strength ``100 S_i² / Σ_j S_j²`` of each retained PC (a ``Figure``; written to
+        ``path`` when given)."""
+        fig, ax = new_figure(5.0, 3.2)
+        ax.bar(range(self.k), self.strength_rel.tolist(), color="#4C72B0")
+        ax.set_xlabel("PC")
+        ax.set_ylabel("share of retained variance (%)")
+        ax.set_title(title or f"{self.label} ({self.model or 'no recorded model'})", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        return finish_figure(fig, path)
 
     @property
     def strength_abs(self) -> Float[Tensor, " k"]:
@@ -187,7 +224,8 @@ class HeadPCA:
         sign = torch.ones(self.k, dtype=self.components.dtype, device=self.components.device)
         sign[i] = -1
         out = HeadPCA(self.label, self.mean, self.components * sign[:, None], self.singular_values,
-                      sign[:, None] * self.projector * sign[None, :], self.n, self.total_singular, texts=self.texts)
+                      sign[:, None] * self.projector * sign[None, :], self.n, self.total_singular, texts=self.texts,
+                      model=self.model)
         if self.pos_idx is not None:
             pi, pc, ni, nc = (t.clone() for t in (self.pos_idx, self.pos_coef, self.neg_idx, self.neg_coef))
             pi[i], ni[i] = self.neg_idx[i], self.pos_idx[i]
@@ -329,30 +367,12 @@ def label_pcs(pca: HeadPCA, text_embeddings: Float[Tensor, "m d"], texts: Sequen
 
 
 # --------------------------------------------------------------------------------------
-# Model identity
-# --------------------------------------------------------------------------------------
-
-
-def model_identity(model) -> dict[str, str]:
-    """What a result records about the model it was fitted on: name, source, the config hash
-    and a fingerprint of the weights (``visual.W_proj`` and ``pos_embed`` rounded to fp16, so it
-    is the same on any device and for fp32 / fp16 copies of one checkpoint)."""
-    h = hashlib.sha256()
-    for t in (model.visual.W_proj, model.visual.pos_embed):
-        if t is not None:
-            h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-    cfg = model.cfg
-    return {"model_name": cfg.model_name, "source": cfg.source, "pretrained": str(cfg.pretrained),
-            "config_hash": cfg.hash(), "weights": h.hexdigest()[:16]}
-
-
-# --------------------------------------------------------------------------------------
 # The result for all analysed heads
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class PCLensResult:
+@dataclass(repr=False)
+class PCLensResult(Result):
     """PCA of every analysed head (and optionally of the final embedding), with labels.
 
     Attributes:
@@ -366,13 +386,21 @@ class PCLensResult:
         settings: how it was fitted (threshold, energy, max_pcs, sign, n_texts, center_texts).
     """
 
+    _kind = "pclens"
+    _version = FORMAT_VERSION
+
     heads: dict[str, HeadPCA]
-    model: dict[str, str]
+    model: ModelIdentity | None
     embedding: HeadPCA | None = None
     texts: list[str] | None = None
     text_mean: Float[Tensor, " d"] | None = None
     image_mean: Float[Tensor, " d"] | None = None
     settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model = ModelIdentity.of(self.model)
+        for pca in self._all():
+            pca.model = pca.model or self.model
 
     # ---- access
     def __getitem__(self, label: str) -> HeadPCA:
@@ -395,18 +423,6 @@ class PCLensResult:
         """Every retained PC as ``(head label, index)``, heads in order."""
         return [(label, i) for label, h in self.heads.items() for i in range(h.k)]
 
-    def check_model(self, model) -> None:
-        """Raise ``ValueError`` unless ``model`` is the model this result was fitted on."""
-        mine, theirs = self.model, model_identity(model)
-        for key in ("config_hash", "weights"):
-            if mine.get(key) != theirs[key]:
-                raise ValueError(
-                    f"this PCLens result was fitted on {mine.get('model_name')} ({mine.get('source')}, config "
-                    f"{mine.get('config_hash')}, weights {mine.get('weights')}) but the model is "
-                    f"{theirs['model_name']} ({theirs['source']}, config {theirs['config_hash']}, weights "
-                    f"{theirs['weights']}): PCs, means and projectors do not transfer between models; refit"
-                )
-
     def label_with(self, text_embeddings: Float[Tensor, "m d"], texts: Sequence[str], n_texts: int = 5,
                    center_texts: bool = True, use_projector: bool = True) -> "PCLensResult":
         """(Re)label every head and the embedding against a vocabulary; rebuilds each ``Π``."""
@@ -424,70 +440,78 @@ class PCLensResult:
     def _device(self) -> torch.device:
         return next(iter(self._all())).mean.device
 
+    # ---- the Result protocol
     def summary(self) -> str:
         """One line per head: k, the share of ΣS kept, and PC 0's labels when present."""
-        lines = [f"PCLens on {self.model.get('model_name')}: {len(self)} heads, {self.n_pcs} PCs"]
+        lines = [f"PCLens on {self.model or 'no recorded model'}: {len(self)} heads, {self.n_pcs} PCs"]
         for pca in self._all():
             kept = float(pca.singular_values.sum()) / pca.total_singular if pca.total_singular > 0 else 0.0
             first = f"  PC0 {pca.label_of(0, 2).short()}" if pca.pos_idx is not None and pca.k else ""
             lines.append(f"  {pca.label:<10} k={pca.k:<3} ΣS kept {100 * kept:5.1f}%{first}")
         return "\n".join(lines)
 
-    __str__ = summary
+    def _table(self) -> tuple[list[str], list[list]]:
+        """One row per retained PC of every head, then of the embedding."""
+        rows = [[pca.label, *row] for pca in self._all() for row in pca._table()[1]]
+        return ["head", *HeadPCA._HEADER], rows
 
-    # ---- persistence
-    def save(self, path: str | Path) -> Path:
-        """Write ``pclens.safetensors`` (tensors) and ``pclens.json`` (everything else) in ``path``."""
-        from safetensors.torch import save_file
+    def _repr_sizes(self) -> dict:
+        return {"heads": len(self), "pcs": self.n_pcs, "d": self._all()[0].mean.shape[-1] if self._all() else 0,
+                "texts": len(self.texts) if self.texts is not None else None,
+                "embedding": self.embedding is not None}
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, Tensor] = {}
+    def plot(self, path: str | Path | None = None, title: str | None = None):
+        """Relative strength of each head's PCs against the PC index, one line per head (a
+        ``Figure``; written to ``path`` when given)."""
+        fig, ax = new_figure(6.0, 3.6)
+        for pca in self.heads.values():
+            ax.plot(range(pca.k), pca.strength_rel.tolist(), marker="o", markersize=2.5, linewidth=1.2,
+                    label=pca.label)
+        ax.set_xlabel("PC")
+        ax.set_ylabel("share of the head's retained variance (%)")
+        ax.set_title(title or f"PCLens ({self.model or 'no recorded model'})", fontsize=10)
+        ax.grid(alpha=0.3)
+        if len(self) <= 16:
+            ax.legend(fontsize=7, ncol=2)
+        return finish_figure(fig, path)
+
+    # ---- persistence: one record per head in the JSON, tensors named "{label}.{name}"
+    def _state(self) -> tuple[dict[str, Tensor | None], dict]:
+        tensors: dict[str, Tensor | None] = {"text_mean": self.text_mean, "image_mean": self.image_mean}
         records = []
         for pca in self._all():
             records.append({"label": pca.label, "n": pca.n, "total_singular": pca.total_singular,
                             "labelled": pca.pos_idx is not None})
-            for name in ("mean", "components", "singular_values", "projector", "pos_idx", "pos_coef", "neg_idx",
-                         "neg_coef"):
-                value = getattr(pca, name)
-                if value is not None:
-                    tensors[f"{pca.label}.{name}"] = value.detach().cpu().clone()
-        for name in ("text_mean", "image_mean"):
-            if getattr(self, name) is not None:
-                tensors[name] = getattr(self, name).detach().cpu().clone()
-        meta = {"format": "hookedclip.pclens", "version": FORMAT_VERSION, "model": self.model,
-                "settings": self.settings, "texts": self.texts, "heads": records,
-                "has_embedding": self.embedding is not None}
-        save_file(tensors, str(path / "pclens.safetensors"))
-        (path / "pclens.json").write_text(json.dumps(meta, indent=1))
-        return path
+            tensors.update({f"{pca.label}.{name}": getattr(pca, name) for name in HeadPCA._tensor_fields})
+        fields = {"settings": self.settings, "texts": self.texts, "heads": records,
+                  "has_embedding": self.embedding is not None}
+        return tensors, fields
 
     @classmethod
-    def load(cls, path: str | Path, model=None, device: str | torch.device = "cpu") -> "PCLensResult":
-        """Read a result written by :meth:`save`; with ``model``, refuse (``ValueError``) if it is
-        not the model the result was fitted on."""
-        from safetensors.torch import load_file
+    def _from_state(cls, tensors: dict[str, Tensor | None], fields: dict, model: ModelIdentity | None
+                    ) -> PCLensResult:
+        texts = fields["texts"]
+        pcas = [_head_from(record, tensors, texts) for record in fields["heads"]]
+        embedding = pcas.pop() if fields["has_embedding"] else None
+        return cls({p.label: p for p in pcas}, model, embedding, texts, tensors.get("text_mean"),
+                   tensors.get("image_mean"), fields["settings"])
 
-        path = Path(path)
-        for name in ("pclens.json", "pclens.safetensors"):
-            if not (path / name).exists():
-                raise FileNotFoundError(f"{path / name} not found: is {path} a folder written by PCLensResult.save?")
-        meta = json.loads((path / "pclens.json").read_text())
-        if meta.get("format") != "hookedclip.pclens" or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path} holds format {meta.get('format')} v{meta.get('version')}; expected "
-                             f"hookedclip.pclens v{FORMAT_VERSION}")
-        tensors = load_file(str(path / "pclens.safetensors"), device=str(device))
-        texts = meta["texts"]
-        pcas = [_head_from(record, tensors, texts) for record in meta["heads"]]
-        embedding = pcas.pop() if meta["has_embedding"] else None
-        result = cls({p.label: p for p in pcas}, meta["model"], embedding, texts, tensors.get("text_mean"),
-                     tensors.get("image_mean"), meta["settings"])
-        if model is not None:
-            result.check_model(model)
-        return result
+    @classmethod
+    def _upgrade_hint(cls) -> str:
+        return "v1 files recorded the model by a fingerprint this version no longer computes"
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``pclens.safetensors`` (tensors) and ``pclens.json`` (everything else) in ``path``."""
+        return super().save(path)
+
+    @classmethod
+    def load(cls, path: str | Path, model=None, device: str | torch.device = "cpu") -> PCLensResult:
+        """Read a result written by :meth:`save`; with ``model``, refuse
+        (:class:`~hookedclip.identity.ModelMismatch`) a model other than the one it was fitted on."""
+        return super().load(path, model, device)
 
 
-def _head_from(record: dict, tensors: dict[str, Tensor], texts: list[str] | None) -> HeadPCA:
+def _head_from(record: dict, tensors: dict[str, Tensor | None], texts: list[str] | None) -> HeadPCA:
     label = record["label"]
     get = lambda name: tensors.get(f"{label}.{name}")  # noqa: E731
     return HeadPCA(label, get("mean"), get("components"), get("singular_values"), get("projector"), record["n"],
@@ -502,7 +526,7 @@ def _head_from(record: dict, tensors: dict[str, Tensor], texts: list[str] | None
 
 def fit_from_moments(
     moments: Mapping[str, RunningMoments],
-    model_id: dict[str, str],
+    model_id: dict | None,
     embedding_moments: RunningMoments | None = None,
     text_embeddings: Float[Tensor, "m d"] | None = None,
     texts: Sequence[str] | None = None,
@@ -529,7 +553,7 @@ def fit_from_moments(
                                                                         max_pcs=None, **opts)
     settings = dict(max_pcs=max_pcs, **opts)
     image_mean = None if embedding_moments is None else embedding_moments.mean.to(torch.float64)
-    result = PCLensResult(heads, dict(model_id), embedding, image_mean=image_mean, settings=settings)
+    result = PCLensResult(heads, model_id, embedding, image_mean=image_mean, settings=settings)
     if texts is not None:
         result.label_with(text_embeddings, texts, n_texts, center_texts, use_projector)
     return result
@@ -537,7 +561,7 @@ def fit_from_moments(
 
 def fit_from_contributions(
     contributions: Mapping[str, Float[Tensor, "n d"]],
-    model_id: dict[str, str],
+    model_id: dict | None,
     embeddings: Float[Tensor, "n d"] | None = None,
     **kwargs,
 ) -> PCLensResult:
@@ -638,12 +662,12 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
-def store_identity(store) -> dict[str, str]:
-    """A result's ``model`` record from the store's fingerprint (pass ``model`` to
-    :func:`fit_from_store` instead for results that :meth:`PCLensResult.check_model` accepts)."""
-    fp = store.manifest["model"]
-    return {"model_name": fp.get("id"), "source": "store", "pretrained": "None",
-            "config_hash": fp.get("config_hash"), "weights": fp.get("weights_hash")}
+def store_identity(store) -> ModelIdentity:
+    """Deprecated: the store records the model's identity itself, ``store.model``."""
+    import warnings
+
+    warnings.warn("store_identity(store) is deprecated; use store.model", DeprecationWarning, stacklevel=2)
+    return store.model
 
 
 @renamed_arguments(heads="components")
@@ -663,7 +687,7 @@ def fit_from_store(store, components=ALL_HEADS, target: str = "heads", embedding
     labels = store_heads(store, target, components, model)
     moments = store_moments(store, labels, target)
     emb = store_embedding_moments(store, embedding) if embedding and embedding in store.targets else None
-    identity = model_identity(model) if model is not None else store_identity(store)
+    identity = model_identity(model) if model is not None else store.model
     return fit_from_moments(moments, identity, emb, text_embeddings, texts, **kwargs)
 
 

@@ -20,9 +20,9 @@ which is what :func:`~hookedclip.methods.pclens.selection.remove` does inside a 
 
 from __future__ import annotations
 
-import csv
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,9 +32,11 @@ from torch import Tensor
 from hookedclip._compat import renamed_arguments
 from hookedclip.data.batches import iter_images, iter_labelled
 from hookedclip.decompose import ComponentStack, decompose_image
+from hookedclip.identity import ModelIdentity
 from hookedclip.methods.pclens.core import PCLensResult
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
 from hookedclip.methods.pclens.selection import PCSelection, selection_embeddings
+from hookedclip.results import Result, finish_figure, new_figure
 from hookedclip.zeroshot import accuracy, group_accuracies
 
 #: Default sweep: PCs per concept (``K = 0`` is the unmodified model and always measured).
@@ -54,10 +56,13 @@ class SweepPoint:
     removed: list[tuple[str, int]] = field(default_factory=list, repr=False)
 
 
-@dataclass
-class DebiasSweep:
+@dataclass(repr=False)
+class DebiasSweep(Result):
     """The result of :func:`debias_sweep`: one :class:`SweepPoint` per ``K`` (``points[0]`` is
     the unmodified model), and the picked point (``chosen``) under ``margin``."""
+
+    _kind = "debias"
+    _json_fields = ("concepts", "group_names", "points", "margin", "chosen", "n_images")
 
     concepts: list[str]
     group_names: list[str]
@@ -65,6 +70,7 @@ class DebiasSweep:
     margin: float
     chosen: SweepPoint
     n_images: int
+    model: ModelIdentity | None = None
 
     @property
     def baseline(self) -> SweepPoint:
@@ -94,34 +100,63 @@ class DebiasSweep:
         return [[p.k, p.n_removed, p.average, p.worst_group] + [p.groups[g] for g in self.group_names]
                 + [int(p is self.chosen)] for p in self.points]
 
-    def to_csv(self, path: str | Path) -> Path:
-        """One row per ``K``: PCs removed, average, worst-group and per-group accuracy (fractions),
-        and ``chosen`` (1 for the picked point)."""
-        path = Path(path)
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.HEADER + self.group_names + ["chosen"])
-            writer.writerows([[f"{v:.6f}" if isinstance(v, float) else v for v in row] for row in self.rows()])
-        return path
+    # ---- the Result protocol (``to_csv``: one row per ``K``, fractions, ``chosen`` 1 for the pick)
+    def _table(self) -> tuple[list[str], list[list]]:
+        return self.HEADER + self.group_names + ["chosen"], self.rows()
 
-    def plot(self, path: str | Path, title: str | None = None) -> Path:
+    def _repr_sizes(self) -> dict:
+        return {"concepts": len(self.concepts), "points": len(self.points), "groups": len(self.group_names),
+                "chosen_k": self.chosen.k}
+
+    def _state(self) -> tuple[dict, dict]:
+        tensors, fields = super()._state()
+        fields["points"] = [asdict(p) for p in self.points]
+        fields["chosen"] = self.points.index(self.chosen)  # saved as an index into points
+        return tensors, fields
+
+    @classmethod
+    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> DebiasSweep:
+        points = [SweepPoint(**dict(p, removed=[tuple(pc) for pc in p["removed"]])) for p in fields["points"]]
+        return cls(**dict(fields, points=points, chosen=points[fields["chosen"]]), model=model)
+
+    def plot(self, path: str | Path | None = None, title: str | None = None):
         """Worst-group and average accuracy against ``K`` (thin lines: each group), the
-        unmodified model's values dashed and the picked ``K`` marked by a vertical line."""
-        from hookedclip import plotting
+        unmodified model's values dashed and the picked ``K`` marked by a vertical line (a
+        matplotlib ``Figure``; written to ``path`` when given). The x axis is symmetric-log so a
+        sweep from 0 to large ``K`` stays readable."""
+        from matplotlib import colormaps
 
         ks = [p.k for p in self.points]
-        curves = {"worst group": [p.worst_group for p in self.points], "average": [p.average for p in self.points]}
-        groups = {g: [p.groups[g] for p in self.points] for g in self.group_names}
-        title = title or f"Removing the PCs of {', '.join(repr(c) for c in self.concepts)}"
-        return plotting.sweep_curves(ks, curves, path, title, "top PCs removed per concept (K; 0 = original model)",
-                                     thin=groups, highlight=self.chosen.k,
-                                     highlight_label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)")
+        fig, ax = new_figure(6.8, 3.8)
+        for i, g in enumerate(self.group_names):
+            ax.plot(ks, [100 * p.groups[g] for p in self.points], color=colormaps["Dark2"](i % 8), linewidth=1.3,
+                    alpha=0.9, marker=".", markersize=5, label=g)
+        bold = {"worst group": ("#C44E52", [p.worst_group for p in self.points]),
+                "average": ("#1f3b73", [p.average for p in self.points])}
+        for name, (colour, values) in bold.items():
+            ax.plot(ks, [100 * v for v in values], color=colour, linewidth=2.6, marker="o", markersize=5, label=name)
+            ax.axhline(100 * values[0], color=colour, linestyle="--", linewidth=1, alpha=0.8,
+                       label=f"{name}, original: {100 * values[0]:.1f}%")
+        ax.axvline(self.chosen.k, color="black", linestyle=":", linewidth=1.5,
+                   label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(ks, [str(k) for k in ks], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("top PCs removed per concept (K; 0 = original model)")
+        ax.set_ylabel("accuracy (%)")
+        lowest = min([p.worst_group for p in self.points] + [v for p in self.points for v in p.groups.values()])
+        ax.set_ylim(max(0.0, 10 * math.floor(10 * lowest - 0.5)), 102)  # from the decade below the lowest value
+        ax.set_title(title or f"Removing the PCs of {', '.join(repr(c) for c in self.concepts)}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        return finish_figure(fig, path)
 
     def summary(self) -> str:
         """A few lines: the baseline, the picked point and the rule."""
         b, c = self.baseline, self.chosen
         lines = [f"spurious concepts: {'; '.join(self.concepts)} ({self.n_images} images, "
                  f"{len(self.points) - 1} values of K)",
+                 f"model:            {self.model or 'not recorded'}",
                  f"original model:   average {100 * b.average:.1f}%, worst group {100 * b.worst_group:.1f}%"]
         if c is b:
             lines.append(f"no K raised the worst group with average above original - {100 * self.margin:.1f} points: "
@@ -133,8 +168,6 @@ class DebiasSweep:
         lines.append(f"rule: best worst-group accuracy above the original's, with average > original - "
                      f"{100 * self.margin:.1f} points; ties to fewer PCs")
         return "\n".join(lines)
-
-    __str__ = summary
 
 
 # --------------------------------------------------------------------------------------
@@ -152,7 +185,7 @@ def decompose_batches(model, result: PCLensResult, batches) -> list[ComponentSta
     for images in iter_images(batches, model):
         stack = decompose_image(model, images, components=heads)
         stacks.append(ComponentStack(stack.tensor.cpu(), stack.labels, stack.bias.cpu(), stack.components,
-                                     stack.scale.cpu()))
+                                     stack.scale.cpu(), model=stack.model))
     return stacks
 
 
@@ -191,7 +224,8 @@ def removal_embeddings(stacks: Sequence[ComponentStack], result: PCLensResult, p
 
 
 def _top(r: QueryResult, k: int) -> QueryResult:
-    out = QueryResult(r.query, r.entries[:k], r.max_score, r.entries[min(k, len(r.entries)) - 1].cumulative_cos)
+    out = QueryResult(r.query, r.entries[:k], r.max_score, r.entries[min(k, len(r.entries)) - 1].cumulative_cos,
+                      model=r.model)
     out._k = r._k
     return out
 
@@ -262,7 +296,8 @@ def debias_sweep(
     for k in ks:
         pcs = union([_top(r, k) for r in rankings]).pcs
         points.append(_point(k, pcs, removal_embeddings(stacks, result, pcs), classifier, labels, groups, names))
-    return DebiasSweep(list(concepts), names, points, margin, DebiasSweep.pick(points, margin), int(labels.shape[0]))
+    return DebiasSweep(list(concepts), names, points, margin, DebiasSweep.pick(points, margin), int(labels.shape[0]),
+                       model=result.model)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,14 +13,16 @@ soon as ``cos(r_K, q_c) / max_score > approx``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hookedclip.identity import ModelIdentity
 from hookedclip.methods.pclens.selection import PCSelection
+from hookedclip.results import Result, deprecated_alias
 
 if TYPE_CHECKING:
     from hookedclip.methods.pclens.core import PCLensResult
@@ -44,9 +46,13 @@ class QueryEntry:
         return abs(self.coefficient)
 
 
-@dataclass
-class QueryResult:
-    """The PCs chosen for one query (or the de-duplicated union of several, ``union``)."""
+@dataclass(repr=False)
+class QueryResult(Result):
+    """The PCs chosen for one query (or the de-duplicated union of several, ``union``);
+    ``model``: the identity of the model the PCLens result was fitted on."""
+
+    _kind = "query"
+    _json_fields = ("query", "entries", "max_score", "reached", "concepts", "_k")
 
     query: str
     entries: list[QueryEntry]
@@ -77,6 +83,7 @@ class QueryResult:
         return PCSelection({head: _onehot(self._k[head], pcs, value) for head, pcs in w.items()})
 
     _k: dict = field(default_factory=dict, repr=False)
+    model: ModelIdentity | None = None
 
     def _header(self) -> str:
         if self.concepts:
@@ -91,13 +98,32 @@ class QueryResult:
 
     HEADER = ["rank", "head", "PC", "a", "cos(r_K, q)", "texts (stronger side)", "texts (other side)"]
 
-    def __str__(self) -> str:
-        rows = [self.HEADER] + self.rows()
-        widths = [max(len(r[c]) for r in rows) for c in range(len(self.HEADER))]
-        lines = [self._header()] + ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-        return "\n".join(lines)
+    # ---- the Result protocol
+    def _title(self) -> str:
+        return self._header()
+
+    def _table(self) -> tuple[list[str], list[list]]:
+        return list(self.HEADER), [[r + 1, e.head, e.pc, e.coefficient, e.cumulative_cos, e.first, e.second]
+                                   for r, e in enumerate(self.entries)]
+
+    def _repr_sizes(self) -> dict:
+        return {"query": repr(self.query[:60]), "pcs": len(self.entries), "heads": len(self.heads_used)}
+
+    def _state(self) -> tuple[dict, dict]:
+        tensors, fields = super()._state()
+        fields["entries"] = [asdict(e) for e in self.entries]
+        fields["concepts"] = [c._state()[1] for c in self.concepts]
+        return tensors, fields
+
+    @classmethod
+    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> QueryResult:
+        fields = dict(fields, entries=[QueryEntry(**e) for e in fields["entries"]],
+                      concepts=[cls._from_state({}, c, model) for c in fields["concepts"]])
+        return cls(**fields, model=model)
 
     def to_markdown(self) -> str:
+        """Deprecated: a markdown table; use :meth:`summary` (text) or :meth:`to_csv`."""
+        deprecated_alias("QueryResult.to_markdown()", "summary() or to_csv()")
         esc = lambda s: s.replace("|", "\\|")  # noqa: E731
         lines = [f"**{esc(self._header())}**", "", "| " + " | ".join(self.HEADER) + " |",
                  "|" + "---|" * len(self.HEADER)]
@@ -155,7 +181,7 @@ class QuerySystem:
         cos = torch.nn.functional.cosine_similarity(cumulative, q_c[None].expand_as(cumulative), dim=1)
         n = _stopping_point(cos, max_score, top_k, approx)
         entries = [self._entry(int(order[j]), float(a[order[j]]), float(cos[j])) for j in range(n)]
-        out = QueryResult(name, entries, max_score, float(cos[n - 1]))
+        out = QueryResult(name, entries, max_score, float(cos[n - 1]), model=self.result.model)
         out._k = {label: pca.k for label, pca in self.result.heads.items()}
         return out
 
@@ -224,7 +250,8 @@ def union(results: Sequence[QueryResult]) -> QueryResult:
             if (e.head, e.pc) not in seen:
                 seen.add((e.head, e.pc))
                 entries.append(e)
-    out = QueryResult(" + ".join(r.query for r in results), entries, float("nan"), float("nan"), list(results))
+    out = QueryResult(" + ".join(r.query for r in results), entries, float("nan"), float("nan"), list(results),
+                      model=results[0].model)
     out._k = dict(results[0]._k)
     return out
 

@@ -24,7 +24,6 @@ Nothing is re-run per ``K`` and no coordinates are kept between batches.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +36,11 @@ from hookedclip._compat import renamed_arguments
 from hookedclip.components import ALL_HEADS, select
 from hookedclip.data.batches import check_reiterable, iter_labelled
 from hookedclip.data.stats import RunningMoments
+from hookedclip.identity import ModelIdentity, model_identity
 from hookedclip.methods._common import text_pool
-from hookedclip.methods.pclens.core import PCLensResult, fit_from_moments, model_identity, projector, text_coordinates
+from hookedclip.methods.pclens.core import PCLensResult, fit_from_moments, projector, text_coordinates
 from hookedclip.methods.textspan import TextSpanResult, text_span_from_moments
+from hookedclip.results import Result, deprecated_alias, finish_figure, format_table, new_figure
 
 DEFAULT_BUDGETS = (0, 1, 2, 4, 8, 16, 32)
 
@@ -49,18 +50,22 @@ DEFAULT_BUDGETS = (0, 1, 2, 4, 8, 16, 32)
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class AccuracyRecovered:
+@dataclass(repr=False)
+class AccuracyRecovered(Result):
     """Top-1 (in [0, 1]) against the per-head budget ``K``.
 
     Attributes:
         budgets: the ``K`` values (``0``: analysed heads mean-ablated).
         curves: ``method -> [accuracy per budget]`` (``"PCLens"``, ``"TextSpan"``).
         full: the full model (``argmax ê @ W_cls``).
-        baseline: the §5.2 mean-ablation baseline (earlier heads mean-ablated, analysed intact).
+        baseline: the mean-ablation baseline (earlier heads mean-ablated, analysed heads intact).
         heads: the analysed heads; ``ablated``: the mean-ablated earlier heads.
         n: images evaluated.
+        model: the identity of the model evaluated (``None`` from :func:`evaluate` alone).
     """
+
+    _kind = "accuracy_recovered"
+    _json_fields = ("budgets", "curves", "full", "baseline", "heads", "ablated", "n")
 
     budgets: list[int]
     curves: dict[str, list[float]]
@@ -69,29 +74,38 @@ class AccuracyRecovered:
     heads: list[str]
     ablated: list[str] = field(default_factory=list)
     n: int = 0
+    model: ModelIdentity | None = None
 
-    def to_csv(self, path: str | Path) -> Path:
-        """One row per budget and method, then the two reference rows (``budget`` empty)."""
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["method", "budget", "accuracy"])
-            for method, values in self.curves.items():
-                for k, acc in zip(self.budgets, values):
-                    writer.writerow([method, k, f"{acc:.6f}"])
-            writer.writerow(["mean-ablation baseline", "", f"{self.baseline:.6f}"])
-            writer.writerow(["full model", "", f"{self.full:.6f}"])
-        return path
+    # ---- the Result protocol
+    def _title(self) -> str:
+        return (f"Accuracy recovered on {self.model or 'no recorded model'} ({self.n} images, "
+                f"{len(self.heads)} analysed heads): mean-ablation baseline {100 * self.baseline:.1f}%, "
+                f"full model {100 * self.full:.1f}%")
 
-    def plot(self, path: str | Path, title: str = "Accuracy recovered (direct, §2.4)") -> Path:
+    def _table(self) -> tuple[list[str], list[list]]:
+        """One row per method and budget, then the two reference rows (``budget`` empty)."""
+        rows = [[method, k, acc] for method, values in self.curves.items() for k, acc in zip(self.budgets, values)]
+        rows += [["mean-ablation baseline", "", self.baseline], ["full model", "", self.full]]
+        return ["method", "budget", "accuracy"], rows
+
+    def summary(self) -> str:
+        """The title, then accuracy (%) per budget with one column per method."""
+        header = ["K", *self.curves]
+        rows = [[k, *(f"{100 * v[i]:.1f}%" for v in self.curves.values())] for i, k in enumerate(self.budgets)]
+        return "\n".join([self._title(), *format_table(header, rows)])
+
+    def _repr_sizes(self) -> dict:
+        return {"methods": list(self.curves), "budgets": len(self.budgets), "heads": len(self.heads), "n": self.n}
+
+    def table(self) -> str:
+        """Deprecated: :meth:`summary`."""
+        deprecated_alias("AccuracyRecovered.table()", "summary()")
+        return self.summary()
+
+    def plot(self, path: str | Path | None = None, title: str = "Accuracy recovered (direct)"):
         """Accuracy against ``K`` (one curve per method), the baseline and the full model as
-        horizontal lines."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        horizontal lines (a matplotlib ``Figure``; written to ``path`` when given)."""
+        fig, ax = new_figure(5.2, 3.6)
         x = range(len(self.budgets))  # even spacing: budgets are roughly geometric
         for method, values in self.curves.items():
             ax.plot(x, [100 * v for v in values], marker="o", markersize=4, label=method)
@@ -106,17 +120,7 @@ class AccuracyRecovered:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        path = Path(path)
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        plt.close(fig)
-        return path
-
-    def table(self) -> str:
-        rows = [f"{'K':>5} " + " ".join(f"{m:>9}" for m in self.curves)]
-        for i, k in enumerate(self.budgets):
-            rows.append(f"{k:>5} " + " ".join(f"{100 * v[i]:8.1f}%" for v in self.curves.values()))
-        rows.append(f"mean-ablation baseline {100 * self.baseline:.1f}%   full model {100 * self.full:.1f}%")
-        return "\n".join(rows)
+        return finish_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -348,8 +352,10 @@ def accuracy_recovered(
         spans = fit_text_spans(moments, text_embeddings, list(texts), max(budgets), **(textspan_options or {}))
     if textspan and spans is not None:
         readouts["TextSpan"] = textspan_readout(spans, analysed, w, budgets)
-    return evaluate(model_parts(model, batches, analysed, ablated), w, early_mean, readouts, budgets, analysed,
-                    ablated)
+    out = evaluate(model_parts(model, batches, analysed, ablated), w, early_mean, readouts, budgets, analysed,
+                   ablated)
+    out.model = model_identity(model)
+    return out
 
 
 __all__ = ["AccuracyRecovered", "Readout", "Parts", "DEFAULT_BUDGETS", "pclens_readout", "textspan_readout",
