@@ -500,3 +500,160 @@ def test_ln_final_is_an_alias_of_ln_post(toy, toy_images):
     assert toy.visual.ln_final is toy.visual.ln_post
     _, cache = toy.run_with_cache(toy_images, names_filter="visual.ln_post.hook_scale")
     torch.testing.assert_close(cache["ln_final_scale"], cache["visual.ln_post.hook_scale"])
+
+
+# ------------------------------------------------------------------ ActivationCache analyses
+def _unbiased_copy(model: HookedCLIP) -> HookedCLIP:
+    """The model with every b_O and ln_post's β set to zero: then a component's direct
+    contribution has no share of biases, and the TL-style readout and decompose_image (each
+    component centred on its own mean) must give the same rows."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in clone.visual.blocks:
+            block.attn.b_O.zero_()
+        clone.visual.ln_post.b.zero_()
+    return clone
+
+
+@pytest.mark.parametrize("kind", ["toy", "avg_pool", "ln_after_pool"])
+def test_logit_attrs_agree_with_decompose(kind):
+    """TL's ``stack_head_results`` / ``decompose_resid`` + ``logit_attrs``, with CLIP's readout,
+    equal :func:`decompose_image`'s rows dotted with the same direction, to 1e-5 (class token,
+    average pooling, and ln_post after pooling)."""
+    from hookedclip.decompose import decompose_image
+
+    if kind == "toy":
+        model, images = _unbiased_copy(_toy()), torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    else:
+        extra = {"pool_type": "avg"} if kind == "avg_pool" else {"pool_type": "avg", "final_ln_after_pool": True}
+        model = _unbiased_copy(HookedCLIP.from_open_clip(tiny_open_clip(seed=6, **extra)))
+        images = tiny_images(3)
+    model = model.double()
+    images = images.double()
+    direction = torch.randn(model.cfg.vision.output_dim, generator=torch.Generator().manual_seed(2)).double()
+    _, cache = model.run_with_cache(images)
+    heads, labels = cache.stack_head_results(return_labels=True)
+    parts, part_labels = cache.decompose_resid(return_labels=True)
+    stack = decompose_image(model, images, ln_mode="center_each", normalize=False)
+    rows = dict(zip(stack.labels, (stack.tensor @ direction)))
+    ours = cache.logit_attrs(heads, direction)
+    torch.testing.assert_close(ours, torch.stack([rows[label] for label in labels]), rtol=1e-5, atol=1e-8)
+    mlps = cache.logit_attrs(parts, direction)
+    for label, value in zip(part_labels, mlps):
+        name = "embed" if label == "embed" else f"mlp{label.split('_')[0]}" if "mlp" in label else None
+        if name is not None:
+            torch.testing.assert_close(value, rows[name], rtol=1e-5, atol=1e-8)
+    # every row plus the frozen β equals the score of the embedding
+    emb = model.encode_image(images)
+    beta = model.visual.ln_post.b @ model.visual.W_proj @ direction
+    torch.testing.assert_close(mlps.sum(0) + beta, emb @ direction, rtol=1e-5, atol=1e-8)
+
+
+def test_residual_stacks_sum_to_the_stream(toy, toy_images):
+    """TL's identities: decompose_resid and get_full_resid_decomposition sum to the residual
+    stream entering the layer; accumulated_resid's rows are the cached streams."""
+    _, cache = toy.run_with_cache(toy_images)
+    for layer in (1, 3, None):
+        target = cache["resid_post", 3] if layer is None else cache["resid_pre", layer]
+        torch.testing.assert_close(cache.decompose_resid(layer).sum(0), target, rtol=1e-5, atol=1e-5)
+        full, labels = cache.get_full_resid_decomposition(layer, return_labels=True)
+        torch.testing.assert_close(full.sum(0), target, rtol=1e-4, atol=1e-4)
+        assert labels[-2:] == ["embed", "bias"]
+        coarse = cache.get_full_resid_decomposition(layer, expand_neurons=False)
+        torch.testing.assert_close(coarse.sum(0), target, rtol=1e-4, atol=1e-4)
+    mid = cache.decompose_resid(2, mlp_input=True).sum(0)
+    torch.testing.assert_close(mid, cache["resid_mid", 2], rtol=1e-5, atol=1e-5)
+    acc, labels = cache.accumulated_resid(incl_mid=True, return_labels=True)
+    assert labels[:3] == ["0_pre", "0_mid", "1_pre"] and labels[-1] == "final_post"
+    torch.testing.assert_close(acc[-1], cache["resid_post", 3])
+    assert cache.accumulated_resid(2, return_labels=True)[1] == ["0_pre", "1_pre", "2_pre"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(layer=st.integers(0, 3), pos=st.one_of(st.none(), st.integers(0, 16)), mlp_input=st.booleans())
+def test_apply_ln_to_stack_matches_the_layer_norm(layer, pos, mlp_input):
+    """TL's ``apply_ln_to_stack``: the accumulated stream through it equals the LayerNorm's
+    output before its affine part, at any layer and position."""
+    model = _toy()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(layer))
+    _, cache = model.run_with_cache(images)
+    resid = cache["resid_mid" if mlp_input else "resid_pre", layer]
+    normed = cache.apply_ln_to_stack(resid[None] if pos is None else resid[None, :, pos], layer,
+                                     mlp_input=mlp_input, pos_slice=pos)[0]
+    ln = model.visual.blocks[layer].ln2 if mlp_input else model.visual.blocks[layer].ln1
+    expected = (cache["ln2" if mlp_input else "ln1", layer] - ln.b) / ln.w
+    expected = expected if pos is None else expected[:, pos]
+    torch.testing.assert_close(normed, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_neuron_results_sum_to_the_mlp_output(toy, toy_images):
+    """TL's ``get_neuron_results`` / ``stack_neuron_results``: neurons sum to ``mlp_out - b_out``."""
+    _, cache = toy.run_with_cache(toy_images)
+    neurons = cache.get_neuron_results(1)
+    torch.testing.assert_close(neurons.sum(-2), cache["mlp_out", 1] - toy.visual.blocks[1].mlp.b_out,
+                               rtol=1e-4, atol=1e-5)
+    some, labels = cache.stack_neuron_results(2, neuron_slice=[3, 7], pos_slice=0, return_labels=True)
+    assert labels == ["L0N3", "L0N7", "L1N3", "L1N7"] and some.shape == (4, 2, toy.cfg.d_model)
+    torch.testing.assert_close(some[1], cache.get_neuron_results(0, 7, 0))
+
+
+def test_head_results_from_z_equal_cached_results_and_compute_head_results(tiny):
+    images = tiny_images(2)
+    _, full = tiny.run_with_cache(images)
+    _, z_only = tiny.run_with_cache(images, names_filter=lambda n: n.endswith("hook_z"))
+    torch.testing.assert_close(z_only.stack_head_results(pos_slice=0), full.stack_head_results(pos_slice=0))
+    z_only.compute_head_results()
+    torch.testing.assert_close(z_only["result", 1], full["result", 1])
+    with_rest, labels = full.stack_head_results(1, return_labels=True, incl_remainder=True)
+    assert labels[-1] == "remainder"
+    torch.testing.assert_close(with_rest.sum(0), full["resid_pre", 1], rtol=1e-5, atol=1e-5)
+    with pytest.warns(DeprecationWarning, match="pos_slice"):
+        old, old_labels = full.stack_head_results(pos=0)
+    torch.testing.assert_close(old, full.stack_head_results(pos_slice=0))
+
+
+def test_tl_shorthand_aliases_and_batch_helpers(toy, toy_images):
+    """TL's aliases (``attn``, ``attn_logits``, ``key``/``query``/``value``, ``scale`` /
+    ``normalized`` with an ``"ln2"`` sublayer), ``stack_activation``, ``remove_batch_dim``,
+    ``apply_slice_to_batch_dim`` and ``toggle_autodiff``."""
+    _, cache = toy.run_with_cache(toy_images)
+    pairs = [(("attn", 1), ("pattern", 1)), (("attn_logits", 1), ("attn_scores", 1)), (("key", 2), ("k", 2)),
+             (("query", 0), ("q", 0)), (("value", 3), ("v", 3)), (("scale", 1), ("ln1_scale", 1)),
+             (("scale", 1, "ln2"), ("ln2_scale", 1)), (("normalized", 2, "ln2"), ("ln2", 2))]
+    for alias, name in pairs:
+        torch.testing.assert_close(cache[alias], cache[name])
+    assert cache.stack_activation("resid_pre", 2).shape == (2, 2, 17, 128)
+    first = cache.apply_slice_to_batch_dim(0)
+    torch.testing.assert_close(first["z", 1], cache["z", 1][:1])
+    first.remove_batch_dim()
+    torch.testing.assert_close(first["z", 1], cache["z", 1][0])
+    with pytest.raises(ValueError, match="batch of 1"):
+        cache.remove_batch_dim()
+    try:
+        cache.toggle_autodiff(False)
+        assert not torch.is_grad_enabled()
+    finally:
+        cache.toggle_autodiff(True)
+    assert torch.is_grad_enabled()
+
+
+def test_transformerlens_habits_example(tmp_path):
+    """The example's logit lens ends at the model's own accuracy, full patching of the last
+    stream recovers the whole gap, and the figure is written."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "transformerlens_habits.py"
+    spec = importlib.util.spec_from_file_location("transformerlens_habits", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.main(["--n", "120", "--out", str(tmp_path)])
+    lens = out["lens"]
+    assert lens["final_post"][0] > lens["0_pre"][0] + 0.3  # the shape is read out at the end, not at the start
+    low, high = lens["final_post"][1]
+    assert low <= lens["final_post"][0] <= high
+    assert out["recovered"][-1] == pytest.approx(1.0, abs=1e-4)  # the last stream's class token is the readout
+    assert out["recovered"][0] == pytest.approx(0.0, abs=1e-4)  # the class token's input is the same everywhere
+    assert (tmp_path / "logit_lens_dla.png").stat().st_size > 10_000

@@ -77,6 +77,16 @@ def accuracy(predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"]) -> float
     return float((predictions == labels).float().mean())
 
 
+def accuracy_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval for an accuracy of ``correct`` out of ``n`` (scipy's), in [0, 1]."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        raise ValueError("an accuracy interval needs at least one example")
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def group_accuracies(
     predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"], groups: Int[Tensor, " n"]
 ) -> dict[int, float]:
