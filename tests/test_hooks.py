@@ -248,10 +248,10 @@ def test_same_function_added_twice_is_removed_once_per_context(tiny_model, image
 
 def test_stack_head_results_from_result_or_z(tiny_model, images):
     _, cache = tiny_model.run_with_cache(images)
-    stacked, labels = cache.stack_head_results(pos=0)
+    stacked, labels = cache.stack_head_results(pos_slice=0, return_labels=True)
     cfg = tiny_model.cfg.vision
     assert stacked.shape == (cfg.layers * cfg.heads, images.shape[0], cfg.width)
     assert labels[:2] == ["L0H0", "L0H1"] and len(labels) == cfg.layers * cfg.heads
     _, z_only = tiny_model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_z"))
-    from_z, _ = z_only.stack_head_results(pos=0)
+    from_z = z_only.stack_head_results(pos_slice=0)
     torch.testing.assert_close(stacked, from_z, rtol=1e-5, atol=1e-6)

@@ -126,7 +126,7 @@ def section_head_probes(ctx: DemoContext) -> Section:
     for i in range(0, len(ctx.tensors), 256):
         with torch.no_grad():
             _, cache = model.run_with_cache(ctx.tensors[i : i + 256], names_filter=head_results.__contains__)
-        heads.append(cache.stack_head_results(pos=0)[0])  # the cached hook_result of each head at CLS
+        heads.append(cache.stack_head_results(pos_slice=0))  # the cached hook_result of each head at CLS
     heads = torch.cat(heads, dim=1)
     cfg = model.cfg.vision
     grids, majority = {}, {}
