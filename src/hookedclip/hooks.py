@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from hookedclip.cache import ActivationCache
+    from hookedclip.caching import PosSlice
 
 HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
 NameFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
@@ -29,7 +30,6 @@ HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
 Direction = Literal["fwd", "bwd", "both"]
 #: Hook points that make attention run on per-head inputs while active (left out of "every hook").
 SPLIT_INPUT_HOOKS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
-PosSlice = Union[None, int, slice, Sequence[int], Tensor]
 
 
 class HookPoint(nn.Module):
@@ -290,27 +290,14 @@ class HookedRootModule(nn.Module):
         attention scores and patterns, the token axis elsewhere; tensors with no token axis
         (``hook_pooled``, ``hook_out``) are kept whole.
         """
+        from hookedclip.caching import recorder
+
         store: dict[str, Tensor] = {} if cache is None else cache
-
-        def keep(suffix: str) -> HookFn:
-            def fn(tensor: Tensor, hook: HookPoint) -> None:
-                value = tensor.detach().to(device=device, dtype=dtype)
-                if remove_batch_dim:
-                    if value.shape[0] != 1:
-                        raise ValueError(
-                            f"remove_batch_dim=True needs a batch of 1, but {hook.name} has batch "
-                            f"{value.shape[0]}; run one input or drop remove_batch_dim"
-                        )
-                    value = value[0]
-                if pos_slice is not None:
-                    value = _slice_positions(value, hook.name, pos_slice, has_batch=not remove_batch_dim)
-                store[hook.name + suffix] = value
-
-            return fn
-
+        keep = recorder(store, device, dtype, remove_batch_dim, pos_slice)
         names = self.resolve_hook_names(names_filter)
-        fwd = [(name, keep("")) for name in names]
-        bwd = [(name, keep("_grad")) for name in names] if incl_bwd else []
+        fwd = [(name, keep) for name in names]
+        bwd = [(name, recorder(store, device, dtype, remove_batch_dim, pos_slice, "_grad")) for name in names] \
+            if incl_bwd else []
         return store, fwd, bwd
 
     def add_caching_hooks(self, names_filter: NameFilter = None, incl_bwd: bool = False,
@@ -318,10 +305,13 @@ class HookedRootModule(nn.Module):
                           cache: dict | None = None, pos_slice: PosSlice = None) -> dict[str, Tensor]:
         """Attach caching hooks until :meth:`reset_hooks`; returns the dict they fill."""
         store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache, pos_slice)
-        for specs, dir in ((fwd, "fwd"), (bwd, "bwd")):
+        self._add_all(fwd, bwd)
+        return store
+
+    def _add_all(self, fwd_hooks: Iterable[HookSpec], bwd_hooks: Iterable[HookSpec]) -> None:
+        for specs, dir in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
             for name, fn in specs:
                 self.add_hook(name, fn, dir=dir)
-        return store
 
     @contextlib.contextmanager
     def cache(
@@ -363,9 +353,7 @@ class HookedRootModule(nn.Module):
         ``.backward()`` after the call); remove them with :meth:`reset_hooks`.
         """
         if not reset_hooks_end:
-            for specs, dir in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
-                for name, fn in specs:
-                    self.add_hook(name, fn, dir=dir)
+            self._add_all(fwd_hooks, bwd_hooks)
             return self(*args, **kwargs)
         with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks):
             return self(*args, **kwargs)
@@ -405,19 +393,3 @@ class HookedRootModule(nn.Module):
                 loss.backward()
         return out, (cache if return_cache_object else dict(cache.items()))
 
-
-# Hook names whose token axis is third from the end ([batch, pos, head, d]) or, for attention
-# scores and patterns ([batch, head, q_pos, k_pos]), the query axis second from the end.
-_HEAD_AXIS_POINTS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_q_input", "hook_k_input",
-                     "hook_v_input")
-_NO_TOKEN_AXIS = ("hook_pooled", "hook_out")
-
-
-def _slice_positions(value: Tensor, name: str, pos_slice: PosSlice, has_batch: bool) -> Tensor:
-    """``value`` restricted to ``pos_slice`` along its token axis (an int drops the axis)."""
-    point = name.rsplit(".", 1)[-1]
-    if point in _NO_TOKEN_AXIS or value.ndim < 2 + int(has_batch):
-        return value
-    dim = -3 if point in _HEAD_AXIS_POINTS else -2
-    index = torch.as_tensor(pos_slice, device=value.device) if isinstance(pos_slice, (list, tuple)) else pos_slice
-    return value[(slice(None),) * (value.ndim + dim) + (index,)]

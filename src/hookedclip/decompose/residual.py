@@ -14,36 +14,18 @@ contribution of a component computed either way agrees.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hookedclip.caching import PosSlice, slice_positions
+from hookedclip.caching import position_index as _index
 from hookedclip.names import act_name
 
 if TYPE_CHECKING:
     from hookedclip.cache import ActivationCache
-
-PosSlice = int | slice | Sequence[int] | Tensor | None
-
-
-def _index(pos_slice: PosSlice):
-    if pos_slice is None:
-        return slice(None)
-    if isinstance(pos_slice, (list, tuple)):
-        return torch.as_tensor(pos_slice)
-    return pos_slice
-
-
-def slice_positions(x: Tensor, pos_slice: PosSlice, dim: int) -> Tensor:
-    """``x`` restricted to ``pos_slice`` along ``dim`` (an int drops the axis, as in TL)."""
-    if pos_slice is None:
-        return x
-    dim = dim % x.ndim
-    return x[(slice(None),) * dim + (_index(pos_slice),)]
-
 
 def _tower(cache: "ActivationCache", tower: str):
     if cache.model is None:
@@ -256,6 +238,13 @@ def _finish(cache, stack, labels, layer, incl_remainder, pos_slice, apply_ln, re
         labels = [*labels, "remainder"]
     if stack is None:
         raise ValueError("no components before layer 0: pass a later layer or incl_remainder=True")
+    return _returned(cache, stack, labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
+
+
+def _returned(cache, stack: Tensor, labels: list[str], layer: int, mlp_input: bool, pos_slice: PosSlice,
+              apply_ln: bool, return_labels: bool, tower: str):
+    """TransformerLens's return convention: the stack (through the LayerNorm of ``layer`` when
+    ``apply_ln``), with its labels when ``return_labels``."""
     if apply_ln:
         stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice, tower=tower)
     return (stack, labels) if return_labels else stack
@@ -293,10 +282,7 @@ def accumulated_resid(
         add("resid_pre", layer, f"{layer}_pre")
         if mlp_input:
             add("resid_mid", layer, f"{layer}_mid")
-    stack = torch.stack(rows)
-    if apply_ln:
-        stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice, tower=tower)
-    return (stack, labels) if return_labels else stack
+    return _returned(cache, torch.stack(rows), labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
 
 
 def _embed_rows(cache, tower: str, pos_slice: PosSlice) -> tuple[list[Tensor], list[str]]:
@@ -335,10 +321,7 @@ def decompose_resid(
         if mode in ("all", "mlp") and block < layer:
             rows.append(_from_cache(cache, "mlp_out", block, tower, pos_slice))
             labels.append(f"{block}_mlp_out")
-    stack = torch.stack(rows)
-    if apply_ln:
-        stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice, tower=tower)
-    return (stack, labels) if return_labels else stack
+    return _returned(cache, torch.stack(rows), labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
 
 
 def get_full_resid_decomposition(
@@ -376,7 +359,4 @@ def get_full_resid_decomposition(
     bias = module.accumulated_bias(layer, mlp_input).to(reference)
     rows.append(bias.expand_as(reference).unsqueeze(0))
     labels.append("bias")
-    stack = torch.cat(rows)
-    if apply_ln:
-        stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice, tower=tower)
-    return (stack, labels) if return_labels else stack
+    return _returned(cache, torch.cat(rows), labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)

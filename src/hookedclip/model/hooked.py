@@ -17,7 +17,26 @@ from hookedclip.model.layers import LayerNorm, PatchEmbed, TransformerBlock
 from hookedclip.model.stacked import StackedWeights
 
 
-class HookedVisionTransformer(StackedWeights, nn.Module):
+class _Tower(StackedWeights, nn.Module):
+    """What both towers share: TransformerLens's stacked weight views and the readout into the
+    joint space (``hook_pooled``, the projection ``W_proj [d_model, d_out]`` and ``b_proj``,
+    zero unless a final LayerNorm was folded in, then ``hook_out``)."""
+
+    def _init_readout(self, d_model: int, d_out: int | None) -> None:
+        self.hook_pooled = HookPoint()
+        self.W_proj = nn.Parameter(torch.randn(d_model, d_out) * d_model**-0.5) if d_out else None
+        self.b_proj = nn.Parameter(torch.zeros(d_out)) if d_out else None
+        self.hook_out = HookPoint()
+
+    def project(self, pooled: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_out"]:
+        """``hook_pooled``, the projection (if any), ``hook_out``."""
+        pooled = self.hook_pooled(pooled)
+        if self.W_proj is None:
+            return self.hook_out(pooled)
+        return self.hook_out(F.linear(pooled, self.W_proj.T, self.b_proj))
+
+
+class HookedVisionTransformer(_Tower):
     """CLIP's ViT image tower: ``images [batch, C, H, W] -> embeddings [batch, d_out]``.
 
     Parameters: ``embed`` (patch projection), ``class_embedding [d_model]``,
@@ -37,11 +56,7 @@ class HookedVisionTransformer(StackedWeights, nn.Module):
         self.ln_pre = LayerNorm(d, cfg.ln_eps) if cfg.ln_pre else None
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.layers))
         self.ln_post = LayerNorm(d, cfg.ln_eps)
-        self.hook_pooled = HookPoint()
-        out = cfg.output_dim
-        self.W_proj = nn.Parameter(torch.randn(d, out) * d**-0.5) if out else None
-        self.b_proj = nn.Parameter(torch.zeros(out)) if out else None
-        self.hook_out = HookPoint()
+        self._init_readout(d, cfg.output_dim)
 
     @property
     def ln_final(self) -> LayerNorm:
@@ -114,10 +129,7 @@ class HookedVisionTransformer(StackedWeights, nn.Module):
             x = block(x)
         if stop_at_layer is not None:
             return x
-        pooled = self.hook_pooled(self.pool(x))
-        if self.W_proj is None:
-            return self.hook_out(pooled)
-        return self.hook_out(F.linear(pooled, self.W_proj.T, self.b_proj))
+        return self.project(self.pool(x))
 
     def _layer_index(self, layer: int, what: str) -> int:
         n = len(self.blocks)
@@ -137,7 +149,7 @@ class HookedVisionTransformer(StackedWeights, nn.Module):
         return x
 
 
-class HookedTextTransformer(StackedWeights, nn.Module):
+class HookedTextTransformer(_Tower):
     """CLIP's text tower: ``tokens [batch, seq] -> embeddings [batch, d_out]``.
 
     Parameters: ``W_E [vocab, d_model]``, ``W_pos [context_length, d_model]``, causal
@@ -154,11 +166,7 @@ class HookedTextTransformer(StackedWeights, nn.Module):
         self.hook_pos_embed = HookPoint()
         self.blocks = nn.ModuleList(TransformerBlock(cfg, causal=cfg.causal) for _ in range(cfg.layers))
         self.ln_final = LayerNorm(d, cfg.ln_eps)
-        self.hook_pooled = HookPoint()
-        out = cfg.output_dim
-        self.W_proj = nn.Parameter(torch.randn(d, out) * d**-0.5) if out else None
-        self.b_proj = nn.Parameter(torch.zeros(out)) if out else None
-        self.hook_out = HookPoint()
+        self._init_readout(d, cfg.output_dim)
 
     def check_tokens(self, tokens: Tensor) -> None:
         cfg = self.cfg
@@ -197,10 +205,7 @@ class HookedTextTransformer(StackedWeights, nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.ln_final(x)
-        pooled = self.hook_pooled(x[torch.arange(x.shape[0], device=x.device), self.pool_index(tokens)])
-        if self.W_proj is None:
-            return self.hook_out(pooled)
-        return self.hook_out(F.linear(pooled, self.W_proj.T, self.b_proj))
+        return self.project(x[torch.arange(x.shape[0], device=x.device), self.pool_index(tokens)])
 
 
 def _check_dtype_device(what: str, x: Tensor, param: Tensor) -> None:

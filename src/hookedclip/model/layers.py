@@ -22,6 +22,12 @@ from hookedclip.config import TransformerConfig
 from hookedclip.hooks import HookPoint
 
 
+def add_hook_points(module: nn.Module, *names: str) -> None:
+    """Give ``module`` one :class:`HookPoint` attribute per name, in this (forward) order."""
+    for name in names:
+        setattr(module, name, HookPoint())
+
+
 def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
@@ -76,13 +82,7 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(d))
         for w in (self.W_Q, self.W_K, self.W_V, self.W_O):
             nn.init.normal_(w, std=d**-0.5)
-        self.hook_q = HookPoint()
-        self.hook_k = HookPoint()
-        self.hook_v = HookPoint()
-        self.hook_attn_scores = HookPoint()
-        self.hook_pattern = HookPoint()
-        self.hook_z = HookPoint()
-        self.hook_result = HookPoint()
+        add_hook_points(self, "hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
 
     def _packed_qkv(self) -> tuple[Tensor, Tensor]:
         """QKV weights as one ``[3 * n_heads * d_head, d_model]`` matrix for ``F.linear``."""
@@ -181,16 +181,8 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg, causal=causal)
         self.ln2 = LayerNorm(cfg.width, cfg.ln_eps)
         self.mlp = MLP(cfg)
-        self.hook_resid_pre = HookPoint()
-        self.hook_attn_in = HookPoint()
-        self.hook_q_input = HookPoint()
-        self.hook_k_input = HookPoint()
-        self.hook_v_input = HookPoint()
-        self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
-        self.hook_mlp_in = HookPoint()
-        self.hook_mlp_out = HookPoint()
-        self.hook_resid_post = HookPoint()
+        add_hook_points(self, "hook_resid_pre", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
+                        "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post")
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(x)
