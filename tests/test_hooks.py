@@ -255,3 +255,29 @@ def test_stack_head_results_from_result_or_z(tiny_model, images):
     _, z_only = tiny_model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_z"))
     from_z = z_only.stack_head_results(pos_slice=0)
     torch.testing.assert_close(stacked, from_z, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_qkv_shares_the_weights_and_follows_edits(tiny_model, images):
+    """The fused QKV matrix is the weights' own storage (no second copy), and in-place edits,
+    reassignments and dtype moves of W_Q / W_K / W_V are seen by the next forward."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    attn = model.visual.blocks[0].attn
+    with torch.no_grad():
+        before = model.encode_image(images)
+        assert attn.W_Q.untyped_storage().data_ptr() == attn.W_V.untyped_storage().data_ptr()
+        attn.W_V.mul_(0.5)  # in place: written into the packed tensor
+        halved = model.encode_image(images)
+        reference = copy.deepcopy(tiny_model)
+        reference.visual.blocks[0].attn.W_V.data = reference.visual.blocks[0].attn.W_V.data.clone() * 0.5
+        torch.testing.assert_close(halved, reference.encode_image(images))
+        assert not torch.allclose(halved, before)
+        attn.W_K.data = torch.zeros_like(attn.W_K)  # a reassignment: re-packed
+        zero_k = model.encode_image(images)
+        assert not torch.allclose(zero_k, halved)
+        model.double()
+        torch.testing.assert_close(model.encode_image(images.double()).float(), zero_k, rtol=1e-5, atol=1e-6)
+    out = model.encode_image(images.double())  # with autograd the weights get gradients
+    out.sum().backward()
+    assert attn.W_Q.grad is not None and attn.W_Q.grad.abs().sum() > 0

@@ -83,12 +83,39 @@ class Attention(nn.Module):
         for w in (self.W_Q, self.W_K, self.W_V, self.W_O):
             nn.init.normal_(w, std=d**-0.5)
         add_hook_points(self, "hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
+        self._packed: Tensor | None = None
 
     def _packed_qkv(self) -> tuple[Tensor, Tensor]:
-        """QKV weights as one ``[3 * n_heads * d_head, d_model]`` matrix for ``F.linear``."""
-        weight = torch.cat([w.permute(0, 2, 1).flatten(0, 1) for w in (self.W_Q, self.W_K, self.W_V)])
+        """QKV weights as one ``[3 * n_heads * d_head, d_model]`` matrix for ``F.linear``.
+
+        Without autograd on the weights, ``W_Q``, ``W_K`` and ``W_V`` are made views into one
+        packed tensor (re-packed whenever that sharing is broken: a reassignment, ``.to()``,
+        a loaded copy), so a forward pass neither copies them nor keeps a second copy; in-place
+        edits of ``W_Q`` write into the packed tensor. With autograd the packed matrix is built
+        in the graph every call."""
+        weights = (self.W_Q, self.W_K, self.W_V)
         bias = torch.cat([self.b_Q.flatten(), self.b_K.flatten(), self.b_V.flatten()])
-        return weight, bias
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            return torch.cat([w.permute(0, 2, 1).flatten(0, 1) for w in weights]), bias
+        if not self._shares_packed():
+            packed = torch.cat([w.detach().permute(0, 2, 1).flatten(0, 1) for w in weights])
+            n = self.n_heads * self.d_head
+            for i, w in enumerate(weights):
+                w.data = packed[i * n : (i + 1) * n].view(self.n_heads, self.d_head, -1).transpose(1, 2)
+            self._packed = packed
+        return self._packed, bias
+
+    def _shares_packed(self) -> bool:
+        packed = self._packed
+        if packed is None:
+            return False
+        step = self.n_heads * self.d_head * packed.shape[1] * packed.element_size()
+        return all(w.dtype == packed.dtype and w.data_ptr() == packed.data_ptr() + i * step
+                   for i, w in enumerate((self.W_Q, self.W_K, self.W_V)))
+
+    def _apply(self, fn, recurse: bool = True):
+        self._packed = None  # .to() / .half() give the weights new storage: re-pack on the next forward
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         batch, pos, _ = x.shape
