@@ -281,3 +281,23 @@ def test_packed_qkv_shares_the_weights_and_follows_edits(tiny_model, images):
     out = model.encode_image(images.double())  # with autograd the weights get gradients
     out.sum().backward()
     assert attn.W_Q.grad is not None and attn.W_Q.grad.abs().sum() > 0
+
+
+def test_input_hooks_allocate_nothing_unless_used(tiny_model, images):
+    """The per-head inputs (``[batch, pos, head, d_model]``, like per-head results) and the MLP
+    input copy are made only while their hooks are active; unhooked, the forward runs the same
+    aten ops as with no input hooks at all."""
+    cfg = tiny_model.cfg.vision
+    per_head = (images.shape[0], cfg.n_tokens, cfg.heads, cfg.width)
+
+    def ops(**hooks) -> list[tuple[int, ...]]:
+        with torch.no_grad(), tiny_model.hooks(**hooks), _ShapeRecorder() as recorder:
+            tiny_model(images)
+        return recorder.shapes
+
+    ops()  # the first forward packs the attention weights
+    plain = ops()
+    assert plain.count(per_head) == 0
+    assert ops(fwd_hooks=[("visual.blocks.1.hook_resid_pre", lambda x, hook: None)]) == plain
+    assert ops(fwd_hooks=[("visual.blocks.1.hook_v_input", lambda x, hook: None)]).count(per_head) > 0
+    assert len(ops(fwd_hooks=[("visual.blocks.1.hook_mlp_in", lambda x, hook: None)])) > len(plain)
