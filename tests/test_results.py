@@ -299,9 +299,9 @@ def test_cat_equals_decomposing_the_concatenated_images(toy, world_data):
     torch.testing.assert_close(joined.scale, whole.scale)
     torch.testing.assert_close(joined.sum(), whole.sum(), rtol=1e-5, atol=1e-6)
     assert joined.model == whole.model == model_identity(toy)
-    per_token = [decompose_image(toy, images[i:i + 3], tokens="all", components=components) for i in (0, 3)]
+    per_token = [decompose_image(toy, images[i:i + 3], positions="all", components=components) for i in (0, 3)]
     torch.testing.assert_close(ComponentStack.cat(per_token).tensor,
-                               decompose_image(toy, images[:6], tokens="all", components=components).tensor,
+                               decompose_image(toy, images[:6], positions="all", components=components).tensor,
                                rtol=1e-5, atol=1e-6)
 
 
