@@ -269,6 +269,29 @@ def test_plot_returns_a_figure_and_writes_it_when_asked(name, results, tmp_path)
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
+def test_figures_stay_outside_pyplot_and_importing_draws_in_no_matplotlib(results, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    import hookedclip
+    from hookedclip import plotting
+
+    before = plt.get_fignums()
+    results["debias"].plot()
+    plotting.image_grid(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"], tmp_path / "g.png")
+    assert plt.get_fignums() == before  # nothing registered with pyplot (no inline copies, nothing to close)
+    code = ("import sys, hookedclip, hookedclip.results, hookedclip.plotting, hookedclip.methods.pclens, "
+            "hookedclip.methods.textspan, hookedclip.methods.segmentation; print('matplotlib' in sys.modules)")
+    src = str(Path(hookedclip.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": src})
+    assert out.stdout.strip() == "False"  # matplotlib loads on the first figure, not on import
+
+
 def test_old_summary_names_warn_and_point_to_summary(results):
     with pytest.warns(DeprecationWarning, match=r"summary\(\)"):
         assert results["recovered"].table() == results["recovered"].summary()

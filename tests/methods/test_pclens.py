@@ -719,6 +719,29 @@ def test_wrong_model_is_refused(tmp_path, fitted):
         PCLensResult.load(tmp_path / "nothing")
 
 
+def test_indicator_covers_the_named_components_and_heads_is_its_old_name(fitted):
+    sel = PCSelection.indicator(fitted, [("L1H0", 1)], value=2.0, default=0.5, components=["L0H1", "L1H0"])
+    assert list(sel.weights) == ["L0H1", "L1H0"]
+    assert sel.weights["L0H1"].tolist() == [0.5] * fitted["L0H1"].k
+    assert sel.weights["L1H0"][1] == 2.0 and sel.weights["L1H0"][0] == 0.5
+    assert list(PCSelection.indicator(fitted, [("L1H0", 1)]).weights) == list(fitted.heads)  # default: every head
+    with pytest.warns(DeprecationWarning, match="use components="):
+        old = PCSelection.indicator(fitted, [("L1H0", 1)], value=2.0, default=0.5, heads=["L0H1", "L1H0"])
+    assert old.weights.keys() == sel.weights.keys()
+    assert all(torch.equal(old.weights[h], sel.weights[h]) for h in sel.weights)
+
+
+def test_as_selection_accepts_every_form_a_context_takes(fitted):
+    pcs = [("L1H0", 0), ("L0H2", 1)]
+    from_pcs = pclens.as_selection(fitted, pcs)
+    assert sorted(from_pcs.selected()) == sorted(pcs)
+    assert pclens.as_selection(fitted, from_pcs) is from_pcs
+    weights = {label: w.clone() for label, w in from_pcs.weights.items()}
+    assert sorted(pclens.as_selection(fitted, weights).selected()) == sorted(pcs)
+    query = QuerySystem(fitted).query_vector(fitted["L1H0"].components[0], top_k=2)
+    assert sorted(pclens.as_selection(fitted, query).selected()) == sorted(query.pcs)
+
+
 # --------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------
@@ -732,6 +755,10 @@ def test_bad_inputs_give_clear_errors(model, imgs, fitted):
     with pytest.raises(ValueError, match="cannot parse PC"):
         PCSelection.indicator(fitted, ["L1H0 first"])
     assert PCSelection.indicator(fitted, ["L1H0.PC1", "L1H0:0"]).selected() == [("L1H0", 0), ("L1H0", 1)]
+    with pytest.raises(KeyError, match="not an analysed head"):
+        PCSelection.indicator(fitted, [], components=["L0H9"])
+    with pytest.raises(ValueError, match="k=.*another result"):
+        pclens.as_selection(fitted, PCSelection({"L1H0": torch.ones(fitted["L1H0"].k + 1)}))
     with pytest.raises(ValueError, match="weights"):
         pclens.reweight(model, fitted, {"L1H0": torch.ones(fitted["L1H0"].k + 1)})
     with pytest.raises(ValueError, match="d'="):
