@@ -98,27 +98,8 @@ def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch
 def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min_strength: float = MIN_STRENGTH
                   ) -> Path:
     """Relative strength (% of the retained variance) of each head's first PCs, log scale, with
-    the listing threshold ``min_strength`` dashed."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plotting.new_figure(7.0, 3.8)
-    cmap = plotting.colormap("tab20")
-    steps = 1
-    for j, (label, pca) in enumerate(result.heads.items()):
-        rel = pca.strength_rel[:max_pcs].cpu().numpy()
-        rel = rel[rel > 0]
-        steps = max(steps, len(rel))
-        ax.plot(np.arange(len(rel)), rel, marker="o", markersize=2.5, linewidth=1.2, color=cmap(j % 20), label=label)
-    if min_strength > 0:
-        ax.axhline(min_strength, color="black", linestyle="--", linewidth=0.9, label=f"listed: ≥ {min_strength:g}%")
-    ax.set_yscale("log")
-    ax.set_xlabel("principal component (0 = strongest)")
-    ax.set_ylabel("strength (% of retained variance)")
-    ax.set_title("PC strengths per head", fontsize=10)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(-0.5, steps - 0.5)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(result.heads) // 17)
+    the listing threshold ``min_strength`` dashed (:meth:`PCLensResult.plot`)."""
+    fig = result.plot(title="PC strengths per head", max_pcs=max_pcs, min_strength=min_strength)
     return plotting.save_figure(fig, path)
 
 

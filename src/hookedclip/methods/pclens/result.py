@@ -16,7 +16,7 @@ from torch import Tensor
 from hookedclip.identity import ModelIdentity
 from hookedclip.methods.pclens.head import HeadPCA
 from hookedclip.methods.pclens.pca import label_pcs
-from hookedclip.plotting import finish_figure, new_figure
+from hookedclip.plotting import colormap, finish_figure, new_figure
 from hookedclip.results import Result
 
 #: v2: the model is recorded by :func:`hookedclip.identity.model_identity` (v1 used another fingerprint).
@@ -112,19 +112,32 @@ class PCLensResult(Result):
                 "texts": len(self.texts) if self.texts is not None else None,
                 "embedding": self.embedding is not None}
 
-    def plot(self, path: str | Path | None = None, title: str | None = None):
-        """Relative strength of each head's PCs against the PC index, one line per head (a
-        ``Figure``; written to ``path`` when given)."""
-        fig, ax = new_figure(6.0, 3.6)
-        for pca in self.heads.values():
-            ax.plot(range(pca.k), pca.strength_rel.tolist(), marker="o", markersize=2.5, linewidth=1.2,
+    def plot(self, path: str | Path | None = None, title: str | None = None, max_pcs: int | None = None,
+             min_strength: float | None = None):
+        """Relative strength (% of the head's retained variance) of each head's first ``max_pcs``
+        PCs against the PC index, one line per head, log scale; ``min_strength`` (%) is drawn
+        dashed (a ``Figure``; written to ``path`` when given)."""
+        from matplotlib.ticker import MaxNLocator
+
+        fig, ax = new_figure(7.0, 3.8)
+        cmap = colormap("tab20")
+        steps = 1
+        for j, pca in enumerate(self.heads.values()):
+            rel = [r for r in pca.strength_rel[:max_pcs].tolist() if r > 0]  # log scale: zeros have no place
+            steps = max(steps, len(rel))
+            ax.plot(range(len(rel)), rel, marker="o", markersize=2.5, linewidth=1.2, color=cmap(j % 20),
                     label=pca.label)
-        ax.set_xlabel("PC")
-        ax.set_ylabel("share of the head's retained variance (%)")
+        if min_strength:
+            ax.axhline(min_strength, color="black", linestyle="--", linewidth=0.9,
+                       label=f"listed: ≥ {min_strength:g}%")
+        ax.set_yscale("log")
+        ax.set_xlabel("principal component (0 = strongest)")
+        ax.set_ylabel("strength (% of retained variance)")
         ax.set_title(title or f"PCLens ({self.model or 'no recorded model'})", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(-0.5, steps - 0.5)
         ax.grid(alpha=0.3)
-        if len(self) <= 16:
-            ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(self) // 17)
         return finish_figure(fig, path)
 
     # ---- persistence: one record per head in the JSON, tensors named "{label}.{name}"
