@@ -83,7 +83,7 @@ def results(toy, world_data) -> dict[str, Result]:
         "headpca": fitted["L3H2"],
         "query": queries.query_text("a red shape", top_k=4, approx=2.0),
         "query_union": queries.query_texts(["a red shape", "a circle"], top_k=3, approx=2.0),
-        "recovered": accuracy_recovered(toy, [(images, labels)], classifier, heads="L3", budgets=(0, 1, 2),
+        "recovered": accuracy_recovered(toy, [(images, labels)], classifier, components="L3", budgets=(0, 1, 2),
                                         texts=texts, text_embeddings=pool),
         "debias": debias_sweep(toy, fitted, task.classifier, task.concepts, task.images, task.labels, task.groups,
                                ks=(1, 2), group_names=task.group_names),
