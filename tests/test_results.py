@@ -83,7 +83,7 @@ def results(toy, world_data) -> dict[str, Result]:
         "headpca": fitted["L3H2"],
         "query": queries.query_text("a red shape", top_k=4, approx=2.0),
         "query_union": queries.query_texts(["a red shape", "a circle"], top_k=3, approx=2.0),
-        "recovered": accuracy_recovered(toy, [(images, labels)], classifier, heads="L3", budgets=(0, 1, 2),
+        "recovered": accuracy_recovered(toy, [(images, labels)], classifier, components="L3", budgets=(0, 1, 2),
                                         texts=texts, text_embeddings=pool),
         "debias": debias_sweep(toy, fitted, task.classifier, task.concepts, task.images, task.labels, task.groups,
                                ks=(1, 2), group_names=task.group_names),
@@ -269,6 +269,29 @@ def test_plot_returns_a_figure_and_writes_it_when_asked(name, results, tmp_path)
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
+def test_figures_stay_outside_pyplot_and_importing_draws_in_no_matplotlib(results, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    import hookedclip
+    from hookedclip import plotting
+
+    before = plt.get_fignums()
+    results["debias"].plot()
+    plotting.image_grid(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"], tmp_path / "g.png")
+    assert plt.get_fignums() == before  # nothing registered with pyplot (no inline copies, nothing to close)
+    code = ("import sys, hookedclip, hookedclip.results, hookedclip.plotting, hookedclip.methods.pclens, "
+            "hookedclip.methods.textspan, hookedclip.methods.segmentation; print('matplotlib' in sys.modules)")
+    src = str(Path(hookedclip.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": src})
+    assert out.stdout.strip() == "False"  # matplotlib loads on the first figure, not on import
+
+
 def test_old_summary_names_warn_and_point_to_summary(results):
     with pytest.warns(DeprecationWarning, match=r"summary\(\)"):
         assert results["recovered"].table() == results["recovered"].summary()
@@ -299,9 +322,9 @@ def test_cat_equals_decomposing_the_concatenated_images(toy, world_data):
     torch.testing.assert_close(joined.scale, whole.scale)
     torch.testing.assert_close(joined.sum(), whole.sum(), rtol=1e-5, atol=1e-6)
     assert joined.model == whole.model == model_identity(toy)
-    per_token = [decompose_image(toy, images[i:i + 3], tokens="all", components=components) for i in (0, 3)]
+    per_token = [decompose_image(toy, images[i:i + 3], positions="all", components=components) for i in (0, 3)]
     torch.testing.assert_close(ComponentStack.cat(per_token).tensor,
-                               decompose_image(toy, images[:6], tokens="all", components=components).tensor,
+                               decompose_image(toy, images[:6], positions="all", components=components).tensor,
                                rtol=1e-5, atol=1e-6)
 
 

@@ -1,7 +1,10 @@
-"""Matplotlib figures, written as PNG files: the primitives result objects plot with
-(``AblationCurve.plot``, ``DebiasSweep.plot``, segmentation overlays) and the report's figures.
+"""Matplotlib figures: the one home of figure code. The helpers every result's ``plot`` draws with
+(:func:`new_figure`, :func:`finish_figure`) and the figures the reports, segmentation and the
+examples write as PNG files.
 
-Files only (the Agg backend): nothing here needs a display.
+Figures are built with matplotlib's object API (``Figure``), never ``pyplot``: nothing global
+is created or left open, no backend is chosen, and matplotlib is imported only when a figure
+is drawn (``import hookedclip`` does not import it).
 """
 
 from __future__ import annotations
@@ -10,29 +13,53 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+# ---------------------------------------------------------------------------- helpers
+def _figure(width: float, height: float):
+    """An empty matplotlib ``Figure`` of ``width × height`` inches, outside pyplot."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def new_figure(width: float, height: float):
+    """``(fig, ax)``: a matplotlib ``Figure`` with one axes, outside pyplot (nothing global to close)."""
+    fig = _figure(width, height)
+    return fig, fig.add_subplot()
+
+
+def finish_figure(fig, path: str | Path | None):
+    """Write ``fig`` to ``path`` (PNG at 130 dpi, tight) when given; return the figure."""
+    if path is not None:
+        fig.savefig(Path(path), dpi=130, bbox_inches="tight")
+    return fig
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG (130 dpi, tight) and close it."""
-    path = Path(path)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    """Write ``fig`` to ``path`` (as :func:`finish_figure`); return the path."""
+    finish_figure(fig, path)
+    return Path(path)
 
 
+def colormap(name: str):
+    """The matplotlib colormap ``name`` (e.g. ``"Dark2"``, ``"tab20"``), a callable on values in [0, 1]."""
+    from matplotlib import colormaps
+
+    return colormaps[name]
+
+
+# ---------------------------------------------------------------------------- report figures
 def image_grid(images: np.ndarray, captions: Sequence[str], path: str | Path, cols: int = 8) -> Path:
     """uint8 images ``[N, H, W, 3]`` with a wrapped caption under each."""
     n = len(images)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows))
-    for ax in np.ravel(axes):
+    fig = _figure(1.9 * cols, 2.3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes:
         ax.axis("off")
-    for ax, image, text in zip(np.ravel(axes), images, captions):
+    for ax, image, text in zip(axes, images, captions):
         ax.imshow(image, interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(text, 22)), fontsize=7.5)
     return save_figure(fig, path)
@@ -43,7 +70,7 @@ def bar_chart(values: dict[str, float], path: str | Path, ylabel: str, title: st
     """One bar per key, value printed on top; optional chance level per bar as a tick."""
     names = list(values)
     scale = 100 if percent else 1
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.2))
+    fig, ax = new_figure(max(4.0, 0.9 * len(names) + 1.5), 3.2)
     bars = ax.bar(names, [scale * values[k] for k in names], color="#4C72B0")
     for bar, k in zip(bars, names):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{scale * values[k]:.1f}", ha="center", fontsize=8)
@@ -65,7 +92,7 @@ def stacked_layer_shares(shares: dict[str, np.ndarray], labels: Sequence[str], p
     optional ``single`` bars (e.g. ``{"embed": share}``, grey); values in [0, 1] drawn as % and
     printed on each bar."""
     single = single or {}
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * (len(labels) + len(single)) + 2), 3.4))
+    fig, ax = new_figure(max(4.5, 0.7 * (len(labels) + len(single)) + 2), 3.4)
     width = 0.8 / len(shares)
     x = np.arange(len(labels)) + len(single)
     bars = []
@@ -92,8 +119,8 @@ def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, v
     (e.g. the majority-class rate) is named in each panel's title as ``baseline_label``."""
     n = len(scores)
     first = next(iter(scores.values()))
-    fig, axes = plt.subplots(1, n, figsize=(1.4 + 0.95 * first.shape[1] * n + 0.7 * n, 0.75 * first.shape[0] + 1.9),
-                             squeeze=False)  # fmt: skip
+    fig = _figure(1.4 + 0.95 * first.shape[1] * n + 0.7 * n, 0.75 * first.shape[0] + 1.9)
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (name, grid) in zip(axes[0], scores.items()):
         im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100, cmap="viridis", aspect="auto")
         for (i, j), val in np.ndenumerate(grid):
@@ -113,7 +140,7 @@ def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, v
 def line_curves(curves: dict[str, Sequence[float]], xlabels: Sequence[str], path: str | Path, title: str,
                 xlabel: str, ylabel: str = "zero-shot top-1 (%)", chance: dict[str, float] | None = None) -> Path:
     """Several curves over the same steps (values in [0, 1], drawn as percentages)."""
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.38 * len(xlabels) + 2.5), 3.4))
+    fig, ax = new_figure(max(4.5, 0.38 * len(xlabels) + 2.5), 3.4)
     for i, (name, values) in enumerate(curves.items()):
         line, = ax.plot(range(len(values)), [100 * v for v in values], marker="o", markersize=3.5, label=name)
         if chance and name in chance:
@@ -136,7 +163,7 @@ def blend_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, cmap:
     """uint8 ``[H, W, 3]``: the image tinted by the colour-mapped heat map ``[H, W]`` in [0, 1],
     the tint's opacity ``alpha · heat``: where the map is 0 the image is unchanged, so the
     cold part of a map hides nothing."""
-    colours = plt.get_cmap(cmap)(np.clip(heat, 0, 1))[..., :3]
+    colours = colormap(cmap)(np.clip(heat, 0, 1))[..., :3]
     weight = alpha * np.clip(heat, 0, 1)[..., None]
     out = (1 - weight) * (np.asarray(image, dtype=np.float64) / 255) + weight * colours
     return np.round(255 * out).astype(np.uint8)
@@ -151,7 +178,8 @@ def heatmap_overlays(images: np.ndarray, maps: np.ndarray, masks: np.ndarray | N
     n = len(images)
     cols = max(1, min(cols, n))
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.45 * 2 * cols, 1.8 * rows + 0.45), squeeze=False)
+    fig = _figure(1.45 * 2 * cols, 1.8 * rows + 0.45)
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(n):
@@ -184,7 +212,7 @@ def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence
     titled ``#rank`` and, with ``scores``, ``score_name = value`` above its caption."""
     k = len(neighbours)
     rows = int(np.ceil(k / cols))
-    fig = plt.figure(figsize=(1.5 * (cols + 1.3), 1.9 * rows + 0.5))
+    fig = _figure(1.5 * (cols + 1.3), 1.9 * rows + 0.5)
     grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.3] + [1] * cols, wspace=0.15, hspace=0.6)
     ax = fig.add_subplot(grid[:, 0])
     ax.imshow(query, interpolation="nearest")
@@ -202,38 +230,4 @@ def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence
         ax.set_title(head + "\n" + "\n".join(textwrap.wrap(captions[i], 18)), fontsize=6.5)
     if title:
         fig.suptitle(title, fontsize=10, y=1.0 + 0.12 / rows)
-    return save_figure(fig, path)
-
-
-# ---------------------------------------------------------------------------- sweeps
-def sweep_curves(x: Sequence[float], curves: dict[str, Sequence[float]], path: str | Path, title: str, xlabel: str,
-                 thin: dict[str, Sequence[float]] | None = None, highlight: float | None = None,
-                 highlight_label: str = "pick", ylabel: str = "accuracy (%)", reference: str = "original") -> Path:
-    """Bold curves (values in [0, 1], drawn as %) over a numeric sweep ``x``, each with its
-    value at ``x[0]`` (the ``reference`` point) as a dashed line named in the legend; optional
-    ``thin`` curves (e.g. per group) and a vertical line at one ``highlight`` value of ``x``.
-    The x axis is symmetric-log so a sweep from 0 to large values stays readable."""
-    fig, ax = plt.subplots(figsize=(6.8, 3.8))
-    thin_colours = [plt.get_cmap("Dark2")(i % 8) for i in range(len(thin or {}))]
-    for colour, (name, values) in zip(thin_colours, (thin or {}).items()):
-        ax.plot(x, [100 * v for v in values], color=colour, linewidth=1.3, alpha=0.9, marker=".", markersize=5,
-                label=name)
-    bold = ["#C44E52", "#1f3b73", "#55A868", "#8172B2"]
-    for i, (name, values) in enumerate(curves.items()):
-        line, = ax.plot(x, [100 * v for v in values], color=bold[i % len(bold)], linewidth=2.6, marker="o",
-                        markersize=5, label=name)
-        ax.axhline(100 * values[0], color=line.get_color(), linestyle="--", linewidth=1, alpha=0.8,
-                   label=f"{name}, {reference}: {100 * values[0]:.1f}%")
-    if highlight is not None:
-        ax.axvline(highlight, color="black", linestyle=":", linewidth=1.5, label=highlight_label)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xticks(list(x), [str(v) for v in x], fontsize=8)
-    ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    lowest = min(min(v) for v in list(curves.values()) + list((thin or {}).values()))
-    ax.set_ylim(max(0.0, 10 * np.floor(10 * lowest - 0.5)), 102)  # start at the decade below the lowest value
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)

@@ -14,7 +14,8 @@ A result is a dataclass that mixes in :class:`Result` and declares
 JSON fields, the model identity and a format version); ``load(path, model=...)`` reads it
 back and refuses a model other than the recorded one. Results with nested parts override
 ``_state`` / ``_from_state``. Results with a useful figure add ``plot(path=None)``, which
-returns a matplotlib ``Figure`` (and writes it when ``path`` is given).
+returns a matplotlib ``Figure`` (and writes it when ``path`` is given), drawn with
+:func:`hookedclip.plotting.new_figure` and :func:`~hookedclip.plotting.finish_figure`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from hookedclip.identity import ModelIdentity, check_same_model
+from hookedclip.plotting import finish_figure, new_figure  # noqa: F401 (a result's plot draws with these)
 
 #: Rows :meth:`Result.summary` prints before eliding the rest (``to_csv`` writes them all).
 SUMMARY_ROWS = 20
@@ -213,21 +215,6 @@ def format_table(header: list[str], rows: list[list], max_rows: int = SUMMARY_RO
 def deprecated_alias(old: str, new: str) -> None:
     """Warn that ``old`` is a deprecated name for ``new``."""
     warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
-
-
-def new_figure(width: float, height: float):
-    """A matplotlib ``Figure`` with one axes, outside pyplot (nothing global to close)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    return fig, fig.add_subplot()
-
-
-def finish_figure(fig, path: str | Path | None):
-    """Write ``fig`` to ``path`` (PNG at 130 dpi) when given; return the figure."""
-    if path is not None:
-        fig.savefig(Path(path), dpi=130, bbox_inches="tight")
-    return fig
 
 
 __all__ = [

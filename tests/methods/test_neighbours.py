@@ -1,4 +1,5 @@
-"""Nearest-neighbour search (hookedclip.methods.neighbours): spec ``pclens_textspan.md`` §4.9."""
+"""Nearest-neighbour search (hookedclip.methods.neighbours): the scores, the streaming top-k and
+the component spaces of TextSpan's and PCLens's image retrieval."""
 
 from __future__ import annotations
 

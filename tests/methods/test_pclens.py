@@ -1,4 +1,5 @@
-"""PCLens (hookedclip.methods.pclens*): spec ``pclens_textspan.md`` §4.2–4.6, §4.9, §6 props 9–15, 18.
+"""PCLens (hookedclip.methods.pclens*): the per-head PCA, its labels and projector, the PC
+selections and their contexts, the query system and the neighbour embeddings.
 
 Synthetic data for the algebra (hypothesis), tiny random open_clip models for the contexts.
 """
@@ -72,7 +73,7 @@ def synthetic_result(seed: int, n_heads: int = 3, n: int = 30, d: int = 8, r: in
 
 
 # --------------------------------------------------------------------------------------
-# Prop 9: rank bound on a real model's heads
+# The rank bound on a real model's heads
 # --------------------------------------------------------------------------------------
 
 
@@ -93,7 +94,7 @@ def fitted(model, imgs) -> PCLensResult:
                       text_embeddings=pool, n_texts=3)
 
 
-def test_prop9_rank_bound_on_model_heads(model, imgs, fitted):
+def test_rank_bound_on_model_heads(model, imgs, fitted):
     d_h = model.cfg.vision.d_head
     assert model.cfg.vision.output_dim > d_h + 3  # otherwise the bound is vacuous
     # fp64 copy: in fp32 the null directions carry ~1e-7 noise, above the 1e-9 rank tolerance
@@ -107,13 +108,13 @@ def test_prop9_rank_bound_on_model_heads(model, imgs, fitted):
 
 
 # --------------------------------------------------------------------------------------
-# Prop 10: orthonormal PCs, rank rule, strengths; data and moment paths agree
+# Orthonormal PCs, rank rule, strengths; data and moment paths agree
 # --------------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(problems, st.sampled_from(["singular", "variance"]), st.sampled_from([None, 2, 80]))
-def test_prop10_orthonormal_and_rank_rule(problem, energy, cap):
+def test_orthonormal_and_rank_rule(problem, energy, cap):
     seed, n, d, r = problem
     x = low_rank(seed, n, d, r, noise=1e-2)
     pca = pca_from_data(x, energy=energy, max_pcs=cap)
@@ -160,13 +161,13 @@ def test_canonical_and_raw_signs():
 
 
 # --------------------------------------------------------------------------------------
-# Prop 11: the projector Π
+# The projector Π
 # --------------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(problems, st.integers(2, 60), st.booleans())
-def test_prop11_projector_properties(problem, m, center):
+def test_projector_properties(problem, m, center):
     seed, n, d, r = problem
     x = low_rank(seed, n, d, r, noise=1e-3)
     pca = label_pcs(pca_from_data(x), unit_texts(seed, m, d), [str(i) for i in range(m)], 1, center_texts=center)
@@ -181,7 +182,7 @@ def test_prop11_projector_properties(problem, m, center):
         assert torch.allclose(pca.reconstruct(x), plain, atol=1e-8)
 
 
-def test_prop11_shared_top_text_loses_a_dimension():
+def test_shared_top_text_loses_a_dimension():
     x = low_rank(3, 40, 8, 4)
     pca = pca_from_data(x)
     v = pca.components
@@ -205,13 +206,13 @@ def test_projector_of_singular_matrix():
 
 
 # --------------------------------------------------------------------------------------
-# Props 12–13: full basis, empty basis, keep/remove complementarity, affinity in w
+# Full basis, empty basis, keep/remove complementarity, affinity in w
 # --------------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(problems)
-def test_prop12_full_basis_is_identity_and_empty_is_mean(problem):
+def test_full_basis_is_identity_and_empty_is_mean(problem):
     seed, n, d, r = problem
     x = low_rank(seed, n, d, r)
     pca = pca_from_data(x, threshold=1.0, max_pcs=None)
@@ -222,7 +223,7 @@ def test_prop12_full_basis_is_identity_and_empty_is_mean(problem):
 
 @SETTINGS
 @given(problems, st.integers(0, 2**16))
-def test_prop13_keep_remove_complementarity_and_affinity(problem, mask_bits):
+def test_keep_remove_complementarity_and_affinity(problem, mask_bits):
     seed, n, d, r = problem
     x = low_rank(seed, n, d, r, noise=1e-2)
     pca = label_pcs(pca_from_data(x), unit_texts(seed, 25, d), [str(i) for i in range(25)], 1)
@@ -237,13 +238,13 @@ def test_prop13_keep_remove_complementarity_and_affinity(problem, mask_bits):
 
 
 # --------------------------------------------------------------------------------------
-# Prop 14: intended PCSelection vs the reference loop
+# The intended PCSelection vs the reference loop
 # --------------------------------------------------------------------------------------
 
 
 def reference_loop(attns: torch.Tensor, rest: torch.Tensor, result: PCLensResult, chosen: dict[tuple[int, int], list[int]],
                    n_heads: int) -> torch.Tensor:
-    """The reference keep-mode loop as §4.6 describes it (ratio=−1, ablation, Π not used):
+    """The reference implementation's keep-mode loop (ratio=−1, ablation, Π not used):
     a cursor walks the analysed heads; for each selected head (in order) the **cursor** head's
     activation and mean are projected on the selected head's PCs, the cursor head's mean is
     added (twice when the cursor lags), skipped heads get their means, and heads after the
@@ -293,7 +294,7 @@ def _intended(attns, rest, result, chosen):
 
 @SETTINGS
 @given(st.integers(0, 1000), st.data())
-def test_prop14_intended_equals_reference_when_every_head_is_selected(seed, data):
+def test_intended_equals_reference_when_every_head_is_selected(seed, data):
     attns, rest, result = _model_free(seed)
     chosen = {}
     for l in range(2):
@@ -304,7 +305,7 @@ def test_prop14_intended_equals_reference_when_every_head_is_selected(seed, data
                           atol=1e-10)
 
 
-def test_prop14_reference_is_wrong_when_a_head_is_skipped():
+def test_reference_is_wrong_when_a_head_is_skipped():
     attns, rest, result = _model_free(7)
     chosen = {(0, 0): [0], (1, 1): [0, 1]}  # L0H1 and L1H0 have no selected PC
     ref = reference_loop(attns, rest, result, chosen, 2)
@@ -320,13 +321,13 @@ def test_prop14_reference_is_wrong_when_a_head_is_skipped():
 
 
 # --------------------------------------------------------------------------------------
-# Prop 15: sign symmetry of labels
+# Sign symmetry of labels
 # --------------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(problems, st.integers(0, 100))
-def test_prop15_sign_flip_swaps_labels(problem, which):
+def test_sign_flip_swaps_labels(problem, which):
     seed, n, d, r = problem
     x = low_rank(seed, n, d, r, noise=1e-2)
     pool, texts = unit_texts(seed, 30, d), [str(i) for i in range(30)]
@@ -345,13 +346,13 @@ def test_prop15_sign_flip_swaps_labels(problem, which):
 
 
 # --------------------------------------------------------------------------------------
-# Prop 18: QuerySystem
+# QuerySystem
 # --------------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(st.integers(0, 1000), st.integers(0, 100), st.floats(0.1, 10.0))
-def test_prop18_query_equal_to_a_pc_ranks_it_first(seed, which, scale):
+def test_query_equal_to_a_pc_ranks_it_first(seed, which, scale):
     result, _ = synthetic_result(seed, d=10, r=5)
     qs = QuerySystem(result)
     label, i = result.pcs()[which % result.n_pcs]
@@ -366,7 +367,7 @@ def test_prop18_query_equal_to_a_pc_ranks_it_first(seed, which, scale):
     assert QuerySystem(flipped).query_vector(v, top_k=5, approx=1.1).pcs == out.pcs
 
 
-def test_prop18_one_head_cumulative_is_projection():
+def test_one_head_cumulative_is_projection():
     x = low_rank(2, 40, 10, 4, noise=1e-3)
     result = fit_from_contributions({"L0H0": x}, MODEL_ID)
     q = unit_texts(2, 1, 10)[0]
@@ -524,7 +525,7 @@ def test_keep_plus_remove_complementarity_on_model(model, imgs, fitted):
     stack = decompose_image(model, imgs, components=list(fitted.heads))
     phi = stack.tensor[:-1].double().sum(0)
     mu = sum(p.mean for p in fitted.heads.values())
-    # keep(S) + remove(S) = keep(all) + ê + Σ_h (μ_h − φ_h)   (embedding-level prop 13)
+    # keep(S) + remove(S) = keep(all) + ê + Σ_h (μ_h − φ_h)   (complementarity, on the embedding)
     assert torch.allclose(k + r, k_all + _unit(e.double()) + mu - phi, atol=1e-5)
 
 
@@ -589,10 +590,10 @@ def test_amplify_mixes_norms(model, imgs, fitted):
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
-def test_amplify_matches_the_spec_formula(model, imgs, ratio):
-    """§4.6: ``e' = ρ n̄ R_S/‖R_S‖ + (1 − ρ) n̄ B/‖B‖`` with ``R_S = Σ_sel ⟨φ, v_i⟩ v_i`` (uncentred)
-    and ``B`` = everything else: the non-analysed components, every head's mean, minus
-    ``Σ_sel ⟨μ, v_i⟩ v_i``; ``n̄ = ‖mean ê‖``. Written out from a decomposition (Π = I here)."""
+def test_amplify_matches_its_formula(model, imgs, ratio):
+    """The reference's ratio mode: ``e' = ρ n̄ R_S/‖R_S‖ + (1 − ρ) n̄ B/‖B‖`` with
+    ``R_S = Σ_sel ⟨φ, v_i⟩ v_i`` (uncentred) and ``B`` = everything else: the non-analysed
+    components, every head's mean, minus ``Σ_sel ⟨μ, v_i⟩ v_i``; ``n̄ = ‖mean ê‖``. Written out from a decomposition (Π = I here)."""
     plain = pclens.fit(model, imgs.split(16), components=["L0-1"])  # no texts: Π = I
     chosen = {"L1H0": [0, 2], "L0H3": [1]}
     pcs = [(h, i) for h, idx in chosen.items() for i in idx]
@@ -615,7 +616,7 @@ def test_amplify_matches_the_spec_formula(model, imgs, ratio):
 
 
 def test_image_scores_are_cosines_of_the_unit_embedding_with_the_pc():
-    """§4.3: images rank by ⟨ê, v⟩ with ê the unit final embedding (not the raw dot product,
+    """Images rank by ⟨ê, v⟩ with ê the unit final embedding (not the raw dot product,
     not centred). Image 0 has the largest raw dot product but image 1 the largest cosine."""
     v = torch.eye(3, dtype=torch.float64)
     pca = pclens.HeadPCA("L0H0", torch.zeros(3, dtype=torch.float64), v, torch.ones(3, dtype=torch.float64),
@@ -633,7 +634,7 @@ def test_image_scores_are_cosines_of_the_unit_embedding_with_the_pc():
 
 
 def test_labels_are_displayed_stronger_side_first(tmp_path):
-    """§4.2 step 7: the side with the larger |coefficient| is listed first, in the label's
+    """The side with the larger |coefficient| is listed first, in the label's
     short form, the QuerySystem table and the report."""
     from hookedclip.methods.pclens.query import QuerySystem as QS
     from hookedclip.report.pclens import head_page
@@ -718,6 +719,29 @@ def test_wrong_model_is_refused(tmp_path, fitted):
         PCLensResult.load(tmp_path / "nothing")
 
 
+def test_indicator_covers_the_named_components_and_heads_is_its_old_name(fitted):
+    sel = PCSelection.indicator(fitted, [("L1H0", 1)], value=2.0, default=0.5, components=["L0H1", "L1H0"])
+    assert list(sel.weights) == ["L0H1", "L1H0"]
+    assert sel.weights["L0H1"].tolist() == [0.5] * fitted["L0H1"].k
+    assert sel.weights["L1H0"][1] == 2.0 and sel.weights["L1H0"][0] == 0.5
+    assert list(PCSelection.indicator(fitted, [("L1H0", 1)]).weights) == list(fitted.heads)  # default: every head
+    with pytest.warns(DeprecationWarning, match="use components="):
+        old = PCSelection.indicator(fitted, [("L1H0", 1)], value=2.0, default=0.5, heads=["L0H1", "L1H0"])
+    assert old.weights.keys() == sel.weights.keys()
+    assert all(torch.equal(old.weights[h], sel.weights[h]) for h in sel.weights)
+
+
+def test_as_selection_accepts_every_form_a_context_takes(fitted):
+    pcs = [("L1H0", 0), ("L0H2", 1)]
+    from_pcs = pclens.as_selection(fitted, pcs)
+    assert sorted(from_pcs.selected()) == sorted(pcs)
+    assert pclens.as_selection(fitted, from_pcs) is from_pcs
+    weights = {label: w.clone() for label, w in from_pcs.weights.items()}
+    assert sorted(pclens.as_selection(fitted, weights).selected()) == sorted(pcs)
+    query = QuerySystem(fitted).query_vector(fitted["L1H0"].components[0], top_k=2)
+    assert sorted(pclens.as_selection(fitted, query).selected()) == sorted(query.pcs)
+
+
 # --------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------
@@ -731,6 +755,10 @@ def test_bad_inputs_give_clear_errors(model, imgs, fitted):
     with pytest.raises(ValueError, match="cannot parse PC"):
         PCSelection.indicator(fitted, ["L1H0 first"])
     assert PCSelection.indicator(fitted, ["L1H0.PC1", "L1H0:0"]).selected() == [("L1H0", 0), ("L1H0", 1)]
+    with pytest.raises(KeyError, match="not an analysed head"):
+        PCSelection.indicator(fitted, [], components=["L0H9"])
+    with pytest.raises(ValueError, match="k=.*another result"):
+        pclens.as_selection(fitted, PCSelection({"L1H0": torch.ones(fitted["L1H0"].k + 1)}))
     with pytest.raises(ValueError, match="weights"):
         pclens.reweight(model, fitted, {"L1H0": torch.ones(fitted["L1H0"].k + 1)})
     with pytest.raises(ValueError, match="d'="):
@@ -781,7 +809,7 @@ def test_report_writes_a_page_per_head(tmp_path, model, imgs, fitted):
 
 def test_row_transform_gives_heat_maps_of_the_selected_pcs(model, imgs, fitted):
     """A selection plugs into segmentation: the per-token rows it passes to ``heatmaps``
-    equal the spatial §4.6 formula on a full decomposition, summed over heads."""
+    equal the per-token selection formula on a full decomposition, summed over heads."""
     from hookedclip.methods.segmentation import heatmaps, token_contributions
     from hookedclip.zeroshot import ZeroShotClassifier
 

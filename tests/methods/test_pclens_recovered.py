@@ -1,4 +1,4 @@
-"""Accuracy recovered (hookedclip.methods.pclens.recovered): spec §2.4 / §4.4.
+"""Accuracy recovered (hookedclip.methods.pclens.recovered) with K PCs or texts per head.
 
 The closed form (coordinates and per-budget read-outs, one decomposition per batch) must
 agree with running the model under the ablation / PCLens contexts; its end points are the
@@ -63,7 +63,7 @@ def test_full_rank_is_the_baseline_and_zero_is_the_floor(setup):
     full_rank = max(h.k for h in result)
     out = accuracy_recovered(model, data, classifier, components="L1-2", budgets=(0, full_rank), result=result)
     assert out.ablated == [f"L0H{h}" for h in range(4)] and out.n == 96
-    # K = full rank, Π = I: X̂ = X, so the analysed heads are intact (§5.2 baseline).
+    # K = full rank, Π = I: X̂ = X, so the analysed heads are intact (the mean-ablation baseline).
     assert out.curves["PCLens"][1] == out.baseline
     means = ablation.component_means(model, [images], [f"L0-2"], mode="direct")
     with ablation.mean_ablate(model, "L0", means, mode="direct"):

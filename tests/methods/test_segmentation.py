@@ -1,5 +1,6 @@
-"""Zero-shot segmentation (hookedclip.methods.segmentation): spec ``pclens_textspan.md``
-§4.8 and §6 property 20, on hand-made masks, a tiny random model and the toy CLIP."""
+"""Zero-shot segmentation (hookedclip.methods.segmentation): the metrics against sklearn and by
+hand, the heat maps against a step-by-step computation, on hand-made masks, a tiny random model
+and the toy CLIP."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def metrics_of(res, gt, split: int | None = None) -> dict:
     return acc.compute()
 
 
-# ---------------------------------------------------------------------------- property 20: metrics
+# ---------------------------------------------------------------------------- metrics
 @SETTINGS
 @given(masks_and_maps())
 def test_perfect_map_scores_one(case):
@@ -142,7 +143,7 @@ def test_shape_mismatch_is_an_error():
         SegmentationMetrics().update(torch.rand(1, 4, 4), torch.zeros(1, 4, 5, dtype=torch.bool))
 
 
-# ---------------------------------------------------------------------------- property 20: maps
+# ---------------------------------------------------------------------------- maps
 @SETTINGS
 @given(st.integers(0, 2**31 - 1))
 def test_class_mean_subtraction_ignores_shared_shift(seed):
@@ -166,7 +167,8 @@ def test_token_maps_sum_to_attention_logit(tiny_model, images, classifier):
 
 
 def direct_heatmaps(model, images, classifier, target=None):
-    """§4.8 step by step from one full ``decompose_image(positions="all")``."""
+    """The heat maps step by step (token class scores, class-mean subtraction, grid, upsampling,
+    clipping, min–max) from one full ``decompose_image(positions="all")``."""
     cfg = model.visual.cfg
     stack = decompose_image(model, images, positions="all")
     heads = stack.select(lambda label: label.startswith("L"))

@@ -1,4 +1,5 @@
-"""TextSpan (hookedclip.methods.textspan): spec ``pclens_textspan.md`` §3, §6 props 16–17, §7.2.5.
+"""TextSpan (hookedclip.methods.textspan): the reference procedure, its invariants (orthogonal
+directions, a projection), and the moment path choosing what the data path chooses.
 
 Pure maths on synthetic data; no model is loaded.
 """
@@ -28,7 +29,7 @@ SETTINGS = settings(deadline=None, max_examples=25, derandomize=True)
 
 
 def reference_port(C: np.ndarray, R: np.ndarray, m: int, rank: int | None):
-    """The literal §3.2 steps on the data matrix (NumPy, float64).
+    """The reference procedure, step by step, on the data matrix (NumPy, float64).
 
     Returns the chosen indices, the final Ĉ, and (1/N)‖Ĉ_i − c̄‖²_F after every step.
     """
@@ -102,13 +103,13 @@ def problems(draw, *, with_rank: bool = True):
 
 
 # --------------------------------------------------------------------------------------
-# Property 16: orthogonality, residual, no repeats
+# Orthogonality, residual, no repeats
 # --------------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(problems(), st.sampled_from(["unnormalized_std", "variance_gain"]))
-def test_prop16_orthogonal_directions_and_residual(problem, criterion):
+def test_orthogonal_directions_and_residual(problem, criterion):
     C, R, _, rank, m = problem
     res = text_span(t64(C), t64(R), names(len(R)), n_texts=m, rank=rank, criterion=criterion)
     assert len(res) == m
@@ -123,7 +124,7 @@ def test_prop16_orthogonal_directions_and_residual(problem, criterion):
     assert (resid @ unit.T).abs().max() < 1e-9 * max(1.0, float(t64(C).abs().max()))
 
 
-def test_prop16_no_repeat_even_when_data_is_exhausted():
+def test_no_repeat_even_when_data_is_exhausted():
     """All variance along text 0: after it, every score is 0 (and text 0's row is 0).
 
     The literal reference would take argmax = 0 again (and divide by ρ = 0); we move on
@@ -139,13 +140,13 @@ def test_prop16_no_repeat_even_when_data_is_exhausted():
 
 
 # --------------------------------------------------------------------------------------
-# Property 17: TextSpan is a projection
+# TextSpan is a projection
 # --------------------------------------------------------------------------------------
 
 
 @SETTINGS
 @given(problems())
-def test_prop17_reconstruction_is_projection(problem):
+def test_reconstruction_is_projection(problem):
     C, R, _, rank, m = problem
     res = text_span(t64(C), t64(R), names(len(R)), n_texts=m, rank=rank)
     Q = res.basis
@@ -168,7 +169,7 @@ def test_prop17_reconstruction_is_projection(problem):
 
 @SETTINGS
 @given(st.integers(0, 2**31 - 1), st.integers(2, 5), st.integers(6, 9))
-def test_prop17_full_rank_pool_gives_projection_on_span(seed, r, d):
+def test_full_rank_pool_gives_projection_on_span(seed, r, d):
     """Pool spanning span(V_r) and m = r: Ĉ = c̄ + (C − c̄) V_rᵀ V_r."""
     rng = np.random.default_rng(seed)
     C = rng.standard_normal((25, d)) * np.linspace(3, 0.5, d) + rng.standard_normal(d)
@@ -254,7 +255,7 @@ def _criterion_case():
 
     Both criteria first take e3. Then the residual of text 2 is e2/√2 (norm 0.71):
     unnormalized_std scores it sqrt(1.6)/√2 ≈ 0.89 < 1 (text 1), variance_gain scores
-    1.6 > 1, so the second choices differ (Appendix A row 1).
+    1.6 > 1, so the second choices differ: the reference's score is not the variance gained.
     """
     rng = np.random.default_rng(0)
     z = rng.standard_normal((40, 3))

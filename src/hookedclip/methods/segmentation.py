@@ -1,5 +1,5 @@
-"""Zero-shot segmentation from per-token head contributions (TextSpan §4.8 of
-``specs/pclens_textspan.md``; identical code in the PCLens repository).
+"""Zero-shot segmentation from per-token head contributions (the TextSpan paper's segmentation;
+the PCLens repository runs the same code).
 
 For an image with predicted class ``ĉ = argmax(e @ W_cls)`` each source token ``t`` gets the
 class scores of the heads' direct contributions through it,
@@ -27,6 +27,7 @@ from jaxtyping import Bool, Float, Int
 from sklearn.metrics import average_precision_score
 from torch import Tensor
 
+from hookedclip import plotting
 from hookedclip.components import ALL_HEADS, ComponentLike, select
 from hookedclip.data.batches import iter_labelled
 from hookedclip.data.masks import MaskGeometry, resize_mask  # noqa: F401 (part of this module's API)
@@ -38,6 +39,8 @@ from hookedclip.results import Result
 # transform(rows [component, batch, pos, d'], labels) -> rows: applied to each chunk of
 # per-token contributions before they are summed (a PC projection plugs in here).
 RowTransform = Callable[[Tensor, list[str]], Tensor]
+Components = ComponentLike | Sequence[ComponentLike]
+Images = Float[Tensor, "batch channel height width"]
 
 
 # ---------------------------------------------------------------------------- heat maps
@@ -55,12 +58,8 @@ def _chunks(comps: list) -> Iterator[list]:
 
 
 @torch.no_grad()
-def token_contributions(
-    model,
-    images: Float[Tensor, "batch channel height width"],
-    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
-    transform: RowTransform | None = None,
-) -> tuple[Float[Tensor, "batch pos d_out"], Float[Tensor, "batch d_out"]]:
+def token_contributions(model, images: Images, components: Components = ALL_HEADS, transform: RowTransform | None = None
+                        ) -> tuple[Float[Tensor, "batch pos d_out"], Float[Tensor, "batch d_out"]]:
     """``Σ_c φ_c,t`` over the chosen components per source token, and the embedding ``e``.
 
     One forward pass; rows come from :func:`~hookedclip.decompose.stack_from_cache`
@@ -87,13 +86,9 @@ def token_contributions(
 
 
 @torch.no_grad()
-def patch_scores(
-    model,
-    images: Float[Tensor, "batch channel height width"],
-    classifier,
-    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
-    transform: RowTransform | None = None,
-) -> tuple[Float[Tensor, "batch pos n_classes"], Int[Tensor, " batch"]]:
+def patch_scores(model, images: Images, classifier, components: Components = ALL_HEADS,
+                 transform: RowTransform | None = None
+                 ) -> tuple[Float[Tensor, "batch pos n_classes"], Int[Tensor, " batch"]]:
     """Class scores ``s_t = Σ_c φ_c,t @ W_cls`` of every token (CLS included, at 0) and the
     model's prediction ``ĉ = argmax(e @ W_cls)`` for each image."""
     tokens, embedding = token_contributions(model, images, components, transform)
@@ -137,14 +132,9 @@ def patch_grid(model) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def heatmaps(
-    model,
-    images: Float[Tensor, "batch channel height width"],
-    classifier,
-    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
-    transform: RowTransform | None = None,
-    target: Int[Tensor, " batch"] | int | None = None,
-) -> Float[Tensor, "batch height width"]:
+def heatmaps(model, images: Images, classifier, components: Components = ALL_HEADS,
+             transform: RowTransform | None = None, target: Int[Tensor, " batch"] | int | None = None
+             ) -> Float[Tensor, "batch height width"]:
     """Normalised heat maps ``Res ∈ [0, 1]`` of the class ``target`` (default: the model's
     own prediction ``ĉ``), one per image, at the image's resolution.
 
@@ -159,12 +149,16 @@ def heatmaps(
         target: class index for every image, or per image; ``None``: ``ĉ``.
     """
     scores, predicted = patch_scores(model, images, classifier, components, transform)
-    if target is None:
-        target = predicted
+    return scores_to_maps(model, scores, predicted if target is None else target, tuple(images.shape[-2:]))
+
+
+def scores_to_maps(model, scores: Float[Tensor, "batch pos n_classes"], target: Int[Tensor, " batch"] | int,
+                   size: tuple[int, int]) -> Float[Tensor, "batch height width"]:
+    """The normalised heat maps ``Res`` of the class ``target`` from :func:`patch_scores`'s token
+    scores: :func:`token_map` on the patch tokens, laid out on the grid and upsampled to ``size``."""
     target = torch.as_tensor(target, device=scores.device).expand(scores.shape[0])
     first = int(model.visual.cfg.class_token)  # patches only: CLS has no place on the grid
-    values = token_map(scores, target)[:, first:]
-    return to_image(values, patch_grid(model), tuple(images.shape[-2:]))
+    return to_image(token_map(scores, target)[:, first:], patch_grid(model), size)
 
 
 def centre_blob(
@@ -264,7 +258,7 @@ def evaluate(
     model,
     batches: Iterable[tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]],
     classifier,
-    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
+    components: Components = ALL_HEADS,
     transform: RowTransform | None = None,
     blob_sigma: float = 0.25,
 ) -> dict[str, dict[str, float]]:
@@ -324,7 +318,7 @@ def save_overlays(
     classifier,
     path,
     masks: np.ndarray | None = None,
-    components: ComponentLike | Sequence[ComponentLike] = ALL_HEADS,
+    components: Components = ALL_HEADS,
     transform: RowTransform | None = None,
     target: Int[Tensor, " batch"] | int | None = None,
     cols: int = 6,
@@ -338,13 +332,13 @@ def save_overlays(
     (the mapped class), plus ``"/ pred: ..."`` of the model. ``pixels`` must already be at the
     model's input size; they are normalised with the model's mean and std.
     """
-    from hookedclip import plotting
     from hookedclip.toy.model import images_to_tensor
 
     images = images_to_tensor(pixels, model.cfg.image_mean, model.cfg.image_std).to(model.device, model.dtype)
-    maps = heatmaps(model, images, classifier, components, transform, target).float().cpu()
+    scores, predicted = patch_scores(model, images, classifier, components, transform)  # one forward for both
+    maps = scores_to_maps(model, scores, predicted if target is None else target, tuple(images.shape[-2:]))
+    maps, predicted = maps.float().cpu(), predicted.tolist()
     names = classifier.classnames
-    predicted = classifier.predict(model.encode_image(images)).tolist()
     captions = [f"pred: {names[c]}" for c in predicted]
     if target is not None:
         mapped = torch.as_tensor(target).expand(len(pixels)).tolist()
@@ -356,6 +350,6 @@ def save_overlays(
 
 __all__ = [
     "RowTransform", "SegmentationMetrics", "binarize", "centre_blob", "evaluate", "evaluate_toy",
-    "heatmaps", "image_ap", "minmax", "patch_grid", "patch_scores", "resize_mask", "save_overlays", "to_image", "token_contributions",
-    "token_map", "toy_batches",
+    "heatmaps", "image_ap", "minmax", "patch_grid", "patch_scores", "resize_mask", "save_overlays", "scores_to_maps",
+    "to_image", "token_contributions", "token_map", "toy_batches",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hookedclip import plotting
 from hookedclip.report import viz
 from hookedclip.report.viz import Section
 
@@ -43,7 +44,7 @@ def _steps(ctx: DemoContext, items, desc: str):
 
 def section_samples(ctx: DemoContext) -> Section:
     n = min(24, len(ctx.images))
-    viz.image_grid(ctx.images[:n], ctx.captions[:n], ctx.out_dir / "samples.png")
+    plotting.image_grid(ctx.images[:n], ctx.captions[:n], ctx.out_dir / "samples.png")
     return Section(
         "The toy world",
         ["Procedural 32-pixel images: one coloured shape on a textured background, each with a caption "
@@ -58,7 +59,7 @@ def section_zero_shot(ctx: DemoContext) -> Section:
 
     result = evaluate(ctx.model, n=len(ctx.images), seed=ctx.seed)
     ctx.cache["zero_shot"] = result
-    viz.bar_chart(result["accuracy"], ctx.out_dir / "zero_shot.png", "zero-shot top-1 (%)",
+    plotting.bar_chart(result["accuracy"], ctx.out_dir / "zero_shot.png", "zero-shot top-1 (%)",
                   "Zero-shot accuracy per attribute", chance=result["chance"])
     sp = result["spurious"]
     rows = [[name, f"{100 * acc:.1f}%"] for name, acc in sp["groups"].items()]
@@ -89,7 +90,7 @@ def section_layer_shares(ctx: DemoContext) -> Section:
     mlp = [per_label[f"mlp{l}"] for l in range(L)]
     embed = per_label["embed"]
     total = sum(per_label.values())
-    viz.stacked_layer_shares({"attention": attn, "MLP": mlp}, [f"layer {l}" for l in range(L)],
+    plotting.stacked_layer_shares({"attention": attn, "MLP": mlp}, [f"layer {l}" for l in range(L)],
                              ctx.out_dir / "layer_shares.png",
                              f"Direct contribution of each layer (bars sum to {100 * total:.0f}%)",
                              single={"embed": embed})  # fmt: skip
@@ -135,8 +136,9 @@ def section_head_probes(ctx: DemoContext) -> Section:
         grids[attribute] = head_probe_grid(heads, labels, cfg.layers, cfg.heads, seed=ctx.seed, progress=ctx.progress,
                                            desc=f"probes: {attribute}")  # fmt: skip
         majority[attribute] = np.bincount(labels).max() / len(labels)  # what always guessing the commonest class scores
-    viz.head_heatmaps(grids, ctx.out_dir / "head_probes.png", "Held-out linear probe accuracy of each head's CLS output",
-                      baseline=majority, baseline_label="majority class")  # fmt: skip
+    plotting.head_heatmaps(grids, ctx.out_dir / "head_probes.png",
+                           "Held-out linear probe accuracy of each head's CLS output", baseline=majority,
+                           baseline_label="majority class")
     best = [[a, f"L{divmod(int(g.argmax()), cfg.heads)[0]}H{divmod(int(g.argmax()), cfg.heads)[1]}", f"{100 * g.max():.1f}%"]
             for a, g in grids.items()]
     return Section(
@@ -171,7 +173,7 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
         chance[attribute] = 1 / len(prompts)
     labels = ["none"] + [f"attn {s[1:]}" if s.startswith("L") else f"mlp {s[3:]}" if s.startswith("mlp") else s
                          for s in order]  # fmt: skip
-    viz.line_curves(curves, labels, ctx.out_dir / "ablation_curve.png", "Accumulated mean-ablation (direct mode)",
+    plotting.line_curves(curves, labels, ctx.out_dir / "ablation_curve.png", "Accumulated mean-ablation (direct mode)",
                     "mean-ablated up to and including (embed: the embedding slot)", chance=chance)
     n_test = len(ctx.tensors) - half
     below = [f"{a} falls to {100 * min(c):.1f}% after {labels[int(np.argmin(c))]}, below its chance of "
@@ -235,7 +237,7 @@ def section_pclens(ctx: DemoContext) -> Section:
     last = f"L{ctx.model.cfg.vision.layers - 1}"
     curves = {label: (p.strength_rel[:steps] / 100).tolist() for label, p in result.heads.items()
               if label.startswith(last) or label in ("L2H0", "L2H1")}
-    viz.line_curves(curves, [str(i) for i in range(steps)], ctx.out_dir / "pclens_strengths.png",
+    plotting.line_curves(curves, [str(i) for i in range(steps)], ctx.out_dir / "pclens_strengths.png",
                     "PC strengths (share of the head's retained variance)", "principal component",
                     ylabel="strength (%)")
     # The PC that the text query ranks first for the texture: its labels and images.
@@ -247,10 +249,10 @@ def section_pclens(ctx: DemoContext) -> Section:
     attrs = [ctx.attributes[i] for i in idx]  # ground truth, not the partial training captions
     captions = [f"{'top' if j < len(top) else 'bottom'}: {a.color} {a.shape}, {a.texture}, {a.background}"
                 for j, a in enumerate(attrs)]
-    viz.image_grid(ctx.images[idx], captions, ctx.out_dir / "pclens_pc.png", cols=len(top))
+    plotting.image_grid(ctx.images[idx], captions, ctx.out_dir / "pclens_pc.png", cols=len(top))
     lab = pca.label_of(first.pc, 3)
     label_rows = [["positive" if sign == "+" else "negative", "; ".join(f"{t} ({c:+.2f})" for t, c in items)]
-                  for sign, items in lab.sides()]  # the stronger side first (spec §4.2 step 7)
+                  for sign, items in lab.sides()]  # the stronger side first
     # Remove the texture PCs and watch the spurious split's worst group.
     phase.update()
     phase.set_description("PCLens: debias sweep")

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hookedclip.report import viz
+from hookedclip import plotting
 from hookedclip.methods.pclens import HeadPCA, PCLensResult, image_scores, top_images
+from hookedclip.report import viz
 
 
 #: PCs holding less than this share (%) of a head's retained variance are listed apart.
@@ -22,7 +23,7 @@ MIN_STRENGTH = 1.0
 
 
 def _label_cells(pca: HeadPCA, i: int, n: int) -> tuple[str, str]:
-    """PC ``i``'s two text lists, the side with the larger |cos| first (§4.2 step 7)."""
+    """PC ``i``'s two text lists, the side with the larger |cos| first."""
     if pca.pos_idx is None:
         return "", ""
     return pca.label_of(i, n).cells(n)
@@ -74,7 +75,7 @@ def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch
         captions = [f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k, i]):+.2f}"
                     for j, k in enumerate(idx)]
         name = f"pc{i}.png"
-        viz.image_grid(images[idx], captions, out_dir / name, cols=len(top))
+        plotting.image_grid(images[idx], captions, out_dir / name, cols=len(top))
         label = f"PC {i} ({rel[i]:.1f}% of the retained variance)"
         if pca.pos_idx is not None:
             label += ": " + " / ".join(f"{sign} {items[0][0]}" for sign, items in pca.label_of(i, 1).sides())
@@ -97,28 +98,9 @@ def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch
 def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min_strength: float = MIN_STRENGTH
                   ) -> Path:
     """Relative strength (% of the retained variance) of each head's first PCs, log scale, with
-    the listing threshold ``min_strength`` dashed."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.0, 3.8))
-    cmap = plt.get_cmap("tab20")
-    steps = 1
-    for j, (label, pca) in enumerate(result.heads.items()):
-        rel = pca.strength_rel[:max_pcs].cpu().numpy()
-        rel = rel[rel > 0]
-        steps = max(steps, len(rel))
-        ax.plot(np.arange(len(rel)), rel, marker="o", markersize=2.5, linewidth=1.2, color=cmap(j % 20), label=label)
-    if min_strength > 0:
-        ax.axhline(min_strength, color="black", linestyle="--", linewidth=0.9, label=f"listed: ≥ {min_strength:g}%")
-    ax.set_yscale("log")
-    ax.set_xlabel("principal component (0 = strongest)")
-    ax.set_ylabel("strength (% of retained variance)")
-    ax.set_title("PC strengths per head", fontsize=10)
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.set_xlim(-0.5, steps - 0.5)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(result.heads) // 17)
-    return viz.save_figure(fig, path)
+    the listing threshold ``min_strength`` dashed (:meth:`PCLensResult.plot`)."""
+    fig = result.plot(title="PC strengths per head", max_pcs=max_pcs, min_strength=min_strength)
+    return plotting.save_figure(fig, path)
 
 
 def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: torch.Tensor, out: str | Path,

@@ -1,6 +1,5 @@
 """The static HTML report: a folder with ``index.html`` and its PNGs, readable offline in any
-browser. The figures come from :mod:`hookedclip.plotting` (re-exported here for the report's
-sections).
+browser. The figures are drawn by :mod:`hookedclip.plotting`; this module writes the pages.
 """
 
 from __future__ import annotations
@@ -10,21 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hookedclip.plotting import (  # noqa: F401
-    bar_chart,
-    blend_heatmap,
-    head_heatmaps,
-    heatmap_overlays,
-    image_grid,
-    line_curves,
-    neighbour_grid,
-    save_figure,
-    stacked_layer_shares,
-    sweep_curves,
-)
 
-
-# ---------------------------------------------------------------------------- HTML
 @dataclass
 class Section:
     """One part of a report: a title, paragraphs of text, figures (paths relative to the

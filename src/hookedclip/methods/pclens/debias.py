@@ -1,4 +1,4 @@
-"""Removing a spurious feature with PCLens (``specs/pclens_textspan.md`` §4.7).
+"""Removing a spurious feature with PCLens.
 
 The reference's Waterbirds workflow (``proof_concept_2_remove``):
 
@@ -13,7 +13,8 @@ The reference's Waterbirds workflow (``proof_concept_2_remove``):
    :meth:`DebiasSweep.pick`).
 
 The images are decomposed once; every ``K`` then rewrites the stored per-head rows with the
-closed form of §4.6 (:func:`~hookedclip.methods.pclens.selection.selection_embeddings`),
+per-head selection formula in closed form
+(:func:`~hookedclip.methods.pclens.selection.selection_embeddings`),
 which is what :func:`~hookedclip.methods.pclens.selection.remove` does inside a forward pass
 (tested equal), without re-running the model per ``K``.
 """
@@ -33,10 +34,11 @@ from hookedclip._compat import renamed_arguments
 from hookedclip.data.batches import iter_images, iter_labelled
 from hookedclip.decompose import ComponentStack, decompose_image
 from hookedclip.identity import ModelIdentity
-from hookedclip.methods.pclens.core import PCLensResult
+from hookedclip.methods.pclens.result import PCLensResult
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
 from hookedclip.methods.pclens.selection import PCSelection, selection_embeddings
-from hookedclip.results import Result, finish_figure, new_figure
+from hookedclip.plotting import colormap, finish_figure, new_figure
+from hookedclip.results import Result
 from hookedclip.zeroshot import accuracy, group_accuracies
 
 #: Default sweep: PCs per concept (``K = 0`` is the unmodified model and always measured).
@@ -83,7 +85,7 @@ class DebiasSweep(Result):
         above the unmodified model's minus ``margin`` (a fraction: 0.01 = one point); ties go to
         the fewest PCs removed. The unmodified model (``points[0]``) when no ``K`` qualifies.
 
-        ``margin = 0`` is the reference's rule (§4.7: average **and** WGA strictly above the
+        ``margin = 0`` is the reference implementation's rule (average **and** WGA strictly above the
         baseline, then maximum WGA). A positive margin lets a small loss in average accuracy buy
         a large worst-group gain, which is the point of debiasing.
         """
@@ -124,12 +126,10 @@ class DebiasSweep(Result):
         unmodified model's values dashed and the picked ``K`` marked by a vertical line (a
         matplotlib ``Figure``; written to ``path`` when given). The x axis is symmetric-log so a
         sweep from 0 to large ``K`` stays readable."""
-        from matplotlib import colormaps
-
         ks = [p.k for p in self.points]
         fig, ax = new_figure(6.8, 3.8)
         for i, g in enumerate(self.group_names):
-            ax.plot(ks, [100 * p.groups[g] for p in self.points], color=colormaps["Dark2"](i % 8), linewidth=1.3,
+            ax.plot(ks, [100 * p.groups[g] for p in self.points], color=colormap("Dark2")(i % 8), linewidth=1.3,
                     alpha=0.9, marker=".", markersize=5, label=g)
         bold = {"worst group": ("#C44E52", [p.worst_group for p in self.points]),
                 "average": ("#1f3b73", [p.average for p in self.points])}
@@ -354,7 +354,7 @@ def toy_task(model, n: int = 1000, seed: int = 12345, spec=None) -> SpuriousTask
     return SpuriousTask(images, groups // 2, groups, spec.group_names(), classifier, toy_concepts(spec))
 
 
-WATERBIRDS_CONCEPTS: tuple[str, ...] = ("water background", "land background")  # the Feb-2025 runs (§4.7)
+WATERBIRDS_CONCEPTS: tuple[str, ...] = ("water background", "land background")  # the reference's Waterbirds runs
 
 
 def waterbirds_task(model, root: str | Path, split: str = "test", limit: int | None = None,

@@ -1,4 +1,4 @@
-"""QuerySystem: rank the PCs of the analysed heads for a concept (``specs/pclens_textspan.md`` §4.5).
+"""QuerySystem: rank the PCs of the analysed heads for a concept.
 
 A query embedding ``q`` (unit text or image embedding) is centred by the mean of its modality,
 ``q_c = q − μ_text`` or ``q − μ_images``. Every retained PC ``v_{l,h,i}`` gets
@@ -25,14 +25,14 @@ from hookedclip.methods.pclens.selection import PCSelection
 from hookedclip.results import Result, deprecated_alias
 
 if TYPE_CHECKING:
-    from hookedclip.methods.pclens.core import PCLensResult
+    from hookedclip.methods.pclens.result import PCLensResult
 
 
 @dataclass
 class QueryEntry:
     """One chosen PC: its head, index, ``a = ⟨q_c, v⟩``, ``cos(r_K, q_c)`` after adding it, and
-    its label texts (``first`` is the side with the larger |coefficient|, §4.2 step 7, each
-    prefixed with its sign)."""
+    its label texts (``first`` is the side with the larger |coefficient|, each prefixed with its
+    sign)."""
 
     head: str
     pc: int

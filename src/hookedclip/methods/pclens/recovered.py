@@ -1,22 +1,22 @@
 """Accuracy recovered with ``K`` PCs (PCLens) or ``K`` texts (TextSpan) per head.
 
-The protocol of ``specs/pclens_textspan.md`` §2.4 / §4.4, in direct mode (LayerNorm frozen,
+The protocol of the TextSpan and PCLens papers, in direct mode (LayerNorm frozen,
 the network is not re-run). With ê(x) the unit image embedding and φ its decomposition rows:
 
 * heads of the layers before the analysed ones are mean-ablated per head (``φ̄``);
 * each analysed head ``h`` is replaced by its reconstruction ``X̂_h(K)``:
   PCLens ``μ_h + ((φ_h − μ_h) V_Kᵀ) Π_K V_K`` with ``K`` capped at the head's ``k_99``
-  (§4.2 step 9; ``Π_K`` is the projector of the leading ``K×K`` block of ``P_t``, exactly
-  what a fit capped at ``K`` builds), TextSpan ``c̄_h + (φ_h − c̄_h) Q_Kᵀ Q_K`` with its first
-  ``K`` texts (§3.2, selection order);
+  (``Π_K`` is the projector of the leading ``K×K`` block of ``P_t``, exactly what a fit capped
+  at ``K`` builds), TextSpan ``c̄_h + (φ_h − c̄_h) Q_Kᵀ Q_K`` with its first ``K`` texts (in
+  selection order);
 * MLPs, the embedding slot and the bias keep their actual values.
 
 So ``e'_K(x) = ê − Σ_early φ + Σ_early φ̄ − Σ_h φ_h + Σ_h X̂_h(K)`` and the prediction is
 ``argmax e'_K @ W_cls``. References: the full model (``ê``), the **mean-ablation baseline**
-(§5.2: the same with the analysed heads intact, ``K = ∞`` with ``Π = I``) and the floor
+(the same with the analysed heads intact, ``K = ∞`` with ``Π = I``) and the floor
 (``K = 0``: the analysed heads mean-ablated too).
 
-Every budget comes from one decomposition of each batch (§7.2 item 6): per head the
+Every budget comes from one decomposition of each batch: per head the
 coordinates ``a_h = (φ_h − μ_h) Bᵀ`` on its basis ``B`` (PCs or TextSpan directions) and
 readouts ``G_{h,K} = Π_K B_K W_cls`` give ``logits_K = (outside + Σ_h μ_h) W_cls + Σ_h a_h G_{h,K}``.
 Nothing is re-run per ``K`` and no coordinates are kept between batches.
@@ -38,9 +38,12 @@ from hookedclip.data.batches import check_reiterable, iter_labelled
 from hookedclip.data.stats import RunningMoments
 from hookedclip.identity import ModelIdentity, model_identity
 from hookedclip.methods._common import text_pool
-from hookedclip.methods.pclens.core import PCLensResult, fit_from_moments, projector, text_coordinates
+from hookedclip.methods.pclens.fit import fit_from_moments
+from hookedclip.methods.pclens.pca import projector, text_coordinates
+from hookedclip.methods.pclens.result import PCLensResult
 from hookedclip.methods.textspan import TextSpanResult, text_span_from_moments
-from hookedclip.results import Result, deprecated_alias, finish_figure, format_table, new_figure
+from hookedclip.plotting import finish_figure, new_figure
+from hookedclip.results import Result, deprecated_alias, format_table
 
 DEFAULT_BUDGETS = (0, 1, 2, 4, 8, 16, 32)
 
@@ -191,7 +194,8 @@ def pclens_readout(result: PCLensResult, heads: Sequence[str], weights: Float[Te
 
 
 def _p_t(pca, text_embeddings: Tensor | None, center: bool, use_projector: bool) -> Tensor | None:
-    """``P_t`` (§4.2 step 8) when ``Π`` is text-derived; ``None`` when ``Π = I``."""
+    """``P_t`` (each PC's coordinates of its best positive text, the rows ``Π`` is built from) when
+    ``Π`` is text-derived; ``None`` when ``Π = I``."""
     if pca.pos_idx is None or not use_projector or pca.k == 0:
         return None
     if text_embeddings is None:
@@ -236,7 +240,7 @@ def evaluate(parts: Iterable[Parts], weights: Float[Tensor, "d c"], ablated_mean
     for unit, early, rows, labels in parts:
         unit, early, rows = (t.to(torch.float64).cpu() for t in (unit, early, rows))
         labels = torch.as_tensor(labels).cpu()
-        kept = unit - early + ablated_mean.to(unit)  # §5.2 baseline embedding: analysed heads intact
+        kept = unit - early + ablated_mean.to(unit)  # the mean-ablation baseline: analysed heads intact
         full += int(((unit @ w).argmax(-1) == labels).sum())
         baseline += int(((kept @ w).argmax(-1) == labels).sum())
         for name, readout in readouts.items():
@@ -294,7 +298,7 @@ def _statistics(model, batches, heads, ablated) -> tuple[dict[str, RunningMoment
 
 def fit_text_spans(moments: Mapping[str, RunningMoments], text_embeddings: Float[Tensor, "m d"],
                    texts: Sequence[str], n_texts: int, **options) -> dict[str, TextSpanResult]:
-    """TextSpan per head from moments, PCLens's variant by default (§3.4: pool-centred texts,
+    """TextSpan per head from moments, PCLens's variant by default (pool-centred texts,
     span of the centred data, rank 80)."""
     options = {"rank": 80, "center_texts": True, "span_from": "centred", **options}
     n_texts = min(n_texts, len(texts))
@@ -317,7 +321,7 @@ def accuracy_recovered(
     textspan: bool = True,
     textspan_options: Mapping | None = None,
 ) -> AccuracyRecovered:
-    """Accuracy recovered against ``K`` on a model (§4.4), two passes over ``batches`` at most.
+    """Accuracy recovered against ``K`` on a model, two passes over ``batches`` at most.
 
     Args:
         batches: re-iterable ``(images, labels[, groups])`` batches (a list or a DataLoader;

@@ -29,7 +29,7 @@ disjoint edits giving the same embedding in either nesting order.
 The spatial variant (per-token rows, the mean spread as ``μ/T``) has no context of its own:
 its tokens sum to the CLS-only result, so it would leave the embedding exactly as the
 contexts do. It matters only where per-token rows are used, and is available as
-:func:`apply_to_stack` on a ``tokens="all"`` decomposition and as :func:`row_transform` for
+:func:`apply_to_stack` on a ``positions="all"`` decomposition and as :func:`row_transform` for
 segmentation heat maps.
 """
 
@@ -44,11 +44,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip._compat import renamed_arguments
 from hookedclip.ablation import Finalize, intervene
 from hookedclip.decompose import ComponentStack
 
 if TYPE_CHECKING:
-    from hookedclip.methods.pclens.core import PCLensResult
+    from hookedclip.methods.pclens.result import PCLensResult
 
 PCRef = tuple[str, int]
 _PC_STRING = re.compile(r"^(L-?\d+H\d+)[.:/](?:PC)?(\d+)$", re.IGNORECASE)
@@ -80,15 +81,17 @@ class PCSelection:
     weights: dict[str, Float[Tensor, " k"]]
 
     @classmethod
+    @renamed_arguments(heads="components")
     def indicator(cls, result: "PCLensResult", pcs: Iterable, value: float = 1.0, default: float = 0.0,
-                  heads: Iterable[str] | None = None) -> "PCSelection":
-        """Weight ``value`` on the listed PCs and ``default`` elsewhere, for ``heads`` (default:
-        every analysed head). PCs are ``(label, i)`` pairs or strings ``"L3H1.PC2"`` / ``"L3H1:2"``;
-        unknown heads or PC indices beyond a head's ``k`` raise."""
-        heads = list(result.heads) if heads is None else list(heads)
-        for label in heads:
-            result[label]
-        w = {label: torch.full((result[label].k,), float(default), dtype=torch.float64) for label in heads}
+                  components: Iterable[str] | None = None) -> "PCSelection":
+        """Weight ``value`` on the listed PCs and ``default`` elsewhere, for the analysed heads
+        ``components`` (labels; default: every analysed head; ``heads=`` is the deprecated name).
+        PCs are ``(label, i)`` pairs or strings ``"L3H1.PC2"`` / ``"L3H1:2"``; unknown heads or PC
+        indices beyond a head's ``k`` raise."""
+        labels = list(result.heads) if components is None else [str(c) for c in components]
+        for label in labels:
+            result[label]  # KeyError naming the analysed heads
+        w = {label: torch.full((result[label].k,), float(default), dtype=torch.float64) for label in labels}
         for item in pcs:
             label, i = _parse_pc(item)
             pca = result[label]
@@ -122,14 +125,18 @@ class PCSelection:
         return [label for label, w in self.weights.items() if bool((w != 0).any())]
 
 
-def _as_selection(result: "PCLensResult", selection) -> PCSelection:
-    """Any accepted selection as a :class:`PCSelection` checked against ``result``: every head
-    is analysed and every weight vector has the head's ``k`` entries, whatever built it (a
-    :class:`QueryResult` or a selection of another result names PCs by index)."""
+def as_selection(result: "PCLensResult", selection) -> PCSelection:
+    """Any selection a context accepts as a :class:`PCSelection` checked against ``result``
+    (raises before any work): every head is analysed and every weight vector has the head's
+    ``k`` entries, whatever built it (a :class:`QueryResult` or a selection of another result
+    names PCs by index).
+
+    ``selection``: a :class:`PCSelection`, a ``QueryResult``, a mapping ``label -> [k]`` weights,
+    or PCs (``[("L3H1", 2), "L3H1.PC0", ...]``, weight 1 on each, 0 elsewhere)."""
     if isinstance(selection, PCSelection):
         sel = selection
     elif hasattr(selection, "selection") and hasattr(selection, "pcs"):  # a QueryResult
-        sel = PCSelection.indicator(result, selection.pcs, heads=[])  # checks each (head, index) here
+        sel = PCSelection.indicator(result, selection.pcs, components=[])  # checks each (head, index) here
     elif isinstance(selection, Mapping):
         sel = PCSelection.from_weights(result, selection)
     else:
@@ -164,8 +171,9 @@ def _full(result: "PCLensResult", selection: PCSelection, fill: float = 0.0) -> 
 
 def _apply_rows(rows: Tensor, labels: Sequence[str], result: "PCLensResult", sel: "PCSelection",
                 empty_heads: Literal["mean", "zero"]) -> Tensor:
-    """The §4.6 formula on rows ``[component, batch, (T,) d']`` labelled ``labels``; rows of
-    heads outside the selection are copied unchanged."""
+    """The per-head formula ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k`` on rows ``[component, batch, (T,) d']``
+    labelled ``labels`` (per token: ``μ/T`` for ``μ``); rows of heads outside the selection are
+    copied unchanged."""
     tensor = rows.clone()
     share = 1.0 / tensor.shape[2] if tensor.ndim == 4 else 1.0
     for i, label in enumerate(labels):
@@ -181,20 +189,20 @@ def _apply_rows(rows: Tensor, labels: Sequence[str], result: "PCLensResult", sel
 
 def apply_to_stack(stack: ComponentStack, result: "PCLensResult", selection, empty_heads: Literal["mean", "zero"] = "mean",
                    ) -> ComponentStack:
-    """The §4.6 formula on a decomposition (``decompose_image(..., normalize=True)``).
+    """The per-head selection formula on a decomposition (``decompose_image(..., normalize=True)``).
 
-    ``tokens="cls"`` rows ``[component, batch, d']`` become ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k``.
+    ``positions="cls"`` rows ``[component, batch, d']`` become ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k``.
     Per-token rows ``[component, batch, T, d']`` (the spatial variant) become
     ``μ/T + ((φ_t − μ/T)V_kᵀ ⊙ w) Π V_k``: the mean is spread evenly over the ``T`` source
     tokens, so the tokens still sum to the CLS-only result. A head whose weights are all zero
-    is then ``μ/T`` per token (intended); ``empty_heads="zero"`` gives the reference's 0
-    (Appendix A row 10). Rows of heads not in the selection are copied unchanged.
+    is then ``μ/T`` per token (intended); ``empty_heads="zero"`` gives 0, as the reference
+    implementation does. Rows of heads not in the selection are copied unchanged.
     """
     if stack.scale is None:
         raise ValueError("PCLens PCs are fitted on normalised contributions: decompose with normalize=True")
     if empty_heads not in ("mean", "zero"):
         raise ValueError(f"empty_heads must be 'mean' or 'zero', got {empty_heads!r}")
-    sel = _as_selection(result, selection)
+    sel = as_selection(result, selection)
     missing = [label for label in sel.weights if label not in stack.labels]
     if missing:
         raise KeyError(f"the stack has no rows for {', '.join(missing)}; decompose with components={list(sel.weights)}")
@@ -205,9 +213,9 @@ def apply_to_stack(stack: ComponentStack, result: "PCLensResult", selection, emp
 def row_transform(result: "PCLensResult", selection, empty_heads: Literal["mean", "zero"] = "mean"):
     """A selection as ``transform(rows, labels) -> rows`` for
     :func:`hookedclip.methods.segmentation.heatmaps`: per-token rows of the analysed heads
-    go through the spatial §4.6 formula (:func:`apply_to_stack`), others pass unchanged. With
+    go through the per-token formula of :func:`apply_to_stack`, others pass unchanged. With
     a :class:`QueryResult` for a concept, the heat map shows only that concept's PCs."""
-    sel = _as_selection(result, selection)
+    sel = as_selection(result, selection)
     return lambda rows, labels: _apply_rows(rows, labels, result, sel, empty_heads)
 
 
@@ -220,15 +228,16 @@ def _unit_mean_rest(result: "PCLensResult") -> Float[Tensor, " d"]:
 
 def selection_embeddings(stack: ComponentStack, result: "PCLensResult", selection, mean_ablate_all: bool = True
                          ) -> Float[Tensor, "batch d"]:
-    """Unit-scale embeddings ``e'(x)`` of a CLS stack under a selection (§4.9 "per concept").
+    """Unit-scale embeddings ``e'(x)`` of a CLS stack under a selection (the embedding PCLens
+    searches neighbours in "per concept").
 
     ``mean_ablate_all``: everything outside the selected PC terms is its dataset mean, so
     ``e' = (mean ê − Σ_h μ_h) + Σ_h φ'_h``; otherwise the other rows keep their actual values.
     """
     if stack.tensor.ndim != 3:
-        raise ValueError("selection_embeddings takes a tokens='cls' stack")
-    sel = _full(result, _as_selection(result, selection)) if mean_ablate_all else _as_selection(result, selection)
-    new = apply_to_stack(stack, result, sel)
+        raise ValueError("selection_embeddings takes a positions='cls' stack: decompose with positions='cls'")
+    sel = as_selection(result, selection)
+    new = apply_to_stack(stack, result, _full(result, sel) if mean_ablate_all else sel)
     if not mean_ablate_all:
         return new.sum().to(torch.float64)
     idx = [stack.labels.index(label) for label in result.heads]
@@ -289,7 +298,7 @@ def reweight(model, result: "PCLensResult", weights, mean_ablate_all: bool = Fal
     ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k`` in the embedding's direct path; other heads untouched
     (mean-ablated with ``mean_ablate_all``, which also replaces every non-analysed component by
     its dataset mean)."""
-    return _context(model, result, _as_selection(result, weights), mean_ablate_all)
+    return _context(model, result, as_selection(result, weights), mean_ablate_all)
 
 
 def keep(model, result: "PCLensResult", selection, mean_ablate_all: bool = False):
@@ -307,7 +316,7 @@ def remove(model, result: "PCLensResult", selection, mean_ablate_all: bool = Fal
 
 
 def _indicator_of(result: "PCLensResult", selection) -> PCSelection:
-    sel = _as_selection(result, selection)
+    sel = as_selection(result, selection)
     return PCSelection({label: (w != 0).to(torch.float64) for label, w in sel.weights.items()})
 
 
@@ -335,5 +344,5 @@ def amplify(model, result: "PCLensResult", selection, ratio: float, mean_ablate_
     return _context(model, result, sel, mean_ablate_all, combine)
 
 
-__all__ = ["PCSelection", "apply_to_stack", "selection_embeddings", "nearest_neighbours", "reweight", "keep",
-           "remove", "amplify"]
+__all__ = ["PCSelection", "as_selection", "apply_to_stack", "row_transform", "selection_embeddings",
+           "nearest_neighbours", "reweight", "keep", "remove", "amplify"]
