@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from hookedclip.config import CLIPConfig, TextConfig, VisionConfig
 from hookedclip.hooks import HookedRootModule, HookPoint
 from hookedclip.model.layers import LayerNorm, PatchEmbed, TransformerBlock
-from hookedclip.model.stacked import StackedWeights
+from hookedclip.model.stacked import ImageTowerWeights, StackedWeights
 
 
 class _Tower(StackedWeights, nn.Module):
@@ -218,21 +218,7 @@ def _check_dtype_device(what: str, x: Tensor, param: Tensor) -> None:
         raise ValueError(f"{what} are on {x.device}, the model on {param.device}: move one of them")
 
 
-def process_weights(model: "HookedCLIP", fold_ln: bool = False, center_writing_weights: bool = False,
-                    fold_value_biases: bool = False) -> "HookedCLIP":
-    """Apply TransformerLens's function-preserving weight processing, in its order."""
-    from hookedclip.model import weights
-
-    if fold_ln:
-        weights.fold_ln(model)
-    if center_writing_weights:
-        weights.center_writing_weights(model)
-    if fold_value_biases:
-        weights.fold_value_biases(model)
-    return model
-
-
-class HookedCLIP(HookedRootModule):
+class HookedCLIP(ImageTowerWeights, HookedRootModule):
     """CLIP with a named hook point on every head, MLP and residual stream.
 
     ``visual`` is the image tower, ``text`` the text tower (``None`` for vision-only
@@ -302,32 +288,6 @@ class HookedCLIP(HookedRootModule):
         txt = self.encode_text(tokens, normalize=True)
         return self.logit_scale.exp() * img @ txt.T
 
-    # ------------------------------------------------------------------ TransformerLens weight views
-    # The image tower's stacked weights, as TransformerLens's model-level names; the text
-    # tower's are on ``model.text`` (``model.text.W_Q``).
-    W_Q = property(lambda self: self.visual.W_Q, doc="``[n_layers, n_heads, d_model, d_head]`` (image tower)")
-    W_K = property(lambda self: self.visual.W_K, doc="``[n_layers, n_heads, d_model, d_head]`` (image tower)")
-    W_V = property(lambda self: self.visual.W_V, doc="``[n_layers, n_heads, d_model, d_head]`` (image tower)")
-    W_O = property(lambda self: self.visual.W_O, doc="``[n_layers, n_heads, d_head, d_model]`` (image tower)")
-    b_Q = property(lambda self: self.visual.b_Q, doc="``[n_layers, n_heads, d_head]`` (image tower)")
-    b_K = property(lambda self: self.visual.b_K, doc="``[n_layers, n_heads, d_head]`` (image tower)")
-    b_V = property(lambda self: self.visual.b_V, doc="``[n_layers, n_heads, d_head]`` (image tower)")
-    b_O = property(lambda self: self.visual.b_O, doc="``[n_layers, d_model]`` (image tower)")
-    W_in = property(lambda self: self.visual.W_in, doc="``[n_layers, d_model, d_mlp]`` (image tower)")
-    W_out = property(lambda self: self.visual.W_out, doc="``[n_layers, d_mlp, d_model]`` (image tower)")
-    b_in = property(lambda self: self.visual.b_in, doc="``[n_layers, d_mlp]`` (image tower)")
-    b_out = property(lambda self: self.visual.b_out, doc="``[n_layers, d_model]`` (image tower)")
-    OV = property(lambda self: self.visual.OV, doc="factored ``W_V W_O`` per layer and head (image tower)")
-    QK = property(lambda self: self.visual.QK, doc="factored ``W_Q W_Kᵀ`` per layer and head (image tower)")
-
-    def all_head_labels(self) -> list[str]:
-        """The image tower's head labels, ``["L0H0", "L0H1", ...]``."""
-        return self.visual.all_head_labels()
-
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
-        """The image tower's :meth:`~hookedclip.model.stacked.StackedWeights.accumulated_bias`."""
-        return self.visual.accumulated_bias(layer, mlp_input, include_mlp_biases)
-
     # ------------------------------------------------------------------ conveniences
     def tokenize(self, texts: str | list[str]) -> Int[Tensor, "batch seq"]:
         """Tokenize with the source library's tokenizer, on the model's device."""
@@ -358,6 +318,7 @@ class HookedCLIP(HookedRootModule):
         function-preserving weight processing (:mod:`hookedclip.model.weights`); off by default,
         so hook points show exactly what the source model computes."""
         from hookedclip.loading.open_clip import from_open_clip
+        from hookedclip.model.weights import process_weights
 
         model = from_open_clip(model_or_name, pretrained=pretrained, **kwargs)
         return process_weights(model, fold_ln, center_writing_weights, fold_value_biases)
@@ -369,6 +330,7 @@ class HookedCLIP(HookedRootModule):
         (its vision tower). See :func:`hookedclip.loading.hf.from_hf`; the weight-processing
         flags as in :meth:`from_open_clip`."""
         from hookedclip.loading.hf import from_hf
+        from hookedclip.model.weights import process_weights
 
         return process_weights(from_hf(model, **kwargs), fold_ln, center_writing_weights, fold_value_biases)
 

@@ -75,3 +75,30 @@ for _name in _ATTN:
     setattr(StackedWeights, _name, _stacked_property("attn", _name))
 for _name in _MLP:
     setattr(StackedWeights, _name, _stacked_property("mlp", _name))
+
+
+class ImageTowerWeights:
+    """Mixin for the whole model: TransformerLens's model-level weight names, for the image
+    tower (``model.W_Q`` is ``model.visual.W_Q``; ``model.text.W_Q`` for the text tower)."""
+
+    visual: StackedWeights
+
+    def all_head_labels(self) -> list[str]:
+        """The image tower's head labels, ``["L0H0", "L0H1", ...]``."""
+        return self.visual.all_head_labels()
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
+        """The image tower's :meth:`StackedWeights.accumulated_bias`."""
+        return self.visual.accumulated_bias(layer, mlp_input, include_mlp_biases)
+
+
+def _image_tower_property(name: str) -> property:
+    def get(self):
+        return getattr(self.visual, name)
+
+    get.__doc__ = f"The image tower's ``{name}`` (see :class:`StackedWeights`)."
+    return property(get)
+
+
+for _name in (*_ATTN, *_MLP, "OV", "QK"):
+    setattr(ImageTowerWeights, _name, _image_tower_property(_name))

@@ -106,6 +106,22 @@ def fold_value_biases(model: nn.Module) -> nn.Module:
     return model
 
 
+# In TransformerLens's order; process_weights's flags shadow the function names.
+_REWRITES = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights,
+             "fold_value_biases": fold_value_biases}
+
+
+def process_weights(model: nn.Module, fold_ln: bool = False, center_writing_weights: bool = False,
+                    fold_value_biases: bool = False) -> nn.Module:
+    """TransformerLens's function-preserving weight processing, the chosen rewrites in its order."""
+    chosen = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights,
+              "fold_value_biases": fold_value_biases}
+    for name, rewrite in _REWRITES.items():
+        if chosen[name]:
+            rewrite(model)
+    return model
+
+
 def W_OV(model: nn.Module, layer: int, tower: str = "visual") -> Float[Tensor, "head d_model d_model"]:
     """Per-head value-output matrices ``VO_h = W_V[h] @ W_O[h]`` (rank ≤ d_head), so that a
     head's output at a query is ``Σ_t A[q, t] · (x̂_t @ VO_h)`` plus biases."""
