@@ -73,7 +73,8 @@ def test_folded_model_bias_row():
 
 @pytest.mark.parametrize("ln_mode", ["reference", "center_each"])
 def test_rows_match_a_materialised_reference(ln_mode):
-    """Each row φ_c = (γ ⊙ (c − ω_c μ) / σ + ω_c β) P / ‖e‖ computed naively (class-token pooling): heads from hook_result at the CLS
+    """Each row φ_c = (γ ⊙ (c − ω_c μ) / σ + ω_c β) P / ‖e‖ computed naively (class-token
+    pooling; ``center_each`` centres c by its own mean): heads from hook_result at the CLS
     token and, per source token, from pattern and values; MLP and embedding slots from
     their hooks; the layer total from the attention output."""
     model, images = _setup(5)
