@@ -59,7 +59,7 @@ class ToyWorld:
     :class:`SpuriousSpec` for the numbering), so groups are exactly balanced.
 
     With ``spurious_in_train`` (and no ``spurious``), the full world is drawn as usual
-    but, in the "train" split only, images of the spec's two class shapes have their
+    but, in the "train" split only, images of the SpuriousSpec's two class shapes have their
     texture re-drawn: the class's own texture with probability ``p_aligned``, else
     the other class's. Other shapes keep uniform textures; other splits are unchanged.
     This is how the toy CLIP's training distribution plants the spurious correlation.
@@ -116,7 +116,7 @@ class ToyWorld:
 
     def plant_texture(self, attrs: ToyAttributes, i: int) -> ToyAttributes:
         """``attrs`` with its texture re-drawn as ``spurious_in_train`` says for item ``i``
-        (unchanged unless its shape is one of the spec's classes)."""
+        (unchanged unless its shape is one of its SpuriousSpec's classes)."""
         planted = self.spurious_in_train
         if planted is None or attrs.shape not in planted.classes:
             return attrs
