@@ -1,4 +1,5 @@
-"""Ablation contexts: identities of the spec's property list and equivalence with weight edits."""
+"""Ablation contexts: the identities every ablation satisfies (edits that must change nothing, everything
+ablated, the mean kept), equivalence with weight edits, and the component means they put in."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def _orthogonal(d: int, seed: int) -> torch.Tensor:
 @given(seed=st.integers(0, 2**16), mode=st.sampled_from(["total", "direct"]),
        kind=st.sampled_from(["keep_full_basis", "project_nothing", "own_mean"]))
 def test_ablations_that_must_change_nothing_are_the_identity(seed, mode, kind):
-    """Property 4 on every real component: a full orthonormal basis kept, no direction
-    removed, or each component replaced by its exact value on a repeated image."""
+    """Edits that must change nothing leave the embedding alone, on every real component: a
+    full orthonormal basis kept, no direction removed, or each component replaced by its exact
+    value on a repeated image."""
     model, images = _setup(seed)
     d = model.cfg.vision.output_dim if mode == "direct" else model.cfg.vision.width
     if kind == "own_mean":
@@ -67,7 +69,7 @@ def test_own_mean_on_repeated_image_changes_nothing(mode):
 
 @pytest.mark.parametrize("fold", [False, True])
 def test_direct_ablation_of_everything_leaves_the_bias_row(fold):
-    """Property 7's edge: with every row zeroed only the projection bias remains."""
+    """With every row zeroed (direct mode) only the projection bias remains."""
     model, images = _setup(2)
     if fold:
         fold_ln(model)  # moves ln_post's β into the projection bias
@@ -83,7 +85,8 @@ def test_direct_ablation_of_everything_leaves_the_bias_row(fold):
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 6), some=st.sets(st.sampled_from(SETS), min_size=1))
 def test_mean_ablating_everything_gives_a_constant_and_keeps_the_mean(seed, n, some):
-    """Properties 7 and 8 (direct mode, normalised rows)."""
+    """Mean-ablating every component gives all images one unit embedding; mean-ablating any subset
+    keeps the batch mean of the unit embeddings (direct mode, normalised rows)."""
     model, images = _setup(seed, n=n)
     every = EVERY
     means = ablation.component_means(model, [images], mode="direct")
@@ -280,3 +283,48 @@ def test_mean_shape_is_checked():
     with pytest.raises(ValueError, match="total mode"):
         ablation.mean_ablate(model, ["L0H0"], {"L0H0": torch.zeros(32)}, "total")
     ablation.mean_ablate(model, ["L0H0"], {"L0H0": torch.zeros(8)}, "total")  # [d_head] broadcasts
+
+
+@pytest.mark.parametrize("mode", ["total", "direct"])
+def test_component_means_read_every_form_of_batches(mode):
+    """``batches`` in the project's one form: image tensors, ``(images, labels[, groups])``
+    tuples, a DataLoader's lists, or one bare tensor; labels are not read. The mean is over
+    images, not batches, and the default is every component, in decomposition order."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hookedclip.components import ALL_COMPONENTS, all_components
+
+    model, images = _setup(13, n=5)
+    labels, groups = torch.arange(5), torch.zeros(5, dtype=torch.long)
+    expected = ablation.component_means(model, [images], ALL_COMPONENTS, mode=mode)
+    cfg = model.cfg.vision
+    assert list(expected) == [str(c) for c in all_components(cfg.layers, cfg.heads)]
+    forms = {
+        "bare tensor": images,
+        "uneven image batches": [images[:2], images[2:]],
+        "(images, labels)": [(images[:3], labels[:3]), (images[3:], labels[3:])],
+        "(images, labels, groups)": [(images[:1], labels[:1], groups[:1]), (images[1:], labels[1:], groups[1:])],
+        "DataLoader": DataLoader(TensorDataset(images, labels), batch_size=2),
+    }
+    for form, batches in forms.items():
+        means = ablation.component_means(model, batches, mode=mode)
+        assert list(means) == list(expected), form
+        for label in expected:
+            torch.testing.assert_close(means[label], expected[label], rtol=1e-12, atol=1e-14, msg=form)
+    # Not the mean of per-batch means: the uneven split above would differ from it.
+    parts = forms["uneven image batches"]
+    first, rest = (ablation.component_means(model, part, ["L1H0"], mode=mode)["L1H0"] for part in parts)
+    assert (expected["L1H0"] - (first + rest) / 2).abs().max() > 1e-6
+
+
+def test_component_means_refuse_bad_batches_and_warn_on_none():
+    model, images = _setup(14, n=2)
+    with pytest.raises(TypeError, match=r"batch 0 is a dict"):
+        ablation.component_means(model, [{"image": images}])
+    with pytest.raises(ValueError, match="got no images"):
+        ablation.component_means(model, [])
+    with pytest.raises(ValueError, match="'total' or 'direct'"):
+        ablation.component_means(model, [images], mode="sideways")
+    with pytest.warns(DeprecationWarning, match="ALL_COMPONENTS"):
+        old = ablation.component_means(model, [images], None)
+    assert list(old) == list(ablation.component_means(model, [images]))

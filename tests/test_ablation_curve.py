@@ -25,7 +25,7 @@ def test_curve_matches_contexts(tmp_path):
         with ablation.mean_ablate(model, order[:k], means, mode="direct"):
             acc = (classifier.predict(model.encode_image(images)) == labels).double().mean().item()
         assert abs(curve.accuracy[k] - acc) < 1e-12, k
-    # Everything ablated: one constant prediction (spec property 7).
+    # Everything ablated: every image gets the same embedding, so one constant prediction.
     constant = classifier.predict(sum(means.values()).unsqueeze(0)).item()
     assert abs(curve.accuracy[-1] - (labels == constant).double().mean().item()) < 1e-12
     curve.to_csv(tmp_path / "curve.csv")

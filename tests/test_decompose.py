@@ -1,4 +1,5 @@
-"""Residual decomposition: the spec's identities (pclens_textspan.md §6, properties 1-6)."""
+"""Residual decomposition: the rows sum to the embedding, match a naive computation, the embedding
+slot is image-independent, both LayerNorm conventions agree in sum, and images decompose alone as in a batch."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_rows_sum_to_embedding_fp64(seed, layers, pool, ln_mode, normalize):
 
 @st.composite
 def tiny_configs(draw):
-    """The spec's fixture ranges (§6): heads, head width, patch, image size, output dim."""
+    """Tiny CLIPs of every small shape: 1-4 heads, head width 4 or 8, patch 4 or 8, 16-32 px, output dim 4-40."""
     heads, head_width = draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([4, 8]))
     patch = draw(st.sampled_from([4, 8]))
     image = patch * draw(st.integers(16 // patch, 32 // patch))
@@ -53,7 +54,7 @@ def tiny_configs(draw):
 @given(seed=st.integers(0, 2**16), config=tiny_configs(), ln_mode=st.sampled_from(["reference", "center_each"]),
        positions=st.sampled_from(["cls", "all"]))
 def test_rows_sum_to_embedding_fp32(seed, config, ln_mode, positions):
-    """Property 1 in fp32 (1e-5 relative), both ln_post conventions."""
+    """The rows sum to the unit embedding in fp32 too (1e-5 relative), with both ln_post conventions."""
     model, images = _setup(seed, dtype=torch.float32, **config)
     stack = decompose_image(model, images, ln_mode=ln_mode, positions=positions)
     total = stack.sum() if positions == "cls" else stack.sum().sum(1)
@@ -72,7 +73,8 @@ def test_folded_model_bias_row():
 
 @pytest.mark.parametrize("ln_mode", ["reference", "center_each"])
 def test_rows_match_a_materialised_reference(ln_mode):
-    """Spec §1.3 computed naively (class-token pooling): heads from hook_result at the CLS
+    """Each row φ_c = (γ ⊙ (c − ω_c μ) / σ + ω_c β) P / ‖e‖ computed naively (class-token
+    pooling; ``center_each`` centres c by its own mean): heads from hook_result at the CLS
     token and, per source token, from pattern and values; MLP and embedding slots from
     their hooks; the layer total from the attention output."""
     model, images = _setup(5)
@@ -115,7 +117,7 @@ def test_rows_match_a_materialised_reference(ln_mode):
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), config=tiny_configs())
 def test_embedding_slot_is_image_independent(seed, config):
-    """Property 4: the raw embedding slot m^0 at the class token is the same for any image."""
+    """The raw embedding slot m^0 at the class token is the same for any image."""
     model, images = _setup(seed, **config)
     raw = decompose_image(model, images, target=("resid", 0)).select("embed").tensor[0]
     torch.testing.assert_close(raw, raw[:1].expand_as(raw), rtol=0, atol=1e-14)
@@ -125,7 +127,7 @@ def test_embedding_slot_is_image_independent(seed, config):
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), layers=st.integers(1, 3))
 def test_conventions_agree_in_sum_differ_in_parts(seed, layers):
-    """Property 5: same total; per row the difference is (mean(c) − ω μ) (γ/σ) @ P / ‖e‖."""
+    """The two LayerNorm conventions give the same total; per row they differ by (mean(c) − ω μ) (γ/σ) @ P / ‖e‖."""
     model, images = _setup(seed, layers=layers)
     ref = decompose_image(model, images, ln_mode="reference")
     each = decompose_image(model, images, ln_mode="center_each")
@@ -149,7 +151,7 @@ def test_conventions_agree_in_sum_differ_in_parts(seed, layers):
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 5), data=st.data(), positions=st.sampled_from(["cls", "all"]),
        pool=st.sampled_from(POOLS), ln_mode=st.sampled_from(["reference", "center_each"]))
 def test_batch_independence(seed, n, data, positions, pool, ln_mode):
-    """Property 6: decomposing an image alone equals decomposing it inside any batch."""
+    """Decomposing an image alone equals decomposing it inside any batch."""
     model, images = _setup(seed, n=n, **pool)
     i = data.draw(st.integers(0, n - 1))
     together = decompose_image(model, images, positions=positions, ln_mode=ln_mode)
@@ -270,7 +272,7 @@ def test_to_joint_maps_width_rows_linearly():
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), n_classes=st.integers(2, 8), ablated=st.sets(st.sampled_from(["L0H1", "L1H0", "L1H3", "mlp1", "embed"]), min_size=1))
 def test_top1_is_scale_invariant(seed, n_classes, ablated):
-    """Property 19: top-1 of mean-ablated reconstructions is the same from normalised rows,
+    """Top-1 of mean-ablated reconstructions is the same from normalised rows,
     from unnormalised rows, normalised or not before ``@ W_cls``, and from the direct-mode
     context (which returns ‖e‖ times the reconstruction)."""
     from hookedclip import ablation

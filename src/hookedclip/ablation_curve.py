@@ -1,9 +1,9 @@
 """Accuracy as components are mean-ablated one group after another (direct mode).
 
-The TextSpan protocol (``specs/pclens_textspan.md`` §2.2): each component's contribution
-to the normalised embedding is replaced by its dataset mean, the network is not re-run,
-and zero-shot top-1 is measured after every step. Means come from the same data unless
-``means`` are given (the reference's transductive convention).
+TextSpan's protocol: each component's contribution to the normalised embedding is replaced
+by its dataset mean, the network is not re-run, and zero-shot top-1 is measured after every
+step. Means come from the same data unless ``means`` are given (transductive, as in
+TextSpan's own code).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from hookedclip.ablation import component_means
 from hookedclip._compat import renamed_arguments
 from hookedclip.components import ComponentLike, select
-from hookedclip.data.batches import check_reiterable, iter_images, iter_labelled
+from hookedclip.data.batches import check_reiterable, iter_labelled
 from hookedclip.decompose import decompose_image
 from hookedclip.identity import ModelIdentity, model_identity
 from hookedclip.results import Result, finish_figure, new_figure
@@ -89,7 +89,7 @@ def mean_ablation_curve(
     groups = [[str(c) for c in select(model, g)] for g in components_order]
     labels = list(dict.fromkeys(label for g in groups for label in g))
     if means is None:
-        means = component_means(model, iter_images(batches), labels, mode="direct")
+        means = component_means(model, batches, labels, mode="direct")
     W = classifier.weights.to(model.device, model.dtype)
     correct = torch.zeros(len(groups) + 1, dtype=torch.long)
     total = 0

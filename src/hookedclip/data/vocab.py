@@ -28,18 +28,13 @@ def imagenet_classnames() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
-def _a(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-_POSITION_PHRASES = {"center": "in the center", "left": "on the left", "right": "on the right", "top": "at the top",
-                     "bottom": "at the bottom"}
-
-
 def toy_text_pool() -> list[str]:
     """Short descriptions of every toy-world attribute value, plus distractor concepts that
     are not in the world (for TextSpan / PCLens labels on the toy model)."""
-    from hookedclip.toy.world import ATTRIBUTE_WORDS, vocabulary
+    from hookedclip.toy.text import ATTRIBUTE_WORDS, POSITION_PHRASES, article, vocabulary
+
+    def _a(phrase: str) -> str:
+        return f"{article(phrase)} {phrase}"
 
     words = ATTRIBUTE_WORDS
     pool = [_a(w) for w in words["shape"].values()]
@@ -47,7 +42,7 @@ def toy_text_pool() -> list[str]:
     pool += [_a(f"{w} background") for w in words["texture"].values()]
     pool += [_a(f"{w} background") for w in words["background"].values()]
     pool += [_a(f"{w} shape") for w in words["size"].values()]
-    pool += [f"a shape {_POSITION_PHRASES.get(p, p)}" for p in words["position"]]
+    pool += [f"a shape {POSITION_PHRASES[p]}" for p in words["position"]]
     pool += list(vocabulary()["distractors"])  # concepts absent from the world
     return list(dict.fromkeys(pool))
 

@@ -40,7 +40,7 @@ def evaluate(
     items of ``ToyWorld(split="test", seed=seed)``, classified per attribute with
     ``ZeroShotClassifier.from_prompts(model, class_prompts(attr))``. The spurious split is
     ``n_spurious`` (default ``n``) items of the group-balanced test split, classified
-    circle-vs-square (the spec's classes) with the shape prompts.
+    circle-vs-square (the SpuriousSpec's classes) with the shape prompts.
 
     Returns ``{"n", "seed", "accuracy": {attr: acc}, "chance": {attr: 1/k},
     "spurious": {"n", "average", "groups": {name: acc}, "worst_group", "gap"}}``.

@@ -17,7 +17,8 @@ Contrastive (CLIP) training of a tiny ``open_clip.CLIP`` on the procedural toy w
   file and renamed; re-running the same call resumes from the last one and gives the same
   parameters as an uninterrupted run (training draws nothing from torch's RNG, so there is
   no RNG state to restore);
-* at the end: ``toy_clip.safetensors``, ``card.json`` and ``MODEL_CARD.md`` in ``out_dir``.
+* at the end: ``toy_clip.safetensors``, ``card.json`` and ``MODEL_CARD.md`` (:mod:`hookedclip.toy.card`)
+  in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import json
 import math
 import os
 import platform
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from hookedclip.toy import model as toy_model
-from hookedclip.toy.world import SHAPES, TEXTURES, WORLD_VERSION, SpuriousSpec, ToyWorld, caption, render_batch
+from hookedclip.toy.attributes import SHAPES, TEXTURES, WORLD_VERSION
+from hookedclip.toy.card import model_card_markdown
+from hookedclip.toy.dataset import SpuriousSpec, ToyWorld
+from hookedclip.toy.render import render_batch
+from hookedclip.toy.text import caption
 
 CAPTION_KEEP: dict[str, float] = {
     "shape": 1.0,
@@ -339,163 +343,3 @@ def export_model(model, out: Path, *, seed: int, arch: dict, recipe: dict, state
     (out / toy_model.CARD_FILE).write_text(json.dumps(card, indent=2))
     (out / "MODEL_CARD.md").write_text(model_card_markdown(card))
     return card
-
-
-def model_card_markdown(card: dict) -> str:
-    """The human-readable model card from ``card.json`` (every statement derived from it)."""
-    arch, rec = card["config"], card["recipe"]
-    v, t = arch["vision_cfg"], arch["text_cfg"]
-    acc, sp = card["accuracy"], card["spurious"]
-    rows = "\n".join(f"| {a} | {acc[a] * 100:.1f}% | {card['chance'][a] * 100:.1f}% |" for a in acc)
-    groups = "\n".join(f"| {g} | {x * 100:.1f}% |" for g, x in sp["groups"].items())
-    keep = ", ".join(f"{k} {p:g}" for k, p in rec["caption_keep"].items())
-    return f"""# Toy CLIP (`HookedCLIP.from_pretrained("toy")`)
-
-A tiny CLIP trained contrastively on hookedclip's procedural toy world (world version
-{card['world_version']}): 32 px images of one coloured shape on a textured background, with
-captions from `hookedclip.toy.world.caption`. It is built from open_clip's own classes
-(`open_clip.CLIP`) and loaded through `HookedCLIP.from_open_clip`, so it exercises the real
-conversion path. It is the default model of the examples, CLI commands and method tests.
-
-Checkpoint `{card['checkpoint_id']}` (sha256 of `toy_clip.safetensors`: `{card['weights_sha256'][:16]}...`).
-
-## Architecture
-
-- vision: ViT, {v['layers']} layers, width {v['width']}, {v['width'] // v['head_width']} heads, patch {v['patch_size']} on {v['image_size']} px ({(v['image_size'] // v['patch_size']) ** 2} patches + class token)
-- text: {t['layers']} layers, width {t['width']}, {t['heads']} heads, context {t['context_length']}, open_clip `SimpleTokenizer` (vocab {t['vocab_size']})
-- joint embedding: {arch['embed_dim']} dims; {card['n_params'] / 1e6:.2f} M parameters ({t['vocab_size']} x {t['width']} of them in the token embedding)
-- images are normalised as `(pixel / 255 - {card['image_mean'][0]}) / {card['image_std'][0]}` per channel:
-  `hookedclip.toy.model.images_to_tensor` for toy-world arrays, `model.preprocess` for PIL images.
-
-## Recipe (`hookedclip toy train`, `hookedclip.toy.train.train`)
-
-- data: batch k = items [k*B, (k+1)*B) of `ToyWorld(split="train", seed={card['seed']})`, rendered on the fly
-- captions mention: {keep} (probabilities; shape always)
-- hard negatives for shape: {rec['hard_negatives'] * 100:.0f}% of each batch is blocks of the 7 shapes sharing colour,
-  background and texture, so that only shape tells them apart
-- planted spurious correlation: in training, circles are on stripes and squares on dots in
-  {rec['spurious_in_train']['p_aligned'] * 100:.0f}% of their images (other shapes on every texture)
-- {card['steps']} steps of batch {rec['batch_size']} ({card['images_seen']:,} images), AdamW lr {rec['lr']:g}
-  (vision x{rec['vision_lr_mult']:g}), betas (0.9, 0.98), weight decay {rec['weight_decay']:g} on matrices only,
-  {rec['warmup']} warm-up steps then cosine decay, logit scale clamped at {rec['max_logit_scale']:g}
-- seed {card['seed']}; training took {card['train_time_s'] / 60:.1f} min ({card['train_time_s'] / card['steps']:.2f} s per step) with {_threads(card)} on {card['train_machine']}; final loss {card['final_loss']}
-- {_command(card)}
-
-## Zero-shot accuracy (held-out test split, n = {card['eval']['n']}, seed {card['eval']['seed']})
-
-One `ZeroShotClassifier.from_prompts(model, class_prompts(attribute))` per attribute
-(`hookedclip.toy.evaluate.evaluate`, `hookedclip toy evaluate`).
-
-| attribute | accuracy | chance |
-|---|---|---|
-{rows}
-
-## Spurious split (circle vs square, group-balanced test set, n = {sp['n']})
-
-| group | accuracy |
-|---|---|
-{groups}
-
-Average {sp['average'] * 100:.1f}%, worst-group accuracy {sp['worst_group'] * 100:.1f}% (gap
-{sp['gap'] * 100:.1f} points): the shape classifier partly relies on the background texture,
-which debiasing methods should remove.
-
-## Stored weights
-
-`toy_clip.safetensors` holds the open_clip state dict except the token embedding, of which
-only the {card['token_embedding_rows_stored']} rows that training changed are stored
-(`token_embedding.rows` / `token_embedding.values`, fp32); the other rows are exactly their
-seeded initialisation and are regenerated at load time (checked against
-`token_embedding_sha256` in `card.json`).
-
-## Limits
-
-- It knows only the toy world's words; any other word (e.g. the distractors) has an untrained,
-  random embedding row.
-- Accuracies are for the 32 px toy world only; it has not seen any other kind of image.
-{_quality_bar(card)}"""
-
-
-QUALITY_BAR = 0.9
-QUALITY_BAR_ATTRIBUTES = ("shape", "color", "texture")
-_ATTRIBUTE_WORDS = {"color": "colour"}
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _threads(card: dict) -> str:
-    n = card.get("train_threads")
-    return "an unrecorded number of torch threads" if n is None else f"{n} torch thread{'s' * (n != 1)}"
-
-
-def _command(card: dict) -> str:
-    """The ``hookedclip toy train`` call that repeats the run, if the CLI can express its recipe."""
-    import inspect
-
-    rec, curve = card["recipe"], card.get("training_curve") or []
-    defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
-    cli_keys = ("steps", "batch_size", "lr", "seed")
-    fixed = {k for k in rec if k in defaults and k not in cli_keys}
-    if any(json.loads(json.dumps(defaults[k])) != rec[k] for k in fixed if defaults[k] is not None):
-        return ("the recipe differs from `hookedclip toy train`'s fixed settings: repeat it with "
-                "`hookedclip.toy.train.train`")
-    args = [f"--{k.replace('_', '-')} {rec[k]:g}" for k in cli_keys if rec[k] != DEFAULTS[k]]
-    if curve:
-        args.append(f"--eval-every {curve[0]['step']}")
-    if card.get("train_threads") is not None:
-        args.append(f"--threads {card['train_threads']}")
-    return f"repeat it with `{' '.join(['hookedclip toy train'] + args)}`"
-
-
-def _and(words: list[str]) -> str:
-    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + f" and {words[-1]}"
-
-
-def _quality_bar(card: dict) -> str:
-    """The quality-bar statement: which attributes reach it, and what limits the others."""
-    acc, chance, curve = card["accuracy"], card["chance"], card.get("training_curve") or []
-    word = lambda a: _ATTRIBUTE_WORDS.get(a, a)  # noqa: E731
-    bar = [a for a in QUALITY_BAR_ATTRIBUTES if a in acc]
-    reached = [f"{word(a)} ({_pct(acc[a])})" for a in bar if acc[a] >= QUALITY_BAR]
-    missed = [a for a in bar if acc[a] < QUALITY_BAR]
-    text = f"- Quality bar (>= {100 * QUALITY_BAR:.0f}% zero-shot for {_and([word(a) for a in bar])}): "
-    text += f"{_and(reached)} reach{'es' * (len(reached) == 1)} it" if reached else "none reaches it"
-    if missed:
-        text += "; " + "; ".join(f"{word(a)} does not ({_pct(acc[a])})" for a in missed)
-        text += (f". What limits {_and([word(a) for a in missed])} is the training budget: the recipe is sized to "
-                 f"the target of about 20 minutes on 2 CPU cores ({card['steps']:,} steps; this run took "
-                 f"{card['train_time_s'] / 60:.1f} min)")  # fmt: skip
-        if curve:
-            text += ", and " + "; ".join(_still_rising(card, a) for a in missed) + " (`training_curve` in `card.json`)"
-        if card["config"]["vision_cfg"]["patch_size"] == 8 and "shape" in missed:
-            text += (". With 4 px patches (64 tokens) shape stayed at chance for 900 steps, even with a supervised "
-                     "shape head, so the recipe uses 8 px patches (a 4 x 4 grid), which learn shape and train about "
-                     "4 times faster")  # fmt: skip
-    lines = [text + "."]
-    keep = card["recipe"]["caption_keep"]
-    lines += [f"- {word(a).capitalize()} is learned less well ({_pct(acc[a])}, chance {_pct(chance[a])}); captions "
-              f"mention it in {100 * keep.get(a, 0):.0f}% of training images."
-              for a in acc if a not in bar and acc[a] < QUALITY_BAR]  # fmt: skip
-    return "".join(textwrap.fill(line, 100, subsequent_indent="  ") + "\n" for line in lines)
-
-
-def _still_rising(card: dict, attribute: str) -> str:
-    """How ``attribute`` rose during training: a few points of the curve, the best figure, the
-    slope over the last sixth of training (least squares, final evaluation included)."""
-    steps = card["steps"]
-    points = [(e["step"], e[attribute]) for e in card["training_curve"]] + [(steps, card["accuracy"][attribute])]
-    shown = sorted({min(points, key=lambda p: abs(p[0] - f * steps)) for f in (1 / 6, 1 / 2, 5 / 6)})
-    best_step, best = max(points, key=lambda p: p[1])
-    late = [(s, x) for s, x in points if s >= steps * 5 / 6 - 1]
-    slope = np.polyfit([s for s, _ in late], [x for _, x in late], 1)[0] if len(late) > 1 else float("nan")
-    text = f"{_ATTRIBUTE_WORDS.get(attribute, attribute)} was at "
-    text += ", ".join(f"{_pct(x)} after {s:,} steps" for s, x in shown)
-    text += f" and {_pct(card['accuracy'][attribute])} at the end"
-    best_text = "" if best_step == steps else f": {_pct(best)} at step {best_step:,}"
-    text += f" (its largest figure{best_text})"
-    if np.isfinite(slope):
-        trend = "still rising" if slope > 0 else "no longer rising"
-        text += f", {trend} by {100 * 250 * slope:.1f} points per 250 steps over the last {steps - late[0][0]:,} steps"
-    return text

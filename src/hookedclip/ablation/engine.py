@@ -1,51 +1,13 @@
-"""The intervention engine: every edit of a component's output is a context manager that
-composes with every other edit and always undoes itself (``docs/engine.md``).
-
-:func:`intervene` is the one entry point and the extension point for new methods: a method
-supplies the components, a ``replace(row, component) -> row`` and, in direct mode, an optional
-``finalize(unit, rows, new_rows) -> unit`` over the whole rewritten unit embedding. The usual
-ablations below (zero / mean / resample / project-out / keep-only) and PCLens's ``keep`` /
-``remove`` / ``reweight`` / ``amplify`` are thin wrappers around it. :func:`intervene_at`
-hosts a replacement at any hook site (an SAE spliced into ``blocks.{l}.hook_resid_post``).
-:func:`active` lists the edits in force on a model.
-
-Every context takes a set of components (``"L10H3"``, ``"mlp9"``, ``"embed"``, ``"L8-11"``)
-and a ``mode``:
-
-- ``mode="total"`` changes the component's output inside the real forward pass, so
-  downstream layers see the change. Heads are edited at ``hook_z`` (zero / mean /
-  resample) or ``hook_result`` (projections), MLPs at ``hook_mlp_out``, the embedding slot
-  at ``blocks.0.hook_resid_pre``.
-- ``mode="direct"`` changes only the component's direct path into the image embedding,
-  with ``ln_post`` statistics frozen at the clean run: the embedding becomes
-  ``e' = ‖e‖ (Σ_kept φ_c + Σ_ablated φ'_c)`` where ``φ_c`` are the decomposition rows of
-  :func:`hookedclip.decompose.decompose_image` (TextSpan/PCLens accuracy protocol). The rest
-  of the network is untouched. The rows are read from the activations the forward actually
-  used, so ``model.hooks`` edits and total-mode edits, entered inside or outside, are part of
-  what is decomposed.
-
-Nested contexts of any kinds compose in one way (``docs/engine.md`` has the diagram):
-
-- total edits are hook functions: at one hook point they run in entry order, outer first;
-- direct edits are applied together by one rewrite of ``visual.hook_out``: per component,
-  the replacements of every context listing it, outer first (an inner replace receives the
-  outer one's result); then ``u = e/‖e₀‖ + Σ_c (φ'_c − φ_c)``; then every ``finalize``,
-  outer first; then ``e' = ‖e₀‖ u``. ``‖e₀‖`` is the norm of the embedding before any direct
-  rewrite, so nesting ``A`` then ``B`` over disjoint components equals ``B`` then ``A`` and
-  one context over ``A ∪ B``.
-
-Replacement values (``means``, ``directions``) live in the space the mode edits: for
-``"total"``, the hook's space (``hook_z`` ``[pos, d_head]`` per head, ``[pos, d_model]`` for
-MLPs and embed; directions in ``d_model``); for ``"direct"``, the joint space ``d_out``.
-:func:`component_means` computes either kind from batches of images.
-"""
+"""The engine itself: the edits in force on a model, and :func:`intervene` / :func:`intervene_at`,
+through which every context enters (total edits as hook functions, direct edits as one
+rewrite of ``visual.hook_out``; the package doc gives the composition rule)."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hookedclip.components import Component, ComponentLike, Head, select
-from hookedclip.decompose import ComponentStack, needed_hooks, stack_from_cache
+from hookedclip.decompose import needed_hooks, stack_from_cache
 from hookedclip.names import act_name, component_hook
 
 Mode = Literal["total", "direct"]
@@ -66,10 +28,6 @@ Replace = Callable[[Tensor, Component], Tensor]
 Finalize = Callable[[Tensor, dict[str, Tensor], dict[str, Tensor]], Tensor]
 # replace(values, hook_name) -> new values at an arbitrary hook site (total mode)
 SiteReplace = Callable[[Tensor, str], Tensor]
-
-
-def _components(model, components: ComponentLike | Sequence[ComponentLike]) -> list[Component]:
-    return select(model, components)
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -151,7 +109,7 @@ def intervene(
             them, by label. PCLens's ``mean_ablate_all`` and ``amplify`` are finalizes.
         head_space: where heads are edited in total mode.
     """
-    comps = _components(model, components)
+    comps = select(model, components)
     _check_mode(mode)
     if head_space not in ("z", "result"):
         raise ValueError(f"head_space must be 'z' or 'result', got {head_space!r}")
@@ -300,176 +258,3 @@ def _as_row(value: object, like: Tensor, what: str) -> Tensor:
     except RuntimeError:
         raise ValueError(f"{what} returned shape {tuple(value.shape)}; direct mode needs {tuple(like.shape)} "
                          "([batch, d_out]) or a shape that broadcasts to it") from None
-
-
-# ---------------------------------------------------------------------------- the usual ablations
-def zero_ablate(model, components, mode: Mode = "total"):
-    """Set each component's output to zero."""
-    return intervene(model, components, lambda x, c: torch.zeros_like(x), mode)
-
-
-def mean_ablate(model, components, means: Mapping[str, Tensor], mode: Mode = "total"):
-    """Replace each component's output by its mean (``means[label]``, see :func:`component_means`)."""
-    comps = _components(model, components)
-    missing = [str(c) for c in comps if str(c) not in means]
-    if missing:
-        raise KeyError(f"no mean for {', '.join(missing)}; compute them with ablation.component_means(model, batches, mode={mode!r})")
-    for c in comps:
-        _check_mean_shape(model, c, means[str(c)], mode)
-    return intervene(model, comps, lambda x, c: means[str(c)].to(x).expand_as(x), mode)
-
-
-def _check_mean_shape(model, comp: Component, mean: Tensor, mode: Mode) -> None:
-    """Means must broadcast to the edited space: ``[d_out]`` (direct); ``[(pos,) d_head]`` for
-    heads and ``[(pos,) d_model]`` otherwise (total)."""
-    cfg = model.cfg.vision
-    if mode == "direct":
-        allowed = [(cfg.output_dim,)]
-    else:
-        d = cfg.d_head if isinstance(comp, Head) else cfg.width
-        allowed = [(d,), (cfg.n_tokens, d)]
-    if tuple(mean.shape) not in allowed:
-        raise ValueError(
-            f"mean for {comp} has shape {tuple(mean.shape)}; {mode} mode needs one of {allowed}. "
-            f"Compute means with ablation.component_means(model, batches, mode={mode!r})"
-        )
-
-
-def resample_ablate(model, components, source: Tensor, mode: Mode = "total"):
-    """Replace each component's output by its output on ``source`` images (same batch size,
-    or one image broadcast to the batch)."""
-    comps = _components(model, components)
-    model.visual.check_images(source)
-    values = _outputs_on(model, comps, source, mode)
-    n_source = source.shape[0]
-
-    def check_batch(x: Tensor, hook) -> None:  # the first hook of the forward: before any block runs
-        if n_source not in (1, x.shape[0]):
-            raise ValueError(
-                f"resample_ablate: source has {n_source} images but the batch being run has {x.shape[0]}; "
-                "pass one source image (broadcast to the batch) or exactly one per image"
-            )
-
-    return _then(model.hooks(fwd_hooks=[(act_name("embed"), check_batch)]),
-                 intervene(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode))
-
-
-@contextlib.contextmanager
-def _then(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
-    with first, second as model:
-        yield model
-
-
-def project_out(model, components, directions: Tensor | Mapping[str, Tensor], means: Mapping[str, Tensor] | None = None,
-                mode: Mode = "direct"):
-    """Remove the span of ``directions`` (``[k, d]``, one set for all or a dict per label)
-    from each component's output, relative to its mean when ``means`` is given:
-    ``φ' = φ − (φ − m) Q Qᵀ``."""
-    return _projection(model, components, directions, means, mode, keep=False)
-
-
-def keep_only(model, components, directions: Tensor | Mapping[str, Tensor], means: Mapping[str, Tensor] | None = None,
-              mode: Mode = "direct"):
-    """Keep only the span of ``directions``: ``φ' = m + (φ − m) Q Qᵀ`` (``m`` = mean or zero).
-    With no directions this is mean (or zero) ablation."""
-    return _projection(model, components, directions, means, mode, keep=True)
-
-
-def _projection(model, components, directions, means, mode: Mode, keep: bool):
-    comps = _components(model, components)
-    _check_directions(model, comps, directions, means, mode)
-
-    def basis(c: Component, like: Tensor) -> Tensor:
-        d = directions[str(c)] if isinstance(directions, Mapping) else directions
-        if d.numel() == 0:
-            return d.new_zeros(like.shape[-1], 0).to(like)
-        return torch.linalg.qr(d.to(like).T).Q  # orthonormal columns spanning the directions
-
-    def replace(x: Tensor, c: Component) -> Tensor:
-        m = means[str(c)].to(x) if means is not None else torch.zeros_like(x)
-        Q = basis(c, x)
-        inside = ((x - m) @ Q) @ Q.T
-        return m + inside if keep else x - inside
-
-    return intervene(model, comps, replace, mode, head_space="result")
-
-
-def _check_directions(model, comps: list[Component], directions, means, mode: Mode) -> None:
-    """Directions ``[k, d]`` and means ``[(pos,) d]`` in the edited space: ``d = d_out``
-    (direct) or ``d_model`` (total: heads are edited at ``hook_result``)."""
-    cfg = model.cfg.vision
-    d = cfg.output_dim if mode == "direct" else cfg.width
-    space = "d_out" if mode == "direct" else "d_model"
-    for c in comps:
-        if isinstance(directions, Mapping) and str(c) not in directions:
-            raise KeyError(f"no directions for {c}; give one [k, {d}] tensor per listed component, or one for all")
-        dirs = directions[str(c)] if isinstance(directions, Mapping) else directions
-        if dirs.ndim != 2 or dirs.shape[1] != d:
-            raise ValueError(
-                f"directions for {c} have shape {tuple(dirs.shape)}; {mode} mode edits {space} = {d}, "
-                f"so they must be [k, {d}]"
-            )
-        if means is not None:
-            if str(c) not in means:
-                raise KeyError(f"no mean for {c}; compute them with ablation.component_means")
-            if means[str(c)].shape[-1] != d or means[str(c)].ndim > 2:
-                raise ValueError(f"mean for {c} has shape {tuple(means[str(c)].shape)}; {mode} mode needs [(pos,) {d}]")
-
-
-# ---------------------------------------------------------------------------- statistics
-def _outputs_on(model, comps: list[Component], images: Tensor, mode: Mode) -> dict[str, Tensor]:
-    """Each component's output on ``images`` in the space ``mode`` edits."""
-    with torch.no_grad():
-        if mode == "direct":
-            from hookedclip.decompose import decompose_image
-
-            stack = decompose_image(model, images, components=[str(c) for c in comps])
-            return {label: row for label, row in zip(stack.labels, stack.tensor) if label != "rest"}
-        names = {component_hook(c) for c in comps}
-        _, cache = model.run_with_cache(images, names_filter=lambda n: n in names)
-        return {str(c): _slice(cache[component_hook(c)], c) for c in comps}
-
-
-def _slice(x: Tensor, c: Component) -> Tensor:
-    return x[:, :, c.head] if isinstance(c, Head) else x
-
-
-def component_means(
-    model,
-    batches: Iterable[Tensor],
-    components: Sequence[ComponentLike] | None = None,
-    mode: Mode = "direct",
-) -> dict[str, Float[Tensor, "..."]]:
-    """Dataset means of component outputs for :func:`mean_ablate`, accumulated in float64
-    over ``batches`` of images (never the batch under test unless you pass it).
-
-    ``mode="direct"``: mean decomposition rows ``[d_out]`` (normalised, reference LN
-    convention); ``mode="total"``: mean hook activations per position (``[pos, d_head]`` for
-    heads, ``[pos, d_model]`` for MLPs and the embedding slot).
-    """
-    cfg = model.cfg.vision
-    comps = _components(model, components) if components is not None else _every_component(cfg)
-    sums: dict[str, Tensor] = {}
-    count = 0
-    for images in batches:
-        images = images.to(model.device, model.dtype)
-        outputs = _outputs_on(model, comps, images, mode)
-        for label, value in outputs.items():
-            total = value.double().sum(0)
-            sums[label] = sums[label] + total if label in sums else total
-        count += images.shape[0]
-    if count == 0:
-        raise ValueError("component_means got no images")
-    return {label: (s / count).to(model.dtype) for label, s in sums.items()}
-
-
-def _every_component(cfg) -> list[Component]:
-    from hookedclip.components import all_components
-
-    return all_components(cfg.layers, cfg.heads)
-
-
-__all__ = [
-    "intervene", "intervene_at", "active", "Edit", "zero_ablate", "mean_ablate", "resample_ablate", "project_out",
-    "keep_only", "component_means", "ablate", "ComponentStack",
-]
