@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_command(sub)
     add_toy_commands(sub)
     add_pclens_commands(sub)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing command is then named by its choices
     return parser
 
 

@@ -127,7 +127,10 @@ def _warn_if_far_from_training(model, dataset, spec: str) -> None:
 
 
 def _image_size(image) -> tuple[int, int]:
-    if hasattr(image, "size") and not callable(image.size):  # PIL: (width, height)
+    """``(height, width)`` of a PIL image, a ``[H, W, C]`` array or a ``[C, H, W]`` tensor."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
         width, height = image.size
         return height, width
     shape = tuple(image.shape)

@@ -67,7 +67,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         embeddings = embed_images(model, batches)
     with step(REPORT, f"writing a page per head ({len(result)} heads) to {args.out}"):
         path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts,
-                                   args.min_strength)
+                                   args.min_strength, progress=True)
     print(f"report written to {path}")
 
 
@@ -161,7 +161,7 @@ def _add_debias(sub) -> None:
 def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
     """Register ``hookedclip pclens report`` and ``hookedclip pclens debias`` on the subparsers."""
     group = subparsers.add_parser("pclens", help="PCLens: per-head principal components labelled with text")
-    sub = group.add_subparsers(dest="pclens_command", required=True)
+    sub = group.add_subparsers(dest="pclens_command", required=True, metavar="{report,debias}")
     rep = sub.add_parser("report", help="HTML page per analysed head: PCs, text labels, image strips, strengths")
     rep.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
     rep.add_argument("--data", default="toy", help="image source (only 'toy' for now)")

@@ -48,7 +48,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def add_toy_commands(subparsers) -> argparse.ArgumentParser:
     """Register ``toy train`` and ``toy evaluate`` on the ``hookedclip`` command's subparsers."""
     toy = subparsers.add_parser("toy", help="the shipped toy CLIP: train it, evaluate it")
-    sub = toy.add_subparsers(dest="toy_command", required=True)
+    sub = toy.add_subparsers(dest="toy_command", required=True, metavar="{train,evaluate}")
 
     train = sub.add_parser("train", help="train the toy CLIP on the toy world (about 20 min on 2 CPU cores)")
     train.add_argument("--out", default="toy_clip_run", help="output directory (checkpoints, then the "
