@@ -215,7 +215,7 @@ def test_real_process_exit_status_and_stderr(tmp_path):
     """The installed console script's path, in a real process: exit status 2, one line, no traceback."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "hookedclip.cli", "cache", "--targets", "bogus", "--out",
-                           str(tmp_path / "store")], capture_output=True, text=True, env=env, timeout=300)
+                           str(tmp_path / "store")], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 2
     assert done.stdout == ""
     assert_one_error_line(done.stderr, "hookedclip cache", "--targets 'bogus'")

@@ -25,7 +25,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 REWRITTEN = {"hooks.md"}  # being rewritten by the lead; its blocks are not kept runnable yet
 
-FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.*?)\s*-->\s*$")
 INTERNAL = ("specs/", "pclens_textspan", "§", "Appendix", "DESIGN")
 
@@ -61,7 +61,7 @@ def test_python_blocks_run_as_written(path: Path, tmp_path, monkeypatch):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a block's own warnings are not failures of the docs
-            exec(compile(code, f"{path.relative_to(ROOT)}, block at line {line}", "exec"), namespace)
+            exec(compile(code, f"{path.relative_to(ROOT)}, block at line {line}", "exec"), namespace)  # noqa: S102
 
 
 def test_skipped_blocks_are_few_and_say_why():

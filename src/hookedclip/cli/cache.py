@@ -118,7 +118,7 @@ def _warn_if_far_from_training(model, dataset, spec: str) -> None:
         return
     try:
         image = dataset[0]["image"]
-    except Exception:  # an unreadable first image: extraction skips it and says so
+    except Exception:  # noqa: BLE001 - an unreadable first image: extraction skips it and says so
         return
     height, width = _image_size(image)
     if min(height, width) < size / 2 or min(height, width) > 8 * size:
