@@ -1,8 +1,9 @@
 """Accuracy recovered with K principal components (PCLens) or K texts (TextSpan) per head.
 
-The spec's protocol (§2.4 / §4.4) on the toy CLIP, in direct mode: the heads of the last
-``--layers`` layers are each rebuilt from their first K PCs / TextSpan texts, all earlier heads
-are mean-ablated, MLPs are kept. One decomposition per batch serves every K. Writes
+The comparison made in the PCLens paper, scored like its accuracy tables (direct mode:
+LayerNorm frozen, the network not re-run), on the toy CLIP: the heads of the last ``--layers``
+layers are each rebuilt from their first K PCs / TextSpan texts, all earlier heads are
+mean-ablated, MLPs are kept. One decomposition per batch serves every K. Writes
 ``accuracy_recovered_{attribute}.png`` and ``.csv`` for each attribute.
 
 Run: python examples/accuracy_recovered.py [--n 1000] [--layers 2] [--out accuracy_recovered_out]
@@ -28,11 +29,14 @@ NAMES = {"shape": "shape", "color": "colour"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=1000, help="held-out toy images")
-    parser.add_argument("--layers", type=int, default=2, help="analyse the heads of the last N layers")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32])
-    parser.add_argument("--out", default="accuracy_recovered_out")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000, help="held-out toy images (default: %(default)s)")
+    parser.add_argument("--layers", type=int, default=2,
+                        help="analyse the heads of the last N layers (default: %(default)s)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32],
+                        help="values of K: PCs or texts per head (default: %(default)s)")
+    parser.add_argument("--out", default="accuracy_recovered_out",
+                        help="folder for the figures and CSVs (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)

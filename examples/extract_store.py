@@ -15,8 +15,8 @@ from hookedclip import HookedCLIP
 from hookedclip.data import toy_dataset
 from hookedclip.data.extract import extract
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("out", nargs="?", default="toy-store", help="store directory (default: ./toy-store)")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("out", nargs="?", default="toy-store", help="store directory (default: %(default)s)")
 out = parser.parse_args().out
 torch.set_num_threads(1)
 model = HookedCLIP.from_pretrained("toy").eval()

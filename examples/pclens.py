@@ -30,11 +30,13 @@ def zero_shot(model, x: torch.Tensor, classifiers: dict, labels: dict) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
-    parser.add_argument("--n", type=int, default=512, help="held-out toy images")
-    parser.add_argument("--concept", choices=list(CONCEPTS), default="colour")
-    parser.add_argument("--top-k", type=int, default=10, help="PCs per concept word")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=4,
+                        help="analyse the heads of the last N layers (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=512, help="held-out toy images (default: %(default)s)")
+    parser.add_argument("--concept", choices=list(CONCEPTS), default="colour",
+                        help="the attribute whose PCs are kept and removed (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=10, help="PCs per concept word (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

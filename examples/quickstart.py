@@ -18,10 +18,10 @@ from hookedclip.zeroshot import ZeroShotClassifier, accuracy
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Print and return ``{attribute: (clean accuracy, ablated accuracy)}``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layer", type=int, default=3)
-    parser.add_argument("--head", type=int, default=2)
-    parser.add_argument("--n", type=int, default=1000, help="held-out toy images")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", type=int, default=3, help="layer of the ablated head (default: %(default)s)")
+    parser.add_argument("--head", type=int, default=2, help="the ablated head in that layer (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=1000, help="held-out toy images (default: %(default)s)")
     args = parser.parse_args(argv)
 
     model = HookedCLIP.from_pretrained("toy")

@@ -1,9 +1,9 @@
 """Zero-shot segmentation and nearest-neighbour search on the toy CLIP (or ImageNet-segmentation).
 
-1. Heat maps (TextSpan's segmentation, specs §4.8): every head's contribution through each
+1. Heat maps (TextSpan's zero-shot segmentation): every head's contribution through each
    patch, scored against the zero-shot shape classifier; compared with a centred Gaussian
    blob on held-out toy images whose masks are known exactly.
-2. Nearest neighbours (§4.9): the images closest to a query in one head's contribution, in
+2. Nearest neighbours: the images closest to a query in one head's contribution, in
    the full embedding, and in the subspace of the PCLens principal components that the shape
    words select (``neighbours.selection_space``).
 
@@ -39,7 +39,7 @@ def report(name: str, metrics: dict) -> None:
 
 
 def imagenet_segmentation(args) -> None:
-    """The §4.8 protocol on ImageNet-segmentation: predicted-class maps of every head."""
+    """TextSpan's segmentation protocol on ImageNet-segmentation: predicted-class maps of every head."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
     from hookedclip.model import load_model
@@ -66,17 +66,21 @@ def imagenet_segmentation(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=200, help="held-out toy images to score")
-    parser.add_argument("--out", default="segmentation_out", help="folder for the PNG figures")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="held-out toy images to score (default: %(default)s)")
+    parser.add_argument("--out", default="segmentation_out", help="folder for the PNG figures (default: %(default)s)")
     parser.add_argument("--head", default=None, help="head for the neighbour search (default: last layer, head 0)")
     parser.add_argument("--imagenet-seg", default=None, metavar="PATH",
                         help="gtsegs_ijcv.mat: evaluate on ImageNet-segmentation instead of the toy world")
-    parser.add_argument("--model", default="ViT-B-16", help="with --imagenet-seg: open_clip name or saved model")
-    parser.add_argument("--pretrained", default="openai", help="with --imagenet-seg: open_clip pretrained tag")
-    parser.add_argument("--limit", type=int, default=None, help="with --imagenet-seg: first N images only")
+    parser.add_argument("--model", default="ViT-B-16",
+                        help="with --imagenet-seg: open_clip name or saved model (default: %(default)s)")
+    parser.add_argument("--pretrained", default="openai",
+                        help="with --imagenet-seg: open_clip pretrained tag (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="with --imagenet-seg: first N images only (default: all)")
     parser.add_argument("--geometry", choices=["reference", "aligned"], default="reference",
-                        help="mask geometry: 'reference' resizes masks to a square (parity), 'aligned' crops them")
+                        help="mask geometry: 'reference' resizes masks to a square (parity), 'aligned' crops them "
+                             "(default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # shared CPU: one thread keeps timings and neighbours predictable
     if args.imagenet_seg:

@@ -24,10 +24,13 @@ from hookedclip.toy.world import ToyWorld
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=1000, help="images of the group-balanced spurious split")
-    parser.add_argument("--n-fit", type=int, default=1024, help="held-out toy images PCLens is fitted on")
-    parser.add_argument("--out", default="pclens-debias", help="folder for debias.csv and debias.png")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000,
+                        help="images of the group-balanced spurious split (default: %(default)s)")
+    parser.add_argument("--n-fit", type=int, default=1024,
+                        help="held-out toy images PCLens is fitted on (default: %(default)s)")
+    parser.add_argument("--out", default="pclens-debias",
+                        help="folder for debias.csv and debias.png (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

@@ -19,10 +19,11 @@ from hookedclip.toy.world import ToyWorld
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=2, help="analyse the heads of the last N layers")
-    parser.add_argument("--texts", type=int, default=5, help="texts per head")
-    parser.add_argument("--n", type=int, default=1024, help="held-out toy images")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2,
+                        help="analyse the heads of the last N layers (default: %(default)s)")
+    parser.add_argument("--texts", type=int, default=5, help="texts per head (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=1024, help="held-out toy images (default: %(default)s)")
     args = parser.parse_args(argv)
 
     model = HookedCLIP.from_pretrained("toy")

@@ -1,15 +1,17 @@
 """The ``hookedclip`` command line. Each job is a subcommand; all run offline.
 
 One module per command group (``info``, ``demo``, ``cache``, ``pclens``, ``toy``), each with an
-``add_*_command(s)`` that registers its subparser; this module only dispatches.
+``add_*_command(s)`` that registers its subparser; this module only dispatches. Errors are one
+line on stderr with exit status 2 (``_common.run_command``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from collections.abc import Sequence
+
+from hookedclip.cli._common import Parser, command_name, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,24 +22,25 @@ def build_parser() -> argparse.ArgumentParser:
     from hookedclip.cli.pclens import add_pclens_commands
     from hookedclip.cli.toy import add_toy_commands
 
-    parser = argparse.ArgumentParser(prog="hookedclip", description=__doc__.split("\n")[0])
+    parser = Parser(prog="hookedclip", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_info_command(sub)
     add_demo_command(sub)
     add_cache_command(sub)
     add_toy_commands(sub)
     add_pclens_commands(sub)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing command is then named by its choices
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The ``hookedclip`` console script: parse, run, and return the exit status (2 for a bad
+    argument or input, with one line on stderr)."""
     try:
-        args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError, NotImplementedError) as exc:
-        print(f"hookedclip {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # argparse: --help (0) or a bad argument (2, one line already printed)
+        return done.code if isinstance(done.code, int) else 2
+    return run_command(args.func, args, command_name(args))
 
 
 def __getattr__(name: str):

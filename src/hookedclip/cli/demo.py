@@ -6,8 +6,12 @@ import argparse
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from hookedclip.report.demo import run_demo
+    from hookedclip.cli._common import CommandError
+    from hookedclip.report.demo import MIN_IMAGES, run_demo
 
+    if args.n < MIN_IMAGES:
+        raise CommandError(f"--n {args.n}: the demo needs at least {MIN_IMAGES} images (its probes train on half and "
+                           f"score on the other half, every shape in both); use --n {MIN_IMAGES} or more")
     path = run_demo(args.out, n_images=args.n, seed=args.seed)
     print(f"report written to {path}")
 
@@ -15,8 +19,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def add_demo_command(subparsers) -> argparse.ArgumentParser:
     """Register ``hookedclip demo`` on the ``hookedclip`` command's subparsers."""
     demo = subparsers.add_parser("demo", help="write the HTML report on the toy model (the main job)")
-    demo.add_argument("--out", default="hookedclip-demo", help="report folder (default: ./hookedclip-demo)")
-    demo.add_argument("--n", type=int, default=512, help="held-out toy images to analyse")
-    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--out", default="hookedclip-demo", help="report folder")
+    demo.add_argument("--n", type=int, default=512, help="held-out toy images to analyse (at least 64)")
+    demo.add_argument("--seed", type=int, default=2024, help="seed of the held-out images")
     demo.set_defaults(func=_cmd_demo)
     return demo

@@ -6,6 +6,7 @@ import argparse
 import re
 from collections.abc import Sequence
 
+from hookedclip.cli._common import check_pretrained_available
 from hookedclip.model.hooked import HookedCLIP
 from hookedclip.model.resolve import load_model
 
@@ -47,6 +48,7 @@ def _hook_patterns(names: Sequence[str]) -> list[str]:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
+    check_pretrained_available(args.model, args.pretrained, args.download)
     print(describe(load_model(args.model, args.pretrained), all_hooks=args.all_hooks))
 
 
@@ -55,6 +57,8 @@ def add_info_command(subparsers) -> argparse.ArgumentParser:
     info = subparsers.add_parser("info", help="architecture summary and hook points of a model")
     info.add_argument("model", help="toy | open_clip name (ViT-B-16) | saved HookedCLIP dir | hf:LOCAL_DIR")
     info.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
+    info.add_argument("--download", action="store_true",
+                      help="let open_clip download pretrained weights missing on this machine (needs network)")
     info.add_argument("--all-hooks", action="store_true", help="list every hook point, not one line per pattern")
     info.set_defaults(func=_cmd_info)
     return info

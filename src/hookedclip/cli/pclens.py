@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hookedclip.cli._common import CommandError, check_pretrained_available, positive, step
 from hookedclip.methods.pclens import PCLensResult
 from hookedclip.model.resolve import load_model
 from hookedclip.report.pclens import MIN_STRENGTH, write_pclens_report
+
+REPORT, DEBIAS = "hookedclip pclens report", "hookedclip pclens debias"
 
 
 def _toy_data(model, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -28,29 +31,43 @@ def _toy_data(model, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
     return images, images_to_tensor(images, model.cfg.image_mean, model.cfg.image_std)
 
 
+def _analysed_heads(model, layers: int) -> list[str]:
+    """The heads of the last ``layers`` layers, e.g. ``["L2-3"]``; a bad count names the range."""
+    L = model.cfg.vision.layers
+    if not 1 <= layers <= L:
+        raise CommandError(f"--layers {layers}: this model has {L} layers; use --layers 1 to {L}")
+    return [f"L{L - layers}-{L - 1}"]
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool
     from hookedclip.methods import pclens
     from hookedclip.zeroshot import embed_images
 
-    torch.set_num_threads(max(1, args.threads))
-    model = load_model(args.model)
     if args.data != "toy":
-        raise ValueError(f"--data {args.data!r}: only the toy world is supported by this command for now")
-    images, x = _toy_data(model, args.n, args.seed)
+        raise CommandError(f"--data {args.data!r}: this command reads only the toy world for now; use --data toy "
+                           "(for other images, fit with hookedclip.methods.pclens.fit_from_store on a store)")
+    torch.set_num_threads(max(1, args.threads))
+    with step(REPORT, f"loading {args.model}"):
+        model = load_model(args.model)
+    components = _analysed_heads(model, args.layers)
+    with step(REPORT, f"rendering {args.n} held-out toy images"):
+        images, x = _toy_data(model, args.n, args.seed)
     batches = list(x.split(args.batch_size))
     if args.result:
         result = PCLensResult.load(args.result, model=model)
     else:
         texts = load_vocabulary(args.vocab) if args.vocab else toy_text_pool()
-        L = model.cfg.vision.layers
-        result = pclens.fit(model, batches, components=[f"L{max(0, L - args.layers)}-{L - 1}"], texts=texts,
-                            n_texts=args.texts, max_pcs=args.max_pcs)
+        with step(REPORT, f"fitting PCLens on the heads {components[0]} ({args.n} images, {len(texts)} texts)"):
+            result = pclens.fit(model, batches, components=components, texts=texts, n_texts=args.texts,
+                                max_pcs=args.max_pcs)
         if args.save_result:
             result.save(args.save_result)
-    embeddings = embed_images(model, batches)
-    path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts,
-                               args.min_strength)
+    with step(REPORT, "embedding the images"):
+        embeddings = embed_images(model, batches)
+    with step(REPORT, f"writing a page per head ({len(result)} heads) to {args.out}"):
+        path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts,
+                                   args.min_strength, progress=True)
     print(f"report written to {path}")
 
 
@@ -64,29 +81,44 @@ def _fit_images(model, args: argparse.Namespace, task):
     return x.split(args.batch_size)
 
 
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise CommandError(f"--ks {text!r}: give PCs per concept as comma-separated positive integers, e.g. --ks 1,2,5")
+    return ks
+
+
 def _cmd_debias(args: argparse.Namespace) -> None:
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool, vocabulary
     from hookedclip.methods import pclens
     from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
 
+    ks = _parse_ks(args.ks)
+    check_pretrained_available(args.model, args.pretrained, args.download)
     torch.set_num_threads(max(1, args.threads))
-    model = load_model(args.model, args.pretrained)
-    if args.waterbirds:
-        task = waterbirds_task(model, args.waterbirds, args.split, args.limit)
-    else:
-        task = toy_task(model, args.n, args.eval_seed)
+    with step(DEBIAS, f"loading {args.model}"):
+        model = load_model(args.model, args.pretrained)
+    components = _analysed_heads(model, args.layers)
+    with step(DEBIAS, "preparing the evaluation images and the classifier"):
+        if args.waterbirds:
+            task = waterbirds_task(model, args.waterbirds, args.split, args.limit)
+        else:
+            task = toy_task(model, args.n, args.eval_seed)
     concepts = args.concept or task.concepts
     if args.result:
         result = PCLensResult.load(args.result, model=model)
     else:
         default = toy_text_pool() if args.model == "toy" else vocabulary("english")
         texts = load_vocabulary(args.vocab) if args.vocab else default
-        L = model.cfg.vision.layers
-        result = pclens.fit(model, _fit_images(model, args, task), components=[f"L{max(0, L - args.layers)}-{L - 1}"],
-                            texts=texts, n_texts=3, max_pcs=args.max_pcs)
-    ks = [int(k) for k in args.ks.split(",")]
-    sweep = debias_sweep(model, result, task.classifier, concepts, task.batches(args.batch_size, args.workers),
-                         task.labels, task.groups, ks, args.margin / 100, task.group_names)
+        with step(DEBIAS, f"fitting PCLens on the heads {components[0]} ({len(texts)} label texts)"):
+            result = pclens.fit(model, _fit_images(model, args, task), components=components, texts=texts,
+                                n_texts=3, max_pcs=args.max_pcs)
+    with step(DEBIAS, f"sweeping K = {args.ks}"):
+        sweep = debias_sweep(model, result, task.classifier, concepts, task.batches(args.batch_size, args.workers),
+                             task.labels, task.groups, ks, args.margin / 100, task.group_names)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sweep.to_csv(out / "debias.csv")
@@ -100,54 +132,54 @@ def _add_debias(sub) -> None:
     deb = sub.add_parser("debias", help="remove a spurious concept's PCs: worst-group / average accuracy vs K")
     deb.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
     deb.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
+    deb.add_argument("--download", action="store_true",
+                     help="let open_clip download pretrained weights missing on this machine (needs network)")
     deb.add_argument("--waterbirds", default=None, metavar="DIR",
                      help="Waterbirds folder (metadata.csv + images) instead of the toy spurious split")
-    deb.add_argument("--split", default="test", help="Waterbirds split (default %(default)s)")
-    deb.add_argument("--limit", type=int, default=None, help="use only the first N Waterbirds images")
-    deb.add_argument("--n", type=int, default=1000, help="toy spurious-split images (default %(default)s)")
+    deb.add_argument("--split", default="test", help="Waterbirds split")
+    deb.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
+    deb.add_argument("--n", type=positive, default=1000, help="toy spurious-split images")
     deb.add_argument("--eval-seed", type=int, default=12345, help="toy spurious split seed (as `toy evaluate`)")
-    deb.add_argument("--n-fit", type=int, default=1024, help="held-out toy images PCLens is fitted on")
+    deb.add_argument("--n-fit", type=positive, default=1024, help="held-out toy images PCLens is fitted on")
     deb.add_argument("--seed", type=int, default=11, help="seed of the toy fit images")
     deb.add_argument("--concept", action="append", default=None,
                      help="a spurious concept text (repeat; default: the toy textures' words, or "
                           "'water background' and 'land background' for Waterbirds)")
     deb.add_argument("--ks", default="1,2,3,5,8,12,20,30,50", help="PCs per concept to remove (comma list)")
-    deb.add_argument("--margin", type=float, default=1.0,
-                     help="average-accuracy points the pick may lose (default %(default)s)")
-    deb.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
-    deb.add_argument("--max-pcs", type=int, default=80, help="cap on PCs per head (default %(default)s)")
+    deb.add_argument("--margin", type=float, default=1.0, help="average-accuracy points the pick may lose")
+    deb.add_argument("--layers", type=positive, default=4, help="analyse the heads of the last N layers")
+    deb.add_argument("--max-pcs", type=positive, default=80, help="cap on PCs per head")
     deb.add_argument("--vocab", default=None, help="label vocabulary file (default: toy pool / english)")
     deb.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")
-    deb.add_argument("--batch-size", type=int, default=256)
+    deb.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     deb.add_argument("--workers", type=int, default=0, help="image loading workers (Waterbirds)")
-    deb.add_argument("--threads", type=int, default=1)
-    deb.add_argument("--out", default="pclens-debias", help="output folder (default: ./pclens-debias)")
+    deb.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
+    deb.add_argument("--out", default="pclens-debias", help="output folder")
     deb.set_defaults(func=_cmd_debias)
 
 
 def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
     """Register ``hookedclip pclens report`` and ``hookedclip pclens debias`` on the subparsers."""
     group = subparsers.add_parser("pclens", help="PCLens: per-head principal components labelled with text")
-    sub = group.add_subparsers(dest="pclens_command", required=True)
+    sub = group.add_subparsers(dest="pclens_command", required=True, metavar="{report,debias}")
     rep = sub.add_parser("report", help="HTML page per analysed head: PCs, text labels, image strips, strengths")
     rep.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
     rep.add_argument("--data", default="toy", help="image source (only 'toy' for now)")
-    rep.add_argument("--n", type=int, default=1024, help="held-out images (default %(default)s)")
-    rep.add_argument("--seed", type=int, default=11)
-    rep.add_argument("--layers", type=int, default=4, help="analyse the heads of the last N layers")
-    rep.add_argument("--max-pcs", type=int, default=80, help="cap on PCs per head (default %(default)s)")
-    rep.add_argument("--texts", type=int, default=3, help="texts per side of each PC")
+    rep.add_argument("--n", type=positive, default=1024, help="held-out images")
+    rep.add_argument("--seed", type=int, default=11, help="seed of the held-out images")
+    rep.add_argument("--layers", type=positive, default=4, help="analyse the heads of the last N layers")
+    rep.add_argument("--max-pcs", type=positive, default=80, help="cap on PCs per head")
+    rep.add_argument("--texts", type=positive, default=3, help="texts per side of each PC")
     rep.add_argument("--vocab", default=None, help="label vocabulary file, one text per line (default: toy pool)")
-    rep.add_argument("--pcs", type=int, default=5, help="PCs with image strips per head")
-    rep.add_argument("--images", type=int, default=8, help="top and bottom images per PC")
+    rep.add_argument("--pcs", type=positive, default=5, help="PCs with image strips per head")
+    rep.add_argument("--images", type=positive, default=8, help="top and bottom images per PC")
     rep.add_argument("--min-strength", type=float, default=MIN_STRENGTH,
-                     help="list PCs below this %% of their head's retained variance apart "
-                          "(default %(default)s; 0: all)")
-    rep.add_argument("--batch-size", type=int, default=256)
-    rep.add_argument("--threads", type=int, default=1)
+                     help="list PCs below this %% of their head's retained variance apart (0: list all)")
+    rep.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
+    rep.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     rep.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")
     rep.add_argument("--save-result", default=None, help="also save the fitted result to this folder")
-    rep.add_argument("--out", default="pclens-report", help="report folder (default: ./pclens-report)")
+    rep.add_argument("--out", default="pclens-report", help="report folder")
     rep.set_defaults(func=_cmd_report)
     _add_debias(sub)
     return group

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from hookedclip.cli._common import positive
 from hookedclip.toy.train import DEFAULTS
 
 
@@ -30,9 +31,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from hookedclip.cli._common import CommandError
     from hookedclip.toy.evaluate import evaluate, format_table
     from hookedclip.toy.model import load_toy_model
 
+    if args.weights is not None and not Path(args.weights).is_dir():
+        raise CommandError(f"--weights {args.weights!r} is not a folder; give the --out folder of `hookedclip toy "
+                           "train` (it holds toy_clip.safetensors and card.json), or omit it for the shipped model")
     model = load_toy_model(weights=args.weights)
     result = evaluate(model, n=args.n, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
@@ -41,22 +48,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def add_toy_commands(subparsers) -> argparse.ArgumentParser:
     """Register ``toy train`` and ``toy evaluate`` on the ``hookedclip`` command's subparsers."""
     toy = subparsers.add_parser("toy", help="the shipped toy CLIP: train it, evaluate it")
-    sub = toy.add_subparsers(dest="toy_command", required=True)
+    sub = toy.add_subparsers(dest="toy_command", required=True, metavar="{train,evaluate}")
 
     train = sub.add_parser("train", help="train the toy CLIP on the toy world (about 20 min on 2 CPU cores)")
     train.add_argument("--out", default="toy_clip_run", help="output directory (checkpoints, then the "
-                       "exported toy_clip.safetensors, card.json, MODEL_CARD.md); default: ./toy_clip_run")  # fmt: skip
-    train.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="optimizer steps (default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="default %(default)s")
-    train.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate (default %(default)s)")
-    train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="init and data seed (default %(default)s)")
+                       "exported toy_clip.safetensors, card.json, MODEL_CARD.md)")  # fmt: skip
+    train.add_argument("--steps", type=positive, default=DEFAULTS["steps"], help="optimizer steps")
+    train.add_argument("--batch-size", type=positive, default=DEFAULTS["batch_size"],
+                       help="image-caption pairs per step")
+    train.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate")
+    train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="init and data seed")
     train.add_argument("--no-resume", action="store_true", help="start over instead of resuming from --out")
-    train.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: only at the end)")
-    train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
+    train.add_argument("--eval-every", type=int, default=0,
+                       help="held-out evaluation every N steps (0: only at the end)")
+    train.add_argument("--threads", type=positive, default=2, help="torch CPU threads")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="zero-shot accuracy per attribute and spurious-split WGA")
-    ev.add_argument("--n", type=int, default=2000, help="held-out images (default %(default)s)")
+    ev.add_argument("--n", type=positive, default=2000, help="held-out images")
     ev.add_argument("--seed", type=int, default=None, help="held-out sample seed (default: the card's)")
     ev.add_argument("--weights", default=None, help="directory written by `toy train` (default: shipped weights)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")

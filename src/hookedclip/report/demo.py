@@ -336,8 +336,15 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
 ]
 
 
+# the linear probes hold out half of the images, stratified: every class of 7 shapes needs a few
+MIN_IMAGES = 64
+
+
 def run_demo(out_dir: str | Path, model=None, n_images: int = 512, seed: int = 2024, progress: bool = True) -> Path:
     """Write the demo report into ``out_dir``; returns the path of ``index.html``."""
+    if n_images < MIN_IMAGES:
+        raise ValueError(f"n_images={n_images}: the demo needs at least {MIN_IMAGES} images (its probes train on half "
+                         "of them and score on the other half, every shape in both)")
     from hookedclip.identity import model_identity
     from hookedclip.model.hooked import HookedCLIP
     from hookedclip.toy.model import images_to_tensor

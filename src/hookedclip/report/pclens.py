@@ -104,8 +104,8 @@ def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min
 
 
 def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: torch.Tensor, out: str | Path,
-                        n_pcs: int = 5, n_images: int = 8, n_texts: int = 3, min_strength: float = MIN_STRENGTH
-                        ) -> Path:
+                        n_pcs: int = 5, n_images: int = 8, n_texts: int = 3, min_strength: float = MIN_STRENGTH,
+                        progress: bool = False) -> Path:
     """The report folder: ``index.html`` (overview) and ``<head>/index.html`` per analysed head,
     each linked to the overview and to the previous and next head.
 
@@ -113,12 +113,15 @@ def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: to
         images: uint8 ``[N, H, W, 3]`` of the images behind ``embeddings``.
         embeddings: ``[N, d']`` final image embeddings (normalised here).
         min_strength: PCs below this % of their head's retained variance are listed apart.
+        progress: a progress bar over the head pages on stderr (each takes seconds).
     """
+    from tqdm.auto import tqdm
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     heads = list(result.heads.values()) + ([result.embedding] if result.embedding is not None else [])
     labels = [p.label for p in heads]
-    for i, pca in enumerate(heads):
+    for i, pca in enumerate(tqdm(heads, desc="head pages", disable=not progress)):
         head_page(pca, out / pca.label, images, embeddings, n_pcs, n_images, n_texts, _nav(labels, i), min_strength)
     strength_plot(result, out / "strengths.png", min_strength=min_strength)
     rows = [[p.label, str(p.k), str(sum(1 for r in p.strength_rel.tolist() if r >= min_strength)),
