@@ -121,11 +121,11 @@ def plot(lens: dict, attribution: torch.Tensor, names: list[str], path: Path) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--n", type=int, default=400, help="held-out toy images")
-    parser.add_argument("--out", type=Path, default=Path("transformerlens_out"), help="folder for the figure")
-    parser.add_argument("--head", default="L3H2", help="the head whose value path is patched")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=400, help="held-out toy images (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("transformerlens_out"),
+                        help="folder for the figure (default: %(default)s)")
+    parser.add_argument("--head", default="L3H2", help="the head whose value path is patched (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = HookedCLIP.from_pretrained("toy")

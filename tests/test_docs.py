@@ -23,7 +23,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
-REWRITTEN = {"hooks.md"}  # being rewritten by the lead; its blocks are not kept runnable yet
 
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 SKIP = re.compile(r"<!--\s*skip-test:\s*(.*?)\s*-->\s*$")
@@ -45,8 +44,7 @@ def python_blocks(path: Path) -> list[tuple[int, str, str | None]]:
 
 def _params():
     for path in DOCS:
-        marks = [pytest.mark.xfail(reason="rewritten by the lead", strict=False)] if path.name in REWRITTEN else []
-        yield pytest.param(path, id=path.relative_to(ROOT).as_posix(), marks=marks)
+        yield pytest.param(path, id=path.relative_to(ROOT).as_posix())
 
 
 @pytest.mark.parametrize("path", list(_params()))
@@ -78,7 +76,7 @@ def test_extractor_reads_fences_and_skip_markers(tmp_path):
     assert python_blocks(page) == [(4, "x = 1\n", None), (9, "raise SystemExit\n", "needs a real checkpoint file")]
 
 
-@pytest.mark.parametrize("path", [p for p in DOCS if p.name not in REWRITTEN] + EXAMPLES,
+@pytest.mark.parametrize("path", [*DOCS, *EXAMPLES],
                          ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_internal_references(path: Path):
     """Users never see the project's internal specification: the docs say things in their own words."""
