@@ -378,3 +378,72 @@ def test_end_to_end_on_the_toy_model(toy):
     result = sith.comp(z, D, k=3)
     assert result.indices.shape == (toy.cfg.vision.heads, 4, 3)
     assert (result.residual_norms <= 1 + 1e-6).all()
+
+
+# ---------------------------------------------------------------------------------- edits
+EDIT = {("L1H1", 0): 0.0, ("L1H1", 2): -1.0, ("L2H0", 1): 2.5}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).norm() / a.norm())
+
+
+@pytest.mark.parametrize("which", ["tiny", "toy"])
+def test_hook_edit_equals_weight_edit(which, model, toy):
+    net = model if which == "tiny" else toy
+    size = net.cfg.vision.image_size
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2)).to(net.dtype)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    clean = net.encode_image(images)
+    with sith.edit(net, EDIT):
+        hooked = net.encode_image(images)
+    weights = sith.edited(net, EDIT).encode_image(images)
+    assert rel(clean, hooked) > 1e-2  # the edit does something
+    assert rel(hooked, weights) < 1e-5
+    assert torch.equal(net.encode_image(images), clean)  # the context undid itself
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # edited() copied
+
+
+def test_multiplier_one_is_the_identity(model, images):
+    images = images.double()
+    clean = model.encode_image(images)
+    with sith.edit(model, {("L1H1", 0): 1.0, ("L0H3", 5): 1.0}):
+        assert rel(clean, model.encode_image(images)) < 1e-12
+    assert rel(clean, sith.edited(model, {("L1H1", 0): 1.0}).encode_image(images)) < 1e-12
+
+
+def test_zeroing_every_channel_leaves_only_the_head_bias(model, images):
+    from hookedclip import ablation
+
+    images = images.double()
+    attn, ln1 = model.visual.blocks[1].attn, model.visual.blocks[1].ln1
+    bias = ((ln1.b @ attn.W_V[2] + attn.b_V[2]) @ attn.W_O[2]).detach()
+    with sith.edit(model, {("L1H2", i): 0.0 for i in range(D_HEAD)}):
+        zeroed = model.encode_image(images)
+    with ablation.intervene(model, ["L1H2"], lambda x, c: bias.expand_as(x), head_space="result"):
+        constant = model.encode_image(images)
+    assert rel(constant, zeroed) < 1e-10
+
+
+def test_edit_composes_with_other_contexts(model, images):
+    from hookedclip import ablation
+
+    images = images.double()
+    with sith.edit(model, EDIT), ablation.zero_ablate(model, ["L0H1"]):
+        a = model.encode_image(images)
+    with ablation.zero_ablate(model, ["L0H1"]), sith.edit(model, EDIT):
+        b = model.encode_image(images)
+    assert torch.allclose(a, b, atol=1e-12)
+    assert not ablation.active(model)
+
+
+def test_bad_edits_are_refused(model):
+    with pytest.raises(ValueError, match="out of range 0..7"):
+        sith.edit(model, {("L1H1", 8): 0.0})
+    with pytest.raises(ValueError, match="each key names one head"):
+        sith.edit(model, {("L1", 0): 0.0})
+    with pytest.raises(ValueError, match="finite"):
+        sith.edited(model, {("L1H1", 0): float("nan")})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        sith.edit(model, {})

@@ -6,9 +6,11 @@ image-text space (:func:`to_joint`) and explained as a short, non-negative combi
 embeddings (:func:`comp`, with the baselines :func:`nnomp`, :func:`matching_pursuit`,
 :func:`top_k` and :func:`lasso`). No images are needed except, optionally, for the image mean.
 
-Modules, importing each other in one direction: ``nnls`` <- ``pursuit``; ``svd``; ``joint``.
+Modules, importing each other in one direction: ``nnls`` <- ``pursuit``; ``svd`` <- ``edit``
+(:func:`edit`, :func:`edited`: scaling singular channels); ``joint``.
 """
 
+from hookedclip.methods.sith.edit import edit, edited
 from hookedclip.methods.sith.joint import image_mean, to_joint
 from hookedclip.methods.sith.pursuit import (
     MAX_MEMORY,
@@ -27,6 +29,8 @@ __all__ = [
     "HeadSVD",
     "Pursuit",
     "comp",
+    "edit",
+    "edited",
     "head_factors",
     "head_svd",
     "image_mean",
