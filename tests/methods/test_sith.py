@@ -118,7 +118,7 @@ def test_sign_convention(model):
     again = sith.head_svd(model, 1)
     assert torch.equal(result.U, again.U) and torch.equal(result.Vh, again.Vh)
     flips = torch.tensor([1.0, -1.0] * (D_HEAD // 2), dtype=torch.float64)
-    U, S, Vh = sith.svd.fix_signs(result.U * flips, result.S, result.Vh * flips[:, None])
+    U, _, Vh = sith.svd.fix_signs(result.U * flips, result.S, result.Vh * flips[:, None])
     assert torch.equal(U, result.U) and torch.equal(Vh, result.Vh)
 
 

@@ -77,7 +77,7 @@ class Pursuit(Result):
 
     def dense(self, n_atoms: int) -> Float[Tensor, "... n_atoms"]:
         """The codes as dense ``[..., n_atoms]`` rows (zero off the chosen atoms)."""
-        out = torch.zeros(*self.indices.shape[:-1], n_atoms + 1, dtype=self.coefficients.dtype)
+        out = self.coefficients.new_zeros(*self.indices.shape[:-1], n_atoms + 1)
         out.scatter_(-1, self.indices.where(self.indices >= 0, n_atoms), self.coefficients)
         return out[..., :n_atoms]
 
