@@ -447,3 +447,28 @@ def test_bad_edits_are_refused(model):
         sith.edited(model, {("L1H1", 0): float("nan")})
     with pytest.raises(ValueError, match="non-empty dict"):
         sith.edit(model, {})
+
+
+# ---------------------------------------------------------------------------------- the exact NNLS
+@SETTINGS
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 8), shared=st.floats(0.0, 3.0))
+def test_nnls_matches_scipy(seed, k, shared):
+    from hookedclip.methods.sith.nnls import nnls_gram
+
+    gen = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(6, k, 12, generator=gen, dtype=torch.float64)
+    atoms = F.normalize(atoms + shared * torch.randn(6, 1, 12, generator=gen, dtype=torch.float64), dim=-1)
+    x = torch.randn(6, 12, generator=gen, dtype=torch.float64)
+    c = nnls_gram(atoms @ atoms.transpose(1, 2), (atoms @ x.unsqueeze(-1)).squeeze(-1))
+    for n in range(6):
+        assert np.allclose(c[n].numpy(), nnls(atoms[n].numpy().T, x[n].numpy())[0], atol=1e-9)
+
+
+def test_duplicate_atoms_in_the_dictionary():
+    X, D = make_problem(13)
+    D = torch.cat([D, D[:10]])  # rows 40..49 repeat rows 0..9
+    result = sith.comp(X, D, k=6, lam=1.0)
+    rows = result.indices.tolist()
+    assert any(j + 40 in row for row in rows for j in row if j < 10)  # coherence picks a row and its copy
+    check_kkt(X, D, result)
+    assert torch.isfinite(result.coefficients).all()
