@@ -84,8 +84,22 @@ def forward(model, images, layers: list[int]) -> torch.Tensor:
 def run(fn_name: str, args) -> tuple[float, float, float]:
     """(median CPU seconds, peak bytes above the start, bytes of the result) of one path
     in a fresh process."""
-    cmd = [sys.executable, __file__, "--child", fn_name, "--batch", str(args.batch), "--layers", str(args.layers),
-           "--model", args.model, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        fn_name,
+        "--batch",
+        str(args.batch),
+        "--layers",
+        str(args.layers),
+        "--model",
+        args.model,
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
     # A fixed mmap threshold: large buffers go back to the system when freed, so the peak
     # RSS is the call's own peak.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
@@ -142,18 +156,27 @@ def main() -> None:
     t_naive, m_naive, r_naive = run("naive", args)
     t_fwd, m_fwd, _ = run("forward", args)
     mb = 2**20
-    print(f"{args.model}, last {args.layers} layers, per head and token, batch {args.batch}, CPU fp32, "
-          f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"{args.model}, last {args.layers} layers, per head and token, batch {args.batch}, CPU fp32, "
+        f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print(f"{'path':<9}{'CPU s':>8}{'beyond fwd s':>14}{'peak MB':>9}{'result MB':>11}{'working MB':>12}")
-    for name, t, m, r in (("forward", t_fwd, m_fwd, 0.0), ("naive", t_naive, m_naive, r_naive),
-                          ("ours", t_ours, m_ours, r_ours)):
+    for name, t, m, r in (
+        ("forward", t_fwd, m_fwd, 0.0),
+        ("naive", t_naive, m_naive, r_naive),
+        ("ours", t_ours, m_ours, r_ours),
+    ):
         print(f"{name:<9}{t:>8.2f}{t - t_fwd:>14.2f}{m / mb:>9.0f}{r / mb:>11.0f}{(m - r) / mb:>12.0f}")
     print(f"max |difference| {diff:.2e}")
-    print(f"time: total {t_naive / t_ours:.2f}x faster (at most naive / forward = {t_naive / t_fwd:.2f}x); "
-          f"beyond the forward {(t_naive - t_fwd) / max(t_ours - t_fwd, 1e-3):.1f}x (target >= 3)")
-    print(f"memory: total peak {m_naive / max(m_ours, 1):.2f}x lower (at most naive / result = "
-          f"{m_naive / r_ours:.2f}x, both return the same tensor); "
-          f"working memory {(m_naive - r_naive) / max(m_ours - r_ours, 1):.1f}x lower (target >= 5)")
+    print(
+        f"time: total {t_naive / t_ours:.2f}x faster (at most naive / forward = {t_naive / t_fwd:.2f}x); "
+        f"beyond the forward {(t_naive - t_fwd) / max(t_ours - t_fwd, 1e-3):.1f}x (target >= 3)"
+    )
+    print(
+        f"memory: total peak {m_naive / max(m_ours, 1):.2f}x lower (at most naive / result = "
+        f"{m_naive / r_ours:.2f}x, both return the same tensor); "
+        f"working memory {(m_naive - r_naive) / max(m_ours - r_ours, 1):.1f}x lower (target >= 5)"
+    )
 
 
 if __name__ == "__main__":

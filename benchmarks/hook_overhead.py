@@ -93,7 +93,6 @@ def peak_memory_child(args, variant: str) -> float:
         return float(status_bytes("VmHWM") - base)
 
 
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -120,8 +119,20 @@ def main() -> None:
     print(f"{args.model}, batch {args.batch}, {args.device} {args.dtype}, median of {args.repeats}")
     print(f"{'variant':<14}{'s/call':>10}{'ratio':>9}{'peak MB':>10}")
     for v in VARIANTS:
-        cmd = [sys.executable, __file__, "--memory-child", v, "--model", args.model, "--batch", str(args.batch),
-               "--device", args.device, "--dtype", args.dtype]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            v,
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+        ]
         peak = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         print(f"{v:<14}{times[v]:>10.3f}{times[v] / base:>9.3f}{peak / 2**20:>10.0f}")
     print(f"hooked / open_clip = {times['hooked'] / base:.3f} (target <= 1.02)")

@@ -44,9 +44,15 @@ def _write_child(path: str, rows: int, heads: int, d: int) -> float:
     from hookedclip.data.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
 
     labels = [f"L{8 + h // 12}H{h % 12}" for h in range(heads)]
-    header = {"format": FORMAT, "model": {"name": "bench", "config_hash": "x", "weights": "y"},
-              "dataset": {"length": rows}, "world_size": 1, "rows_per_shard": PER_SHARD, "params": {},
-              "targets": spec_dicts([TargetSpec("heads", "float32", [heads, d], "cov", labels)])}
+    header = {
+        "format": FORMAT,
+        "model": {"name": "bench", "config_hash": "x", "weights": "y"},
+        "dataset": {"length": rows},
+        "world_size": 1,
+        "rows_per_shard": PER_SHARD,
+        "params": {},
+        "targets": spec_dicts([TargetSpec("heads", "float32", [heads, d], "cov", labels)]),
+    }
     writer = RankWriter(path, header)
     gen = torch.Generator().manual_seed(0)
     mix = torch.randn(heads, 64, d, generator=gen) / 8  # each head: 64 strong directions
@@ -67,16 +73,16 @@ def _write_child(path: str, rows: int, heads: int, d: int) -> float:
 
 
 def ours_stored(path: str) -> None:
-    from hookedclip.methods.pclens import fit_from_store
     from hookedclip.data.store import ActivationStore
+    from hookedclip.methods.pclens import fit_from_store
 
     store = ActivationStore(path, verify="size")
     fit_from_store(store, embedding=None, max_pcs=80)
 
 
 def ours_stream(path: str) -> None:
-    from hookedclip.methods.pclens import fit_from_store
     from hookedclip.data.store import ActivationStore
+    from hookedclip.methods.pclens import fit_from_store
 
     store = ActivationStore(path, verify="size")
     store.targets["heads"].moments = "mean"  # as if extracted with --moments mean: stream the scatter
@@ -84,8 +90,8 @@ def ours_stream(path: str) -> None:
 
 
 def naive(path: str) -> None:
-    from hookedclip.methods.pclens import pca_from_data
     from hookedclip.data.store import ActivationStore
+    from hookedclip.methods.pclens import pca_from_data
 
     store = ActivationStore(path, verify="size")
     x = store.rows("heads")  # [N, heads, d]: everything in memory
@@ -93,9 +99,10 @@ def naive(path: str) -> None:
         pca_from_data(x[:, h], max_pcs=80)
 
 
-
 def _run_child(path: str) -> None:
-    fn = {"ours-stored": ours_stored, "ours-stream": ours_stream, "naive": naive}[sys.argv[sys.argv.index("--child") + 1]]
+    fn = {"ours-stored": ours_stored, "ours-stream": ours_stream, "naive": naive}[
+        sys.argv[sys.argv.index("--child") + 1]
+    ]
     import hookedclip.methods.pclens  # noqa: F401  (imports are start-up, not the measured path)
 
     with open("/proc/self/clear_refs", "w") as f:
@@ -142,13 +149,17 @@ def main() -> None:
             print(f"{rows:>7} {name:<12}{t:>9.2f}{m / 2**20:>10.0f}")
     for rows, r in results.items():
         (t_s, m_s), (t_o, m_o), (t_n, m_n) = (r[name] for name in names)
-        print(f"{rows:>7} rows: naive / ours-stream time {t_n / t_s:.1f}x, memory {m_n / max(m_s, 1):.1f}x; "
-              f"naive / ours-stored (incl. accumulation) time {t_n / t_o:.1f}x, memory {m_n / max(m_o, 1):.1f}x "
-              "(target time >= 2)")
+        print(
+            f"{rows:>7} rows: naive / ours-stream time {t_n / t_s:.1f}x, memory {m_n / max(m_s, 1):.1f}x; "
+            f"naive / ours-stored (incl. accumulation) time {t_n / t_o:.1f}x, memory {m_n / max(m_o, 1):.1f}x "
+            "(target time >= 2)"
+        )
     small, large = results[args.small], results[args.large]
     for name in names:
-        print(f"peak memory {args.large} / {args.small} rows, {name}: {large[name][1] / max(small[name][1], 1):.2f} "
-              f"(target for ours: flat, about 1)")
+        print(
+            f"peak memory {args.large} / {args.small} rows, {name}: {large[name][1] / max(small[name][1], 1):.2f} "
+            f"(target for ours: flat, about 1)"
+        )
 
 
 if __name__ == "__main__":

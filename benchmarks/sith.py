@@ -91,8 +91,10 @@ def main() -> None:
     t_ours, ours = best_time(lambda: sith.comp(X, D, k=args.k, lam=args.lam), args.repeats)
     t_naive, naive = best_time(lambda: naive_comp(X, D, args.k, args.lam, chunk), args.repeats)
     same = (ours.indices == naive).all(-1)
-    print(f"COMP, {args.targets} targets x {args.atoms} atoms, width {args.width}, k={args.k}, lam={args.lam}, "
-          f"chunks of {chunk}, {torch.get_num_threads()} threads")
+    print(
+        f"COMP, {args.targets} targets x {args.atoms} atoms, width {args.width}, k={args.k}, lam={args.lam}, "
+        f"chunks of {chunk}, {torch.get_num_threads()} threads"
+    )
     print(f"  ours  {t_ours:8.2f} s")
     print(f"  naive {t_naive:8.2f} s")
     print(f"  ratio naive / ours: {t_naive / t_ours:.2f}x (target >= 5x)")

@@ -30,8 +30,9 @@ def plain_loop(model, dataset, out: Path, batch_size: int, rows_per_shard: int) 
     from hookedclip.data.extract import _collate, _forward, _Loading, parse_target
 
     targets = [parse_target(t, model) for t in TARGETS]
-    loader = torch.utils.data.DataLoader(_Loading(dataset, model.preprocess), batch_size=batch_size,
-                                         collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(
+        _Loading(dataset, model.preprocess), batch_size=batch_size, collate_fn=_collate
+    )
     rows, n, k = {t.name: [] for t in targets}, 0, 0
     with torch.no_grad():
         for batch in loader:
@@ -60,8 +61,9 @@ def throughput(n: int, batch_size: int, rows_per_shard: int, repeats: int) -> No
             if name == "plain":
                 plain_loop(model, dataset, out, batch_size, rows_per_shard)
             else:
-                extract(model, dataset, TARGETS, out, batch_size=batch_size, rows_per_shard=rows_per_shard,
-                        progress=False)
+                extract(
+                    model, dataset, TARGETS, out, batch_size=batch_size, rows_per_shard=rows_per_shard, progress=False
+                )
             times[name].append(time.perf_counter() - start)
             shutil.rmtree(out)
     plain, ours = min(times["plain"]), min(times["ours"])
@@ -77,15 +79,28 @@ def _write_child(path: str, rows: int, d: int) -> None:
     from hookedclip.data.store import FORMAT, RankWriter, TargetSpec, finalize, spec_dicts
 
     per_shard = 5000
-    header = {"format": FORMAT, "model": {"name": "bench"}, "dataset": {"length": rows}, "world_size": 1,
-              "targets": spec_dicts([TargetSpec("x", "float32", [d], "cov")]), "rows_per_shard": per_shard, "params": {}}
+    header = {
+        "format": FORMAT,
+        "model": {"name": "bench"},
+        "dataset": {"length": rows},
+        "world_size": 1,
+        "targets": spec_dicts([TargetSpec("x", "float32", [d], "cov")]),
+        "rows_per_shard": per_shard,
+        "params": {},
+    }
     writer = RankWriter(path, header)
     gen = torch.Generator().manual_seed(0)
     for a in range(0, rows, per_shard):
         b = min(a + per_shard, rows)
         idx = torch.arange(a, b)
-        writer.commit(a, b, {"x": torch.randn(b - a, d, generator=gen), "index": idx, "label": idx, "group": idx},
-                      [], [], {"x": RunningMoments.empty((), d)})
+        writer.commit(
+            a,
+            b,
+            {"x": torch.randn(b - a, d, generator=gen), "index": idx, "label": idx, "group": idx},
+            [],
+            [],
+            {"x": RunningMoments.empty((), d)},
+        )
     writer.finish()
     finalize(path)
 
@@ -113,11 +128,15 @@ def memory(small: int, large: int, d: int) -> None:
         peaks[rows] = (int(out[0]) / 1024, int(out[1]) / 1024)  # ru_maxrss is in KiB on Linux
     print(f"peak RSS of compute_moments (mean + covariance, d = {d}, 5000 rows per shard), fresh process each:")
     for rows, (base, peak) in peaks.items():
-        print(f"  {rows:>7} rows ({rows * d * 4 / 2**20:.0f} MiB of activations): {peak:.0f} MiB "
-              f"(+{peak - base:.0f} MiB over the process after opening the store)")
+        print(
+            f"  {rows:>7} rows ({rows * d * 4 / 2**20:.0f} MiB of activations): {peak:.0f} MiB "
+            f"(+{peak - base:.0f} MiB over the process after opening the store)"
+        )
     (b1, p1), (b2, p2) = peaks[small], peaks[large]
-    print(f"  ratio {large} / {small} rows: peak {p2 / p1:.3f}, increase {(p2 - b2) / max(p1 - b1, 1e-9):.3f} "
-          "(target: flat, 0.9-1.1)")
+    print(
+        f"  ratio {large} / {small} rows: peak {p2 / p1:.3f}, increase {(p2 - b2) / max(p1 - b1, 1e-9):.3f} "
+        "(target: flat, 0.9-1.1)"
+    )
 
 
 def main() -> None:

@@ -31,12 +31,19 @@ NAMES = {"shape": "shape", "color": "colour"}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="held-out toy images (default: %(default)s)")
-    parser.add_argument("--layers", type=int, default=2,
-                        help="analyse the heads of the last N layers (default: %(default)s)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32],
-                        help="values of K: PCs or texts per head (default: %(default)s)")
-    parser.add_argument("--out", default="accuracy_recovered_out",
-                        help="folder for the figures and CSVs (default: %(default)s)")
+    parser.add_argument(
+        "--layers", type=int, default=2, help="analyse the heads of the last N layers (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 4, 8, 16, 32],
+        help="values of K: PCs or texts per head (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out", default="accuracy_recovered_out", help="folder for the figures and CSVs (default: %(default)s)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -57,13 +64,16 @@ def main() -> None:
         batches = list(zip(x.split(250), labels.split(250)))
         with warnings.catch_warnings():  # TextSpan may run out of new directions in a small pool
             warnings.simplefilter("ignore", RuntimeWarning)
-            result = accuracy_recovered(model, batches, classifier, components=heads, budgets=args.budgets,
-                                        texts=texts, text_embeddings=pool)
+            result = accuracy_recovered(
+                model, batches, classifier, components=heads, budgets=args.budgets, texts=texts, text_embeddings=pool
+            )
         name = NAMES[attribute]
         print(f"\n{name} ({len(classifier.classnames)} classes)\n{result.summary()}")
         result.to_csv(out / f"accuracy_recovered_{name}.csv")
-        result.plot(out / f"accuracy_recovered_{name}.png",
-                    title=f"Toy CLIP, {name}: heads {heads} rebuilt, earlier heads mean-ablated")
+        result.plot(
+            out / f"accuracy_recovered_{name}.png",
+            title=f"Toy CLIP, {name}: heads {heads} rebuilt, earlier heads mean-ablated",
+        )
     print(f"\nfigures and CSVs in {out}/ ({time.perf_counter() - start:.0f} s)")
 
 

@@ -31,11 +31,16 @@ def zero_shot(model, x: torch.Tensor, classifiers: dict, labels: dict) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4,
-                        help="analyse the heads of the last N layers (default: %(default)s)")
+    parser.add_argument(
+        "--layers", type=int, default=4, help="analyse the heads of the last N layers (default: %(default)s)"
+    )
     parser.add_argument("--n", type=int, default=512, help="held-out toy images (default: %(default)s)")
-    parser.add_argument("--concept", choices=list(CONCEPTS), default="colour",
-                        help="the attribute whose PCs are kept and removed (default: %(default)s)")
+    parser.add_argument(
+        "--concept",
+        choices=list(CONCEPTS),
+        default="colour",
+        help="the attribute whose PCs are kept and removed (default: %(default)s)",
+    )
     parser.add_argument("--top-k", type=int, default=10, help="PCs per concept word (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -44,8 +49,9 @@ def main() -> None:
     world = ToyWorld(args.n, seed=11, split="test", image_size=model.cfg.vision.image_size)
     x = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     L = model.cfg.vision.layers
-    result = pclens.fit(model, x.split(256), components=[f"L{L - args.layers}-{L - 1}"], texts=toy_text_pool(),
-                        n_texts=3)
+    result = pclens.fit(
+        model, x.split(256), components=[f"L{L - args.layers}-{L - 1}"], texts=toy_text_pool(), n_texts=3
+    )
     print(result, "\n")
 
     # Which PCs carry the concept? One query per value ("a red shape", ...), de-duplicated.
@@ -54,8 +60,10 @@ def main() -> None:
     qs = pclens.QuerySystem(result, model)
     print(qs.query_text(words[0], top_k=args.top_k), "\n")
     concept = qs.query_texts(words, top_k=args.top_k)
-    print(f"{args.concept}: {len(concept.pcs)} PCs over {len(concept.heads_used)} heads "
-          f"(of {result.n_pcs} PCs in {len(result)} heads)\n")
+    print(
+        f"{args.concept}: {len(concept.pcs)} PCs over {len(concept.heads_used)} heads "
+        f"(of {result.n_pcs} PCs in {len(result)} heads)\n"
+    )
 
     attrs = world.attributes()
     labels = {a: torch.tensor([t.labels()[a] for t in attrs]) for a in ("color", "shape")}

@@ -27,23 +27,25 @@ from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import pclens
 from hookedclip.methods.neighbours import embedding_space, head_space, nearest_images, selection_space
 from hookedclip.methods.segmentation import evaluate, evaluate_toy, resize_mask, save_overlays
+from hookedclip.plotting import neighbour_grid
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import SHAPES, ToyWorld, class_prompts, render_batch
-from hookedclip.plotting import neighbour_grid
 from hookedclip.zeroshot import ZeroShotClassifier
 
 
 def report(name: str, metrics: dict) -> None:
-    print(f"  {name:<26} pixel acc {100 * metrics['pixel_accuracy']:5.1f}   mIoU {100 * metrics['miou']:5.1f}"
-          f"   mAP {100 * metrics['map']:5.1f}   ({metrics['n_images']} images)")
+    print(
+        f"  {name:<26} pixel acc {100 * metrics['pixel_accuracy']:5.1f}   mIoU {100 * metrics['miou']:5.1f}"
+        f"   mAP {100 * metrics['map']:5.1f}   ({metrics['n_images']} images)"
+    )
 
 
 def imagenet_segmentation(args) -> None:
     """TextSpan's segmentation protocol on ImageNet-segmentation: predicted-class maps of every head."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    from hookedclip.model import load_model
     from hookedclip.data.datasets import ImageNetSegmentation
+    from hookedclip.model import load_model
 
     model = load_model(args.model, args.pretrained)
     if model.preprocess is None:
@@ -70,17 +72,28 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="held-out toy images to score (default: %(default)s)")
     parser.add_argument("--out", default="segmentation_out", help="folder for the PNG figures (default: %(default)s)")
     parser.add_argument("--head", default=None, help="head for the neighbour search (default: last layer, head 0)")
-    parser.add_argument("--imagenet-seg", default=None, metavar="PATH",
-                        help="gtsegs_ijcv.mat: evaluate on ImageNet-segmentation instead of the toy world")
-    parser.add_argument("--model", default="ViT-B-16",
-                        help="with --imagenet-seg: open_clip name or saved model (default: %(default)s)")
-    parser.add_argument("--pretrained", default="openai",
-                        help="with --imagenet-seg: open_clip pretrained tag (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="with --imagenet-seg: first N images only (default: all)")
-    parser.add_argument("--geometry", choices=["reference", "aligned"], default="reference",
-                        help="mask geometry: 'reference' resizes masks to a square (parity), 'aligned' crops them "
-                             "(default: %(default)s)")
+    parser.add_argument(
+        "--imagenet-seg",
+        default=None,
+        metavar="PATH",
+        help="gtsegs_ijcv.mat: evaluate on ImageNet-segmentation instead of the toy world",
+    )
+    parser.add_argument(
+        "--model", default="ViT-B-16", help="with --imagenet-seg: open_clip name or saved model (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--pretrained", default="openai", help="with --imagenet-seg: open_clip pretrained tag (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="with --imagenet-seg: first N images only (default: all)"
+    )
+    parser.add_argument(
+        "--geometry",
+        choices=["reference", "aligned"],
+        default="reference",
+        help="mask geometry: 'reference' resizes masks to a square (parity), 'aligned' crops them "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # shared CPU: one thread keeps timings and neighbours predictable
     if args.imagenet_seg:
@@ -90,8 +103,10 @@ def main() -> None:
 
     model = HookedCLIP.from_pretrained("toy")
     cfg = model.visual.cfg
-    print(f"toy CLIP: {cfg.image_size} px images, {cfg.patch_size} px patches "
-          f"({cfg.image_size // cfg.patch_size}x{cfg.image_size // cfg.patch_size} grid), {cfg.layers}x{cfg.heads} heads")
+    print(
+        f"toy CLIP: {cfg.image_size} px images, {cfg.patch_size} px patches "
+        f"({cfg.image_size // cfg.patch_size}x{cfg.image_size // cfg.patch_size} grid), {cfg.layers}x{cfg.heads} heads"
+    )
 
     print(f"segmentation on {args.n} held-out toy images (shape classifier):")
     predicted = evaluate_toy(model, n=args.n)
@@ -114,23 +129,37 @@ def main() -> None:
     query = world[0]
     query_image = to_tensor(model, query["image"])[0]
     # the PCs of every head that the seven shape names select (PCLens fitted on the pool's images)
-    result = pclens.fit(model, pool_batches(model, pool), components=[f"L0-{cfg.layers - 1}"], texts=toy_text_pool(),
-                        n_texts=3)
+    result = pclens.fit(
+        model, pool_batches(model, pool), components=[f"L0-{cfg.layers - 1}"], texts=toy_text_pool(), n_texts=3
+    )
     shapes = pclens.QuerySystem(result, model).query_texts([f"a {s}" for s in SHAPES], top_k=10)
     print(f"  shape PCs: {len(shapes.pcs)} of {result.n_pcs} PCs, over {len(shapes.heads_used)} heads")
-    searches = [(f"head {head}", "head", head_space(model, head), "score"),
-                (f"head {head}", "head", head_space(model, head), "score_vis"),
-                ("the embedding", "embedding", embedding_space(model), "score_vis"),
-                (f"the {len(shapes.pcs)} shape PCs", "shape_pcs", selection_space(model, result, shapes, centre=True),
-                 "score_vis")]
+    searches = [
+        (f"head {head}", "head", head_space(model, head), "score"),
+        (f"head {head}", "head", head_space(model, head), "score_vis"),
+        ("the embedding", "embedding", embedding_space(model), "score_vis"),
+        (
+            f"the {len(shapes.pcs)} shape PCs",
+            "shape_pcs",
+            selection_space(model, result, shapes, centre=True),
+            "score_vis",
+        ),
+    ]
     for name, slug, space, score in searches:
         found = nearest_images(model, query_image, pool_batches(model, pool), space, k=16, score=score)
         indices = found.indices.tolist()
         kind = "dot product" if score == "score" else "cosine"
         path = out / f"neighbours_{slug}_{'dot' if score == 'score' else 'cosine'}.png"
-        neighbour_grid(query["image"], pool.images(indices), pool.captions(indices), path,
-                       title=f"nearest toy images in {name} ({kind})", query_caption=query["caption"],
-                       scores=found.values.tolist(), score_name="dot" if score == "score" else "cos")
+        neighbour_grid(
+            query["image"],
+            pool.images(indices),
+            pool.captions(indices),
+            path,
+            title=f"nearest toy images in {name} ({kind})",
+            query_caption=query["caption"],
+            scores=found.values.tolist(),
+            score_name="dot" if score == "score" else "cos",
+        )
         q = query["attributes"]
         shape = sum(a.shape == q.shape for a in pool.attributes(indices))
         colour = sum(a.color == q.color for a in pool.attributes(indices))

@@ -25,12 +25,15 @@ from hookedclip.toy.world import ToyWorld
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=1000,
-                        help="images of the group-balanced spurious split (default: %(default)s)")
-    parser.add_argument("--n-fit", type=int, default=1024,
-                        help="held-out toy images PCLens is fitted on (default: %(default)s)")
-    parser.add_argument("--out", default="pclens-debias",
-                        help="folder for debias.csv and debias.png (default: %(default)s)")
+    parser.add_argument(
+        "--n", type=int, default=1000, help="images of the group-balanced spurious split (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--n-fit", type=int, default=1024, help="held-out toy images PCLens is fitted on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default="pclens-debias", help="folder for debias.csv and debias.png (default: %(default)s)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -45,8 +48,18 @@ def main() -> None:
     for concept in task.concepts:
         print(qs.query_text(concept, top_k=3, approx=1.1), "\n")
 
-    sweep = debias_sweep(model, result, task.classifier, task.concepts, task.images, task.labels, task.groups,
-                         ks=(1, 2, 3, 5, 8, 12, 20, 30, 50), margin=0.01, group_names=task.group_names)
+    sweep = debias_sweep(
+        model,
+        result,
+        task.classifier,
+        task.concepts,
+        task.images,
+        task.labels,
+        task.groups,
+        ks=(1, 2, 3, 5, 8, 12, 20, 30, 50),
+        margin=0.01,
+        group_names=task.group_names,
+    )
     print(f"{'K':>3} {'PCs':>4} {'average':>8} {'worst':>7}  " + "  ".join(task.group_names))
     for p in sweep.points:
         groups = "  ".join(f"{100 * p.groups[g]:>{len(g)}.1f}" for g in task.group_names)

@@ -20,16 +20,19 @@ from hookedclip.toy.world import ToyWorld
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=2,
-                        help="analyse the heads of the last N layers (default: %(default)s)")
+    parser.add_argument(
+        "--layers", type=int, default=2, help="analyse the heads of the last N layers (default: %(default)s)"
+    )
     parser.add_argument("--texts", type=int, default=5, help="texts per head (default: %(default)s)")
     parser.add_argument("--n", type=int, default=1024, help="held-out toy images (default: %(default)s)")
     args = parser.parse_args(argv)
 
     model = HookedCLIP.from_pretrained("toy")
     world = ToyWorld(args.n, seed=11, split="test")
-    batches = (images_to_tensor(world.images(range(i, min(i + 256, args.n))), model.cfg.image_mean, model.cfg.image_std)
-               for i in range(0, args.n, 256))
+    batches = (
+        images_to_tensor(world.images(range(i, min(i + 256, args.n))), model.cfg.image_mean, model.cfg.image_std)
+        for i in range(0, args.n, 256)
+    )
     L = model.cfg.vision.layers
     heads = [f"L{l}" for l in range(L - args.layers, L)]
     results = text_span_heads(model, batches, toy_text_pool(), components=heads, n_texts=args.texts, rank=None)

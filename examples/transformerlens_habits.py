@@ -42,8 +42,9 @@ def logit_lens(model, images, labels, classifier) -> dict:
     residual stream entering each block and after the last one."""
     _, cache = model.run_with_cache(images, names_filter=lambda n: "resid" in n or "ln_post" in n)
     stack, names = cache.accumulated_resid(return_labels=True)
-    scores = torch.stack([cache.logit_attrs(stack, classifier.weights[:, c]) for c in range(len(classifier.classnames))],
-                         dim=-1)  # [layer, image, class]
+    scores = torch.stack(
+        [cache.logit_attrs(stack, classifier.weights[:, c]) for c in range(len(classifier.classnames))], dim=-1
+    )  # [layer, image, class]
     lens = {}
     for name, per_class in zip(names, scores):
         predicted = per_class.argmax(-1)
@@ -111,8 +112,11 @@ def plot(lens: dict, attribution: torch.Tensor, names: list[str], path: Path) ->
     left.set_title("Logit lens (95% intervals)")
     left.grid(alpha=0.3)
     order = torch.argsort(attribution.abs(), descending=True)[:12]
-    right.bar(range(len(order)), attribution[order].tolist(), color=["#1f3b73" if v > 0 else "#C44E52"
-                                                                    for v in attribution[order].tolist()])
+    right.bar(
+        range(len(order)),
+        attribution[order].tolist(),
+        color=["#1f3b73" if v > 0 else "#C44E52" for v in attribution[order].tolist()],
+    )
     right.set_xticks(range(len(order)), [names[i] for i in order], rotation=45, ha="right", fontsize=8)
     right.set_ylabel("direct share of ⟨e, true − mean other⟩")
     right.set_title("Direct attribution of the shape score: top 12 heads")
@@ -123,8 +127,9 @@ def plot(lens: dict, attribution: torch.Tensor, names: list[str], path: Path) ->
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=400, help="held-out toy images (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("transformerlens_out"),
-                        help="folder for the figure (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("transformerlens_out"), help="folder for the figure (default: %(default)s)"
+    )
     parser.add_argument("--head", default="L3H2", help="the head whose value path is patched (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -152,8 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(lens, attribution, names, args.out / "logit_lens_dla.png")
     print(f"figure: {args.out / 'logit_lens_dla.png'}")
-    return {"lens": lens, "attribution": dict(zip(names, attribution.tolist())), "recovered": recovered,
-            "path_share": path_share}
+    return {
+        "lens": lens,
+        "attribution": dict(zip(names, attribution.tolist())),
+        "recovered": recovered,
+        "path_share": path_share,
+    }
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def tiny_open_clip(
     torch.manual_seed(seed)
     vision = dict(layers=layers, width=width, head_width=head_width, patch_size=patch_size, image_size=image_size)
     vision.update(vision_kw)
-    text = dict(context_length=context_length, vocab_size=vocab_size, width=width, heads=width // head_width, layers=text_layers)
+    text = dict(
+        context_length=context_length, vocab_size=vocab_size, width=width, heads=width // head_width, layers=text_layers
+    )
     model = open_clip.CLIP(embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu)
     return randomize_(model, seed).eval()
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP, ablation
 from hookedclip.decompose import decompose_image
 from hookedclip.model.weights import fold_ln
-from tests.conftest import tiny_open_clip
 
 
 def _setup(seed=0, n=4, **kw):
@@ -32,8 +32,11 @@ def _orthogonal(d: int, seed: int) -> torch.Tensor:
 
 
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 2**16), mode=st.sampled_from(["total", "direct"]),
-       kind=st.sampled_from(["keep_full_basis", "project_nothing", "own_mean"]))
+@given(
+    seed=st.integers(0, 2**16),
+    mode=st.sampled_from(["total", "direct"]),
+    kind=st.sampled_from(["keep_full_basis", "project_nothing", "own_mean"]),
+)
 def test_ablations_that_must_change_nothing_are_the_identity(seed, mode, kind):
     """Edits that must change nothing leave the embedding alone, on every real component: a
     full orthonormal basis kept, no direction removed, or each component replaced by its exact
@@ -45,8 +48,12 @@ def test_ablations_that_must_change_nothing_are_the_identity(seed, mode, kind):
     clean = model.encode_image(images)
     ctx = {
         "keep_full_basis": lambda: ablation.keep_only(model, EVERY, _orthogonal(d, seed).T, mode=mode),
-        "project_nothing": lambda: ablation.project_out(model, EVERY, torch.zeros(0, d, dtype=torch.float64), mode=mode),
-        "own_mean": lambda: ablation.mean_ablate(model, EVERY, ablation.component_means(model, [images], mode=mode), mode),
+        "project_nothing": lambda: ablation.project_out(
+            model, EVERY, torch.zeros(0, d, dtype=torch.float64), mode=mode
+        ),
+        "own_mean": lambda: ablation.mean_ablate(
+            model, EVERY, ablation.component_means(model, [images], mode=mode), mode
+        ),
     }[kind]
     with ctx():
         torch.testing.assert_close(model.encode_image(images), clean, rtol=1e-9, atol=1e-10)
@@ -171,8 +178,13 @@ def test_contexts_compose_and_undo():
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16), fp64=st.booleans(), kind=st.sampled_from(["mean", "zero", "project"]),
-       outer=st.sets(st.sampled_from(SETS), min_size=1), inner=st.sets(st.sampled_from(SETS), min_size=1))
+@given(
+    seed=st.integers(0, 2**16),
+    fp64=st.booleans(),
+    kind=st.sampled_from(["mean", "zero", "project"]),
+    outer=st.sets(st.sampled_from(SETS), min_size=1),
+    inner=st.sets(st.sampled_from(SETS), min_size=1),
+)
 def test_nested_direct_contexts_equal_one_context(seed, fp64, kind, outer, inner):
     """Nesting A then B equals one context over A ∪ B; where they overlap, the inner
     replacement acts on the outer one's result (as nested hooks do in total mode)."""
@@ -200,7 +212,10 @@ def test_overlapping_direct_contexts_compose_as_functions():
     model, images = _setup(13)
     means = ablation.component_means(model, [images[:2]], ["L1H1"], mode="direct")
     u = torch.randn(1, 16, dtype=torch.float64)
-    with ablation.mean_ablate(model, ["L1H1"], means, "direct"), ablation.project_out(model, ["L1H1"], u, mode="direct"):
+    with (
+        ablation.mean_ablate(model, ["L1H1"], means, "direct"),
+        ablation.project_out(model, ["L1H1"], u, mode="direct"),
+    ):
         nested = model.encode_image(images)
     stack = decompose_image(model, images)
     m = means["L1H1"]

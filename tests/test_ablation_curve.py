@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import torch
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP, ablation
 from hookedclip.ablation_curve import mean_ablation_curve
 from hookedclip.zeroshot import ZeroShotClassifier
-from tests.conftest import tiny_open_clip
 
 
 def test_curve_matches_contexts(tmp_path):
     model = HookedCLIP.from_open_clip(tiny_open_clip(seed=12)).double()
     gen = torch.Generator().manual_seed(0)
-    data = [(torch.randn(8, 3, 16, 16, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen)) for _ in range(2)]
+    data = [
+        (torch.randn(8, 3, 16, 16, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen))
+        for _ in range(2)
+    ]
     images = torch.cat([x for x, _ in data])
     labels = torch.cat([y for _, y in data])
-    classifier = ZeroShotClassifier(torch.nn.functional.normalize(model.encode_image(images[:3]), dim=-1).T, ["a", "b", "c"])
+    classifier = ZeroShotClassifier(
+        torch.nn.functional.normalize(model.encode_image(images[:3]), dim=-1).T, ["a", "b", "c"]
+    )
     order = ["embed", "L0", "mlp0", "L1", "mlp1"]
     curve = mean_ablation_curve(model, data, classifier, order)
     assert curve.steps == order and len(curve.accuracy) == 6

@@ -143,7 +143,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -176,8 +176,7 @@ def method_graphs(imports: list[Import]) -> tuple[dict[str, set[str]], dict[str,
 def test_every_import_follows_the_rule():
     imports = all_imports()
     assert len(imports) > 100  # the parser sees the package
-    broken = [f"{imp}: {why}" for imp in imports
-              if (why := violation(imp)) and (imp.source, imp.target) not in ALLOWED]
+    broken = [f"{imp}: {why}" for imp in imports if (why := violation(imp)) and (imp.source, imp.target) not in ALLOWED]
     assert not broken, "imports against the core -> methods -> report -> cli rule:\n" + "\n".join(broken)
 
 
@@ -186,8 +185,7 @@ def test_methods_do_not_depend_on_each_other_in_a_circle():
     between, _ = method_graphs(imports)
     cycle = find_cycle(between)
     if cycle:
-        edges = [str(imp) for imp in imports
-                 if (method_of(imp.source), method_of(imp.target)) in zip(cycle, cycle[1:])]
+        edges = [str(imp) for imp in imports if (method_of(imp.source), method_of(imp.target)) in zip(cycle, cycle[1:])]
         raise AssertionError(f"methods import each other in a circle: {' -> '.join(cycle)}\n" + "\n".join(edges))
 
 
@@ -217,16 +215,19 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def test_checker_resolves_relative_local_and_type_checking_imports(tmp_path):
-    _write(tmp_path, {
-        "__init__.py": "",
-        "core.py": "def f():\n    from .cli import main\n",
-        "cli/__init__.py": "main = None\n",
-        "methods/__init__.py": "",
-        "methods/a/__init__.py": "from .x import y\n",
-        "methods/a/x.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.methods.a import z\ny = 1\n",
-        "methods/b.py": "from ..methods.a.x import y\nfrom pkg.methods import a\nfrom pkg.methods.a import _p\n",
-        "report/__init__.py": "import pkg.cli\n",
-    })  # fmt: skip
+    _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "core.py": "def f():\n    from .cli import main\n",
+            "cli/__init__.py": "main = None\n",
+            "methods/__init__.py": "",
+            "methods/a/__init__.py": "from .x import y\n",
+            "methods/a/x.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.methods.a import z\ny = 1\n",
+            "methods/b.py": "from ..methods.a.x import y\nfrom pkg.methods import a\nfrom pkg.methods.a import _p\n",
+            "report/__init__.py": "import pkg.cli\n",
+        },
+    )
     imports = all_imports(tmp_path, "pkg")
     found = {(i.source, i.target, i.names) for i in imports}
     assert ("pkg.core", "pkg.cli", ("main",)) in found  # function-local, relative

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP
 from hookedclip.ablation_curve import mean_ablation_curve
@@ -11,7 +12,6 @@ from hookedclip.data.batches import Batch, check_reiterable, iter_images, iter_l
 from hookedclip.methods import head_moments, pclens
 from hookedclip.methods.pclens.recovered import accuracy_recovered
 from hookedclip.zeroshot import ZeroShotClassifier, embed_images
-from tests.conftest import tiny_open_clip
 
 GEN = torch.Generator().manual_seed(0)
 IMAGES = torch.randn(12, 3, 16, 16, generator=GEN, dtype=torch.float64)
@@ -47,14 +47,17 @@ def test_iter_labelled():
 
 
 @pytest.mark.parametrize("reader", [iter_images, iter_labelled])
-@pytest.mark.parametrize("batches, error, match", [
-    ([IMAGES[0]], TypeError, r"batch 0: .*got a tensor of shape \(3, 16, 16\)"),
-    ([{"image": IMAGES, "label": LABELS}], TypeError, r"batch 0"),
-    ({"image": IMAGES}, TypeError, "batches must be an iterable of image tensors"),
-    ("images.png", TypeError, "batches must be an iterable of image tensors"),
-    (7, TypeError, "got int"),
-    (IMAGES[0], ValueError, r"a bare tensor is one batch of images \[B, C, H, W\]"),
-])
+@pytest.mark.parametrize(
+    "batches, error, match",
+    [
+        ([IMAGES[0]], TypeError, r"batch 0: .*got a tensor of shape \(3, 16, 16\)"),
+        ([{"image": IMAGES, "label": LABELS}], TypeError, r"batch 0"),
+        ({"image": IMAGES}, TypeError, "batches must be an iterable of image tensors"),
+        ("images.png", TypeError, "batches must be an iterable of image tensors"),
+        (7, TypeError, "got int"),
+        (IMAGES[0], ValueError, r"a bare tensor is one batch of images \[B, C, H, W\]"),
+    ],
+)
 def test_anything_else_is_refused_clearly(reader, batches, error, match):
     with pytest.raises(error, match=match):
         list(reader(batches))
@@ -82,8 +85,11 @@ def test_labels_are_required_where_used():
 def test_methods_take_tensors_and_tuples_alike(model):
     """The same images as bare tensors, (images, labels) pairs and (images, labels, groups)
     triples give the same statistics and embeddings."""
-    forms = [IMAGES.split(6), list(zip(IMAGES.split(6), LABELS.split(6))),
-             list(zip(IMAGES.split(6), LABELS.split(6), GROUPS.split(6)))]
+    forms = [
+        IMAGES.split(6),
+        list(zip(IMAGES.split(6), LABELS.split(6))),
+        list(zip(IMAGES.split(6), LABELS.split(6), GROUPS.split(6))),
+    ]
     moments = [head_moments(model, b, "L1")[0]["L1H2"] for b in forms]
     fits = [pclens.fit(model, b, components="L1") for b in forms]
     embeddings = [embed_images(model, b) for b in forms]
@@ -103,6 +109,7 @@ def test_labelled_methods_refuse_bare_images_and_one_shot_iterators(model):
     with pytest.raises(TypeError, match="needs labels"):
         mean_ablation_curve(model, [IMAGES], classifier, ["L0", "L1"])
     pairs = mean_ablation_curve(model, list(zip(IMAGES.split(6), LABELS.split(6))), classifier, ["L0", "L1"])
-    triples = mean_ablation_curve(model, list(zip(IMAGES.split(6), LABELS.split(6), GROUPS.split(6))), classifier,
-                                  ["L0", "L1"])
+    triples = mean_ablation_curve(
+        model, list(zip(IMAGES.split(6), LABELS.split(6), GROUPS.split(6))), classifier, ["L0", "L1"]
+    )
     assert pairs.accuracy == triples.accuracy

@@ -48,27 +48,48 @@ BAD = {
     "info without model": (["info"], "hookedclip info", ["required: model"]),
     "demo --n abc": (["demo", "--n", "abc"], "hookedclip demo", ["--n", "invalid int value: 'abc'"]),
     "cache without --out": (["cache"], "hookedclip cache", ["--out"]),
-    "cache --batch-size 0": (["cache", "--batch-size", "0", "--out", "x"], "hookedclip cache",
-                             ["--batch-size", "not a positive integer"]),
+    "cache --batch-size 0": (
+        ["cache", "--batch-size", "0", "--out", "x"],
+        "hookedclip cache",
+        ["--batch-size", "not a positive integer"],
+    ),
     "pclens without subcommand": (["pclens"], "hookedclip pclens", ["required: {report,debias}"]),
     "toy train --steps 0": (["toy", "train", "--steps", "0"], "hookedclip toy train", ["--steps"]),
     "toy evaluate --n 0": (["toy", "evaluate", "--n", "0"], "hookedclip toy evaluate", ["--n", "positive"]),
     "pclens report --images -1": (["pclens", "report", "--images", "-1"], "hookedclip pclens report", ["--images"]),
     # found by the commands themselves
-    "info hf: missing folder": (["info", "hf:./missing-folder"], "hookedclip info",
-                                ["./missing-folder", "no Hugging Face model folder", "local folder"]),
+    "info hf: missing folder": (
+        ["info", "hf:./missing-folder"],
+        "hookedclip info",
+        ["./missing-folder", "no Hugging Face model folder", "local folder"],
+    ),
     "info unknown model": (["info", "ViT-B-99"], "hookedclip info", ["unknown open_clip model", "ViT-B-32"]),
     "demo --n 5": (["demo", "--n", "5"], "hookedclip demo", ["--n 5", "at least 64", "--n 64"]),
-    "cache --data toy:abc": (["cache", "--data", "toy:abc", "--out", "x"], "hookedclip cache",
-                             ["toy:abc", "positive integer", "toy:1024"]),
-    "cache --data waterbirds:": (["cache", "--data", "waterbirds:", "--out", "x"], "hookedclip cache",
-                                 ["waterbirds:PATH"]),
-    "pclens report --data": (["pclens", "report", "--data", "imagenet"], "hookedclip pclens report",
-                             ["--data 'imagenet'", "--data toy"]),
-    "pclens debias --ks": (["pclens", "debias", "--ks", "1,two"], "hookedclip pclens debias",
-                           ["--ks '1,two'", "comma-separated positive integers"]),
-    "toy evaluate --weights": (["toy", "evaluate", "--weights", "no-such-run"], "hookedclip toy evaluate",
-                               ["no-such-run", "toy train"]),
+    "cache --data toy:abc": (
+        ["cache", "--data", "toy:abc", "--out", "x"],
+        "hookedclip cache",
+        ["toy:abc", "positive integer", "toy:1024"],
+    ),
+    "cache --data waterbirds:": (
+        ["cache", "--data", "waterbirds:", "--out", "x"],
+        "hookedclip cache",
+        ["waterbirds:PATH"],
+    ),
+    "pclens report --data": (
+        ["pclens", "report", "--data", "imagenet"],
+        "hookedclip pclens report",
+        ["--data 'imagenet'", "--data toy"],
+    ),
+    "pclens debias --ks": (
+        ["pclens", "debias", "--ks", "1,two"],
+        "hookedclip pclens debias",
+        ["--ks '1,two'", "comma-separated positive integers"],
+    ),
+    "toy evaluate --weights": (
+        ["toy", "evaluate", "--weights", "no-such-run"],
+        "hookedclip toy evaluate",
+        ["no-such-run", "toy train"],
+    ),
 }
 
 
@@ -83,8 +104,13 @@ def test_bad_argument_is_one_line_and_exit_2(argv, command, phrases, capsys, tmp
 
 def test_cache_unknown_target_is_named_before_any_image_is_read(tmp_path, capsys):
     assert main(["cache", "--targets", "heads", "bogus", "--out", str(tmp_path / "store")]) == 2
-    line = assert_one_error_line(capsys.readouterr().err, "hookedclip cache", "--targets 'bogus'",
-                                 "heads, heads/tokens, components, embedding", "hookedclip info toy")
+    line = assert_one_error_line(
+        capsys.readouterr().err,
+        "hookedclip cache",
+        "--targets 'bogus'",
+        "heads, heads/tokens, components, embedding",
+        "hookedclip info toy",
+    )
     assert "closest hook points" not in line  # nothing close to "bogus"
     assert not (tmp_path / "store").exists()
     assert main(["cache", "--targets", "visual.blocks.3.hook_resid_pots", "--out", str(tmp_path / "s")]) == 2
@@ -99,15 +125,20 @@ def test_cache_missing_folder(tmp_path, capsys):
 def test_layers_beyond_the_model_name_the_range(capsys):
     """Found after the model is loaded: progress lines may come first, then one error line."""
     assert main(["pclens", "report", "--layers", "9", "--n", "8"]) == 2
-    assert_one_error_line(capsys.readouterr().err, "hookedclip pclens report", "--layers 9", "4 layers",
-                          "--layers 1 to 4")
+    assert_one_error_line(
+        capsys.readouterr().err, "hookedclip pclens report", "--layers 9", "4 layers", "--layers 1 to 4"
+    )
 
 
-@pytest.mark.parametrize("argv, command", [
-    (["info", "ViT-B-32", "--pretrained", "openai"], "hookedclip info"),
-    (["cache", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k", "--out", "x"], "hookedclip cache"),
-    (["pclens", "debias", "--model", "ViT-B-32", "--pretrained", "openai"], "hookedclip pclens debias"),
-], ids=["info", "cache", "pclens debias"])
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (["info", "ViT-B-32", "--pretrained", "openai"], "hookedclip info"),
+        (["cache", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k", "--out", "x"], "hookedclip cache"),
+        (["pclens", "debias", "--model", "ViT-B-32", "--pretrained", "openai"], "hookedclip pclens debias"),
+    ],
+    ids=["info", "cache", "pclens debias"],
+)
 def test_pretrained_weights_missing_offline_fail_at_once(argv, command, no_hub_cache, capsys, tmp_path, monkeypatch):
     """No download is tried (open_clip's retries took about a minute offline): the message names
     where the weights were looked for, ``--download`` and a checkpoint file."""
@@ -115,8 +146,9 @@ def test_pretrained_weights_missing_offline_fail_at_once(argv, command, no_hub_c
     start = time.perf_counter()
     assert main(argv) == 2
     assert time.perf_counter() - start < 15
-    line = assert_one_error_line(capsys.readouterr().err, command, "ViT-B-32", "not on this machine",
-                                 "--download", "--pretrained PATH")
+    line = assert_one_error_line(
+        capsys.readouterr().err, command, "ViT-B-32", "not on this machine", "--download", "--pretrained PATH"
+    )
     assert str(no_hub_cache) in line
 
 
@@ -138,6 +170,7 @@ def test_pretrained_weights_in_the_cache_are_found(no_hub_cache):
 
 def test_an_unexpected_exception_is_one_line_too(monkeypatch, capsys):
     """A bug in hookedclip: one line saying so (exit status 1); HOOKEDCLIP_TRACEBACK=1 shows it."""
+
     def broken(args):
         raise TypeError("unsupported operand")
 
@@ -155,7 +188,7 @@ def test_library_warnings_are_one_line(monkeypatch, capsys):
     import warnings
 
     def warns(args):
-        warnings.warn("3 images could not be read\nsee store.skipped", UserWarning)
+        warnings.warn("3 images could not be read\nsee store.skipped", UserWarning, stacklevel=2)
 
     monkeypatch.setattr("hookedclip.cli.info._cmd_info", warns)
     assert main(["info", "toy"]) == 0
@@ -185,8 +218,22 @@ def test_large_images_for_a_small_model_warn(tmp_path, capsys, monkeypatch, tiny
     photos.mkdir()
     Image.new("RGB", (1024, 768)).save(photos / "a.png")
     monkeypatch.setattr("hookedclip.cli.cache.load_model", lambda spec, pretrained=None, device="cpu": tiny_model_32)
-    assert main(["cache", "--model", "tiny", "--data", str(photos), "--targets", "embedding",
-                 "--out", str(tmp_path / "store")]) == 0
+    assert (
+        main(
+            [
+                "cache",
+                "--model",
+                "tiny",
+                "--data",
+                str(photos),
+                "--targets",
+                "embedding",
+                "--out",
+                str(tmp_path / "store"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "hookedclip cache: warning: the first image of" in err and "1024x768 px" in err and "32 px input" in err
 
@@ -214,8 +261,14 @@ def test_help_shows_defaults(capsys):
 def test_real_process_exit_status_and_stderr(tmp_path):
     """The installed console script's path, in a real process: exit status 2, one line, no traceback."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "hookedclip.cli", "cache", "--targets", "bogus", "--out",
-                           str(tmp_path / "store")], capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "hookedclip.cli", "cache", "--targets", "bogus", "--out", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stdout == ""
     assert_one_error_line(done.stderr, "hookedclip cache", "--targets 'bogus'")
@@ -223,13 +276,36 @@ def test_real_process_exit_status_and_stderr(tmp_path):
 
 def test_pclens_report_shows_its_steps(tmp_path, capsys):
     """A long command says what it is doing: a line before each step and its time after it."""
-    assert main(["pclens", "report", "--n", "32", "--layers", "1", "--pcs", "1", "--images", "2",
-                 "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        main(
+            [
+                "pclens",
+                "report",
+                "--n",
+                "32",
+                "--layers",
+                "1",
+                "--pcs",
+                "1",
+                "--images",
+                "2",
+                "--out",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     steps = [line for line in err.splitlines() if PROGRESS.match(line)]
-    for what in ("loading toy", "rendering 32 held-out toy images", "fitting PCLens on the heads L3-3",
-                 "embedding the images", "writing a page per head"):
+    for what in (
+        "loading toy",
+        "rendering 32 held-out toy images",
+        "fitting PCLens on the heads L3-3",
+        "embedding the images",
+        "writing a page per head",
+    ):
         assert any(s.startswith(f"hookedclip pclens report: {what}") and s.endswith(" ...") for s in steps), what
-        assert any(s.startswith(f"hookedclip pclens report: {what}") and re.search(r"done in \d+ s$", s)
-                   for s in steps), what
+        assert any(
+            s.startswith(f"hookedclip pclens report: {what}") and re.search(r"done in \d+ s$", s) for s in steps
+        ), what
     assert "head pages" in err  # the per-head progress bar of the longest step

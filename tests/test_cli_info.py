@@ -18,8 +18,10 @@ def test_info_vit_b_32_prints_summary_and_every_hook_point(capsys):
     assert main(["info", "ViT-B-32", "--all-hooks"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("ViT-B-32 (source: open_clip)")
-    assert ("visual: 12 layers, d_model 768, 12 heads x d_head 64, d_mlp 3072, gelu; "
-            "image 224 px, patch 32, 50 tokens; pool tok; ln_pre yes; d_out 512") in text
+    assert (
+        "visual: 12 layers, d_model 768, 12 heads x d_head 64, d_mlp 3072, gelu; "
+        "image 224 px, patch 32, 50 tokens; pool tok; ln_pre yes; d_out 512"
+    ) in text
     assert "text: 12 layers, d_model 512, 8 heads x d_head 64, d_mlp 2048, gelu; context 77, vocab 49408" in text
     assert f"hook points ({VIT_B_32_HOOKS}):" in text
     listed = [line.strip() for line in text.splitlines() if line.startswith("  ")]
@@ -46,4 +48,3 @@ def test_unknown_pretrained_tag_is_a_clean_error(capsys):
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith("hookedclip info: error: open_clip has no pretrained tag 'nosuch' for ViT-B-32")
     assert "laion2b_s34b_b79k" in captured.err  # the known tags are listed
-

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hookedclip.components import (ALL_COMPONENTS, ALL_HEADS, LAST_4_LAYERS, MLP, Embed, Head, all_components,
-                                   select)
+from hookedclip.components import ALL_COMPONENTS, ALL_HEADS, LAST_4_LAYERS, MLP, Embed, Head, all_components, select
 from hookedclip.config import VisionConfig
 
 CFG = VisionConfig(width=32, layers=6, heads=4, d_mlp=64)
@@ -32,14 +31,17 @@ def test_specs():
     assert select(CFG, []) == []
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("L6", r"layer 6 does not exist; the model has layers 0\.\.5 \(-6\.\.-1 from the end\)"),
-    ("L-7-", r"layer -7 does not exist; the model has layers 0\.\.5"),
-    ("L2H4", r"head 4 does not exist; each layer has heads 0\.\.3"),
-    ("mlp9", r"layers 0\.\.5"),
-    ("L4-2", r"empty range.*layers 0\.\.5, heads 0\.\.3"),
-    ("head7", r"cannot parse component 'head7' \(the model has layers 0\.\.5, heads 0\.\.3\)"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("L6", r"layer 6 does not exist; the model has layers 0\.\.5 \(-6\.\.-1 from the end\)"),
+        ("L-7-", r"layer -7 does not exist; the model has layers 0\.\.5"),
+        ("L2H4", r"head 4 does not exist; each layer has heads 0\.\.3"),
+        ("mlp9", r"layers 0\.\.5"),
+        ("L4-2", r"empty range.*layers 0\.\.5, heads 0\.\.3"),
+        ("head7", r"cannot parse component 'head7' \(the model has layers 0\.\.5, heads 0\.\.3\)"),
+    ],
+)
 def test_bad_specs_name_the_valid_range(spec, match):
     with pytest.raises(ValueError, match=match):
         select(CFG, spec)

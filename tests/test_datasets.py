@@ -7,8 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from hookedclip.data.datasets import (ImageFolder, ImageNetSegmentation, ImageNetVal, ToyImages, Waterbirds,
-                                      open_dataset, preprocess_mask)
+from hookedclip.data.datasets import (
+    ImageFolder,
+    ImageNetSegmentation,
+    ImageNetVal,
+    ToyImages,
+    Waterbirds,
+    open_dataset,
+    preprocess_mask,
+)
 from hookedclip.toy.world import SpuriousSpec, ToyWorld
 
 
@@ -92,7 +99,9 @@ def test_imagenet_val_from_devkit_maps_to_sorted_wnid_order(tmp_path):
         save_image(tmp_path / "val" / f"ILSVRC2012_val_{k + 1:08d}.JPEG", k)
     # ILSVRC ids 1..3 in a non-alphabetical WordNet order, plus a non-leaf synset
     dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")]
-    synsets = np.array([(1, "n03000000", 0), (2, "n01000000", 0), (3, "n02000000", 0), (4, "n00000001", 3)], dtype=dtype)
+    synsets = np.array(
+        [(1, "n03000000", 0), (2, "n01000000", 0), (3, "n02000000", 0), (4, "n00000001", 3)], dtype=dtype
+    )
     (tmp_path / "devkit" / "data").mkdir(parents=True)
     savemat(tmp_path / "devkit" / "data" / "meta.mat", {"synsets": synsets})
     (tmp_path / "devkit" / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n3\n")
@@ -206,9 +215,9 @@ def test_open_dataset_specs(tmp_path):
 
 # ---------------------------------------------------------------------------- vocabularies
 def test_builtin_vocabularies():
-    from hookedclip.data.vocab import english_vocabulary, image_label_words, vocabulary
-
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from hookedclip.data.vocab import english_vocabulary, image_label_words, vocabulary
 
     frequent = english_vocabulary("frequent", n_words=3000)
     assert 2000 < len(frequent) <= 3000 and len(set(frequent)) == len(frequent)
@@ -219,7 +228,7 @@ def test_builtin_vocabularies():
     english = english_vocabulary(n_words=3000)
     assert len(set(english)) == len(english) and set(curated) <= set(english)
     labelled = [w for w in frequent if w in image_label_words()]  # the documented rule, in frequency order
-    assert english[: len(labelled)] == labelled and set(english[len(labelled):]) == set(curated) - set(labelled)
+    assert english[: len(labelled)] == labelled and set(english[len(labelled) :]) == set(curated) - set(labelled)
     assert {"dog", "car", "water", "running"} <= set(labelled)  # words of image (and action) class names
     assert not {"information", "however", "government"} & set(english)  # frequent, not picturable here
     assert len(english_vocabulary()) > len(english)  # n_words widens the pool

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import rel_err, tiny_open_clip
 
 from hookedclip import HookedCLIP
-from hookedclip.components import Head, MLP, Embed, parse
+from hookedclip.components import MLP, Embed, Head, parse
 from hookedclip.decompose import decompose_image
 from hookedclip.model.weights import fold_ln
-from tests.conftest import rel_err, tiny_open_clip
 
 POOLS = [dict(), dict(pool_type="avg"), dict(final_ln_after_pool=True), dict(pool_type="avg", final_ln_after_pool=True)]
 
@@ -26,8 +26,13 @@ def _setup(seed=0, dtype=torch.float64, n=3, **kw):
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16), layers=st.integers(1, 3), pool=st.sampled_from(POOLS),
-       ln_mode=st.sampled_from(["reference", "center_each"]), normalize=st.booleans())
+@given(
+    seed=st.integers(0, 2**16),
+    layers=st.integers(1, 3),
+    pool=st.sampled_from(POOLS),
+    ln_mode=st.sampled_from(["reference", "center_each"]),
+    normalize=st.booleans(),
+)
 def test_rows_sum_to_embedding_fp64(seed, layers, pool, ln_mode, normalize):
     model, images = _setup(seed, layers=layers, **pool)
     e = model.encode_image(images)
@@ -46,13 +51,24 @@ def tiny_configs(draw):
     heads, head_width = draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([4, 8]))
     patch = draw(st.sampled_from([4, 8]))
     image = patch * draw(st.integers(16 // patch, 32 // patch))
-    return dict(layers=draw(st.integers(1, 3)), width=heads * head_width, head_width=head_width, patch_size=patch,
-                image_size=image, embed_dim=draw(st.integers(4, 40)), **draw(st.sampled_from(POOLS)))
+    return dict(
+        layers=draw(st.integers(1, 3)),
+        width=heads * head_width,
+        head_width=head_width,
+        patch_size=patch,
+        image_size=image,
+        embed_dim=draw(st.integers(4, 40)),
+        **draw(st.sampled_from(POOLS)),
+    )
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**16), config=tiny_configs(), ln_mode=st.sampled_from(["reference", "center_each"]),
-       positions=st.sampled_from(["cls", "all"]))
+@given(
+    seed=st.integers(0, 2**16),
+    config=tiny_configs(),
+    ln_mode=st.sampled_from(["reference", "center_each"]),
+    positions=st.sampled_from(["cls", "all"]),
+)
 def test_rows_sum_to_embedding_fp32(seed, config, ln_mode, positions):
     """The rows sum to the unit embedding in fp32 too (1e-5 relative), with both ln_post conventions."""
     model, images = _setup(seed, dtype=torch.float32, **config)
@@ -106,10 +122,12 @@ def test_rows_match_a_materialised_reference(ln_mode):
             c = cache["result", layer][:, 0, h] + attn.b_O / H
             torch.testing.assert_close(row(stack, f"L{layer}H{h}"), phi(c, 1 / (n_c * H)), **close)
             alpha = cache["pattern", layer][:, h, 0]  # [batch, T]: the CLS query's attention
-            c_t = alpha[..., None] * (cache["v", layer][:, :, h] @ attn.W_O[h]) + attn.b_O / (H * T)  # [batch, T, d_model]
+            c_t = alpha[..., None] * (cache["v", layer][:, :, h] @ attn.W_O[h]) + attn.b_O / (
+                H * T
+            )  # [batch, T, d_model]
             expected = torch.stack([phi(c_t[:, t], 1 / (n_c * H * T)) for t in range(T)], dim=1)
             torch.testing.assert_close(row(per_token, f"L{layer}H{h}"), expected, **close)
-        layer_row = stack.layer_totals().select(lambda s: s == f"attn{layer}").tensor[0]
+        layer_row = stack.layer_totals().select(lambda s, layer=layer: s == f"attn{layer}").tensor[0]
         attn_out = cache["attn_out", layer][:, 0]
         torch.testing.assert_close(layer_row, phi(attn_out, H / (n_c * H)), **close)  # H head shares
 
@@ -140,16 +158,23 @@ def test_conventions_agree_in_sum_differ_in_parts(seed, layers):
     norm = model.encode_image(images).norm(dim=-1)
     raw = decompose_image(model, images, target=("resid", layers)).tensor  # [component, batch, d_model] at CLS
     H = visual.cfg.heads
-    omega = torch.tensor([1 / ((2 * layers + 1) * (H if isinstance(c, Head) else 1)) for c in ref.components],
-                         dtype=torch.float64)
+    omega = torch.tensor(
+        [1 / ((2 * layers + 1) * (H if isinstance(c, Head) else 1)) for c in ref.components], dtype=torch.float64
+    )
     coef = (raw.mean(-1) - omega[:, None] * mu) / (sigma * norm)  # [component, batch]
     g = visual.ln_post.w @ visual.W_proj
     torch.testing.assert_close(ref.tensor - each.tensor, coef.unsqueeze(-1) * g, rtol=1e-8, atol=1e-12)
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16), n=st.integers(2, 5), data=st.data(), positions=st.sampled_from(["cls", "all"]),
-       pool=st.sampled_from(POOLS), ln_mode=st.sampled_from(["reference", "center_each"]))
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(2, 5),
+    data=st.data(),
+    positions=st.sampled_from(["cls", "all"]),
+    pool=st.sampled_from(POOLS),
+    ln_mode=st.sampled_from(["reference", "center_each"]),
+)
 def test_batch_independence(seed, n, data, positions, pool, ln_mode):
     """Decomposing an image alone equals decomposing it inside any batch."""
     model, images = _setup(seed, n=n, **pool)
@@ -201,8 +226,9 @@ def test_component_parsing():
 
 @pytest.mark.parametrize("ln_mode", ["reference", "center_each"])
 def test_text_rows_sum_to_text_embedding(ln_mode):
-    from hookedclip.decompose import decompose_text
     from tests.conftest import random_tokens
+
+    from hookedclip.decompose import decompose_text
 
     model, _ = _setup(11)
     tokens = random_tokens(4, model.cfg.text.context_length, model.cfg.text.vocab_size, seed=11)
@@ -242,7 +268,11 @@ def test_max_memory_sets_the_chunks_and_keeps_the_result(monkeypatch):
     output, per_image, per_head = dec._memory_parts(model, 5, "all", ["L0-1", "mlp1"])
     heads_seen: list[int] = []
     original = dec._Rows.heads
-    monkeypatch.setattr(dec._Rows, "heads", lambda self, attn, heads, *a: heads_seen.append(len(heads)) or original(self, attn, heads, *a))
+    monkeypatch.setattr(
+        dec._Rows,
+        "heads",
+        lambda self, attn, heads, *a: heads_seen.append(len(heads)) or original(self, attn, heads, *a),
+    )
     plans = []
     for per_pass, heads in [(5, 4), (5, 2), (5, 1), (2, 1), (1, 1)]:
         bound = output + per_pass * (per_image + heads * per_head)
@@ -250,7 +280,7 @@ def test_max_memory_sets_the_chunks_and_keeps_the_result(monkeypatch):
         assert dec.estimate_memory(model, 5, "all", ["L0-1", "mlp1"], per_pass=per_pass, head_chunk=heads) <= bound
         heads_seen.clear()
         passes: list[int] = []
-        with model.hooks(fwd_hooks=[("visual.hook_out", lambda x, hook: passes.append(x.shape[0]))]):
+        with model.hooks(fwd_hooks=[("visual.hook_out", lambda x, hook, passes=passes: passes.append(x.shape[0]))]):
             stack = decompose_image(model, images, positions="all", components=["L0-1", "mlp1"], max_memory=bound)
         plans.append((max(passes), max(heads_seen)))
         assert sum(passes) == 5
@@ -270,7 +300,11 @@ def test_to_joint_maps_width_rows_linearly():
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16), n_classes=st.integers(2, 8), ablated=st.sets(st.sampled_from(["L0H1", "L1H0", "L1H3", "mlp1", "embed"]), min_size=1))
+@given(
+    seed=st.integers(0, 2**16),
+    n_classes=st.integers(2, 8),
+    ablated=st.sets(st.sampled_from(["L0H1", "L1H0", "L1H3", "mlp1", "embed"]), min_size=1),
+)
 def test_top1_is_scale_invariant(seed, n_classes, ablated):
     """Top-1 of mean-ablated reconstructions is the same from normalised rows,
     from unnormalised rows, normalised or not before ``@ W_cls``, and from the direct-mode
@@ -278,7 +312,9 @@ def test_top1_is_scale_invariant(seed, n_classes, ablated):
     from hookedclip import ablation
 
     model, images = _setup(seed, n=6)
-    W = F.normalize(torch.randn(16, n_classes, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=0)
+    W = F.normalize(
+        torch.randn(16, n_classes, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=0
+    )
     labels = sorted(ablated)
     means = ablation.component_means(model, [images], labels, mode="direct")
     normed, raw = decompose_image(model, images), decompose_image(model, images, normalize=False)

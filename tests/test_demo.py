@@ -16,8 +16,17 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
     assert str(out / "index.html") in capsys.readouterr().out
     html = (out / "index.html").read_text()
     figures = re.findall(r"<img src='([^']+)'", html)
-    assert {"samples.png", "zero_shot.png", "layer_shares.png", "head_probes.png", "ablation_curve.png",
-            "pclens_strengths.png", "pclens_pc.png", "pclens_debias.png", "segmentation_overlays.png"} <= set(figures)
+    assert {
+        "samples.png",
+        "zero_shot.png",
+        "layer_shares.png",
+        "head_probes.png",
+        "ablation_curve.png",
+        "pclens_strengths.png",
+        "pclens_pc.png",
+        "pclens_debias.png",
+        "segmentation_overlays.png",
+    } <= set(figures)
     # Every figure written is shown, and none is blank.
     assert sorted(figures) == sorted(p.name for p in out.glob("*.png"))
     for name in figures:
@@ -26,10 +35,16 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         assert pixels.std() > 0.02, f"{name} is (nearly) blank: pixel std {pixels.std():.4f}"
     # One heading per section, in order.
     headings = re.findall(r"<h2 id='s\d+'>([^<]+)</h2>", html)
-    assert headings == ["The toy world", "Zero-shot accuracy", "Where the image embedding comes from",
-                        "Which heads carry which attribute", "Which layers matter: accumulated mean-ablation",
-                        "TextSpan: texts that span each head",
-                        "PCLens: principal components of each head, labelled with text", "Zero-shot segmentation"]
+    assert headings == [
+        "The toy world",
+        "Zero-shot accuracy",
+        "Where the image embedding comes from",
+        "Which heads carry which attribute",
+        "Which layers matter: accumulated mean-ablation",
+        "TextSpan: texts that span each head",
+        "PCLens: principal components of each head, labelled with text",
+        "Zero-shot segmentation",
+    ]
     assert len(headings) == len(SECTIONS)
     for phrase in ("worst group", "centred blob", "majority-class", "embedding slot"):
         assert phrase in html

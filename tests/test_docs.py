@@ -71,13 +71,14 @@ def test_skipped_blocks_are_few_and_say_why():
 
 def test_extractor_reads_fences_and_skip_markers(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("text\n\n```python\nx = 1\n```\n\n<!-- skip-test: needs a real checkpoint file -->\n"
-                    "```python\nraise SystemExit\n```\n\n```bash\nls\n```\n")
+    page.write_text(
+        "text\n\n```python\nx = 1\n```\n\n<!-- skip-test: needs a real checkpoint file -->\n"
+        "```python\nraise SystemExit\n```\n\n```bash\nls\n```\n"
+    )
     assert python_blocks(page) == [(4, "x = 1\n", None), (9, "raise SystemExit\n", "needs a real checkpoint file")]
 
 
-@pytest.mark.parametrize("path", [*DOCS, *EXAMPLES],
-                         ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("path", [*DOCS, *EXAMPLES], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_internal_references(path: Path):
     """Users never see the project's internal specification: the docs say things in their own words."""
     text = path.read_text()

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP, ablation
 from hookedclip.decompose import decompose_image
 from hookedclip.methods import pclens
 from hookedclip.methods.pclens import PCLensResult
 from hookedclip.names import act_name
-from tests.conftest import tiny_open_clip
 
 SETTINGS = settings(deadline=None, max_examples=15, derandomize=True)
 HEADS = [f"L{layer}H{head}" for layer in range(2) for head in range(4)]
@@ -34,10 +34,17 @@ class Setup:
         self.means = ablation.component_means(self.model, fit_images.split(16), mode="direct")
         self.directions = torch.randn(2, 16, generator=gen, dtype=torch.float64)
         pool = F.normalize(torch.randn(30, 16, generator=gen, dtype=torch.float64), dim=-1)
-        self.result = pclens.fit(self.model, fit_images.split(16), components=["L0-1"],
-                                 texts=[f"text {i}" for i in range(30)], text_embeddings=pool, n_texts=3)
-        self.weights = {label: torch.randn(p.k, generator=gen, dtype=torch.float64)
-                        for label, p in self.result.heads.items()}
+        self.result = pclens.fit(
+            self.model,
+            fit_images.split(16),
+            components=["L0-1"],
+            texts=[f"text {i}" for i in range(30)],
+            text_embeddings=pool,
+            n_texts=3,
+        )
+        self.weights = {
+            label: torch.randn(p.k, generator=gen, dtype=torch.float64) for label, p in self.result.heads.items()
+        }
 
     def restricted(self, heads) -> PCLensResult:
         """The PCLens result with only ``heads`` analysed (so ``remove`` touches only them)."""
@@ -89,8 +96,10 @@ def _expected(e: torch.Tensor, rows: dict, new: dict) -> torch.Tensor:
 
 def _clean(model) -> bool:
     """No hook function, no module hook and no engine edit left anywhere."""
-    return (all(not h.fwd_fns and not h.bwd_fns and not h._forward_hooks for h in model.hook_dict.values())
-            and ablation.active(model) == [])
+    return (
+        all(not h.fwd_fns and not h.bwd_fns and not h._forward_hooks for h in model.hook_dict.values())
+        and ablation.active(model) == []
+    )
 
 
 def _disjoint_edits(draw):
@@ -158,27 +167,34 @@ def test_inner_replace_receives_the_outer_result(setup):
         seen.append((str(comp), row.clone()))
         return 2 * row
 
-    with ablation.mean_ablate(model, ["L1H1"], setup.means, "direct"), \
-            ablation.intervene(model, ["L1H1"], double, "direct"):
+    with (
+        ablation.mean_ablate(model, ["L1H1"], setup.means, "direct"),
+        ablation.intervene(model, ["L1H1"], double, "direct"),
+    ):
         mean_then_double = model.encode_image(images)
     assert [label for label, _ in seen] == ["L1H1"]
     assert torch.equal(seen[0][1], setup.means["L1H1"].expand_as(rows["L1H1"]))
-    torch.testing.assert_close(mean_then_double, _expected(e, rows, {"L1H1": 2 * setup.means["L1H1"]}),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        mean_then_double, _expected(e, rows, {"L1H1": 2 * setup.means["L1H1"]}), rtol=0, atol=1e-12
+    )
 
     seen.clear()
-    with pclens.reweight(model, setup.result, {"L1H0": setup.weights["L1H0"]}), \
-            ablation.intervene(model, ["L1H0"], double, "direct"):
+    with (
+        pclens.reweight(model, setup.result, {"L1H0": setup.weights["L1H0"]}),
+        ablation.intervene(model, ["L1H0"], double, "direct"),
+    ):
         model.encode_image(images)
     # rows computed for one head or for all agree to rounding, not bit for bit
-    torch.testing.assert_close(seen[0][1], setup.result["L1H0"].reconstruct(rows["L1H0"], setup.weights["L1H0"]),
-                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        seen[0][1], setup.result["L1H0"].reconstruct(rows["L1H0"], setup.weights["L1H0"]), rtol=0, atol=1e-15
+    )
 
-    with ablation.intervene(model, ["L1H1"], double, "direct"), \
-            ablation.mean_ablate(model, ["L1H1"], setup.means, "direct"):
+    with (
+        ablation.intervene(model, ["L1H1"], double, "direct"),
+        ablation.mean_ablate(model, ["L1H1"], setup.means, "direct"),
+    ):
         double_then_mean = model.encode_image(images)  # the inner mean overrides
-    torch.testing.assert_close(double_then_mean, _expected(e, rows, {"L1H1": setup.means["L1H1"]}),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(double_then_mean, _expected(e, rows, {"L1H1": setup.means["L1H1"]}), rtol=0, atol=1e-12)
     assert _clean(model)
 
 
@@ -267,12 +283,14 @@ def test_everything_is_undone_when_the_body_raises(setup):
     model, images = setup.model, setup.images
     clean = model.encode_image(images)
     with pytest.raises(RuntimeError, match="boom"):
-        with ablation.zero_ablate(model, ["L0H0"], "total"), \
-                pclens.remove(model, setup.restricted(["L1H0"]), [("L1H0", 0)]), \
-                model.hooks(fwd_hooks=[(act_name("z", 1), lambda x, hook: 2 * x)]), \
-                ablation.mean_ablate(model, ["mlp1"], setup.means, "direct"), \
-                ablation.intervene_at(model, act_name("resid_post", 0), lambda x, site: 0.5 * x), \
-                model.cache():
+        with (
+            ablation.zero_ablate(model, ["L0H0"], "total"),
+            pclens.remove(model, setup.restricted(["L1H0"]), [("L1H0", 0)]),
+            model.hooks(fwd_hooks=[(act_name("z", 1), lambda x, hook: 2 * x)]),
+            ablation.mean_ablate(model, ["mlp1"], setup.means, "direct"),
+            ablation.intervene_at(model, act_name("resid_post", 0), lambda x, site: 0.5 * x),
+            model.cache(),
+        ):
             assert len(ablation.active(model)) == 4
             model.encode_image(images)
             raise RuntimeError("boom")
@@ -283,8 +301,11 @@ def test_everything_is_undone_when_the_body_raises(setup):
 def test_active_lists_the_edits_outermost_first(setup):
     model = setup.model
     site = act_name("resid_post", 0)
-    with ablation.zero_ablate(model, ["L0H0"], "total"), pclens.keep(model, setup.result, [("L1H0", 0)]), \
-            ablation.intervene_at(model, site, lambda x, s: x):
+    with (
+        ablation.zero_ablate(model, ["L0H0"], "total"),
+        pclens.keep(model, setup.result, [("L1H0", 0)]),
+        ablation.intervene_at(model, site, lambda x, s: x),
+    ):
         edits = ablation.active(model)
         assert [(e.mode, e.site) for e in edits] == [("total", None), ("direct", None), ("total", site)]
         assert str(edits[0]) == "total replace on L0H0"
@@ -307,8 +328,10 @@ def test_custom_replace_and_finalize_behave_as_documented(setup):
         calls.append((unit.clone(), before, after))
         return unit / unit.norm(dim=-1, keepdim=True)  # keep the clean norm
 
-    with ablation.intervene(model, ["L1H2", "mlp1"], lambda row, c: 3 * row, "direct", finalize=finalize), \
-            ablation.mean_ablate(model, ["mlp1"], setup.means, "direct"):
+    with (
+        ablation.intervene(model, ["L1H2", "mlp1"], lambda row, c: 3 * row, "direct", finalize=finalize),
+        ablation.mean_ablate(model, ["mlp1"], setup.means, "direct"),
+    ):
         got = model.encode_image(images)
     new = {"L1H2": 3 * rows["L1H2"], "mlp1": setup.means["mlp1"].expand_as(rows["mlp1"])}
     unit, before, after = calls[0]
@@ -355,8 +378,7 @@ def test_the_documented_example_context(setup, comps, gain):
     with rescale_rows(model, comps, gain):
         got = model.encode_image(images)
     direction = F.normalize(e, dim=-1) + (gain - 1) * sum(rows[c] for c in comps)
-    torch.testing.assert_close(got, e.norm(dim=-1, keepdim=True) * F.normalize(direction, dim=-1),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(got, e.norm(dim=-1, keepdim=True) * F.normalize(direction, dim=-1), rtol=0, atol=1e-12)
 
 
 def test_a_site_replacement_nests_like_total_edits(setup):
@@ -381,8 +403,10 @@ def test_a_site_replacement_nests_like_total_edits(setup):
         torch.testing.assert_close(shifted, model.encode_image(images), rtol=0, atol=0)
     expected = _expected(e, rows, {"L1H1": setup.means["L1H1"]})
     for order in (0, 1):
-        pair = [ablation.intervene_at(model, site, splice),
-                ablation.mean_ablate(model, ["L1H1"], setup.means, "direct")]
+        pair = [
+            ablation.intervene_at(model, site, splice),
+            ablation.mean_ablate(model, ["L1H1"], setup.means, "direct"),
+        ]
         with pair[order], pair[1 - order]:
             torch.testing.assert_close(model.encode_image(images), expected, rtol=0, atol=1e-12)
     assert _clean(model)

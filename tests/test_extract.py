@@ -12,9 +12,9 @@ import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.data.datasets import ImageFolder, ToyImages
-from hookedclip.decompose import decompose_image
 from hookedclip.data.extract import extract, parse_target
 from hookedclip.data.store import ActivationStore, StoreError, StoreMismatch, check_shard
+from hookedclip.decompose import decompose_image
 from hookedclip.toy.world import ToyWorld
 
 TARGETS = ["heads", "embedding", "visual.blocks.1.hook_resid_post@0"]
@@ -81,8 +81,12 @@ def test_rows_are_the_models_values(tmp_path, tiny_model):
     torch.testing.assert_close(store.rows("heads"), stack.tensor.movedim(1, 0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(store.rows("embedding"), tiny_model.encode_image(images), rtol=1e-5, atol=1e-6)
     _, cache = tiny_model.run_with_cache(images, names_filter=["visual.blocks.1.hook_resid_post"])
-    torch.testing.assert_close(store.rows("visual.blocks.1.hook_resid_post@0"),
-                               cache["visual.blocks.1.hook_resid_post"][:, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        store.rows("visual.blocks.1.hook_resid_post@0"),
+        cache["visual.blocks.1.hook_resid_post"][:, 0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert store.targets["heads"].labels == stack.labels
     assert store.rows("label").tolist() == [data[i]["label"] for i in range(10)]
     assert store.rows("index").tolist() == list(range(10))
@@ -101,8 +105,9 @@ def test_extraction_moments_equal_numpy_on_the_rows(tmp_path, tiny_model):
         m = store.moments(name)
         np.testing.assert_allclose(m.mean.numpy(), x.mean(0), rtol=1e-10, atol=1e-12)
         xc = x - x.mean(0)
-        np.testing.assert_allclose(m.covariance().numpy(), np.einsum("n...i,n...j->...ij", xc, xc) / len(x),
-                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            m.covariance().numpy(), np.einsum("n...i,n...j->...ij", xc, xc) / len(x), rtol=1e-10, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("crash_at", [10, 13], ids=["between-shards", "mid-shard"])
@@ -174,15 +179,20 @@ def fail_atomic_write(monkeypatch, name: str, nth: int, how: str, error: BaseExc
     monkeypatch.setattr(os, "replace", replace)
 
 
-@pytest.mark.parametrize("name, nth, how, error", [
-    ("rank000-shard00001.safetensors", 1, "write", OSError(errno.ENOSPC, "No space left on device")),
-    ("rank000-shard00001.safetensors", 1, "replace", KeyboardInterrupt()),
-    ("rank000-shard00001.safetensors", 1, "write", KeyboardInterrupt()),
-    ("rank000-moments1.safetensors", 1, "write", OSError(errno.ENOSPC, "No space left on device")),
-    ("rank000.json", 2, "replace", OSError(errno.ENOSPC, "No space left on device")),
-], ids=["shard-disk-full", "shard-interrupt-on-rename", "shard-interrupt", "moments-disk-full", "log-disk-full"])
-def test_full_disk_or_interrupt_while_committing_leaves_a_resumable_store(tmp_path, tiny_model, monkeypatch,
-                                                                          name, nth, how, error):
+@pytest.mark.parametrize(
+    "name, nth, how, error",
+    [
+        ("rank000-shard00001.safetensors", 1, "write", OSError(errno.ENOSPC, "No space left on device")),
+        ("rank000-shard00001.safetensors", 1, "replace", KeyboardInterrupt()),
+        ("rank000-shard00001.safetensors", 1, "write", KeyboardInterrupt()),
+        ("rank000-moments1.safetensors", 1, "write", OSError(errno.ENOSPC, "No space left on device")),
+        ("rank000.json", 2, "replace", OSError(errno.ENOSPC, "No space left on device")),
+    ],
+    ids=["shard-disk-full", "shard-interrupt-on-rename", "shard-interrupt", "moments-disk-full", "log-disk-full"],
+)
+def test_full_disk_or_interrupt_while_committing_leaves_a_resumable_store(
+    tmp_path, tiny_model, monkeypatch, name, nth, how, error
+):
     data = toy16(12)
     kw = dict(batch_size=4, rows_per_shard=4, progress=False)
     extract(tiny_model, data, TARGETS, tmp_path / "whole", **kw)
@@ -219,9 +229,10 @@ def test_resume_with_other_model_or_targets_is_refused(tmp_path, tiny_model):
 
 
 def test_reading_a_store_with_another_model_is_refused(tmp_path, tiny_model):
+    from tests.conftest import tiny_open_clip
+
     from hookedclip.methods import pclens
     from hookedclip.methods.textspan import text_span_from_store
-    from tests.conftest import tiny_open_clip
 
     store = extract(tiny_model, toy16(8), ["heads", "embedding"], tmp_path, batch_size=4, progress=False)
     d = tiny_model.cfg.vision.output_dim
@@ -262,11 +273,23 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path, tiny_model):
     (root / "dog" / "1.png").write_bytes(b"not a png")
     (root / "cat" / "2.png").write_bytes((root / "cat" / "2.png").read_bytes()[:40])  # truncated
     with pytest.warns(UserWarning, match=r"2 of 6 images could not be read.*store\.skipped.*manifest\.json"):
-        store = extract(tiny_model, ImageFolder(root), ["embedding"], tmp_path / "store", batch_size=2,
-                        rows_per_shard=4, progress=False)
+        store = extract(
+            tiny_model,
+            ImageFolder(root),
+            ["embedding"],
+            tmp_path / "store",
+            batch_size=2,
+            rows_per_shard=4,
+            progress=False,
+        )
     assert len(store) == 4 and store.manifest["n_skipped"] == 2
     assert sorted(s["id"] for s in store.skipped) == ["cat/2.png", "dog/1.png"]
-    assert store.rows("label").tolist() == [0, 0, 1, 1] and store.ids() == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/2.png"]
+    assert store.rows("label").tolist() == [0, 0, 1, 1] and store.ids() == [
+        "cat/0.png",
+        "cat/1.png",
+        "dog/0.png",
+        "dog/2.png",
+    ]
 
 
 def test_a_shard_of_unreadable_images_stops_the_run(tmp_path, tiny_model):
@@ -296,8 +319,9 @@ def test_errors_other_than_unreadable_files_propagate(tmp_path, tiny_model, monk
 
 
 def test_labels_and_groups_are_stored(tmp_path, tiny_model):
-    from hookedclip.data.datasets import Waterbirds
     from tests.test_datasets import write_waterbirds
+
+    from hookedclip.data.datasets import Waterbirds
 
     rows = write_waterbirds(tmp_path / "wb")
     data = Waterbirds(tmp_path / "wb", split=None)
@@ -364,8 +388,24 @@ def test_cache_command_writes_a_store(tmp_path, monkeypatch, tiny_model):
 
     monkeypatch.setattr("hookedclip.cli.cache.load_model", lambda spec, pretrained=None, device="cpu": tiny_model)
     monkeypatch.setattr("hookedclip.data.datasets.toy_dataset", lambda n=1024, **kw: toy16(n))
-    rc = cli.main(["cache", "--model", "toy", "--data", "toy:6", "--targets", "embedding", "heads",
-                   "--out", str(tmp_path), "--batch-size", "4", "--rows-per-shard", "4"])
+    rc = cli.main(
+        [
+            "cache",
+            "--model",
+            "toy",
+            "--data",
+            "toy:6",
+            "--targets",
+            "embedding",
+            "heads",
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "4",
+            "--rows-per-shard",
+            "4",
+        ]
+    )
     assert rc == 0
     store = ActivationStore(tmp_path)
     assert len(store) == 6 and set(store.targets) == {"embedding", "heads"}
@@ -381,14 +421,37 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
     import hookedclip.cli as cli
 
-    args = ["--model", "toy", "--data", "toy:24", "--targets", "embedding", "heads",
-            "--batch-size", "4", "--rows-per-shard", "4"]  # fmt: skip
+    args = [
+        "--model",
+        "toy",
+        "--data",
+        "toy:24",
+        "--targets",
+        "embedding",
+        "heads",
+        "--batch-size",
+        "4",
+        "--rows-per-shard",
+        "4",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with socket.socket() as s:  # a port free now (the launcher binds it a moment later)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-           "-m", "hookedclip.cli.cache", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(port),
+        "-m",
+        "hookedclip.cli.cache",
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert cli.main(["cache", *args, "--out", str(tmp_path / "one")]) == 0

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import rel_err
+
 # TorchDispatchMode sees every aten op, so the laziness test does not depend on how the
 # per-head result would be computed.
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hookedclip.hooks import HookPoint
-from tests.conftest import rel_err
 
 
 def n_active(model) -> int:
@@ -22,9 +23,20 @@ def test_every_design_hook_point_exists(tiny_model):
     for tower in ("visual", "text"):
         for suffix in ("hook_embed", "hook_pos_embed", "hook_pooled", "hook_out"):
             assert f"{tower}.{suffix}" in names
-        for hook in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
-                     "ln1.hook_scale", "ln1.hook_normalized", "ln2.hook_scale", "ln2.hook_normalized",
-                     "mlp.hook_pre", "mlp.hook_post", *(f"attn.hook_{x}" for x in ("q", "k", "v", "attn_scores", "pattern", "z", "result"))):
+        for hook in (
+            "hook_resid_pre",
+            "hook_attn_out",
+            "hook_resid_mid",
+            "hook_mlp_out",
+            "hook_resid_post",
+            "ln1.hook_scale",
+            "ln1.hook_normalized",
+            "ln2.hook_scale",
+            "ln2.hook_normalized",
+            "mlp.hook_pre",
+            "mlp.hook_post",
+            *(f"attn.hook_{x}" for x in ("q", "k", "v", "attn_scores", "pattern", "z", "result")),
+        ):
             assert f"{tower}.blocks.1.{hook}" in names
     assert {"visual.ln_pre.hook_scale", "visual.ln_post.hook_normalized", "text.ln_final.hook_scale"} <= names
 
@@ -93,7 +105,9 @@ def test_pattern_hook_takes_explicit_path_with_same_result(tiny_model, images):
     """SDPA (no pattern hook) and the explicit softmax path compute the same function."""
     fused = tiny_model(images)
     seen = {}
-    explicit = tiny_model.run_with_hooks(images, fwd_hooks=[(lambda n: "hook_pattern" in n, lambda x, hook: seen.setdefault(hook.name, x))])
+    explicit = tiny_model.run_with_hooks(
+        images, fwd_hooks=[(lambda n: "hook_pattern" in n, lambda x, hook: seen.setdefault(hook.name, x))]
+    )
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-6)
     pattern = seen["visual.blocks.0.attn.hook_pattern"]
     torch.testing.assert_close(pattern.sum(-1), torch.ones(pattern.shape[:-1]))
@@ -113,7 +127,9 @@ class _ShapeRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.shapes += [tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else (out,)) if torch.is_tensor(t)]
+        self.shapes += [
+            tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else (out,)) if torch.is_tensor(t)
+        ]
         return out
 
 
@@ -194,7 +210,9 @@ def test_query_replacement_acts_the_same_on_both_attention_paths(tiny_model, ima
         calls = _count_sdpa_calls(monkeypatch)
         fused = tiny_model.run_with_hooks(images, fwd_hooks=scale_q)
         assert calls[0] == 2
-        explicit = tiny_model.run_with_hooks(images, fwd_hooks=scale_q + [("visual.blocks.0.attn.hook_pattern", _observe)])
+        explicit = tiny_model.run_with_hooks(
+            images, fwd_hooks=scale_q + [("visual.blocks.0.attn.hook_pattern", _observe)]
+        )
         assert calls[0] == 3  # block 0 took the explicit path
     assert rel_err(clean, fused) > 1e-3
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-6)

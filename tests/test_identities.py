@@ -8,10 +8,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import random_tokens, rel_err, tiny_open_clip
 
 from hookedclip import HookedCLIP
 from hookedclip.model.weights import W_OV, W_QK, center_writing_weights, fold_ln, fold_value_biases
-from tests.conftest import random_tokens, rel_err, tiny_open_clip
 
 
 def _model(seed: int, **kw) -> HookedCLIP:
@@ -31,8 +31,12 @@ def test_residual_stream_identities(seed, layers, pool):
     for layer, block in enumerate(model.visual.blocks):
         heads = cache["result", layer].sum(2) + block.attn.b_O
         torch.testing.assert_close(heads, cache["attn_out", layer], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer], rtol=0, atol=0)
-        torch.testing.assert_close(cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer], rtol=0, atol=0)
+        torch.testing.assert_close(
+            cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer], rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer], rtol=0, atol=0
+        )
         z_from_pattern = torch.einsum("bhqk,bkhe->bqhe", cache["pattern", layer], cache["v", layer])
         torch.testing.assert_close(z_from_pattern, cache["z", layer], rtol=1e-10, atol=1e-12)
         if layer + 1 < layers:

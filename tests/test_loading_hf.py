@@ -14,10 +14,10 @@ import torch.nn.functional as F
 import transformers as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import random_tokens, randomize_, rel_err
 
 from hookedclip import HookedCLIP
 from hookedclip.loading.hf import hidden_state_hook_name, llava_feature_hook_names
-from tests.conftest import random_tokens, randomize_, rel_err
 
 TOL = 1e-5
 VOCAB = 100
@@ -26,24 +26,43 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 
 
 def vision_config(**kw) -> dict:
-    cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16,
-               patch_size=4, projection_dim=16, hidden_act="quick_gelu")
+    cfg = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        projection_dim=16,
+        hidden_act="quick_gelu",
+    )
     cfg.update(kw)
     return cfg
 
 
 def text_config(**kw) -> dict:
-    cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-               max_position_embeddings=16, vocab_size=VOCAB, eos_token_id=EOS, bos_token_id=1, pad_token_id=0,
-               projection_dim=16, hidden_act="quick_gelu")
+    cfg = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        vocab_size=VOCAB,
+        eos_token_id=EOS,
+        bos_token_id=1,
+        pad_token_id=0,
+        projection_dim=16,
+        hidden_act="quick_gelu",
+    )
     cfg.update(kw)
     return cfg
 
 
 def tiny_clip(seed: int = 0, vision: dict | None = None, text: dict | None = None) -> tf.CLIPModel:
     torch.manual_seed(seed)
-    config = tf.CLIPConfig(vision_config=vision_config(**(vision or {})), text_config=text_config(**(text or {})),
-                           projection_dim=16)
+    config = tf.CLIPConfig(
+        vision_config=vision_config(**(vision or {})), text_config=text_config(**(text or {})), projection_dim=16
+    )
     model = randomize_(tf.CLIPModel(config), seed)
     with torch.no_grad():
         model.logit_scale.fill_(3.1)  # neither HF's init (2.6592) nor ours (4.6052)
@@ -84,7 +103,7 @@ def _text_ids(legacy: bool, n: int = 4, seq: int = 12, seed: int = 0) -> torch.T
             words[words == EOS] = EOS + 1
             words[int(torch.randint(0, end, (1,), generator=gen))] = VOCAB - 2  # a word above EOS
             ids[i, :end], ids[i, end] = words, EOS
-            ids[i, end + 1:] = (0, EOS, VOCAB - 1)[i % 3]
+            ids[i, end + 1 :] = (0, EOS, VOCAB - 1)[i % 3]
     wrong = (ids == 2).int().argmax(-1) if legacy else ids.argmax(-1)
     right = ids.argmax(-1) if legacy else (ids == EOS).int().argmax(-1)
     assert (wrong != right).all()  # the other pooling rule picks another token in every row
@@ -98,8 +117,11 @@ def _text_ids(legacy: bool, n: int = 4, seq: int = 12, seed: int = 0) -> torch.T
     ids=["gelu-eos", "quick_gelu-eos-eps1e-3", "gelu-legacy_argmax-eps1e-3", "quick_gelu-legacy_argmax"],
 )
 def test_clip_model_matches(act, legacy, eps):
-    source = tiny_clip(1, vision=dict(hidden_act=act, layer_norm_eps=eps),
-                       text=dict(hidden_act=act, layer_norm_eps=eps, eos_token_id=2 if legacy else EOS))
+    source = tiny_clip(
+        1,
+        vision=dict(hidden_act=act, layer_norm_eps=eps),
+        text=dict(hidden_act=act, layer_norm_eps=eps, eos_token_id=2 if legacy else EOS),
+    )
     model = HookedCLIP.from_hf(source)
     images, ids = _images(), _text_ids(legacy)
     with torch.no_grad():
@@ -185,8 +207,14 @@ def tiny_llava(feature_layer=-2, strategy="default", vision: tf.PreTrainedConfig
     torch.manual_seed(5)
     config = tf.LlavaConfig(
         vision_config=vision or tf.CLIPVisionConfig(**vision_config(num_hidden_layers=3)),
-        text_config=tf.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                   intermediate_size=64, vocab_size=128),
+        text_config=tf.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=64,
+            vocab_size=128,
+        ),
         image_token_index=120,
         vision_feature_layer=feature_layer,
         vision_feature_select_strategy=strategy,
@@ -253,12 +281,29 @@ def test_llava_1_5_tower_clip_model_matches():
     """A full ``CLIPModel`` with the config of openai/clip-vit-large-patch14-336 (LLaVA-1.5's
     tower; ~430M parameters, random weights), fp32: image and text embeddings, logits, and
     every vision hidden state. Its text config has eos_token_id 2: the legacy argmax pooling."""
-    vision = tf.CLIPVisionConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                 intermediate_size=4096, image_size=336, patch_size=14, projection_dim=768,
-                                 hidden_act="quick_gelu")
-    text = tf.CLIPTextConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                             max_position_embeddings=77, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu",
-                             bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    vision = tf.CLIPVisionConfig(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    text = tf.CLIPTextConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=77,
+        vocab_size=49408,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
     config = tf.CLIPConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), projection_dim=768)
     start = time.perf_counter()
     source = _fast_random(tf.CLIPModel, config, seed=7)
@@ -311,29 +356,52 @@ def _fast_random(cls, config, seed: int) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------- property
 @settings(max_examples=10, deadline=None)
-@given(layers=st.integers(1, 3), heads=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([4, 8]),
-       patch=st.sampled_from([2, 4]), grid=st.integers(2, 4), act=st.sampled_from(["gelu", "quick_gelu"]),
-       eps=st.sampled_from([1e-5, 1e-6, 1e-3]), projection=st.sampled_from([8, 16]), seed=st.integers(0, 2**16))
+@given(
+    layers=st.integers(1, 3),
+    heads=st.sampled_from([1, 2, 4]),
+    head_dim=st.sampled_from([4, 8]),
+    patch=st.sampled_from([2, 4]),
+    grid=st.integers(2, 4),
+    act=st.sampled_from(["gelu", "quick_gelu"]),
+    eps=st.sampled_from([1e-5, 1e-6, 1e-3]),
+    projection=st.sampled_from([8, 16]),
+    seed=st.integers(0, 2**16),
+)
 def test_random_tiny_hf_vision_configs_match(layers, heads, head_dim, patch, grid, act, eps, projection, seed):
     torch.manual_seed(seed)
     width = heads * head_dim
-    vision = tf.CLIPVisionConfig(**vision_config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                                                 intermediate_size=2 * width, image_size=patch * grid,
-                                                 patch_size=patch, hidden_act=act, layer_norm_eps=eps))
+    vision = tf.CLIPVisionConfig(
+        **vision_config(
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * width,
+            image_size=patch * grid,
+            patch_size=patch,
+            hidden_act=act,
+            layer_norm_eps=eps,
+        )
+    )
     text = tf.CLIPTextConfig(**text_config(num_hidden_layers=1))
-    source = randomize_(tf.CLIPModel(tf.CLIPConfig(vision_config=vision, text_config=text, projection_dim=projection)),
-                        seed).eval()
+    source = randomize_(
+        tf.CLIPModel(tf.CLIPConfig(vision_config=vision, text_config=text, projection_dim=projection)), seed
+    ).eval()
     model = HookedCLIP.from_hf(source)
     images = _images(2, patch * grid, seed)
     with torch.no_grad():
         assert rel_err(_features(source.get_image_features(pixel_values=images)), model.encode_image(images)) < TOL
-    assert (model.cfg.vision.grid_size, model.cfg.vision.d_head, model.cfg.vision.output_dim) == (grid, head_dim, projection)
+    assert (model.cfg.vision.grid_size, model.cfg.vision.d_head, model.cfg.vision.output_dim) == (
+        grid,
+        head_dim,
+        projection,
+    )
 
 
 # ---------------------------------------------------------------------------- unsupported
 def _tiny_siglip_config() -> tf.SiglipVisionConfig:
-    return tf.SiglipVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                                 image_size=16, patch_size=4)
+    return tf.SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4
+    )
 
 
 def test_unsupported_models_are_named():

@@ -10,9 +10,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import random_tokens, randomize_, rel_err, tiny_open_clip
 
 from hookedclip import HookedCLIP
-from tests.conftest import randomize_, random_tokens, rel_err, tiny_open_clip
 
 TOL = 1e-5
 
@@ -112,9 +112,7 @@ def test_named_model_and_force_image_size():
 
 
 @pytest.mark.large
-@pytest.mark.parametrize(
-    "name", ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-H-14-quickgelu"]
-)
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-H-14-quickgelu"])
 def test_seed_architectures_match(name):
     torch.manual_seed(0)
     source = randomize_(open_clip.create_model(name).eval())
@@ -241,8 +239,9 @@ def test_hf_text_tower_is_refused(tmp_path):
     """open_clip's HFTextEncoder, built offline from a tiny local BERT config."""
     import transformers
 
-    transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                            intermediate_size=64).save_pretrained(tmp_path)
+    transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+    ).save_pretrained(tmp_path)
     text = dict(hf_model_name=str(tmp_path), hf_model_pretrained=False, hf_proj_type="linear")
     source = open_clip.CustomTextCLIP(16, vision_cfg=TINY_VISION, text_cfg=text)
     with pytest.raises(NotImplementedError, match="text tower HFTextEncoder.*Hugging Face text encoder"):
@@ -251,8 +250,10 @@ def test_hf_text_tower_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "option, words",
-    [(dict(image_size=(16, 24)), r"non-square image_size \(16, 24\)"),
-     (dict(patch_size=(4, 8)), r"non-square patch_size \(4, 8\)")],
+    [
+        (dict(image_size=(16, 24)), r"non-square image_size \(16, 24\)"),
+        (dict(patch_size=(4, 8)), r"non-square patch_size \(4, 8\)"),
+    ],
     ids=["image_size", "patch_size"],
 )
 def test_non_square_sizes_are_refused(option, words):
@@ -261,7 +262,11 @@ def test_non_square_sizes_are_refused(option, words):
 
 
 def test_non_vit_tower_is_refused():
-    source = open_clip.CLIP(16, vision_cfg=dict(layers=(1, 1, 1, 1), width=8, image_size=32), text_cfg=dict(context_length=8, vocab_size=50, width=16, heads=2, layers=1))
+    source = open_clip.CLIP(
+        16,
+        vision_cfg=dict(layers=(1, 1, 1, 1), width=8, image_size=32),
+        text_cfg=dict(context_length=8, vocab_size=50, width=16, heads=2, layers=1),
+    )
     with pytest.raises(NotImplementedError, match="ModifiedResNet"):
         HookedCLIP.from_open_clip(source)
 
@@ -319,9 +324,16 @@ def test_local_checkpoint_file(tmp_path):
 
 @pytest.mark.parametrize(
     "transform_kw",
-    [dict(),
-     dict(image_resize_mode="squash", image_interpolation="bilinear", image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.3, 0.4)),
-     dict(image_resize_mode="longest", force_image_size=96)],
+    [
+        dict(),
+        dict(
+            image_resize_mode="squash",
+            image_interpolation="bilinear",
+            image_mean=(0.5, 0.4, 0.3),
+            image_std=(0.2, 0.3, 0.4),
+        ),
+        dict(image_resize_mode="longest", force_image_size=96),
+    ],
     ids=["default", "squash-bilinear-mean-std", "longest-96px"],
 )
 def test_preprocess_is_open_clips_eval_transform(transform_kw):

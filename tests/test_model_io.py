@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import random_tokens, tiny_open_clip
 
 from hookedclip import HookedCLIP
-from tests.conftest import random_tokens, tiny_open_clip
 
 
 def test_forward_modes(tiny_model, images):
@@ -14,7 +14,11 @@ def test_forward_modes(tiny_model, images):
     img, txt = tiny_model(images), tiny_model(tokens=tokens)
     torch.testing.assert_close(img, tiny_model.encode_image(images))
     logits = tiny_model(images, tokens)
-    expected = tiny_model.logit_scale.exp() * torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
+    expected = (
+        tiny_model.logit_scale.exp()
+        * torch.nn.functional.normalize(img, dim=-1)
+        @ torch.nn.functional.normalize(txt, dim=-1).T
+    )
     torch.testing.assert_close(logits, expected)
     assert logits.shape == (3, 2)
 

@@ -83,10 +83,20 @@ def results(toy, world_data) -> dict[str, Result]:
         "headpca": fitted["L3H2"],
         "query": queries.query_text("a red shape", top_k=4, approx=2.0),
         "query_union": queries.query_texts(["a red shape", "a circle"], top_k=3, approx=2.0),
-        "recovered": accuracy_recovered(toy, [(images, labels)], classifier, components="L3", budgets=(0, 1, 2),
-                                        texts=texts, text_embeddings=pool),
-        "debias": debias_sweep(toy, fitted, task.classifier, task.concepts, task.images, task.labels, task.groups,
-                               ks=(1, 2), group_names=task.group_names),
+        "recovered": accuracy_recovered(
+            toy, [(images, labels)], classifier, components="L3", budgets=(0, 1, 2), texts=texts, text_embeddings=pool
+        ),
+        "debias": debias_sweep(
+            toy,
+            fitted,
+            task.classifier,
+            task.concepts,
+            task.images,
+            task.labels,
+            task.groups,
+            ks=(1, 2),
+            group_names=task.group_names,
+        ),
         "ablation_curve": mean_ablation_curve(toy, [(images, labels)], classifier, ["L0", "L1", "mlp1"]),
         "segmentation": segmentation,
         "neighbours": nearest_images(toy, images[0], images.split(16), embedding_space(toy), k=5),
@@ -111,8 +121,19 @@ def n_entries(name: str, result) -> int:
     }[name](result)
 
 
-NAMES = ["textspan", "pclens", "headpca", "query", "query_union", "recovered", "debias", "ablation_curve",
-         "segmentation", "neighbours", "component_stack"]
+NAMES = [
+    "textspan",
+    "pclens",
+    "headpca",
+    "query",
+    "query_union",
+    "recovered",
+    "debias",
+    "ablation_curve",
+    "segmentation",
+    "neighbours",
+    "component_stack",
+]
 
 
 def assert_same_state(a: Result, b: Result) -> None:
@@ -126,7 +147,10 @@ def assert_same_state(a: Result, b: Result) -> None:
             assert isinstance(y, np.ndarray) and np.array_equal(x, y), name
         else:
             assert x.dtype == y.dtype and torch.equal(x, y), name
-    as_json = lambda fields: json.dumps(fields, sort_keys=True, default=str)
+
+    def as_json(fields):
+        return json.dumps(fields, sort_keys=True, default=str)
+
     assert as_json(fa) == as_json(fb)
 
 
@@ -181,8 +205,7 @@ def test_loaded_results_still_work(results, toy, world_data, tmp_path):
 
 def test_a_result_without_a_model_loads_but_cannot_be_checked(tmp_path, toy):
     gen = torch.Generator().manual_seed(0)
-    span = text_span(torch.randn(20, 8, generator=gen), torch.randn(6, 8, generator=gen), list("abcdef"), 3,
-                     rank=None)
+    span = text_span(torch.randn(20, 8, generator=gen), torch.randn(6, 8, generator=gen), list("abcdef"), 3, rank=None)
     assert span.model is None
     path = span.save(tmp_path / "span")
     assert TextSpanResult.load(path).texts == span.texts
@@ -284,11 +307,14 @@ def test_figures_stay_outside_pyplot_and_importing_draws_in_no_matplotlib(result
     results["debias"].plot()
     plotting.image_grid(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"], tmp_path / "g.png")
     assert plt.get_fignums() == before  # nothing registered with pyplot (no inline copies, nothing to close)
-    code = ("import sys, hookedclip, hookedclip.results, hookedclip.plotting, hookedclip.methods.pclens, "
-            "hookedclip.methods.textspan, hookedclip.methods.segmentation; print('matplotlib' in sys.modules)")
+    code = (
+        "import sys, hookedclip, hookedclip.results, hookedclip.plotting, hookedclip.methods.pclens, "
+        "hookedclip.methods.textspan, hookedclip.methods.segmentation; print('matplotlib' in sys.modules)"
+    )
     src = str(Path(hookedclip.__file__).resolve().parents[1])
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": src})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": src}
+    )
     assert out.stdout.strip() == "False"  # matplotlib loads on the first figure, not on import
 
 
@@ -312,8 +338,10 @@ def test_text_span_result_prints_without_tensors(results):
 def test_cat_equals_decomposing_the_concatenated_images(toy, world_data):
     _, images, _, _ = world_data
     components = ["L2H3", "L3", "mlp3"]
-    parts = [decompose_image(toy, images[:5], components=components),
-             decompose_image(toy, images[5:12], components=components)]
+    parts = [
+        decompose_image(toy, images[:5], components=components),
+        decompose_image(toy, images[5:12], components=components),
+    ]
     joined = ComponentStack.cat(parts)
     whole = decompose_image(toy, images[:12], components=components)
     assert joined.labels == whole.labels and joined.components == whole.components
@@ -322,10 +350,13 @@ def test_cat_equals_decomposing_the_concatenated_images(toy, world_data):
     torch.testing.assert_close(joined.scale, whole.scale)
     torch.testing.assert_close(joined.sum(), whole.sum(), rtol=1e-5, atol=1e-6)
     assert joined.model == whole.model == model_identity(toy)
-    per_token = [decompose_image(toy, images[i:i + 3], positions="all", components=components) for i in (0, 3)]
-    torch.testing.assert_close(ComponentStack.cat(per_token).tensor,
-                               decompose_image(toy, images[:6], positions="all", components=components).tensor,
-                               rtol=1e-5, atol=1e-6)
+    per_token = [decompose_image(toy, images[i : i + 3], positions="all", components=components) for i in (0, 3)]
+    torch.testing.assert_close(
+        ComponentStack.cat(per_token).tensor,
+        decompose_image(toy, images[:6], positions="all", components=components).tensor,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_cat_refuses_stacks_that_do_not_fit(toy, other, world_data):

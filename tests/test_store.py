@@ -11,14 +11,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hookedclip.data.stats import RunningMoments
-from hookedclip.data.store import (FORMAT, ActivationStore, CorruptShard, RankWriter, StoreError, StoreMismatch,
-                              TargetSpec, finalize, spec_dicts)
+from hookedclip.data.store import (
+    FORMAT,
+    ActivationStore,
+    CorruptShard,
+    RankWriter,
+    StoreError,
+    StoreMismatch,
+    TargetSpec,
+    finalize,
+    spec_dicts,
+)
 
 
 def header(d: int = 3, dtype: str = "float64", model: str = "m", rows_per_shard: int = 4) -> dict:
     spec = TargetSpec("x", dtype, [d], "cov")
-    return {"format": FORMAT, "model": {"name": model}, "dataset": {"name": "synthetic"}, "targets": spec_dicts([spec]),
-            "rows_per_shard": rows_per_shard, "world_size": 1, "params": {}}
+    return {
+        "format": FORMAT,
+        "model": {"name": model},
+        "dataset": {"name": "synthetic"},
+        "targets": spec_dicts([spec]),
+        "rows_per_shard": rows_per_shard,
+        "world_size": 1,
+        "params": {},
+    }
 
 
 def write(path, x: torch.Tensor, cuts: list[int], hdr: dict | None = None) -> ActivationStore:
@@ -43,9 +59,18 @@ def test_round_trip_is_bit_identical(tmp_path, dtype):
     store = write(tmp_path, x, [7, 8, 15])
     assert len(store) == 23 and len(store.shards) == 4
     assert store.rows("x").dtype == dtype
-    assert torch.equal(store.rows("x").view(torch.uint8 if dtype.itemsize == 1 else torch.int16 if dtype.itemsize == 2
-                                            else torch.int32 if dtype.itemsize == 4 else torch.int64),
-                       x.view(torch.int16 if dtype.itemsize == 2 else torch.int32 if dtype.itemsize == 4 else torch.int64))
+    assert torch.equal(
+        store.rows("x").view(
+            torch.uint8
+            if dtype.itemsize == 1
+            else torch.int16
+            if dtype.itemsize == 2
+            else torch.int32
+            if dtype.itemsize == 4
+            else torch.int64
+        ),
+        x.view(torch.int16 if dtype.itemsize == 2 else torch.int32 if dtype.itemsize == 4 else torch.int64),
+    )
     assert torch.equal(store.rows("x", 5, 17), x[5:17])  # a range across three shards
     assert torch.equal(store[9]["x"], x[9]) and int(store[9]["label"]) == 0 and int(store[-1]["index"]) == 22
     assert store.ids()[:2] == ["img0", "img1"] and len(store.ids()) == 23
@@ -90,8 +115,14 @@ def test_mismatched_header_is_refused_naming_the_difference(tmp_path):
 def test_incomplete_store_is_not_read(tmp_path):
     writer = RankWriter(tmp_path, header())
     idx = torch.arange(4)
-    writer.commit(0, 4, {"x": torch.randn(4, 3, dtype=torch.float64), "index": idx, "label": idx, "group": idx},
-                  list("abcd"), [], {"x": RunningMoments.empty((), 3)})
+    writer.commit(
+        0,
+        4,
+        {"x": torch.randn(4, 3, dtype=torch.float64), "index": idx, "label": idx, "group": idx},
+        list("abcd"),
+        [],
+        {"x": RunningMoments.empty((), 3)},
+    )
     with pytest.raises(StoreError, match="incomplete.*resume"):
         ActivationStore(tmp_path)
     with pytest.raises(StoreError, match="not finished"):
@@ -114,8 +145,13 @@ def test_resumed_writer_skips_committed_shards_and_keeps_moments(tmp_path):
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(2, 50), d=st.integers(1, 5), cuts=st.lists(st.integers(0, 50), max_size=5),
-       seed=st.integers(0, 2**16), offset=st.floats(-1e3, 1e3))
+@given(
+    n=st.integers(2, 50),
+    d=st.integers(1, 5),
+    cuts=st.lists(st.integers(0, 50), max_size=5),
+    seed=st.integers(0, 2**16),
+    offset=st.floats(-1e3, 1e3),
+)
 def test_store_moments_equal_numpy_for_any_sharding(tmp_path_factory, n, d, cuts, seed, offset):
     x = np.random.default_rng(seed).normal(size=(n, d)) * 3 + offset
     store = write(tmp_path_factory.mktemp("s"), torch.from_numpy(x), cuts)

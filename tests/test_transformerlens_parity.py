@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP
-from tests.conftest import tiny_open_clip
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +112,27 @@ def test_inplace_head_ablation_with_gradients(tiny, point):
 
 
 @settings(max_examples=15, deadline=None)
-@given(points=st.lists(st.sampled_from(["hook_resid_pre", "attn.hook_q", "attn.hook_v", "attn.hook_z",
-                                        "ln1.hook_normalized", "mlp.hook_post", "hook_resid_post"]),
-                       min_size=1, max_size=4, unique=True),
-       layer=st.integers(0, 1), batch=st.integers(1, 3), scale=st.floats(-2, 2))
+@given(
+    points=st.lists(
+        st.sampled_from(
+            [
+                "hook_resid_pre",
+                "attn.hook_q",
+                "attn.hook_v",
+                "attn.hook_z",
+                "ln1.hook_normalized",
+                "mlp.hook_post",
+                "hook_resid_post",
+            ]
+        ),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+    layer=st.integers(0, 1),
+    batch=st.integers(1, 3),
+    scale=st.floats(-2, 2),
+)
 def test_inplace_scaling_equals_replacement(points, layer, batch, scale):
     """Property: any set of in-place edits equals the same edits made by replacement, and leaves
     the parameters as they were."""
@@ -226,9 +243,14 @@ def test_get_and_add_caching_hooks(tiny):
 
 # ------------------------------------------------------------------ run_with_cache
 @settings(max_examples=10, deadline=None)
-@given(pos=st.one_of(st.integers(0, 16), st.integers(-17, -1),
-                     st.tuples(st.integers(0, 8), st.integers(9, 17)).map(lambda t: slice(*t)),
-                     st.lists(st.integers(0, 16), min_size=1, max_size=4)))
+@given(
+    pos=st.one_of(
+        st.integers(0, 16),
+        st.integers(-17, -1),
+        st.tuples(st.integers(0, 8), st.integers(9, 17)).map(lambda t: slice(*t)),
+        st.lists(st.integers(0, 16), min_size=1, max_size=4),
+    )
+)
 def test_run_with_cache_pos_slice(pos):
     """TL's ``pos_slice``: the token axis of every cached activation is sliced (query axis of
     patterns), an int drops it; tensors without a token axis are kept whole."""
@@ -321,8 +343,9 @@ def test_random_vit_b_32_hooks_behave_as_on_tl():
         act[:, :, 5] = 0
         return act
 
-    out = model.run_with_hooks(images, fwd_hooks=[("visual.blocks.6.attn.hook_v", ablate),
-                                                   ("visual.hook_pos_embed", zero_inplace)])
+    out = model.run_with_hooks(
+        images, fwd_hooks=[("visual.blocks.6.attn.hook_v", ablate), ("visual.hook_pos_embed", zero_inplace)]
+    )
     out.sum().backward()
     assert torch.isfinite(images.grad).all()
     assert_unchanged(model, before)
@@ -424,8 +447,9 @@ def test_mlp_in_patch_changes_only_the_mlp_input(toy, toy_images):
             toy.run_with_hooks(b, fwd_hooks=[("visual.blocks.1.hook_mlp_in", lambda x, hook: cache_a["resid_mid", 1])])
     torch.testing.assert_close(patched["mlp_out", 1], cache_a["mlp_out", 1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(patched["resid_mid", 1], cache_b["resid_mid", 1])
-    torch.testing.assert_close(patched["resid_post", 1], cache_b["resid_mid", 1] + cache_a["mlp_out", 1],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        patched["resid_post", 1], cache_b["resid_mid", 1] + cache_a["mlp_out", 1], rtol=1e-5, atol=1e-6
+    )
 
 
 _TOY: list[HookedCLIP] = []
@@ -459,8 +483,10 @@ def test_factored_ov_qk_svd_without_the_full_matrix(layer, head):
     """TL's ``model.OV`` / ``model.QK`` are factored: their SVD (from the d_head-sized factors)
     equals the SVD of the full product, and the rank is at most d_head."""
     model = _toy()
-    for circuit, full in ((model.OV[layer, head], model.W_V[layer, head] @ model.W_O[layer, head]),
-                          (model.QK[layer, head], model.W_Q[layer, head] @ model.W_K[layer, head].T)):
+    for circuit, full in (
+        (model.OV[layer, head], model.W_V[layer, head] @ model.W_O[layer, head]),
+        (model.QK[layer, head], model.W_Q[layer, head] @ model.W_K[layer, head].T),
+    ):
         U, S, Vh = circuit.svd()
         assert S.shape == (model.cfg.d_head,)
         torch.testing.assert_close(S, torch.linalg.svdvals(full)[: model.cfg.d_head], rtol=1e-4, atol=1e-5)
@@ -580,8 +606,9 @@ def test_apply_ln_to_stack_matches_the_layer_norm(layer, pos, mlp_input):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(layer))
     _, cache = model.run_with_cache(images)
     resid = cache["resid_mid" if mlp_input else "resid_pre", layer]
-    normed = cache.apply_ln_to_stack(resid[None] if pos is None else resid[None, :, pos], layer,
-                                     mlp_input=mlp_input, pos_slice=pos)[0]
+    normed = cache.apply_ln_to_stack(
+        resid[None] if pos is None else resid[None, :, pos], layer, mlp_input=mlp_input, pos_slice=pos
+    )[0]
     ln = model.visual.blocks[layer].ln2 if mlp_input else model.visual.blocks[layer].ln1
     expected = (cache["ln2" if mlp_input else "ln1", layer] - ln.b) / ln.w
     expected = expected if pos is None else expected[:, pos]
@@ -592,8 +619,9 @@ def test_neuron_results_sum_to_the_mlp_output(toy, toy_images):
     """TL's ``get_neuron_results`` / ``stack_neuron_results``: neurons sum to ``mlp_out - b_out``."""
     _, cache = toy.run_with_cache(toy_images)
     neurons = cache.get_neuron_results(1)
-    torch.testing.assert_close(neurons.sum(-2), cache["mlp_out", 1] - toy.visual.blocks[1].mlp.b_out,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        neurons.sum(-2), cache["mlp_out", 1] - toy.visual.blocks[1].mlp.b_out, rtol=1e-4, atol=1e-5
+    )
     some, labels = cache.stack_neuron_results(2, neuron_slice=[3, 7], pos_slice=0, return_labels=True)
     assert labels == ["L0N3", "L0N7", "L1N3", "L1N7"] and some.shape == (4, 2, toy.cfg.d_model)
     torch.testing.assert_close(some[1], cache.get_neuron_results(0, 7, 0))
@@ -619,9 +647,16 @@ def test_tl_shorthand_aliases_and_batch_helpers(toy, toy_images):
     ``normalized`` with an ``"ln2"`` sublayer), ``stack_activation``, ``remove_batch_dim``,
     ``apply_slice_to_batch_dim`` and ``toggle_autodiff``."""
     _, cache = toy.run_with_cache(toy_images)
-    pairs = [(("attn", 1), ("pattern", 1)), (("attn_logits", 1), ("attn_scores", 1)), (("key", 2), ("k", 2)),
-             (("query", 0), ("q", 0)), (("value", 3), ("v", 3)), (("scale", 1), ("ln1_scale", 1)),
-             (("scale", 1, "ln2"), ("ln2_scale", 1)), (("normalized", 2, "ln2"), ("ln2", 2))]
+    pairs = [
+        (("attn", 1), ("pattern", 1)),
+        (("attn_logits", 1), ("attn_scores", 1)),
+        (("key", 2), ("k", 2)),
+        (("query", 0), ("q", 0)),
+        (("value", 3), ("v", 3)),
+        (("scale", 1), ("ln1_scale", 1)),
+        (("scale", 1, "ln2"), ("ln2_scale", 1)),
+        (("normalized", 2, "ln2"), ("ln2", 2)),
+    ]
     for alias, name in pairs:
         torch.testing.assert_close(cache[alias], cache[name])
     assert cache.stack_activation("resid_pre", 2).shape == (2, 2, 17, 128)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP
 from hookedclip.zeroshot import ZeroShotClassifier, accuracy, group_accuracies, worst_group_accuracy
-from tests.conftest import tiny_open_clip
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,9 @@ def test_classifier_is_mean_of_normalised_templates(bpe_model):
         dog = bpe_model.encode_text(bpe_model.tokenize(["a photo of a dog.", "a dog."]), normalize=True)
     torch.testing.assert_close(clf.weights[:, 0], F.normalize(dog.mean(0), dim=-1))
     torch.testing.assert_close(clf.weights.norm(dim=0), torch.ones(2))
-    same = ZeroShotClassifier.from_prompts(bpe_model, {"dog": ["a photo of a dog.", "a dog."], "cat": ["a photo of a cat.", "a cat."]})
+    same = ZeroShotClassifier.from_prompts(
+        bpe_model, {"dog": ["a photo of a dog.", "a dog."], "cat": ["a photo of a cat.", "a cat."]}
+    )
     torch.testing.assert_close(same.weights, clf.weights)
 
 
@@ -54,8 +56,11 @@ def test_imagenet_classifier_uses_open_clip_names_and_the_chosen_templates(bpe_m
     from hookedclip.zeroshot import imagenet_classifier
 
     seen = {}
-    monkeypatch.setattr(ZeroShotClassifier, "from_classnames",
-                        classmethod(lambda cls, model, names, chosen: seen.update(names=names, templates=chosen)))
+    monkeypatch.setattr(
+        ZeroShotClassifier,
+        "from_classnames",
+        classmethod(lambda cls, model, names, chosen: seen.update(names=names, templates=chosen)),
+    )
     imagenet_classifier(bpe_model, templates) if templates != "openai" else imagenet_classifier(bpe_model)
     expected = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[templates]
     assert len(seen["names"]) == 1000 and list(seen["names"]) == list(IMAGENET_CLASSNAMES)

@@ -24,8 +24,11 @@ def renamed_arguments(**renames: str | tuple[str, Callable[[Any], Any]]):
                     new, convert = target if isinstance(target, tuple) else (target, None)
                     if new in kwargs:
                         raise TypeError(f"{fn.__name__}() got both {old}= (deprecated) and {new}=; pass only {new}=")
-                    warnings.warn(f"{fn.__name__}({old}=...) is deprecated and will be removed; use {new}=...",
-                                  DeprecationWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{fn.__name__}({old}=...) is deprecated and will be removed; use {new}=...",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
                     value = kwargs.pop(old)
                     kwargs[new] = convert(value) if convert is not None else value
             return fn(*args, **kwargs)

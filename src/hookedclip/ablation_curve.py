@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from hookedclip.ablation import component_means
 from hookedclip._compat import renamed_arguments
+from hookedclip.ablation import component_means
 from hookedclip.components import ComponentLike, select
 from hookedclip.data.batches import check_reiterable, iter_labelled
 from hookedclip.decompose import decompose_image
@@ -51,11 +51,17 @@ class AblationCurve(Result):
         """Accuracy (%) after each step (a matplotlib ``Figure``; written to ``path`` when given)."""
         labels = ["none", *self.steps]
         fig, ax = new_figure(max(4.5, 0.38 * len(labels) + 2.5), 3.4)
-        ax.plot(range(len(self.accuracy)), [100 * v for v in self.accuracy], marker="o", markersize=3.5,
-                label="accuracy")
+        ax.plot(
+            range(len(self.accuracy)), [100 * v for v in self.accuracy], marker="o", markersize=3.5, label="accuracy"
+        )
         rotate = max(map(len, labels)) > 3  # rotate only labels that would collide
-        ax.set_xticks(range(len(labels)), labels, rotation=45 if rotate else 0, ha="right" if rotate else "center",
-                      fontsize=8 if rotate else 9)
+        ax.set_xticks(
+            range(len(labels)),
+            labels,
+            rotation=45 if rotate else 0,
+            ha="right" if rotate else "center",
+            fontsize=8 if rotate else 9,
+        )
         ax.set_xlabel("mean-ablated up to and including")
         ax.set_ylabel("zero-shot top-1 (%)")
         ax.set_ylim(0, 102)

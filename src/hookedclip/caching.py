@@ -4,18 +4,26 @@ or restricted to some token positions (TransformerLens's ``pos_slice``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 from torch import Tensor
 
-PosSlice = Union[None, int, slice, Sequence[int], Tensor]
+PosSlice = int | slice | Sequence[int] | Tensor | None
 
 # Hook points whose token axis is third from the end ([batch, pos, head, d]); attention scores
 # and patterns ([batch, head, q_pos, k_pos]) and everything else have it second from the end
 # (the query axis for patterns); pooled tensors have none.
-_HEAD_AXIS_POINTS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_attn_in", "hook_q_input",
-                     "hook_k_input", "hook_v_input")
+_HEAD_AXIS_POINTS = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "hook_result",
+    "hook_attn_in",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+)
 _NO_TOKEN_AXIS = ("hook_pooled", "hook_out")
 
 
@@ -46,8 +54,14 @@ def token_axis(name: str, ndim: int, has_batch: bool = True) -> int | None:
     return -3 if point in _HEAD_AXIS_POINTS else -2
 
 
-def recorder(store: dict[str, Tensor], device=None, dtype=None, remove_batch_dim: bool = False,
-             pos_slice: PosSlice = None, suffix: str = "") -> Callable:
+def recorder(
+    store: dict[str, Tensor],
+    device=None,
+    dtype=None,
+    remove_batch_dim: bool = False,
+    pos_slice: PosSlice = None,
+    suffix: str = "",
+) -> Callable:
     """A hook function storing ``store[hook.name + suffix]``: the activation detached, moved to
     ``device`` / ``dtype``, batch element 0 alone with ``remove_batch_dim`` (a batch of 1 is
     required), and ``pos_slice`` kept along its token axis."""

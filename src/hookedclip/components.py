@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True, order=True)
@@ -41,8 +40,8 @@ class Embed:
         return "embed"
 
 
-Component = Union[Head, MLP, Embed]
-ComponentLike = Union[Component, str]
+Component = Head | MLP | Embed
+ComponentLike = Component | str
 
 _HEAD = re.compile(r"^L(-?\d+)H(\d+)$", re.IGNORECASE)
 _LAYER_RANGE = re.compile(r"^L(-?\d+)(-(-?\d+)?)?$", re.IGNORECASE)  # "L10", "L8-11", "L8-" (to the last)
@@ -59,7 +58,9 @@ LAST_4_LAYERS = "L-4-"
 _EXAMPLES = "'L10H3', 'mlp9', 'embed', 'L8-11', 'L10', 'L-4-', 'heads', 'all'"
 
 
-def parse(spec: ComponentLike | Iterable[ComponentLike], n_layers: int | None = None, n_heads: int | None = None) -> list[Component]:
+def parse(
+    spec: ComponentLike | Iterable[ComponentLike], n_layers: int | None = None, n_heads: int | None = None
+) -> list[Component]:
     """Components named by ``spec`` (one or many), ranges expanded, validated against the
     model's ``n_layers`` / ``n_heads`` when given."""
     if isinstance(spec, (Head, MLP, Embed, str)):
@@ -96,8 +97,10 @@ def select(
     if heads_only:
         other = [str(c) for c in comps if not isinstance(c, Head)]
         if other:
-            raise ValueError(f"{', '.join(other)}: not heads; this method analyses attention heads only "
-                             "(e.g. 'L8-11', 'L10H3', 'heads')")
+            raise ValueError(
+                f"{', '.join(other)}: not heads; this method analyses attention heads only "
+                "(e.g. 'L8-11', 'L10H3', 'heads')"
+            )
     return comps
 
 
@@ -111,8 +114,10 @@ def _dims(model_or_cfg, tower: str) -> tuple[int, int]:
         if cfg is None:
             raise ValueError("this model has no text tower")
     if not (hasattr(cfg, "layers") and hasattr(cfg, "heads")):
-        raise TypeError(f"cannot read layers and heads from {type(model_or_cfg).__name__}; "
-                        "pass a HookedCLIP, one of its towers or a config")
+        raise TypeError(
+            f"cannot read layers and heads from {type(model_or_cfg).__name__}; "
+            "pass a HookedCLIP, one of its towers or a config"
+        )
     return int(cfg.layers), int(cfg.heads)
 
 
@@ -160,8 +165,9 @@ def _layer_range(item: str, m: re.Match, n_layers: int | None, n_heads: int | No
         last = n_layers - 1
     first, last = (_resolve_layer(x, n_layers, item) for x in (first, last))
     if first > last:
-        raise ValueError(f"{item!r} is an empty range: layer {first} comes after layer {last}"
-                         f"{_valid(n_layers, n_heads)}")
+        raise ValueError(
+            f"{item!r} is an empty range: layer {first} comes after layer {last}{_valid(n_layers, n_heads)}"
+        )
     return [Head(layer, h) for layer in range(first, last + 1) for h in range(n_heads)]
 
 
@@ -169,8 +175,10 @@ def _resolve_layer(layer: int, n_layers: int | None, what: object) -> int:
     if layer < 0 and n_layers is None:
         raise ValueError(f"negative layer in {what!r} needs the model's n_layers")
     if n_layers is not None and not -n_layers <= layer < n_layers:
-        raise ValueError(f"{what}: layer {layer} does not exist; the model has layers 0..{n_layers - 1} "
-                         f"(-{n_layers}..-1 from the end)")
+        raise ValueError(
+            f"{what}: layer {layer} does not exist; the model has layers 0..{n_layers - 1} "
+            f"(-{n_layers}..-1 from the end)"
+        )
     return layer + n_layers if layer < 0 else layer
 
 

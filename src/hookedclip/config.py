@@ -48,9 +48,7 @@ class TransformerConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.act_fn not in ("gelu", "quick_gelu"):
-            raise NotImplementedError(
-                f"activation {self.act_fn!r} is not supported (gelu, quick_gelu are)"
-            )
+            raise NotImplementedError(f"activation {self.act_fn!r} is not supported (gelu, quick_gelu are)")
 
 
 @dataclass
@@ -79,13 +77,9 @@ class VisionConfig(TransformerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.pool_type not in ("tok", "avg"):
-            raise NotImplementedError(
-                f"vision pool_type {self.pool_type!r} is not supported (tok, avg are)"
-            )
+            raise NotImplementedError(f"vision pool_type {self.pool_type!r} is not supported (tok, avg are)")
         if self.pool_type == "tok" and not self.class_token:
             raise ValueError("pool_type='tok' needs a class token")
 
@@ -126,7 +120,7 @@ class CLIPConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CLIPConfig:
         d = dict(d)
         d["vision"] = VisionConfig(**d["vision"])
         d["text"] = TextConfig(**d["text"]) if d.get("text") else None

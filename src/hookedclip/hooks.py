@@ -15,7 +15,7 @@ import inspect
 import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from hookedclip.cache import ActivationCache
     from hookedclip.caching import PosSlice
 
-HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
-NameFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
-HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
+HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
+NameFilter = str | Sequence[str] | Callable[[str], bool] | None
+HookSpec = tuple[str | Callable[[str], bool], HookFn]
 Direction = Literal["fwd", "bwd", "both"]
 #: Hook points that make attention run on per-head inputs while active (left out of "every hook").
 SPLIT_INPUT_HOOKS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
@@ -61,8 +61,9 @@ class HookPoint(nn.Module):
         """Whether any hook function (of direction ``dir``) is attached."""
         return any(including_permanent or id(fn) not in self._permanent for fn in self._fns(dir))
 
-    def add_hook(self, hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd", is_permanent: bool = False,
-                 prepend: bool = False) -> None:
+    def add_hook(
+        self, hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd", is_permanent: bool = False, prepend: bool = False
+    ) -> None:
         """Attach ``hook`` (``prepend`` runs it before the hooks already there). Permanent hooks
         survive :meth:`remove_hooks` and ``reset_hooks`` unless ``including_permanent``."""
         fns = self._list(dir)
@@ -164,9 +165,7 @@ def _takes_keyword_hook(fn: HookFn) -> bool:
 
 def _check_replacement(name: str, old: Tensor, new: object) -> None:
     if not isinstance(new, Tensor):
-        raise TypeError(
-            f"hook on {name!r} returned {type(new).__name__}; a hook must return a Tensor or None"
-        )
+        raise TypeError(f"hook on {name!r} returned {type(new).__name__}; a hook must return a Tensor or None")
     if new.shape != old.shape:
         raise ValueError(
             f"hook on {name!r} returned shape {tuple(new.shape)}, expected {tuple(old.shape)}; "
@@ -218,19 +217,26 @@ class HookedRootModule(nn.Module):
         close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise KeyError(
-            f"unknown hook point {name!r}{hint}. `model.hook_points()` lists all "
-            f"{len(self.hook_dict)} names."
+            f"unknown hook point {name!r}{hint}. `model.hook_points()` lists all {len(self.hook_dict)} names."
         )
 
     # ------------------------------------------------------------------ adding and removing
-    def add_hook(self, name: str | Callable[[str], bool], hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd",
-                 is_permanent: bool = False, prepend: bool = False) -> None:
+    def add_hook(
+        self,
+        name: str | Callable[[str], bool],
+        hook: HookFn,
+        dir: Literal["fwd", "bwd"] = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
         """Attach ``hook`` to a hook point (or every point a predicate accepts) until removed
         (:meth:`reset_hooks`); prefer the :meth:`hooks` context, which always cleans up."""
         for hook_name in self.resolve_hook_names(name):
             self.hook_dict[hook_name].add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend)
 
-    def add_perma_hook(self, name: str | Callable[[str], bool], hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd") -> None:
+    def add_perma_hook(
+        self, name: str | Callable[[str], bool], hook: HookFn, dir: Literal["fwd", "bwd"] = "fwd"
+    ) -> None:
         """A hook that :meth:`reset_hooks` keeps unless ``including_permanent=True``."""
         self.add_hook(name, hook, dir=dir, is_permanent=True)
 
@@ -238,8 +244,9 @@ class HookedRootModule(nn.Module):
         for hp in self.hook_dict.values():
             hp.remove_hooks(direction, including_permanent=including_permanent)
 
-    def reset_hooks(self, clear_contexts: bool = True, direction: Direction = "both",
-                    including_permanent: bool = False) -> None:
+    def reset_hooks(
+        self, clear_contexts: bool = True, direction: Direction = "both", including_permanent: bool = False
+    ) -> None:
         """Remove every hook function (permanent ones too with ``including_permanent``).
         ``clear_contexts`` is accepted for TransformerLens compatibility (hook points keep no
         context here)."""
@@ -251,7 +258,7 @@ class HookedRootModule(nn.Module):
         self,
         fwd_hooks: Iterable[HookSpec] = (),
         bwd_hooks: Iterable[HookSpec] = (),
-    ) -> Iterator["HookedRootModule"]:
+    ) -> Iterator[HookedRootModule]:
         """Add hooks for the duration of the ``with`` block; they are removed on exit.
 
         ``fwd_hooks`` and ``bwd_hooks`` are ``(name_or_filter, fn)`` pairs, where
@@ -296,13 +303,22 @@ class HookedRootModule(nn.Module):
         keep = recorder(store, device, dtype, remove_batch_dim, pos_slice)
         names = self.resolve_hook_names(names_filter)
         fwd = [(name, keep) for name in names]
-        bwd = [(name, recorder(store, device, dtype, remove_batch_dim, pos_slice, "_grad")) for name in names] \
-            if incl_bwd else []
+        bwd = (
+            [(name, recorder(store, device, dtype, remove_batch_dim, pos_slice, "_grad")) for name in names]
+            if incl_bwd
+            else []
+        )
         return store, fwd, bwd
 
-    def add_caching_hooks(self, names_filter: NameFilter = None, incl_bwd: bool = False,
-                          device: torch.device | str | None = None, remove_batch_dim: bool = False,
-                          cache: dict | None = None, pos_slice: PosSlice = None) -> dict[str, Tensor]:
+    def add_caching_hooks(
+        self,
+        names_filter: NameFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+        pos_slice: PosSlice = None,
+    ) -> dict[str, Tensor]:
         """Attach caching hooks until :meth:`reset_hooks`; returns the dict they fill."""
         store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache, pos_slice)
         self._add_all(fwd, bwd)
@@ -322,7 +338,7 @@ class HookedRootModule(nn.Module):
         incl_bwd: bool = False,
         remove_batch_dim: bool = False,
         pos_slice: PosSlice = None,
-    ) -> Iterator["ActivationCache"]:
+    ) -> Iterator[ActivationCache]:
         """Yield an :class:`ActivationCache` that fills with whatever runs inside.
 
         Forward values are stored detached, optionally moved to ``device`` / ``dtype``.
@@ -380,8 +396,14 @@ class HookedRootModule(nn.Module):
         e.g. ``lambda emb: emb @ class_direction`` summed over the batch). With
         ``return_cache_object=False`` the cache is a plain dict, as in TransformerLens.
         """
-        with self.cache(names_filter, device=device, dtype=dtype, incl_bwd=incl_bwd,
-                        remove_batch_dim=remove_batch_dim, pos_slice=pos_slice) as cache:
+        with self.cache(
+            names_filter,
+            device=device,
+            dtype=dtype,
+            incl_bwd=incl_bwd,
+            remove_batch_dim=remove_batch_dim,
+            pos_slice=pos_slice,
+        ) as cache:
             out = self(*args, **kwargs)
             if incl_bwd:
                 loss = out if loss_fn is None else loss_fn(out)
@@ -392,4 +414,3 @@ class HookedRootModule(nn.Module):
                     )
                 loss.backward()
         return out, (cache if return_cache_object else dict(cache.items()))
-

@@ -97,9 +97,12 @@ def same_model(recorded: Mapping | None, other: Mapping | None) -> bool:
 
 def describe_mismatch(recorded: Mapping | None, other: Mapping | None) -> str:
     """``"<recorded> (config …, weights …), but the model given is <other> (…): weights differ"``."""
+
     def full(identity: Mapping) -> str:
-        return (f"{identity.get('name') or 'unnamed model'} (config {identity.get('config_hash')}, "
-                f"weights {identity.get('weights')})")
+        return (
+            f"{identity.get('name') or 'unnamed model'} (config {identity.get('config_hash')}, "
+            f"weights {identity.get('weights')})"
+        )
 
     recorded, other = recorded or {}, other or {}
     return f"{full(recorded)}, but the model given is {full(other)}: {', '.join(differences(recorded, other))} differ"
@@ -111,11 +114,15 @@ def check_same_model(recorded: Mapping | None, model, what: str = "this result")
     being checked in the message (``"this PCLensResult"``, ``"the store at …"``)."""
     theirs = as_identity(model)
     if recorded is None:
-        raise ModelMismatch(f"{what} records no model (it was computed from tensors alone), so it cannot be "
-                            f"checked against {theirs}: use it without a model")
+        raise ModelMismatch(
+            f"{what} records no model (it was computed from tensors alone), so it cannot be "
+            f"checked against {theirs}: use it without a model"
+        )
     if not same_model(recorded, theirs):
-        raise ModelMismatch(f"{what} was computed with {describe_mismatch(recorded, theirs)}. Results do not "
-                            "transfer between models: use the model it was computed with, or compute it again")
+        raise ModelMismatch(
+            f"{what} was computed with {describe_mismatch(recorded, theirs)}. Results do not "
+            "transfer between models: use the model it was computed with, or compute it again"
+        )
 
 
 __all__ = [

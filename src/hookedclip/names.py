@@ -65,8 +65,7 @@ def act_name(short: str, layer: int | None = None, tower: str = "visual", n_laye
             short = short.replace("ln_final", "ln_post")  # TransformerLens's name for open_clip's ln_post
         if short not in _TOWER_SHORT_NAMES:
             raise KeyError(
-                f"{short!r} needs a layer index or is unknown; names without a layer: "
-                f"{', '.join(_TOWER_SHORT_NAMES)}"
+                f"{short!r} needs a layer index or is unknown; names without a layer: {', '.join(_TOWER_SHORT_NAMES)}"
             )
         return f"{tower}.{_TOWER_SHORT_NAMES[short]}{suffix}"
     if short not in _BLOCK_SHORT_NAMES:

@@ -65,15 +65,23 @@ def image_grid(images: np.ndarray, captions: Sequence[str], path: str | Path, co
     return save_figure(fig, path)
 
 
-def bar_chart(values: dict[str, float], path: str | Path, ylabel: str, title: str, chance: dict[str, float] | None = None,
-              percent: bool = True) -> Path:
+def bar_chart(
+    values: dict[str, float],
+    path: str | Path,
+    ylabel: str,
+    title: str,
+    chance: dict[str, float] | None = None,
+    percent: bool = True,
+) -> Path:
     """One bar per key, value printed on top; optional chance level per bar as a tick."""
     names = list(values)
     scale = 100 if percent else 1
     fig, ax = new_figure(max(4.0, 0.9 * len(names) + 1.5), 3.2)
     bars = ax.bar(names, [scale * values[k] for k in names], color="#4C72B0")
     for bar, k in zip(bars, names):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{scale * values[k]:.1f}", ha="center", fontsize=8)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{scale * values[k]:.1f}", ha="center", fontsize=8
+        )
         if chance and k in chance:
             ax.hlines(scale * chance[k], bar.get_x(), bar.get_x() + bar.get_width(), colors="#C44E52", linestyles="--")
     if chance:
@@ -86,8 +94,13 @@ def bar_chart(values: dict[str, float], path: str | Path, ylabel: str, title: st
     return save_figure(fig, path)
 
 
-def stacked_layer_shares(shares: dict[str, np.ndarray], labels: Sequence[str], path: str | Path, title: str,
-                         single: dict[str, float] | None = None) -> Path:
+def stacked_layer_shares(
+    shares: dict[str, np.ndarray],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str,
+    single: dict[str, float] | None = None,
+) -> Path:
     """Per-layer bars split into parts (e.g. ``{"attention": [...], "MLP": [...]}``), after
     optional ``single`` bars (e.g. ``{"embed": share}``, grey); values in [0, 1] drawn as % and
     printed on each bar."""
@@ -113,8 +126,14 @@ def stacked_layer_shares(shares: dict[str, np.ndarray], labels: Sequence[str], p
     return save_figure(fig, path)
 
 
-def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, vmin: float = 0.0,
-                  baseline: dict[str, float] | None = None, baseline_label: str = "chance") -> Path:
+def head_heatmaps(
+    scores: dict[str, np.ndarray],
+    path: str | Path,
+    title: str,
+    vmin: float = 0.0,
+    baseline: dict[str, float] | None = None,
+    baseline_label: str = "chance",
+) -> Path:
     """One ``[layer, head]`` heatmap per key, the value (%) written in each cell; ``baseline``
     (e.g. the majority-class rate) is named in each panel's title as ``baseline_label``."""
     n = len(scores)
@@ -124,8 +143,9 @@ def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, v
     for ax, (name, grid) in zip(axes[0], scores.items()):
         im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100, cmap="viridis", aspect="auto")
         for (i, j), val in np.ndenumerate(grid):
-            ax.text(j, i, f"{100 * val:.0f}", ha="center", va="center", fontsize=10,
-                    color="white" if val < 0.7 else "black")  # fmt: skip
+            ax.text(
+                j, i, f"{100 * val:.0f}", ha="center", va="center", fontsize=10, color="white" if val < 0.7 else "black"
+            )
         subtitle = name + (f"\n({baseline_label} {100 * baseline[name]:.0f}%)" if baseline and name in baseline else "")
         ax.set_title(subtitle, fontsize=10)
         ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])], fontsize=9)
@@ -137,12 +157,19 @@ def head_heatmaps(scores: dict[str, np.ndarray], path: str | Path, title: str, v
     return save_figure(fig, path)
 
 
-def line_curves(curves: dict[str, Sequence[float]], xlabels: Sequence[str], path: str | Path, title: str,
-                xlabel: str, ylabel: str = "zero-shot top-1 (%)", chance: dict[str, float] | None = None) -> Path:
+def line_curves(
+    curves: dict[str, Sequence[float]],
+    xlabels: Sequence[str],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str = "zero-shot top-1 (%)",
+    chance: dict[str, float] | None = None,
+) -> Path:
     """Several curves over the same steps (values in [0, 1], drawn as percentages)."""
     fig, ax = new_figure(max(4.5, 0.38 * len(xlabels) + 2.5), 3.4)
-    for i, (name, values) in enumerate(curves.items()):
-        line, = ax.plot(range(len(values)), [100 * v for v in values], marker="o", markersize=3.5, label=name)
+    for name, values in curves.items():
+        (line,) = ax.plot(range(len(values)), [100 * v for v in values], marker="o", markersize=3.5, label=name)
         if chance and name in chance:
             ax.axhline(100 * chance[name], color=line.get_color(), linestyle=":", linewidth=1)
     if max(map(len, xlabels), default=0) > 3:  # rotate only labels that would collide
@@ -169,8 +196,15 @@ def blend_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6, cmap:
     return np.round(255 * out).astype(np.uint8)
 
 
-def heatmap_overlays(images: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, path: str | Path,
-                     captions: Sequence[str] | None = None, cols: int = 6, alpha: float = 0.6) -> Path:
+def heatmap_overlays(
+    images: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray | None,
+    path: str | Path,
+    captions: Sequence[str] | None = None,
+    cols: int = 6,
+    alpha: float = 0.6,
+) -> Path:
     """Pairs of panels per image: the uint8 image ``[N, H, W, 3]`` with the ground-truth
     contour (white), and the image tinted by its heat map ``[N, H, W]`` in [0, 1]
     (:func:`blend_heatmap`: red = high, untinted = 0) with the binarised foreground
@@ -195,19 +229,38 @@ def heatmap_overlays(images: np.ndarray, maps: np.ndarray, masks: np.ndarray | N
             left.set_title("\n".join(textwrap.wrap(captions[i], 26)), fontsize=6.5, loc="left", x=0.0)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color="white", linewidth=1.5, label="true outline"),
-               Line2D([], [], color="cyan", linewidth=1.5, linestyle="--", label="binarised map (Res > mean)"),
-               Line2D([], [], color="#d62728", linewidth=6, alpha=0.7, label="heat map tint (red = high)")]
-    legend = fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7.5, frameon=True,
-                        bbox_to_anchor=(0.5, 0.0), facecolor="#555555", labelcolor="white", edgecolor="none")
+    handles = [
+        Line2D([], [], color="white", linewidth=1.5, label="true outline"),
+        Line2D([], [], color="cyan", linewidth=1.5, linestyle="--", label="binarised map (Res > mean)"),
+        Line2D([], [], color="#d62728", linewidth=6, alpha=0.7, label="heat map tint (red = high)"),
+    ]
+    legend = fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=3,
+        fontsize=7.5,
+        frameon=True,
+        bbox_to_anchor=(0.5, 0.0),
+        facecolor="#555555",
+        labelcolor="white",
+        edgecolor="none",
+    )
     legend.get_frame().set_alpha(1.0)
     fig.subplots_adjust(bottom=0.45 / (1.8 * rows + 0.45) + 0.02)
     return save_figure(fig, path)
 
 
-def neighbour_grid(query: np.ndarray, neighbours: np.ndarray, captions: Sequence[str], path: str | Path,
-                   title: str = "", query_caption: str = "query", cols: int = 8,
-                   scores: Sequence[float] | None = None, score_name: str = "score") -> Path:
+def neighbour_grid(
+    query: np.ndarray,
+    neighbours: np.ndarray,
+    captions: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    query_caption: str = "query",
+    cols: int = 8,
+    scores: Sequence[float] | None = None,
+    score_name: str = "score",
+) -> Path:
     """The query image (left, boxed) and its neighbours ``[k, H, W, 3]`` in rank order, each
     titled ``#rank`` and, with ``scores``, ``score_name = value`` above its caption."""
     k = len(neighbours)

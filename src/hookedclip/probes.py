@@ -45,8 +45,10 @@ def head_probe_grid(
     from tqdm.auto import tqdm
 
     if len(head_outputs) != n_layers * n_heads:
-        raise ValueError(f"head_outputs has {len(head_outputs)} rows; expected n_layers * n_heads = "
-                         f"{n_layers} * {n_heads} = {n_layers * n_heads}")  # fmt: skip
+        raise ValueError(
+            f"head_outputs has {len(head_outputs)} rows; expected n_layers * n_heads = "
+            f"{n_layers} * {n_heads} = {n_layers * n_heads}"
+        )
     heads = tqdm(head_outputs, desc=desc, disable=not progress, leave=False)
     scores = [probe_accuracy(h, labels, seed=seed) for h in heads]
     return np.asarray(scores).reshape(n_layers, n_heads)

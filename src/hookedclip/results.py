@@ -85,8 +85,9 @@ class Result:
     # ---- printing
     def _repr_sizes(self) -> dict[str, Any]:
         """What ``repr`` shows besides the model: tensor shapes by default."""
-        return {name: list(value.shape) for name in self._tensor_fields
-                if (value := getattr(self, name, None)) is not None}
+        return {
+            name: list(value.shape) for name in self._tensor_fields if (value := getattr(self, name, None)) is not None
+        }
 
     def __repr__(self) -> str:
         parts = [f"model={str(self.model) if self.model else None!r}"]
@@ -103,12 +104,15 @@ class Result:
     # ---- persistence
     def _state(self) -> tuple[dict[str, Tensor | np.ndarray | None], dict[str, Any]]:
         """``(tensors, fields)`` to save; ``None`` tensors are left out of the file."""
-        return ({name: getattr(self, name) for name in self._tensor_fields},
-                {name: getattr(self, name) for name in self._json_fields})
+        return (
+            {name: getattr(self, name) for name in self._tensor_fields},
+            {name: getattr(self, name) for name in self._json_fields},
+        )
 
     @classmethod
-    def _from_state(cls, tensors: dict[str, Tensor | np.ndarray | None], fields: dict[str, Any],
-                    model: ModelIdentity | None):
+    def _from_state(
+        cls, tensors: dict[str, Tensor | np.ndarray | None], fields: dict[str, Any], model: ModelIdentity | None
+    ):
         return cls(**tensors, **fields, model=model)
 
     @classmethod
@@ -131,8 +135,15 @@ class Result:
                 numpy.append(name)
                 value = torch.from_numpy(np.ascontiguousarray(value))
             stored[name] = value.detach().to("cpu").contiguous().clone()  # clone: no shared storage
-        meta = {"format": self._format(), "version": self._version, "class": type(self).__name__,
-                "model": self.model, "fields": fields, "tensors": sorted(stored), "numpy": numpy}
+        meta = {
+            "format": self._format(),
+            "version": self._version,
+            "class": type(self).__name__,
+            "model": self.model,
+            "fields": fields,
+            "tensors": sorted(stored),
+            "numpy": numpy,
+        }
         save_file(stored, str(path / f"{self._kind}.safetensors"))
         (path / f"{self._kind}.json").write_text(json.dumps(meta, indent=1, default=_jsonable) + "\n")
         return path
@@ -162,12 +173,15 @@ class Result:
             raise FileNotFoundError(f"{file} not found: {path} is not a folder written by {cls.__name__}.save{hint}")
         meta = json.loads(file.read_text())
         if meta.get("format") != cls._format():
-            raise ResultFormatError(f"{file} holds {meta.get('format')} ({meta.get('class')}), not "
-                                    f"{cls._format()}: load it with {meta.get('class')}.load")
+            raise ResultFormatError(
+                f"{file} holds {meta.get('format')} ({meta.get('class')}), not "
+                f"{cls._format()}: load it with {meta.get('class')}.load"
+            )
         if meta.get("version") != cls._version:
             raise ResultFormatError(
                 f"{file} is {cls._format()} format v{meta.get('version')}; this hookedclip reads "
-                f"v{cls._version} ({cls._upgrade_hint()}): compute the result again and save it")
+                f"v{cls._version} ({cls._upgrade_hint()}): compute the result again and save it"
+            )
         return meta
 
     @classmethod

@@ -67,8 +67,9 @@ class Neighbours(Result):
         return f"{len(self)} nearest neighbours ({self.model or 'no recorded model'})"
 
     def _table(self) -> tuple[list[str], list[list]]:
-        return ["rank", "index", "score"], [[r + 1, int(i), float(v)] for r, (i, v) in
-                                            enumerate(zip(self.indices.tolist(), self.values.tolist()))]
+        return ["rank", "index", "score"], [
+            [r + 1, int(i), float(v)] for r, (i, v) in enumerate(zip(self.indices.tolist(), self.values.tolist()))
+        ]
 
     def _repr_sizes(self) -> dict:
         return {"k": len(self)}

@@ -31,7 +31,7 @@ class ZeroShotClassifier:
         classnames: Sequence[str],
         templates: Sequence[str] | Sequence[callable] = ("a photo of a {}.",),
         batch_size: int = 256,
-    ) -> "ZeroShotClassifier":
+    ) -> ZeroShotClassifier:
         """Templates are format strings with one ``{}`` (or callables ``name -> text``)."""
         columns = []
         for name in classnames:
@@ -41,7 +41,7 @@ class ZeroShotClassifier:
 
     @classmethod
     @torch.no_grad()
-    def from_prompts(cls, model, prompts: dict[str, Sequence[str]]) -> "ZeroShotClassifier":
+    def from_prompts(cls, model, prompts: dict[str, Sequence[str]]) -> ZeroShotClassifier:
         """Each class given by its own list of full prompts: ``{"circle": ["a circle.", ...]}``."""
         columns = [F.normalize(embed_texts(model, list(p)).mean(0), dim=-1) for p in prompts.values()]
         return cls(torch.stack(columns, dim=1), list(prompts))
@@ -58,8 +58,12 @@ def embed_texts(model, texts: Sequence[str], batch_size: int = 256) -> Float[Ten
     """L2-normalised text embeddings of ``texts``, tokenized and encoded in batches."""
     if len(texts) == 0:
         raise ValueError("no texts to embed")
-    return torch.cat([model.encode_text(model.tokenize(list(texts[i : i + batch_size])), normalize=True)
-                      for i in range(0, len(texts), batch_size)])
+    return torch.cat(
+        [
+            model.encode_text(model.tokenize(list(texts[i : i + batch_size])), normalize=True)
+            for i in range(0, len(texts), batch_size)
+        ]
+    )
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ from hookedclip.methods.neighbours import TopK, embedding_space, head_space, nea
 SETTINGS = settings(deadline=None, max_examples=30, derandomize=True)
 
 
-
 def batches_of(x: torch.Tensor, sizes: list[int]):
     """Split ``x`` into consecutive batches of the given sizes (the rest in one last batch)."""
     start = 0
@@ -63,7 +62,7 @@ def test_query_equal_to_an_item_ranks_itself_first(case):
 
 def test_topk_memory_is_bounded():
     top = TopK(3)
-    for b in range(50):
+    for _ in range(50):
         top.update(torch.randn(100))
         assert len(top.values) == len(top.indices) == 3
     assert top.seen == 5000 and top.indices.max() < 5000
@@ -150,9 +149,10 @@ def test_selection_space_ranks_by_the_selected_coordinates_only(tiny_model, pc_r
 
 
 def test_selection_space_checks_the_selection_and_the_model(tiny_model, pc_result):
+    from tests.conftest import tiny_open_clip
+
     from hookedclip import HookedCLIP
     from hookedclip.methods.neighbours import selection_space
-    from tests.conftest import tiny_open_clip
 
     k = pc_result["L1H0"].k
     with pytest.raises(IndexError, match=f"L1H0 has {k} retained PCs"):
@@ -183,8 +183,16 @@ def test_neighbour_grid_shows_rank_and_score(tmp_path):
 
     rng = np.random.default_rng(0)
     query, found = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
-    path = neighbour_grid(query, found, [f"item {i}" for i in range(5)], tmp_path / "g.png", title="t",
-                          cols=5, scores=[0.9, 0.8, 0.7, 0.6, 0.5], score_name="cos")
+    path = neighbour_grid(
+        query,
+        found,
+        [f"item {i}" for i in range(5)],
+        tmp_path / "g.png",
+        title="t",
+        cols=5,
+        scores=[0.9, 0.8, 0.7, 0.6, 0.5],
+        score_name="cos",
+    )
     import matplotlib.pyplot as plt
 
     fig_texts = []
@@ -196,8 +204,15 @@ def test_neighbour_grid_shows_rank_and_score(tmp_path):
 
     plt.Axes.set_title = spy
     try:
-        neighbour_grid(query, found, [f"item {i}" for i in range(5)], tmp_path / "h.png", cols=5,
-                       scores=[0.9, 0.8, 0.7, 0.6, 0.5], score_name="cos")
+        neighbour_grid(
+            query,
+            found,
+            [f"item {i}" for i in range(5)],
+            tmp_path / "h.png",
+            cols=5,
+            scores=[0.9, 0.8, 0.7, 0.6, 0.5],
+            score_name="cos",
+        )
     finally:
         plt.Axes.set_title = orig
     assert fig_texts[1].startswith("#1  cos 0.9\nitem 0") and fig_texts[5].startswith("#5  cos 0.5")

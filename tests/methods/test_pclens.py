@@ -11,8 +11,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP, ablation
+from hookedclip.data.stats import RunningMoments
 from hookedclip.decompose import decompose_image
 from hookedclip.methods import pclens
 from hookedclip.methods.pclens import (
@@ -29,13 +31,9 @@ from hookedclip.methods.pclens import (
 )
 from hookedclip.methods.pclens import selection as pclens_selection
 from hookedclip.methods.pclens.query import union
-from hookedclip.data.stats import RunningMoments
-
-from tests.conftest import tiny_open_clip
 
 SETTINGS = settings(deadline=None, max_examples=25, derandomize=True)
 MODEL_ID = {"model_name": "synthetic", "source": "test", "pretrained": "None", "config_hash": "x", "weights": "y"}
-
 
 
 # --------------------------------------------------------------------------------------
@@ -59,11 +57,13 @@ def unit_texts(seed: int, m: int, d: int) -> torch.Tensor:
 
 
 problems = st.tuples(st.integers(0, 10_000), st.integers(8, 40), st.integers(3, 12), st.integers(1, 12)).map(
-    lambda t: (t[0], t[1], t[2], min(t[3], t[2], t[1] - 1)))
+    lambda t: (t[0], t[1], t[2], min(t[3], t[2], t[1] - 1))
+)
 
 
-def synthetic_result(seed: int, n_heads: int = 3, n: int = 30, d: int = 8, r: int = 4, texts: bool = False,
-                     **kw) -> tuple[PCLensResult, dict[str, torch.Tensor]]:
+def synthetic_result(
+    seed: int, n_heads: int = 3, n: int = 30, d: int = 8, r: int = 4, texts: bool = False, **kw
+) -> tuple[PCLensResult, dict[str, torch.Tensor]]:
     data = {f"L0H{h}": low_rank(seed + h, n, d, r, noise=1e-3) for h in range(n_heads)}
     emb = sum(data.values()) + low_rank(seed + 99, n, d, d)
     if texts:
@@ -90,8 +90,14 @@ def imgs() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def fitted(model, imgs) -> PCLensResult:
     pool = unit_texts(0, 30, model.cfg.vision.output_dim).float()
-    return pclens.fit(model, imgs.split(16), components=["L0-1"], texts=[f"text {i}" for i in range(30)],
-                      text_embeddings=pool, n_texts=3)
+    return pclens.fit(
+        model,
+        imgs.split(16),
+        components=["L0-1"],
+        texts=[f"text {i}" for i in range(30)],
+        text_embeddings=pool,
+        n_texts=3,
+    )
 
 
 def test_rank_bound_on_model_heads(model, imgs, fitted):
@@ -131,8 +137,9 @@ def test_orthonormal_and_rank_rule(problem, energy, cap):
     assert moments.k == pca.k
     assert torch.allclose(moments.singular_values, pca.singular_values, rtol=1e-6, atol=1e-8)
     # canonical signs make both paths return the same vectors (up to degenerate pairs)
-    assert torch.allclose((moments.components * pca.components).sum(1).abs(), torch.ones(pca.k, dtype=v.dtype),
-                          atol=1e-6)
+    assert torch.allclose(
+        (moments.components * pca.components).sum(1).abs(), torch.ones(pca.k, dtype=v.dtype), atol=1e-6
+    )
 
 
 def test_choose_rank_examples():
@@ -202,7 +209,9 @@ def test_projector_of_singular_matrix():
     p = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
     P = projector(p)
     assert int(torch.linalg.matrix_rank(P)) == 1
-    assert torch.allclose(P @ torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert torch.allclose(
+        P @ torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0], dtype=torch.float64)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -242,8 +251,13 @@ def test_keep_remove_complementarity_and_affinity(problem, mask_bits):
 # --------------------------------------------------------------------------------------
 
 
-def reference_loop(attns: torch.Tensor, rest: torch.Tensor, result: PCLensResult, chosen: dict[tuple[int, int], list[int]],
-                   n_heads: int) -> torch.Tensor:
+def reference_loop(
+    attns: torch.Tensor,
+    rest: torch.Tensor,
+    result: PCLensResult,
+    chosen: dict[tuple[int, int], list[int]],
+    n_heads: int,
+) -> torch.Tensor:
     """The reference implementation's keep-mode loop (ratio=−1, ablation, Π not used):
     a cursor walks the analysed heads; for each selected head (in order) the **cursor** head's
     activation and mean are projected on the selected head's PCs, the cursor head's mean is
@@ -258,7 +272,7 @@ def reference_loop(attns: torch.Tensor, rest: torch.Tensor, result: PCLensResult
     def step(c):
         return (c[0], c[1] + 1) if c[1] + 1 < n_heads else (c[0] + 1, 0)
 
-    for (layer, head) in sorted(chosen):
+    for layer, head in sorted(chosen):
         v = result[f"L{layer}H{head}"].components
         sel = chosen[(layer, head)]
         mask = torch.zeros(v.shape[0], dtype=attns.dtype)
@@ -275,8 +289,10 @@ def reference_loop(attns: torch.Tensor, rest: torch.Tensor, result: PCLensResult
 
 
 def _model_free(seed: int, n_layers: int = 2, n_heads: int = 2, n: int = 30, d: int = 8):
-    attns = torch.stack([torch.stack([low_rank(seed + 10 * l + h, n, d, 4, 1e-3) for h in range(n_heads)], 1)
-                         for l in range(n_layers)], 1)  # [N, L, H, d]
+    attns = torch.stack(
+        [torch.stack([low_rank(seed + 10 * l + h, n, d, 4, 1e-3) for h in range(n_heads)], 1) for l in range(n_layers)],
+        1,
+    )  # [N, L, H, d]
     rest = low_rank(seed + 500, n, d, d)
     contributions = {f"L{l}H{h}": attns[:, l, h] for l in range(n_layers) for h in range(n_heads)}
     result = fit_from_contributions(contributions, MODEL_ID, attns.sum((1, 2)) + rest)
@@ -301,8 +317,9 @@ def test_intended_equals_reference_when_every_head_is_selected(seed, data):
         for h in range(2):
             k = result[f"L{l}H{h}"].k
             chosen[(l, h)] = sorted(data.draw(st.sets(st.integers(0, k - 1), min_size=1, max_size=k)))
-    assert torch.allclose(reference_loop(attns, rest, result, chosen, 2), _intended(attns, rest, result, chosen),
-                          atol=1e-10)
+    assert torch.allclose(
+        reference_loop(attns, rest, result, chosen, 2), _intended(attns, rest, result, chosen), atol=1e-10
+    )
 
 
 def test_reference_is_wrong_when_a_head_is_skipped():
@@ -339,8 +356,9 @@ def test_sign_flip_swaps_labels(problem, which):
     assert [t for t, _ in b.negative] == [t for t, _ in a.positive]
     assert [c for _, c in b.positive] == pytest.approx([-c for _, c in a.negative])
     # reconstructions unchanged (Π follows the PC through the flip when it is the identity)
-    if torch.allclose(pca.projector, torch.eye(pca.k, dtype=torch.float64)) and \
-            torch.allclose(flipped.projector, torch.eye(pca.k, dtype=torch.float64)):
+    if torch.allclose(pca.projector, torch.eye(pca.k, dtype=torch.float64)) and torch.allclose(
+        flipped.projector, torch.eye(pca.k, dtype=torch.float64)
+    ):
         assert torch.allclose(pca.reconstruct(x), flipped.reconstruct(x), atol=1e-9)
     assert torch.allclose(pca.flip(i).reconstruct(x), pca.reconstruct(x), atol=1e-9)  # Π conjugated
 
@@ -473,10 +491,15 @@ def test_selection_from_another_result_is_refused_before_work(model, imgs, fitte
     sel = PCSelection.indicator(bigger, [(label, k)])
     stack = decompose_image(model, imgs[:2], components=list(fitted.heads))
     for bad in (query, sel):
-        for call in (lambda: pclens.keep(model, fitted, bad), lambda: pclens.remove(model, fitted, bad),
-                     lambda: pclens.reweight(model, fitted, bad), lambda: pclens.amplify(model, fitted, bad, 0.5),
-                     lambda: apply_to_stack(stack, fitted, bad), lambda: pclens.row_transform(fitted, bad),
-                     lambda: pclens_selection.selection_embeddings(stack, fitted, bad)):
+        for call in (
+            lambda bad=bad: pclens.keep(model, fitted, bad),
+            lambda bad=bad: pclens.remove(model, fitted, bad),
+            lambda bad=bad: pclens.reweight(model, fitted, bad),
+            lambda bad=bad: pclens.amplify(model, fitted, bad, 0.5),
+            lambda bad=bad: apply_to_stack(stack, fitted, bad),
+            lambda bad=bad: pclens.row_transform(fitted, bad),
+            lambda bad=bad: pclens_selection.selection_embeddings(stack, fitted, bad),
+        ):
             with pytest.raises((IndexError, ValueError), match=rf"{label}.*\b{k}\b"):
                 call()
     with pytest.raises(ValueError, match=rf"names PC {k} of {label}, but {label} has k={k}"):
@@ -535,8 +558,11 @@ def _unit_scale(e2: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 def test_reweight_matches_closed_form_and_apply_to_stack(model, imgs, fitted):
     g = torch.Generator().manual_seed(1)
-    weights = {label: torch.randn(p.k, generator=g, dtype=torch.float64) for label, p in fitted.heads.items()
-               if label.startswith("L1")}
+    weights = {
+        label: torch.randn(p.k, generator=g, dtype=torch.float64)
+        for label, p in fitted.heads.items()
+        if label.startswith("L1")
+    }
     e = model.encode_image(imgs)
     with pclens.reweight(model, fitted, weights):
         got = _unit_scale(model.encode_image(imgs), e)
@@ -556,8 +582,11 @@ def test_contexts_compose_with_other_hook_contexts(model, imgs, fitted):
         stack = decompose_image(model, imgs, components=list(fitted.heads))
         with pclens.keep(model, fitted, chosen):
             got = _unit_scale(model.encode_image(imgs), e)
-    expected = apply_to_stack(stack, fitted, pclens_selection._full(fitted, PCSelection.indicator(
-        fitted, chosen))).sum().double()
+    expected = (
+        apply_to_stack(stack, fitted, pclens_selection._full(fitted, PCSelection.indicator(fitted, chosen)))
+        .sum()
+        .double()
+    )
     assert torch.allclose(got, expected, atol=1e-5)
     # hooks are gone afterwards and the nesting order does not matter for a total + direct pair
     with pclens.keep(model, fitted, chosen), ablation.zero_ablate(model, ["mlp0"], mode="total"):
@@ -619,10 +648,19 @@ def test_image_scores_are_cosines_of_the_unit_embedding_with_the_pc():
     """Images rank by ⟨ê, v⟩ with ê the unit final embedding (not the raw dot product,
     not centred). Image 0 has the largest raw dot product but image 1 the largest cosine."""
     v = torch.eye(3, dtype=torch.float64)
-    pca = pclens.HeadPCA("L0H0", torch.zeros(3, dtype=torch.float64), v, torch.ones(3, dtype=torch.float64),
-                         torch.eye(3, dtype=torch.float64), 5, 3.0)
-    emb = torch.tensor([[6.0, 8.0, 0.0], [0.9, 0.0, (1 - 0.81) ** 0.5], [-2.0, 0.0, 0.0], [0.0, 0.0, 3.0],
-                        [0.3, -0.4, 0.0]], dtype=torch.float64)
+    pca = pclens.HeadPCA(
+        "L0H0",
+        torch.zeros(3, dtype=torch.float64),
+        v,
+        torch.ones(3, dtype=torch.float64),
+        torch.eye(3, dtype=torch.float64),
+        5,
+        3.0,
+    )
+    emb = torch.tensor(
+        [[6.0, 8.0, 0.0], [0.9, 0.0, (1 - 0.81) ** 0.5], [-2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.3, -0.4, 0.0]],
+        dtype=torch.float64,
+    )
     scores = pclens.image_scores(pca, emb)
     assert scores[:, 0].tolist() == pytest.approx([0.6, 0.9, -1.0, 0.0, 0.6])
     top, bottom = pclens.top_images(pca, 0, emb, n=3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP, ablation
 from hookedclip.methods import pclens
@@ -20,10 +21,8 @@ from hookedclip.methods.pclens.recovered import (
     fit_text_spans,
 )
 from hookedclip.zeroshot import ZeroShotClassifier
-from tests.conftest import tiny_open_clip
 
 N_CLASSES = 5
-
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_full_rank_is_the_baseline_and_zero_is_the_floor(setup):
     assert out.ablated == [f"L0H{h}" for h in range(4)] and out.n == 96
     # K = full rank, Π = I: X̂ = X, so the analysed heads are intact (the mean-ablation baseline).
     assert out.curves["PCLens"][1] == out.baseline
-    means = ablation.component_means(model, [images], [f"L0-2"], mode="direct")
+    means = ablation.component_means(model, [images], ["L0-2"], mode="direct")
     with ablation.mean_ablate(model, "L0", means, mode="direct"):
         assert out.baseline == _accuracy(model, classifier, images, labels)
     # K = 0: every head at its mean.
@@ -77,8 +76,9 @@ def test_full_rank_is_the_baseline_and_zero_is_the_floor(setup):
 def test_all_heads_full_rank_is_the_model(setup):
     model, data, images, labels, classifier, *_ = setup
     result = _exact_pca(model, data, "L0-2")
-    out = accuracy_recovered(model, data, classifier, components="L0-2", budgets=(max(h.k for h in result),),
-                             result=result)
+    out = accuracy_recovered(
+        model, data, classifier, components="L0-2", budgets=(max(h.k for h in result),), result=result
+    )
     assert out.ablated == []
     assert out.curves["PCLens"][0] == out.baseline == out.full == _accuracy(model, classifier, images, labels)
 
@@ -94,21 +94,33 @@ def test_one_budget_matches_the_contexts(setup):
     means = ablation.component_means(model, [images], ["L0"], mode="direct")
 
     small, small_pool = texts[:3], pool[:3]
-    out = accuracy_recovered(model, data, classifier, components="L1-2", budgets=(0, 4, 50), texts=small,
-                             text_embeddings=small_pool, textspan=False)
-    capped = pclens.fit_from_moments(moments, pclens.model_identity(model), text_embeddings=small_pool,
-                                     texts=small, n_texts=1, max_pcs=4)
+    out = accuracy_recovered(
+        model,
+        data,
+        classifier,
+        components="L1-2",
+        budgets=(0, 4, 50),
+        texts=small,
+        text_embeddings=small_pool,
+        textspan=False,
+    )
+    capped = pclens.fit_from_moments(
+        moments, pclens.model_identity(model), text_embeddings=small_pool, texts=small, n_texts=1, max_pcs=4
+    )
     assert any(torch.linalg.matrix_rank(h.projector) < h.k for h in capped)  # Π_K ≠ I is exercised
     with ablation.mean_ablate(model, "L0", means, mode="direct"), pclens.keep(model, capped, capped.pcs()):
         assert out.curves["PCLens"][1] == _accuracy(model, classifier, images, labels)
 
-    out = accuracy_recovered(model, data, classifier, components="L1-2", budgets=(0, 3), texts=texts,
-                             text_embeddings=pool)
+    out = accuracy_recovered(
+        model, data, classifier, components="L1-2", budgets=(0, 3), texts=texts, text_embeddings=pool
+    )
     spans = fit_text_spans(moments, pool, texts, 3)
     bases = {label: s.basis for label, s in spans.items()}
     span_means = {label: s.mean for label, s in spans.items()}
-    with ablation.mean_ablate(model, "L0", means, mode="direct"), \
-            ablation.keep_only(model, analysed, bases, span_means, mode="direct"):
+    with (
+        ablation.mean_ablate(model, "L0", means, mode="direct"),
+        ablation.keep_only(model, analysed, bases, span_means, mode="direct"),
+    ):
         assert out.curves["TextSpan"][1] == _accuracy(model, classifier, images, labels)
     assert out.curves["PCLens"][0] == out.curves["TextSpan"][0]  # K = 0: the same floor
 
@@ -125,8 +137,9 @@ def test_projector_needs_the_pool(setup):
 @pytest.mark.filterwarnings("ignore:TextSpan stopped")
 def test_csv_and_plot(setup, tmp_path):
     model, data, _, _, classifier, texts, pool = setup
-    out = accuracy_recovered(model, data, classifier, components="L2", budgets=(0, 1, 4), texts=texts,
-                             text_embeddings=pool)
+    out = accuracy_recovered(
+        model, data, classifier, components="L2", budgets=(0, 1, 4), texts=texts, text_embeddings=pool
+    )
     assert set(out.curves) == {"PCLens", "TextSpan"} and all(len(v) == 3 for v in out.curves.values())
     text = out.to_csv(tmp_path / "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()

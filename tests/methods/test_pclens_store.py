@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP
 from hookedclip.data.extract import extract
 from hookedclip.identity import model_identity
 from hookedclip.methods import head_moments, pclens
 from hookedclip.methods.textspan import text_span_from_moments, text_span_from_store
-from tests.conftest import tiny_open_clip
 
 
 class _Images(torch.utils.data.Dataset):
@@ -33,13 +33,23 @@ def stored(tmp_path_factory):
     model = HookedCLIP.from_open_clip(tiny_open_clip(seed=3, layers=3)).double()
     images = torch.randn(70, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     d = model.cfg.vision.output_dim
-    pool = torch.nn.functional.normalize(torch.randn(30, d, generator=torch.Generator().manual_seed(2),
-                                                     dtype=torch.float64), dim=1)
+    pool = torch.nn.functional.normalize(
+        torch.randn(30, d, generator=torch.Generator().manual_seed(2), dtype=torch.float64), dim=1
+    )
     texts = [f"t{i}" for i in range(30)]
     out = {}
     for moments in ("cov", "mean"):  # kept by the extraction, or streamed from the shards
-        out[moments] = extract(model, _Images(images), ["heads", "embedding"], tmp_path_factory.mktemp(moments),
-                               batch_size=16, dtype=torch.float64, rows_per_shard=32, moments=moments, progress=False)
+        out[moments] = extract(
+            model,
+            _Images(images),
+            ["heads", "embedding"],
+            tmp_path_factory.mktemp(moments),
+            batch_size=16,
+            dtype=torch.float64,
+            rows_per_shard=32,
+            moments=moments,
+            progress=False,
+        )
     return model, images, pool, texts, out
 
 
@@ -60,8 +70,9 @@ def test_fit_from_store_equals_fit(stored, moments):
         torch.testing.assert_close(a.projector, b.projector, rtol=0, atol=1e-7)
         assert torch.equal(a.pos_idx, b.pos_idx)
     torch.testing.assert_close(fitted.image_mean, direct.image_mean, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fitted.embedding.singular_values[:5], direct.embedding.singular_values[:5],
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        fitted.embedding.singular_values[:5], direct.embedding.singular_values[:5], rtol=1e-9, atol=1e-12
+    )
 
 
 def test_text_span_from_store_equals_moments(stored):
@@ -115,7 +126,9 @@ def test_store_components_and_old_names(stored):
 
     with pytest.warns(DeprecationWarning, match=r"text_span_from_store\(heads=\.\.\.\)"):
         old = text_span_from_store(store, pool, texts, heads=["L2H0"], n_texts=3, rank=5)
-    assert old["L2H0"].texts == text_span_from_store(store, pool, texts, components=["L2H0"], n_texts=3,
-                                                     rank=5)["L2H0"].texts
+    assert (
+        old["L2H0"].texts
+        == text_span_from_store(store, pool, texts, components=["L2H0"], n_texts=3, rank=5)["L2H0"].texts
+    )
     with pytest.raises(ValueError, match="pass text_embeddings= or the model"):  # nothing to embed the texts with
         text_span_from_store(store, None, texts)

@@ -40,7 +40,6 @@ KS = (1, 2, 3, 5)
 MARGIN = 0.01  # the pick may lose at most one point of average accuracy
 
 
-
 @pytest.fixture(scope="module")
 def model():
     return HookedCLIP.from_pretrained("toy")
@@ -65,8 +64,18 @@ def task(model):
 
 @pytest.fixture(scope="module")
 def texture_sweep(model, fitted, task):
-    return debias_sweep(model, fitted[0], task.classifier, task.concepts, task.images, task.labels, task.groups,
-                        KS, MARGIN, task.group_names)
+    return debias_sweep(
+        model,
+        fitted[0],
+        task.classifier,
+        task.concepts,
+        task.images,
+        task.labels,
+        task.groups,
+        KS,
+        MARGIN,
+        task.group_names,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -100,7 +109,8 @@ def check_pc0_labels(fitted, head: str, attribute: str, values: tuple[str, ...])
     coord = pca.coordinates(contributions[head])[:, 0]
     means = {words[t]: float(coord[torch.from_numpy(labels == i)].mean()) for t, i in words.items()}
     shown = f"{head} PC0 {label.short(3)}; mean PC0 coordinate per value: " + ", ".join(
-        f"{values[i]} {m:+.3f}" for i, m in means.items())
+        f"{values[i]} {m:+.3f}" for i, m in means.items()
+    )
     assert label.positive[0][0] in words and label.negative[0][0] in words, shown
     for side, sign in ((label.positive, 1), (label.negative, -1)):
         for text, _ in side:
@@ -122,7 +132,7 @@ def test_texture_heads_L2H0_L1H2_pc0_labelled_plain_vs_striped_or_dotted(fitted)
 def test_background_colour_head_L2H1_pc0_labelled_gray_vs_brown(fitted):
     """The head most explained by background colour (L2H1, η² 0.55) has PC 0 labelled
     "+ a gray background / − a brown background" (gray +0.05, brown −0.09; PC 0 η² 0.77)."""
-    (head, score), = heads_carrying(fitted, "background", 1)
+    ((head, score),) = heads_carrying(fitted, "background", 1)
     assert score > 0.3, (head, score)
     check_pc0_labels(fitted, head, "background", BACKGROUNDS)
 
@@ -159,8 +169,18 @@ def test_texture_removal_beats_removing_colour_pcs(model, fitted, task, texture_
     """Specificity: the same number of PCs per concept for two colour prompts (top-3 of "a red
     shape", "a blue shape": 6 PCs) raises WGA by 8 points (measured: dropping any PC and the
     1% tail moves it a little), the texture PCs by 28; required: ≥ 10 points more."""
-    control = debias_sweep(model, fitted[0], task.classifier, ["a red shape", "a blue shape"], task.images,
-                           task.labels, task.groups, [3], MARGIN, task.group_names)
+    control = debias_sweep(
+        model,
+        fitted[0],
+        task.classifier,
+        ["a red shape", "a blue shape"],
+        task.images,
+        task.labels,
+        task.groups,
+        [3],
+        MARGIN,
+        task.group_names,
+    )
     texture = next(p for p in texture_sweep.points if p.k == 3)
     assert texture.worst_group - control.points[1].worst_group >= 0.10, (control.summary(), texture)
 
@@ -203,8 +223,14 @@ def test_pick_rule_on_hand_made_points():
     """Original: average 0.80, WGA 0.60. K=1 gains WGA but loses 5 points of average (out);
     K=2 and K=5 tie on WGA 0.90 within one point (K=2 removes fewer PCs); K=3 has the best
     WGA but loses 2 points; K=4 keeps average exactly and gains a little."""
-    points = [_point(0, 0, 0.80, 0.60), _point(1, 2, 0.75, 0.95), _point(2, 4, 0.795, 0.90),
-              _point(3, 6, 0.78, 0.97), _point(4, 8, 0.80, 0.65), _point(5, 9, 0.85, 0.90)]
+    points = [
+        _point(0, 0, 0.80, 0.60),
+        _point(1, 2, 0.75, 0.95),
+        _point(2, 4, 0.795, 0.90),
+        _point(3, 6, 0.78, 0.97),
+        _point(4, 8, 0.80, 0.65),
+        _point(5, 9, 0.85, 0.90),
+    ]
     assert DebiasSweep.pick(points, 0.01).k == 2
     assert DebiasSweep.pick(points, 0.03).k == 3
     # margin 0 is the reference's rule: average and WGA strictly above the original's
@@ -219,8 +245,12 @@ def _csv_pick(path, margin: float) -> tuple[int, int]:
 
     rows = list(csv.DictReader(open(path)))
     base = rows[0]
-    ok = [r for r in rows[1:] if float(r["average"]) > float(base["average"]) - margin
-          and float(r["worst_group"]) > float(base["worst_group"])]
+    ok = [
+        r
+        for r in rows[1:]
+        if float(r["average"]) > float(base["average"]) - margin
+        and float(r["worst_group"]) > float(base["worst_group"])
+    ]
     best = max(ok, key=lambda r: (float(r["worst_group"]), -int(r["pcs_removed"]))) if ok else base
     marked = [int(r["k_per_concept"]) for r in rows if r["chosen"] == "1"]
     return int(best["k_per_concept"]), marked[0] if len(marked) == 1 else -1
@@ -241,13 +271,31 @@ def test_cli_debias_writes_csv_png_summary(tmp_path, capsys):
 
 
 def test_cli_debias_on_a_waterbirds_folder(tmp_path, capsys):
-    from hookedclip.cli import main
     from tests.test_datasets import write_waterbirds
+
+    from hookedclip.cli import main
 
     write_waterbirds(tmp_path / "wb")
     out = tmp_path / "out"
-    assert main(["pclens", "debias", "--waterbirds", str(tmp_path / "wb"), "--ks", "1,2", "--layers", "1",
-                 "--batch-size", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "pclens",
+                "debias",
+                "--waterbirds",
+                str(tmp_path / "wb"),
+                "--ks",
+                "1,2",
+                "--layers",
+                "1",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = (out / "summary.txt").read_text()
     assert "water background; land background (4 images, 2 values of K)" in summary
     header = (out / "debias.csv").read_text().splitlines()[0].split(",")
@@ -260,8 +308,9 @@ def test_cli_report_writes_linked_pages(tmp_path, model):
     from hookedclip.cli import main
 
     out = tmp_path / "rep"
-    assert main(["pclens", "report", "--n", "64", "--layers", "1", "--pcs", "1", "--images", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["pclens", "report", "--n", "64", "--layers", "1", "--pcs", "1", "--images", "2", "--out", str(out)]) == 0
+    )
     index = (out / "index.html").read_text()
     heads = [f"L3H{h}" for h in range(model.cfg.vision.heads)]
     for label in heads + ["embedding"]:
@@ -280,8 +329,17 @@ def test_waterbirds_task_runs_the_sweep(tmp_path, model):
     write_waterbirds(tmp_path)
     wb = waterbirds_task(model, tmp_path, "test", templates="simple")
     result = pclens.fit(model, wb.batches(2), components=["L3"], texts=toy_text_pool(), n_texts=2)
-    sweep = debias_sweep(model, result, wb.classifier, wb.concepts, wb.batches(3), wb.labels, wb.groups, [1, 2],
-                         group_names=wb.group_names)
+    sweep = debias_sweep(
+        model,
+        result,
+        wb.classifier,
+        wb.concepts,
+        wb.batches(3),
+        wb.labels,
+        wb.groups,
+        [1, 2],
+        group_names=wb.group_names,
+    )
     assert wb.concepts == ["water background", "land background"]
     assert wb.labels.tolist() == [0, 0, 1, 1] and wb.groups.tolist() == [0, 1, 2, 3]
     assert sweep.group_names[1] == "landbird on water" and len(sweep.points) == 3 and sweep.n_images == 4
@@ -294,17 +352,27 @@ def test_debias_sweep_takes_labelled_batches(model):
     task = toy_task(model, n=48)
     result = pclens.fit(model, task.images.split(16), components="L3", texts=toy_text_pool(), n_texts=2)
     common = dict(ks=[1, 2], group_names=task.group_names)
-    separate = debias_sweep(model, result, task.classifier, task.concepts, task.images.split(20), task.labels,
-                            task.groups, **common)
+    separate = debias_sweep(
+        model, result, task.classifier, task.concepts, task.images.split(20), task.labels, task.groups, **common
+    )
     triples = list(zip(task.images.split(20), task.labels.split(20), task.groups.split(20)))
     labelled = debias_sweep(model, result, task.classifier, task.concepts, triples, **common)
     with pytest.warns(DeprecationWarning, match=r"debias_sweep\(images=\.\.\.\) is deprecated.*use batches="):
-        old = debias_sweep(model, result, task.classifier, task.concepts, images=task.images, labels=task.labels,
-                           groups=task.groups, **common)
+        old = debias_sweep(
+            model,
+            result,
+            task.classifier,
+            task.concepts,
+            images=task.images,
+            labels=task.labels,
+            groups=task.groups,
+            **common,
+        )
     for sweep in (labelled, old):
         assert sweep.n_images == separate.n_images == 48
-        assert [(p.k, p.average, p.worst_group, p.groups) for p in sweep.points] == \
-               [(p.k, p.average, p.worst_group, p.groups) for p in separate.points]
+        assert [(p.k, p.average, p.worst_group, p.groups) for p in sweep.points] == [
+            (p.k, p.average, p.worst_group, p.groups) for p in separate.points
+        ]
     with pytest.raises(TypeError, match="needs each image's group"):
         debias_sweep(model, result, task.classifier, task.concepts, [(task.images, task.labels)], **common)
     with pytest.raises(ValueError, match="give both labels= and groups="):

@@ -26,7 +26,6 @@ from hookedclip.zeroshot import ZeroShotClassifier
 SETTINGS = settings(deadline=None, max_examples=30, derandomize=True)
 
 
-
 @pytest.fixture
 def classifier(tiny_model) -> ZeroShotClassifier:
     gen = torch.Generator().manual_seed(5)
@@ -184,16 +183,18 @@ def direct_heatmaps(model, images, classifier, target=None):
 
 
 def test_heatmaps_equal_direct_computation(tiny_model, images, classifier):
-    torch.testing.assert_close(heatmaps(tiny_model, images, classifier), direct_heatmaps(tiny_model, images, classifier),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        heatmaps(tiny_model, images, classifier), direct_heatmaps(tiny_model, images, classifier), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_target_class_is_used(tiny_model, images, classifier):
     target = torch.tensor([4, 0, 2])
     ours = heatmaps(tiny_model, images, classifier, target=target)
     torch.testing.assert_close(ours, direct_heatmaps(tiny_model, images, classifier, target), rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(heatmaps(tiny_model, images, classifier, target=0),
-                              heatmaps(tiny_model, images, classifier, target=1))
+    assert not torch.allclose(
+        heatmaps(tiny_model, images, classifier, target=0), heatmaps(tiny_model, images, classifier, target=1)
+    )
 
 
 def test_heatmap_shape_and_normalisation(tiny_model, images, classifier):
@@ -212,20 +213,27 @@ def test_transform_plugs_in_per_layer(tiny_model, images, classifier):
         seen.append(list(labels))
         return rows * torch.tensor([float(lbl == "L1H2") for lbl in labels]).view(-1, 1, 1, 1)
 
-    torch.testing.assert_close(heatmaps(tiny_model, images, classifier, transform=keep_l1h2),
-                               heatmaps(tiny_model, images, classifier, components=["L1H2"]))
+    torch.testing.assert_close(
+        heatmaps(tiny_model, images, classifier, transform=keep_l1h2),
+        heatmaps(tiny_model, images, classifier, components=["L1H2"]),
+    )
     H = tiny_model.visual.cfg.heads
     assert seen == [[f"L{l}H{h}" for h in range(H)] for l in range(tiny_model.visual.cfg.layers)]
-    torch.testing.assert_close(heatmaps(tiny_model, images, classifier, transform=lambda r, _: r),
-                               heatmaps(tiny_model, images, classifier))
+    torch.testing.assert_close(
+        heatmaps(tiny_model, images, classifier, transform=lambda r, _: r), heatmaps(tiny_model, images, classifier)
+    )
 
 
 def test_mlps_write_only_at_cls_for_cls_pooling(tiny_model, images, classifier):
     """MLPs act per position and only CLS is read out, so adding them leaves the patch map."""
     L = tiny_model.visual.cfg.layers
     with_mlps = [f"L0-{L - 1}"] + [f"mlp{l}" for l in range(L)]
-    torch.testing.assert_close(heatmaps(tiny_model, images, classifier, components=with_mlps),
-                               heatmaps(tiny_model, images, classifier), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        heatmaps(tiny_model, images, classifier, components=with_mlps),
+        heatmaps(tiny_model, images, classifier),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 # ---------------------------------------------------------------------------- baseline and geometry
@@ -259,7 +267,10 @@ def toy_results():
 
     torch.set_num_threads(1)
     model = HookedCLIP.from_pretrained("toy")
-    return {"all": evaluate_toy(model, n=N_TOY, seed=1), "last2": evaluate_toy(model, n=N_TOY, seed=1, components=["L2", "L3"])}
+    return {
+        "all": evaluate_toy(model, n=N_TOY, seed=1),
+        "last2": evaluate_toy(model, n=N_TOY, seed=1, components=["L2", "L3"]),
+    }
 
 
 def test_toy_metrics_are_valid(toy_results):

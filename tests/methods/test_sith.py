@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
+from tests.conftest import tiny_open_clip
 
 from hookedclip import HookedCLIP
 from hookedclip.identity import ModelMismatch
 from hookedclip.methods import sith
 from hookedclip.names import act_name
-from tests.conftest import tiny_open_clip
 
 SETTINGS = settings(deadline=None, max_examples=30, derandomize=True)
 D_HEAD = 8
@@ -232,8 +232,9 @@ def check_kkt(X, D, result, tol=1e-9):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), lam=st.sampled_from([0.0, 0.1, 0.3, 1.0]), k=st.integers(1, 6),
-       clustered=st.booleans())
+@given(
+    seed=st.integers(0, 10_000), lam=st.sampled_from([0.0, 0.1, 0.3, 1.0]), k=st.integers(1, 6), clustered=st.booleans()
+)
 def test_comp_selects_as_the_one_target_reference(seed, lam, k, clustered):
     X, D = make_problem(seed, clustered=clustered)
     result = sith.comp(X, D, k=k, lam=lam)

@@ -12,15 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hookedclip.data.stats import RunningMoments
 from hookedclip.methods.textspan import (
     TextSpanResult,
     text_span,
     text_span_from_moments,
 )
-from hookedclip.data.stats import RunningMoments
 
 SETTINGS = settings(deadline=None, max_examples=25, derandomize=True)
-
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +297,9 @@ def test_span_from_centred_uses_covariance_pcs():
     mom = RunningMoments.empty((), C.shape[1])
     for chunk in np.array_split(C, 3):  # the streaming statistics of hookedclip.data.stats
         mom.update(t64(chunk))
-    b = text_span_from_moments(mom.mean, mom.second_moment(), mom.n, t64(R), names(10), n_texts=2, rank=3, span_from="centred")
+    b = text_span_from_moments(
+        mom.mean, mom.second_moment(), mom.n, t64(R), names(10), n_texts=2, rank=3, span_from="centred"
+    )
     assert b.indices.tolist() == res.indices.tolist()
 
 
@@ -375,11 +376,12 @@ def test_result_type():
 
 def test_text_span_heads_streams_and_matches_the_data_path():
     """On a model: streaming moments over two batches choose what the data matrix chooses."""
+    from tests.conftest import tiny_open_clip
+
     from hookedclip import HookedCLIP
     from hookedclip.decompose import decompose_image
     from hookedclip.methods.textspan import text_span_heads
     from hookedclip.zeroshot import embed_texts
-    from tests.conftest import tiny_open_clip
 
     model = HookedCLIP.from_open_clip(tiny_open_clip(seed=4, vocab_size=49408)).double()
     gen = torch.Generator().manual_seed(0)
@@ -404,10 +406,11 @@ def test_text_span_heads_streams_and_matches_the_data_path():
 def test_text_span_heads_takes_precomputed_text_embeddings():
     """``text_embeddings=`` (precomputed) gives what embedding ``texts`` with the model gives,
     and a pool that does not match its texts is refused before any image is read."""
+    from tests.conftest import tiny_open_clip
+
     from hookedclip import HookedCLIP
     from hookedclip.methods.textspan import text_span_heads
     from hookedclip.zeroshot import embed_texts
-    from tests.conftest import tiny_open_clip
 
     model = HookedCLIP.from_open_clip(tiny_open_clip(seed=4, vocab_size=49408)).double()
     gen = torch.Generator().manual_seed(1)
@@ -415,8 +418,15 @@ def test_text_span_heads_takes_precomputed_text_embeddings():
     labels = torch.zeros(20, dtype=torch.long)
     pool = ["a dog", "a cat", "a red car", "a tree", "the sea", "a house", "music", "a bird"]
     embedded = text_span_heads(model, images.split(10), pool, components="L1", n_texts=3, rank=None)
-    given = text_span_heads(model, list(zip(images.split(10), labels.split(10))), pool, components="L1", n_texts=3,
-                            rank=None, text_embeddings=embed_texts(model, pool))
+    given = text_span_heads(
+        model,
+        list(zip(images.split(10), labels.split(10))),
+        pool,
+        components="L1",
+        n_texts=3,
+        rank=None,
+        text_embeddings=embed_texts(model, pool),
+    )
     assert list(given) == list(embedded) == [f"L1H{h}" for h in range(4)]
     for label, result in embedded.items():
         assert given[label].texts == result.texts
@@ -427,8 +437,9 @@ def test_text_span_heads_takes_precomputed_text_embeddings():
         yield
 
     with pytest.raises(ValueError, match=r"8 texts but text_embeddings of shape \(5, "):
-        text_span_heads(model, never_read(), pool, components="L1", n_texts=2,
-                        text_embeddings=embed_texts(model, pool[:5]))
+        text_span_heads(
+            model, never_read(), pool, components="L1", n_texts=2, text_embeddings=embed_texts(model, pool[:5])
+        )
 
 
 def test_toy_last_layer_heads_have_shape_and_colour_roles():

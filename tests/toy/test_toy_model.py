@@ -45,8 +45,11 @@ def test_shipped_files_are_small_and_described(card):
     assert size < 10 * 2**20, f"{size / 2**20:.1f} MiB"
     assert (directory / "MODEL_CARD.md").exists()
     assert card["world_version"] == toy_model.WORLD_VERSION
-    assert card["config"] == {"embed_dim": toy_model.TOY_EMBED_DIM, "vision_cfg": toy_model.TOY_VISION_CFG,
-                              "text_cfg": toy_model.TOY_TEXT_CFG}  # fmt: skip
+    assert card["config"] == {
+        "embed_dim": toy_model.TOY_EMBED_DIM,
+        "vision_cfg": toy_model.TOY_VISION_CFG,
+        "text_cfg": toy_model.TOY_TEXT_CFG,
+    }
     assert set(card["accuracy"]) == set(EVAL_ATTRIBUTES) and "worst_group" in card["spurious"]  # all tested below
 
 

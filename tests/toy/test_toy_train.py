@@ -13,10 +13,17 @@ import open_clip
 import pytest
 import torch
 
-from hookedclip.toy import model as toy_model
 from hookedclip.cli.toy import add_toy_commands
-from hookedclip.toy.train import (CAPTION_KEEP, CHECKPOINT_FILE, batch_items, clip_loss, lr_factor,
-                                  model_card_markdown, train)
+from hookedclip.toy import model as toy_model
+from hookedclip.toy.train import (
+    CAPTION_KEEP,
+    CHECKPOINT_FILE,
+    batch_items,
+    clip_loss,
+    lr_factor,
+    model_card_markdown,
+    train,
+)
 from hookedclip.toy.world import SHAPES, SpuriousSpec, ToyWorld
 
 TINY = dict(
@@ -32,8 +39,9 @@ def _params(out_dir) -> dict[str, torch.Tensor]:
 
 
 def test_loss_goes_down_and_export_loads(tmp_path):
-    result = train(tmp_path, steps=40, batch_size=32, lr=3e-3, seed=0, warmup=5, ckpt_every=20,
-                   final_eval_n=40, **TINY, **QUIET)  # fmt: skip
+    result = train(
+        tmp_path, steps=40, batch_size=32, lr=3e-3, seed=0, warmup=5, ckpt_every=20, final_eval_n=40, **TINY, **QUIET
+    )
     losses = result["losses"]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-8:]) < np.mean(losses[:4]) - 0.3, losses
@@ -83,8 +91,9 @@ def test_clip_loss_matches_open_clip():
     gen = torch.Generator().manual_seed(0)
     img, txt = torch.randn(6, 8, generator=gen), torch.randn(6, 8, generator=gen)
     scale = torch.tensor(2.0)
-    expected = open_clip.ClipLoss()(torch.nn.functional.normalize(img, dim=-1),
-                                    torch.nn.functional.normalize(txt, dim=-1), scale.exp())  # fmt: skip
+    expected = open_clip.ClipLoss()(
+        torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1), scale.exp()
+    )
     assert torch.allclose(clip_loss(img, txt, scale), expected, atol=1e-6)
 
 
@@ -120,8 +129,23 @@ def test_training_distribution_plants_the_spurious_textures():
 def test_cli_parses_toy_commands():
     parser = argparse.ArgumentParser(prog="hookedclip")
     add_toy_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["toy", "train", "--out", "x", "--steps", "5", "--batch-size", "8",
-                              "--lr", "1e-3", "--seed", "2", "--no-resume"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "toy",
+            "train",
+            "--out",
+            "x",
+            "--steps",
+            "5",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "2",
+            "--no-resume",
+        ]
+    )
     assert (args.out, args.steps, args.batch_size, args.lr, args.seed, args.no_resume) == ("x", 5, 8, 1e-3, 2, True)
     assert callable(args.func)
     args = parser.parse_args(["toy", "evaluate", "--n", "100"])

@@ -36,8 +36,9 @@ from hookedclip.toy.world import (
 ATTRS = ("shape", "color", "texture", "background", "size", "position")
 
 
-def make(shape="circle", color="red", texture="plain", background="gray", size="small",
-         cx=0.5, cy=0.5, radius=0.22) -> ToyAttributes:  # fmt: skip
+def make(
+    shape="circle", color="red", texture="plain", background="gray", size="small", cx=0.5, cy=0.5, radius=0.22
+) -> ToyAttributes:
     return ToyAttributes(shape, color, texture, background, size, cx, cy, radius)
 
 

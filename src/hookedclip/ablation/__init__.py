@@ -62,6 +62,20 @@ from hookedclip.ablation.means import component_means
 from hookedclip.decompose import ComponentStack
 
 __all__ = [
-    "ComponentStack", "Edit", "Finalize", "Mode", "Replace", "SiteReplace", "ablate", "active", "component_means",
-    "intervene", "intervene_at", "keep_only", "mean_ablate", "project_out", "resample_ablate", "zero_ablate",
+    "ComponentStack",
+    "Edit",
+    "Finalize",
+    "Mode",
+    "Replace",
+    "SiteReplace",
+    "ablate",
+    "active",
+    "component_means",
+    "intervene",
+    "intervene_at",
+    "keep_only",
+    "mean_ablate",
+    "project_out",
+    "resample_ablate",
+    "zero_ablate",
 ]

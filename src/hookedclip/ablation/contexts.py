@@ -24,7 +24,9 @@ def mean_ablate(model, components, means: Mapping[str, Tensor], mode: Mode = "to
     comps = select(model, components)
     missing = [str(c) for c in comps if str(c) not in means]
     if missing:
-        raise KeyError(f"no mean for {', '.join(missing)}; compute them with ablation.component_means(model, batches, mode={mode!r})")
+        raise KeyError(
+            f"no mean for {', '.join(missing)}; compute them with ablation.component_means(model, batches, mode={mode!r})"
+        )
     for c in comps:
         _check_mean_shape(model, c, means[str(c)], mode)
     return intervene(model, comps, lambda x, c: means[str(c)].to(x).expand_as(x), mode)
@@ -61,8 +63,10 @@ def resample_ablate(model, components, source: Tensor, mode: Mode = "total"):
                 "pass one source image (broadcast to the batch) or exactly one per image"
             )
 
-    return _then(model.hooks(fwd_hooks=[(act_name("embed"), check_batch)]),
-                 intervene(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode))
+    return _then(
+        model.hooks(fwd_hooks=[(act_name("embed"), check_batch)]),
+        intervene(model, comps, lambda x, c: values[str(c)].to(x).expand_as(x), mode),
+    )
 
 
 @contextlib.contextmanager
@@ -71,16 +75,26 @@ def _then(first: contextlib.AbstractContextManager, second: contextlib.AbstractC
         yield model
 
 
-def project_out(model, components, directions: Tensor | Mapping[str, Tensor], means: Mapping[str, Tensor] | None = None,
-                mode: Mode = "direct"):
+def project_out(
+    model,
+    components,
+    directions: Tensor | Mapping[str, Tensor],
+    means: Mapping[str, Tensor] | None = None,
+    mode: Mode = "direct",
+):
     """Remove the span of ``directions`` (``[k, d]``, one set for all or a dict per label)
     from each component's output, relative to its mean when ``means`` is given:
     ``φ' = φ − (φ − m) Q Qᵀ``."""
     return _projection(model, components, directions, means, mode, keep=False)
 
 
-def keep_only(model, components, directions: Tensor | Mapping[str, Tensor], means: Mapping[str, Tensor] | None = None,
-              mode: Mode = "direct"):
+def keep_only(
+    model,
+    components,
+    directions: Tensor | Mapping[str, Tensor],
+    means: Mapping[str, Tensor] | None = None,
+    mode: Mode = "direct",
+):
     """Keep only the span of ``directions``: ``φ' = m + (φ − m) Q Qᵀ`` (``m`` = mean or zero).
     With no directions this is mean (or zero) ablation."""
     return _projection(model, components, directions, means, mode, keep=True)

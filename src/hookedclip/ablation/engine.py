@@ -114,8 +114,10 @@ def intervene(
     if head_space not in ("z", "result"):
         raise ValueError(f"head_space must be 'z' or 'result', got {head_space!r}")
     if finalize is not None and mode != "direct":
-        raise ValueError("finalize acts on the embedding's direct path: use mode='direct' (total mode edits the "
-                         "forward pass, where there is no rewritten embedding to finalize)")
+        raise ValueError(
+            "finalize acts on the embedding's direct path: use mode='direct' (total mode edits the "
+            "forward pass, where there is no rewritten embedding to finalize)"
+        )
     if replace is None and (mode == "total" or finalize is None):
         raise TypeError("intervene needs a replace function (direct mode: a replace, a finalize or both)")
     if not comps and finalize is None:
@@ -128,8 +130,9 @@ def intervene(
 
 def ablate(model, components, replace: Replace, mode: Mode = "total", head_space: Literal["z", "result"] = "z"):
     """Deprecated name of :func:`intervene`."""
-    warnings.warn("ablation.ablate is deprecated; use ablation.intervene (same arguments)", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(
+        "ablation.ablate is deprecated; use ablation.intervene (same arguments)", DeprecationWarning, stacklevel=2
+    )
     return intervene(model, components, replace, mode, head_space=head_space)
 
 
@@ -256,5 +259,7 @@ def _as_row(value: object, like: Tensor, what: str) -> Tensor:
     try:
         return torch.broadcast_to(value.to(like), like.shape)
     except RuntimeError:
-        raise ValueError(f"{what} returned shape {tuple(value.shape)}; direct mode needs {tuple(like.shape)} "
-                         "([batch, d_out]) or a shape that broadcasts to it") from None
+        raise ValueError(
+            f"{what} returned shape {tuple(value.shape)}; direct mode needs {tuple(like.shape)} "
+            "([batch, d_out]) or a shape that broadcasts to it"
+        ) from None

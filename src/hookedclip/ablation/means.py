@@ -54,8 +54,12 @@ def component_means(
         ``{label: mean}`` in the model's dtype, one entry per component.
     """
     if components is None:
-        warnings.warn("component_means(components=None) is deprecated; pass components=ALL_COMPONENTS "
-                      "(hookedclip.components) for every component", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "component_means(components=None) is deprecated; pass components=ALL_COMPONENTS "
+            "(hookedclip.components) for every component",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         components = ALL_COMPONENTS
     _check_mode(mode)
     comps = select(model, components)

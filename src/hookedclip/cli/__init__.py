@@ -45,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def __getattr__(name: str):
     if name == "load_model":  # moved to the core: library code loads models without the command line
-        warnings.warn("hookedclip.cli.load_model is deprecated: use hookedclip.model.load_model", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "hookedclip.cli.load_model is deprecated: use hookedclip.model.load_model", DeprecationWarning, stacklevel=2
+        )
         from hookedclip.model.resolve import load_model
 
         return load_model

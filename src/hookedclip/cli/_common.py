@@ -82,8 +82,11 @@ def run_command(func: Callable[[argparse.Namespace], object], args: argparse.Nam
     except Exception as exc:  # a bug: say so in one line, not a traceback
         if debug:
             raise
-        print(f"{name}: internal error: {type(exc).__name__}: {_message(exc)} (a bug in hookedclip: please report "
-              "it with the command line; HOOKEDCLIP_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        print(
+            f"{name}: internal error: {type(exc).__name__}: {_message(exc)} (a bug in hookedclip: please report "
+            "it with the command line; HOOKEDCLIP_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -132,8 +135,10 @@ def check_pretrained_available(model: str, pretrained: str | None, download: boo
     if pretrained is None or download or os.path.exists(pretrained) or model == "toy" or Path(model).is_dir():
         return
     if model.startswith("hf:"):
-        raise CommandError(f"--pretrained {pretrained!r} applies to open_clip names, not to {model!r}; drop it "
-                           "(an hf: folder holds its own weights)")
+        raise CommandError(
+            f"--pretrained {pretrained!r} applies to open_clip names, not to {model!r}; drop it "
+            "(an hf: folder holds its own weights)"
+        )
     places = pretrained_locations(model, pretrained)
     if places is None or any(Path(p).is_file() for p in places):
         return  # an unknown name or tag: the loader names the known ones

@@ -27,20 +27,30 @@ DATA_FORMS = "toy[:N], waterbirds:ROOT[:SPLIT], imagenet-val:ROOT[:LABELS_OR_DEV
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="toy", help="toy | open_clip name | saved HookedCLIP dir | hf:LOCAL_DIR")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    parser.add_argument("--download", action="store_true",
-                        help="let open_clip download pretrained weights missing on this machine (needs network)")
-    parser.add_argument("--data", default="toy:1024",
-                        help=DATA_FORMS)
-    parser.add_argument("--targets", nargs="+", default=["heads", "embedding"],
-                        help="hook names (NAME or NAME@POS), heads, heads/tokens, components, embedding, "
-                             "decompose:SPEC")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let open_clip download pretrained weights missing on this machine (needs network)",
+    )
+    parser.add_argument("--data", default="toy:1024", help=DATA_FORMS)
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=["heads", "embedding"],
+        help="hook names (NAME or NAME@POS), heads, heads/tokens, components, embedding, decompose:SPEC",
+    )
     parser.add_argument("--out", required=True, help="store directory (resumed if it holds an unfinished run)")
     parser.add_argument("--batch-size", type=positive, default=64, help="images per forward pass")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="stored dtype of the activations")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="stored dtype of the activations"
+    )
     parser.add_argument("--rows-per-shard", type=positive, default=4096, help="images per safetensors shard")
-    parser.add_argument("--moments", default="auto", choices=["auto", "cov", "mean", "none"],
-                        help="running statistics kept per target (auto: covariance where it fits in 64 MiB)")
+    parser.add_argument(
+        "--moments",
+        default="auto",
+        choices=["auto", "cov", "mean", "none"],
+        help="running statistics kept per target (auto: covariance where it fits in 64 MiB)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
 
@@ -64,9 +74,17 @@ def run_cache(args: argparse.Namespace) -> ActivationStore | None:
         _check_targets(model, args.targets)
         dataset = open_dataset(args.data)
         _warn_if_far_from_training(model, dataset, args.data)
-        store = extract(model, dataset, args.targets, args.out, batch_size=args.batch_size,
-                        dtype=getattr(torch, args.dtype), rows_per_shard=args.rows_per_shard, moments=args.moments,
-                        num_workers=args.workers)
+        store = extract(
+            model,
+            dataset,
+            args.targets,
+            args.out,
+            batch_size=args.batch_size,
+            dtype=getattr(torch, args.dtype),
+            rows_per_shard=args.rows_per_shard,
+            moments=args.moments,
+            num_workers=args.workers,
+        )
         if world == 1 or torch.distributed.get_rank() == 0:
             print(f"{store}; skipped {len(store.skipped)} unreadable images")
         return store
@@ -110,9 +128,12 @@ def _warn_if_far_from_training(model, dataset, spec: str) -> None:
     size = model.cfg.vision.image_size
     toy_model, toy_data = model.cfg.source == "toy", spec.split(":")[0] == "toy"
     if toy_model and not toy_data:
-        warn(NAME, f"the toy model was trained on {size} px pictures of coloured shapes, not on {spec}; its "
-             "activations say little about other images: pass a real model, e.g. --model ViT-B-16 "
-             "--pretrained TAG")
+        warn(
+            NAME,
+            f"the toy model was trained on {size} px pictures of coloured shapes, not on {spec}; its "
+            "activations say little about other images: pass a real model, e.g. --model ViT-B-16 "
+            "--pretrained TAG",
+        )
         return
     if len(dataset) == 0:
         return
@@ -122,8 +143,11 @@ def _warn_if_far_from_training(model, dataset, spec: str) -> None:
         return
     height, width = _image_size(image)
     if min(height, width) < size / 2 or min(height, width) > 8 * size:
-        warn(NAME, f"the first image of {spec} is {width}x{height} px, far from the model's {size} px input; its "
-             "preprocessing will resize every image: check that this is the model you meant")
+        warn(
+            NAME,
+            f"the first image of {spec} is {width}x{height} px, far from the model's {size} px input; its "
+            "preprocessing will resize every image: check that this is the model you meant",
+        )
 
 
 def _image_size(image) -> tuple[int, int]:

@@ -10,8 +10,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from hookedclip.report.demo import MIN_IMAGES, run_demo
 
     if args.n < MIN_IMAGES:
-        raise CommandError(f"--n {args.n}: the demo needs at least {MIN_IMAGES} images (its probes train on half and "
-                           f"score on the other half, every shape in both); use --n {MIN_IMAGES} or more")
+        raise CommandError(
+            f"--n {args.n}: the demo needs at least {MIN_IMAGES} images (its probes train on half and "
+            f"score on the other half, every shape in both); use --n {MIN_IMAGES} or more"
+        )
     path = run_demo(args.out, n_images=args.n, seed=args.seed)
     print(f"report written to {path}")
 

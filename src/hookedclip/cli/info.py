@@ -57,8 +57,11 @@ def add_info_command(subparsers) -> argparse.ArgumentParser:
     info = subparsers.add_parser("info", help="architecture summary and hook points of a model")
     info.add_argument("model", help="toy | open_clip name (ViT-B-16) | saved HookedCLIP dir | hf:LOCAL_DIR")
     info.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    info.add_argument("--download", action="store_true",
-                      help="let open_clip download pretrained weights missing on this machine (needs network)")
+    info.add_argument(
+        "--download",
+        action="store_true",
+        help="let open_clip download pretrained weights missing on this machine (needs network)",
+    )
     info.add_argument("--all-hooks", action="store_true", help="list every hook point, not one line per pattern")
     info.set_defaults(func=_cmd_info)
     return info

@@ -45,8 +45,10 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from hookedclip.zeroshot import embed_images
 
     if args.data != "toy":
-        raise CommandError(f"--data {args.data!r}: this command reads only the toy world for now; use --data toy "
-                           "(for other images, fit with hookedclip.methods.pclens.fit_from_store on a store)")
+        raise CommandError(
+            f"--data {args.data!r}: this command reads only the toy world for now; use --data toy "
+            "(for other images, fit with hookedclip.methods.pclens.fit_from_store on a store)"
+        )
     torch.set_num_threads(max(1, args.threads))
     with step(REPORT, f"loading {args.model}"):
         model = load_model(args.model)
@@ -59,15 +61,17 @@ def _cmd_report(args: argparse.Namespace) -> None:
     else:
         texts = load_vocabulary(args.vocab) if args.vocab else toy_text_pool()
         with step(REPORT, f"fitting PCLens on the heads {components[0]} ({args.n} images, {len(texts)} texts)"):
-            result = pclens.fit(model, batches, components=components, texts=texts, n_texts=args.texts,
-                                max_pcs=args.max_pcs)
+            result = pclens.fit(
+                model, batches, components=components, texts=texts, n_texts=args.texts, max_pcs=args.max_pcs
+            )
         if args.save_result:
             result.save(args.save_result)
     with step(REPORT, "embedding the images"):
         embeddings = embed_images(model, batches)
     with step(REPORT, f"writing a page per head ({len(result)} heads) to {args.out}"):
-        path = write_pclens_report(result, images, embeddings, args.out, args.pcs, args.images, args.texts,
-                                   args.min_strength, progress=True)
+        path = write_pclens_report(
+            result, images, embeddings, args.out, args.pcs, args.images, args.texts, args.min_strength, progress=True
+        )
     print(f"report written to {path}")
 
 
@@ -114,11 +118,27 @@ def _cmd_debias(args: argparse.Namespace) -> None:
         default = toy_text_pool() if args.model == "toy" else vocabulary("english")
         texts = load_vocabulary(args.vocab) if args.vocab else default
         with step(DEBIAS, f"fitting PCLens on the heads {components[0]} ({len(texts)} label texts)"):
-            result = pclens.fit(model, _fit_images(model, args, task), components=components, texts=texts,
-                                n_texts=3, max_pcs=args.max_pcs)
+            result = pclens.fit(
+                model,
+                _fit_images(model, args, task),
+                components=components,
+                texts=texts,
+                n_texts=3,
+                max_pcs=args.max_pcs,
+            )
     with step(DEBIAS, f"sweeping K = {args.ks}"):
-        sweep = debias_sweep(model, result, task.classifier, concepts, task.batches(args.batch_size, args.workers),
-                             task.labels, task.groups, ks, args.margin / 100, task.group_names)
+        sweep = debias_sweep(
+            model,
+            result,
+            task.classifier,
+            concepts,
+            task.batches(args.batch_size, args.workers),
+            task.labels,
+            task.groups,
+            ks,
+            args.margin / 100,
+            task.group_names,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sweep.to_csv(out / "debias.csv")
@@ -132,19 +152,30 @@ def _add_debias(sub) -> None:
     deb = sub.add_parser("debias", help="remove a spurious concept's PCs: worst-group / average accuracy vs K")
     deb.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
     deb.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    deb.add_argument("--download", action="store_true",
-                     help="let open_clip download pretrained weights missing on this machine (needs network)")
-    deb.add_argument("--waterbirds", default=None, metavar="DIR",
-                     help="Waterbirds folder (metadata.csv + images) instead of the toy spurious split")
+    deb.add_argument(
+        "--download",
+        action="store_true",
+        help="let open_clip download pretrained weights missing on this machine (needs network)",
+    )
+    deb.add_argument(
+        "--waterbirds",
+        default=None,
+        metavar="DIR",
+        help="Waterbirds folder (metadata.csv + images) instead of the toy spurious split",
+    )
     deb.add_argument("--split", default="test", help="Waterbirds split")
     deb.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
     deb.add_argument("--n", type=positive, default=1000, help="toy spurious-split images")
     deb.add_argument("--eval-seed", type=int, default=12345, help="toy spurious split seed (as `toy evaluate`)")
     deb.add_argument("--n-fit", type=positive, default=1024, help="held-out toy images PCLens is fitted on")
     deb.add_argument("--seed", type=int, default=11, help="seed of the toy fit images")
-    deb.add_argument("--concept", action="append", default=None,
-                     help="a spurious concept text (repeat; default: the toy textures' words, or "
-                          "'water background' and 'land background' for Waterbirds)")
+    deb.add_argument(
+        "--concept",
+        action="append",
+        default=None,
+        help="a spurious concept text (repeat; default: the toy textures' words, or "
+        "'water background' and 'land background' for Waterbirds)",
+    )
     deb.add_argument("--ks", default="1,2,3,5,8,12,20,30,50", help="PCs per concept to remove (comma list)")
     deb.add_argument("--margin", type=float, default=1.0, help="average-accuracy points the pick may lose")
     deb.add_argument("--layers", type=positive, default=4, help="analyse the heads of the last N layers")
@@ -173,8 +204,12 @@ def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
     rep.add_argument("--vocab", default=None, help="label vocabulary file, one text per line (default: toy pool)")
     rep.add_argument("--pcs", type=positive, default=5, help="PCs with image strips per head")
     rep.add_argument("--images", type=positive, default=8, help="top and bottom images per PC")
-    rep.add_argument("--min-strength", type=float, default=MIN_STRENGTH,
-                     help="list PCs below this %% of their head's retained variance apart (0: list all)")
+    rep.add_argument(
+        "--min-strength",
+        type=float,
+        default=MIN_STRENGTH,
+        help="list PCs below this %% of their head's retained variance apart (0: list all)",
+    )
     rep.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     rep.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     rep.add_argument("--result", default=None, help="use a saved PCLens result instead of fitting")

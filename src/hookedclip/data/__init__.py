@@ -13,6 +13,13 @@ from hookedclip.data.datasets import (
 )
 
 __all__ = [
-    "FileImages", "ImageFolder", "ImageNetSegmentation", "ImageNetVal", "ToyImages", "Waterbirds",
-    "open_dataset", "preprocess_mask", "toy_dataset",
+    "FileImages",
+    "ImageFolder",
+    "ImageNetSegmentation",
+    "ImageNetVal",
+    "ToyImages",
+    "Waterbirds",
+    "open_dataset",
+    "preprocess_mask",
+    "toy_dataset",
 ]

@@ -40,8 +40,10 @@ def iter_labelled(batches, model=None, names: tuple[str, str] = ("labels", "grou
     for i, batch in enumerate(_as_iterable(batches)):
         if not _is_tuple(batch) or not 2 <= len(batch) <= 3:
             got = f"a tensor of shape {tuple(batch.shape)}" if isinstance(batch, Tensor) else _describe(batch)
-            raise TypeError(f"batch {i}: this method needs {names[0]}, so each batch must be a tuple "
-                            f"(images, {names[0]}[, {names[1]}]); got {got}")
+            raise TypeError(
+                f"batch {i}: this method needs {names[0]}, so each batch must be a tuple "
+                f"(images, {names[0]}[, {names[1]}]); got {got}"
+            )
         images = _checked_images(batch[0], i)
         extra = [_checked_rows(x, images.shape[0], name, i) for x, name in zip(batch[1:], names)]
         yield Batch(_moved(images, model), *extra)
@@ -50,8 +52,10 @@ def iter_labelled(batches, model=None, names: tuple[str, str] = ("labels", "grou
 def check_reiterable(batches, who: str) -> None:
     """``who`` reads ``batches`` twice: refuse a one-shot iterator (its second pass would be empty)."""
     if isinstance(batches, Iterator):
-        raise TypeError(f"{who} reads the batches twice: pass a list or a DataLoader, not a one-shot "
-                        f"iterator or generator ({type(batches).__name__})")
+        raise TypeError(
+            f"{who} reads the batches twice: pass a list or a DataLoader, not a one-shot "
+            f"iterator or generator ({type(batches).__name__})"
+        )
 
 
 def _as_iterable(batches) -> Iterable:
@@ -72,8 +76,10 @@ def _checked_images(images, i: int) -> Tensor:
     if isinstance(images, Tensor) and images.ndim == 4:
         return images
     if isinstance(images, dict):
-        raise TypeError(f"batch {i} is a dict (keys {sorted(images)}); pass tuples instead, e.g. "
-                        "((b['image'], b['label']) for b in loader)")
+        raise TypeError(
+            f"batch {i} is a dict (keys {sorted(images)}); pass tuples instead, e.g. "
+            "((b['image'], b['label']) for b in loader)"
+        )
     got = f"a tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else _describe(images)
     hint = " (one labelled batch? wrap it in a list: [(images, labels)])" if isinstance(images, Tensor) else ""
     raise TypeError(f"batch {i}: expected images [B, C, H, W], got {got}{hint}; batches must be {_FORMS}")

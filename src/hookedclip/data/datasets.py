@@ -57,9 +57,15 @@ class FileImages(torch.utils.data.Dataset):
     """Images at ``root / paths[i]`` with integer labels and groups (the base of the
     file-backed datasets below)."""
 
-    def __init__(self, root: str | Path, paths: Sequence[str], labels: Sequence[int] | None = None,
-                 groups: Sequence[int] | None = None, classes: Sequence[str] | None = None,
-                 transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        paths: Sequence[str],
+        labels: Sequence[int] | None = None,
+        groups: Sequence[int] | None = None,
+        classes: Sequence[str] | None = None,
+        transform: Callable | None = None,
+    ) -> None:
         self.root, self.paths = Path(root), list(paths)
         self.labels = np.asarray(labels if labels is not None else [-1] * len(self.paths), dtype=np.int64)
         self.groups = np.asarray(groups if groups is not None else [-1] * len(self.paths), dtype=np.int64)
@@ -115,8 +121,11 @@ class Waterbirds(FileImages):
 
     def __init__(self, root: str | Path, split: str | None = "test", transform: Callable | None = None) -> None:
         root = Path(root)
-        meta = _require(root / "metadata.csv", "Waterbirds' metadata.csv (columns img_filename, y, split, place) "
-                        f"in {root}, the folder of the released waterbird_complete95_forest2water2 images")
+        meta = _require(
+            root / "metadata.csv",
+            "Waterbirds' metadata.csv (columns img_filename, y, split, place) "
+            f"in {root}, the folder of the released waterbird_complete95_forest2water2 images",
+        )
         if split is not None and split not in WATERBIRDS_SPLITS:
             raise ValueError(f"split must be one of {list(WATERBIRDS_SPLITS)} or None (all), got {split!r}")
         with open(meta, newline="") as f:
@@ -153,8 +162,13 @@ class ImageNetVal(FileImages):
       mapped to the standard order through ``data/meta.mat``.
     """
 
-    def __init__(self, root: str | Path, labels: str | Path | None = None, devkit: str | Path | None = None,
-                 transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        labels: str | Path | None = None,
+        devkit: str | Path | None = None,
+        transform: Callable | None = None,
+    ) -> None:
         from hookedclip.data.vocab import imagenet_classnames
 
         root = _require(Path(root), "the ILSVRC2012 validation images (flat, or one folder per WordNet id)")
@@ -169,14 +183,17 @@ class ImageNetVal(FileImages):
             raise FileNotFoundError(
                 f"{root} has no class folders (n01440764/, ...) and no labels were given: pass labels= a file of "
                 "'FILENAME LABEL' lines (standard class order) or devkit= the ILSVRC2012_devkit_t12 folder "
-                "(data/ILSVRC2012_validation_ground_truth.txt and data/meta.mat)")
+                "(data/ILSVRC2012_validation_ground_truth.txt and data/meta.mat)"
+            )
         super().__init__(root, paths, targets, None, imagenet_classnames(), transform)
 
     @staticmethod
     def _from_folders(root: Path, wnids: list[str]) -> tuple[list[str], list[int]]:
         if len(wnids) != 1000:
-            raise ValueError(f"{root} has {len(wnids)} WordNet-id class folders; the standard class order needs "
-                             "all 1000 (pass labels= or devkit= for a subset)")
+            raise ValueError(
+                f"{root} has {len(wnids)} WordNet-id class folders; the standard class order needs "
+                "all 1000 (pass labels= or devkit= for a subset)"
+            )
         paths, targets = [], []
         for label, wnid in enumerate(wnids):
             files = sorted(p.name for p in (root / wnid).iterdir() if _is_image(p))
@@ -202,8 +219,10 @@ class ImageNetVal(FileImages):
     def _from_devkit(root: Path, devkit: Path) -> tuple[list[str], list[int]]:
         from scipy.io import loadmat
 
-        gt = _require(devkit / "data" / "ILSVRC2012_validation_ground_truth.txt",
-                      "the devkit's ground truth (one ILSVRC2012_ID per line, by validation file number)")
+        gt = _require(
+            devkit / "data" / "ILSVRC2012_validation_ground_truth.txt",
+            "the devkit's ground truth (one ILSVRC2012_ID per line, by validation file number)",
+        )
         meta = _require(devkit / "data" / "meta.mat", "the devkit's meta.mat (synsets with ILSVRC2012_ID and WNID)")
         synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
         leaves = synsets[np.asarray(synsets["num_children"], dtype=np.int64) == 0]
@@ -242,8 +261,10 @@ class ImageNetSegmentation(torch.utils.data.Dataset):
             try:
                 import h5py
             except ImportError as exc:
-                raise ImportError(f"{self.path} is a MATLAB v7.3 (HDF5) file: reading it needs h5py "
-                                  "(pip install h5py, or pip install 'hookedclip[data]')") from exc
+                raise ImportError(
+                    f"{self.path} is a MATLAB v7.3 (HDF5) file: reading it needs h5py "
+                    "(pip install h5py, or pip install 'hookedclip[data]')"
+                ) from exc
             with h5py.File(self.path, "r") as f:
                 return len(f["/value/img"])
         self._cells = (value["img"].ravel(), value["gt"].ravel())
@@ -321,14 +342,29 @@ class ToyImages(torch.utils.data.Dataset):
             from PIL import Image
 
             image = self.transform(Image.fromarray(image))
-        return {"image": image, "label": item["labels"][self.attribute], "group": item["group"], "id": str(item["index"])}
+        return {
+            "image": image,
+            "label": item["labels"][self.attribute],
+            "group": item["group"],
+            "id": str(item["index"]),
+        }
 
     def fingerprint(self) -> str:
         from hookedclip.toy.world import WORLD_VERSION
 
         w = self.world
-        return _fingerprint("toy", WORLD_VERSION, w.n, w.seed, w.split, w.image_size, repr(w.spurious),
-                            w.group_balanced, repr(w.spurious_in_train), self.attribute)
+        return _fingerprint(
+            "toy",
+            WORLD_VERSION,
+            w.n,
+            w.seed,
+            w.split,
+            w.image_size,
+            repr(w.spurious),
+            w.group_balanced,
+            repr(w.spurious_in_train),
+            self.attribute,
+        )
 
 
 def toy_dataset(n: int = 1024, seed: int = 0, split: str = "test", **world_kw) -> ToyImages:

@@ -29,15 +29,28 @@ from tqdm.auto import tqdm
 
 import hookedclip
 from hookedclip.components import ALL_COMPONENTS, select
-from hookedclip.decompose import needed_hooks, stack_from_cache
-from hookedclip.names import act_name
 from hookedclip.data.stats import RunningMoments
-from hookedclip.data.store import (FORMAT, ActivationStore, RankWriter, StoreError, TargetSpec, dataset_fingerprint,
-                              finalize, moments_kind, spec_dicts)
+from hookedclip.data.store import (
+    FORMAT,
+    ActivationStore,
+    RankWriter,
+    StoreError,
+    TargetSpec,
+    dataset_fingerprint,
+    finalize,
+    moments_kind,
+    spec_dicts,
+)
+from hookedclip.decompose import needed_hooks, stack_from_cache
 from hookedclip.identity import model_identity
+from hookedclip.names import act_name
 
-ALIASES = {"heads": "decompose:heads", "heads/tokens": "decompose:heads/tokens", "components": "decompose:all",
-           "embedding": act_name("out")}
+ALIASES = {
+    "heads": "decompose:heads",
+    "heads/tokens": "decompose:heads/tokens",
+    "components": "decompose:all",
+    "embedding": act_name("out"),
+}
 
 
 # ---------------------------------------------------------------------------- targets
@@ -56,12 +69,13 @@ class Target:
             return {self.hook}
         return needed_hooks(model, "visual", self.components) | {act_name("out")}
 
-    def compute(self, model, images: Tensor, cache: dict[str, Tensor]) -> Float[Tensor, "batch *shape"]:
+    def compute(self, model, images: Tensor, cache: dict[str, Tensor]) -> Float[Tensor, "batch *shape"]:  # noqa: F821 (a jaxtyping shape)
         if self.hook is not None:
             x = cache[self.hook]
             return x if self.pos is None else x[:, self.pos]
-        stack = stack_from_cache(model, "visual", images, cache, cache[act_name("out")], positions=self.positions,
-                                 components=self.components)
+        stack = stack_from_cache(
+            model, "visual", images, cache, cache[act_name("out")], positions=self.positions, components=self.components
+        )
         self.labels = stack.labels
         return stack.tensor.movedim(1, 0)  # [batch, component, (pos,) d_out]
 
@@ -72,7 +86,7 @@ def parse_target(spec: str, model) -> Target:
     like ``L2-3,mlp3``)."""
     name = ALIASES.get(spec, spec)
     if name.startswith("decompose:"):
-        body, _, tokens = name[len("decompose:"):].partition("/")
+        body, _, tokens = name[len("decompose:") :].partition("/")
         if tokens not in ("", "tokens"):
             raise ValueError(f"target {spec!r}: the only suffix is '/tokens', got '/{tokens}'")
         comps = body.split(",")  # "all" and "heads" are specs too
@@ -84,8 +98,10 @@ def parse_target(spec: str, model) -> Target:
         import difflib
 
         close = difflib.get_close_matches(hook, valid, n=3, cutoff=0.5)
-        raise KeyError(f"unknown target {spec!r}: not a hook point (closest: {close}) nor one of "
-                       f"{sorted(ALIASES)} / decompose:SPEC")
+        raise KeyError(
+            f"unknown target {spec!r}: not a hook point (closest: {close}) nor one of "
+            f"{sorted(ALIASES)} / decompose:SPEC"
+        )
     return Target(spec, hook=hook, pos=int(pos) if pos else None)
 
 
@@ -123,8 +139,14 @@ class _Loading(torch.utils.data.Dataset):
             return {"index": i, "id": ident, "image": None, "error": f"{type(exc).__name__}: {exc}"}
         if not isinstance(image, Tensor):
             image = self.preprocess(image)
-        return {"index": i, "id": ident, "image": image, "label": int(item.get("label", -1)),
-                "group": int(item.get("group", -1)), "error": None}
+        return {
+            "index": i,
+            "id": ident,
+            "image": image,
+            "label": int(item.get("label", -1)),
+            "group": int(item.get("group", -1)),
+            "error": None,
+        }
 
 
 def _to_pil(image):
@@ -177,8 +199,16 @@ def _probe(model, targets: list[Target], dtype: torch.dtype, moments: str) -> li
     size = model.cfg.vision.image_size
     images = torch.zeros(1, 3, size, size, dtype=model.dtype, device=model.device)
     values = _forward(model, targets, images)
-    return [TargetSpec(t.name, str(dtype).removeprefix("torch."), list(v.shape[1:]), moments_kind(v.shape[1:], moments),
-                       getattr(t, "labels", None)) for t, v in zip(targets, values)]
+    return [
+        TargetSpec(
+            t.name,
+            str(dtype).removeprefix("torch."),
+            list(v.shape[1:]),
+            moments_kind(v.shape[1:], moments),
+            getattr(t, "labels", None),
+        )
+        for t, v in zip(targets, values)
+    ]
 
 
 @torch.no_grad()  # stored values need no autograd graph (it would only cost memory)
@@ -228,17 +258,31 @@ def extract(
         raise ValueError(f"targets repeat: {list(targets)}")
     specs = _probe(model, parsed, dtype, moments)
     header = {
-        "format": FORMAT, "model": model_identity(model), "dataset": dataset_fingerprint(dataset),
+        "format": FORMAT,
+        "model": model_identity(model),
+        "dataset": dataset_fingerprint(dataset),
         "dataset_name": type(dataset).__name__,
-        "targets": spec_dicts(specs), "rows_per_shard": rows_per_shard, "world_size": world,
+        "targets": spec_dicts(specs),
+        "rows_per_shard": rows_per_shard,
+        "world_size": world,
         # the identity is one for fp32 and fp16 copies, but their rows differ: a resume must not mix them
         "params": {"batch_size": batch_size, "dtype": str(dtype), "model_dtype": str(model.dtype)},
         "created_with": {"hookedclip": getattr(hookedclip, "__version__", None), "torch": torch.__version__},
     }
     writer = RankWriter(store_path, header, rank)
     if not writer.done:
-        _run_rank(model, dataset, parsed, specs, writer, batch_size, rows_per_shard, num_workers,
-                  progress and rank == 0, world)
+        _run_rank(
+            model,
+            dataset,
+            parsed,
+            specs,
+            writer,
+            batch_size,
+            rows_per_shard,
+            num_workers,
+            progress and rank == 0,
+            world,
+        )
     if world > 1:
         import torch.distributed as dist
 
@@ -250,19 +294,30 @@ def extract(
         finalize(store_path)
     store = ActivationStore(store_path)
     if store.skipped and rank == 0:
-        warnings.warn(f"{len(store.skipped)} of {len(dataset)} images could not be read and were skipped; their ids "
-                      f"and errors are in store.skipped ('skipped' in {store.path / 'manifest.json'})", stacklevel=2)
+        warnings.warn(
+            f"{len(store.skipped)} of {len(dataset)} images could not be read and were skipped; their ids "
+            f"and errors are in store.skipped ('skipped' in {store.path / 'manifest.json'})",
+            stacklevel=2,
+        )
     return store
 
 
-def _run_rank(model, dataset, targets, specs, writer: RankWriter, batch_size, rows_per_shard, num_workers,
-              progress, world) -> None:
+def _run_rank(
+    model, dataset, targets, specs, writer: RankWriter, batch_size, rows_per_shard, num_workers, progress, world
+) -> None:
     lo, hi = rank_slice(len(dataset), writer.rank, world)
-    ranges = shard_ranges(lo, hi, rows_per_shard)[writer.n_done:]
-    acc = writer.moments() or {s.name: RunningMoments.empty(tuple(s.shape[:-1]), s.shape[-1], s.moments == "cov")
-                               for s in specs if s.moments != "none"}
-    loader = torch.utils.data.DataLoader(_Loading(dataset, model.preprocess), batch_sampler=_batches(ranges, batch_size),
-                                         collate_fn=_collate, num_workers=num_workers)
+    ranges = shard_ranges(lo, hi, rows_per_shard)[writer.n_done :]
+    acc = writer.moments() or {
+        s.name: RunningMoments.empty(tuple(s.shape[:-1]), s.shape[-1], s.moments == "cov")
+        for s in specs
+        if s.moments != "none"
+    }
+    loader = torch.utils.data.DataLoader(
+        _Loading(dataset, model.preprocess),
+        batch_sampler=_batches(ranges, batch_size),
+        collate_fn=_collate,
+        num_workers=num_workers,
+    )
     bar = tqdm(total=sum(b - a for a, b in ranges), disable=not progress, desc="extract", unit="img")
     batches = iter(loader)
     for start, stop in ranges:
@@ -286,8 +341,10 @@ def _run_rank(model, dataset, targets, specs, writer: RankWriter, batch_size, ro
             ids += batch["ids"]
         if not ids:
             first = skipped[0]
-            raise StoreError(f"none of the {stop - start} images of dataset indices [{start}, {stop}) could be read "
-                             f"(first: {first['id']}: {first['error']}): check the dataset's path and files")
+            raise StoreError(
+                f"none of the {stop - start} images of dataset indices [{start}, {stop}) could be read "
+                f"(first: {first['id']}: {first['error']}): check the dataset's path and files"
+            )
         tensors = {k: torch.cat(v) for k, v in rows.items()}
         writer.commit(start, stop, tensors, ids, skipped, acc)
     bar.close()

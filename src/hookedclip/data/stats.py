@@ -29,13 +29,13 @@ class RunningMoments:
     m2: Tensor | None  # None when only the mean is tracked
 
     @classmethod
-    def empty(cls, shape: tuple[int, ...], d: int, covariance: bool = True, device=None) -> "RunningMoments":
+    def empty(cls, shape: tuple[int, ...], d: int, covariance: bool = True, device=None) -> RunningMoments:
         mean = torch.zeros(*shape, d, dtype=torch.float64, device=device)
         m2 = torch.zeros(*shape, d, d, dtype=torch.float64, device=device) if covariance else None
         return cls(0, mean, m2)
 
     @classmethod
-    def of(cls, x: Float[Tensor, "n *shape d"], covariance: bool = True) -> "RunningMoments":
+    def of(cls, x: Float[Tensor, "n *shape d"], covariance: bool = True) -> RunningMoments:
         """Moments of one batch (rows along the first axis)."""
         x = x.detach().to(torch.float64)
         n = x.shape[0]
@@ -48,7 +48,7 @@ class RunningMoments:
             m2 = torch.einsum("n...i,n...j->...ij", xc, xc)
         return cls(n, mean, m2)
 
-    def update(self, x: Float[Tensor, "n *shape d"], chunk_bytes: int = 2**26) -> "RunningMoments":
+    def update(self, x: Float[Tensor, "n *shape d"], chunk_bytes: int = 2**26) -> RunningMoments:
         """Add a batch of rows (in place); returns ``self``.
 
         The scatter is accumulated in place about a fixed shift ``c`` (the current mean, or
@@ -86,7 +86,7 @@ class RunningMoments:
             groups = xc.reshape(xc.shape[0], -1, d).transpose(0, 1)  # [groups, rows, d]
             self.m2.view(-1, d, d).baddbmm_(groups.transpose(1, 2), groups)
 
-    def merge(self, other: "RunningMoments") -> "RunningMoments":
+    def merge(self, other: RunningMoments) -> RunningMoments:
         """The moments of both sets of rows (Chan et al.'s pairwise update)."""
         if self.mean.shape != other.mean.shape:
             raise ValueError(f"cannot merge moments of shape {tuple(self.mean.shape)} and {tuple(other.mean.shape)}")
@@ -123,10 +123,10 @@ class RunningMoments:
         return state
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Tensor]) -> "RunningMoments":
+    def from_state_dict(cls, state: dict[str, Tensor]) -> RunningMoments:
         return cls(int(state["n"]), state["mean"].to(torch.float64), state.get("m2"))
 
-    def all_reduce(self) -> "RunningMoments":
+    def all_reduce(self) -> RunningMoments:
         """Merge the moments of every rank of the default ``torch.distributed`` group
         (exact: sums of counts, count-weighted means and scatters with their correction)."""
         import torch.distributed as dist

@@ -69,8 +69,11 @@ def frequent_english(n_words: int = 20_000) -> list[str]:
 
     if n_words < 1:
         raise ValueError(f"n_words must be positive, got {n_words}")
-    return [w for w in wordfreq.top_n_list("en", n_words)
-            if w.isascii() and w.isalpha() and len(w) >= 3 and w not in ENGLISH_STOP_WORDS]
+    return [
+        w
+        for w in wordfreq.top_n_list("en", n_words)
+        if w.isascii() and w.isalpha() and len(w) >= 3 and w not in ENGLISH_STOP_WORDS
+    ]
 
 
 def image_label_words() -> set[str]:
@@ -106,8 +109,13 @@ def english_vocabulary(source: str = "visual", n_words: int = 20_000) -> list[st
     return list(dict.fromkeys([w for w in words if w in labels] + curated_english()))
 
 
-BUILTIN = {"imagenet": imagenet_classnames, "toy": toy_text_pool, "english": english_vocabulary,
-           "english-curated": curated_english, "english-frequent": frequent_english}
+BUILTIN = {
+    "imagenet": imagenet_classnames,
+    "toy": toy_text_pool,
+    "english": english_vocabulary,
+    "english-curated": curated_english,
+    "english-frequent": frequent_english,
+}
 
 
 def vocabulary(name_or_path: str | Path) -> list[str]:
@@ -118,8 +126,9 @@ def vocabulary(name_or_path: str | Path) -> list[str]:
     return load_vocabulary(name_or_path)
 
 
-def text_embeddings(model, concepts: list[str], cache_dir: str | Path | None = None, batch_size: int = 256,
-                    normalize: bool = True):
+def text_embeddings(
+    model, concepts: list[str], cache_dir: str | Path | None = None, batch_size: int = 256, normalize: bool = True
+):
     """Text embeddings ``[n_concepts, d_out]`` (float32, CPU) of ``concepts``, cached as one
     safetensors file per model and concept list under ``cache_dir`` (default
     ``$HOOKEDCLIP_CACHE/text`` or ``~/.cache/hookedclip/text``). The file name holds the model's
@@ -144,10 +153,22 @@ def text_embeddings(model, concepts: list[str], cache_dir: str | Path | None = N
     if path.exists():
         return load_bytes(path.read_bytes())["text_embedding"]
     with torch.no_grad():
-        emb = torch.cat([model.encode_text(model.tokenize(concepts[i:i + batch_size]), normalize=normalize)
-                         for i in range(0, len(concepts), batch_size)]).float().cpu()
+        emb = (
+            torch.cat(
+                [
+                    model.encode_text(model.tokenize(concepts[i : i + batch_size]), normalize=normalize)
+                    for i in range(0, len(concepts), batch_size)
+                ]
+            )
+            .float()
+            .cpu()
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {"model": json.dumps(identity), "concepts_sha256": concepts_hash, "n_concepts": str(len(concepts)),
-                "normalize": str(normalize)}
+    metadata = {
+        "model": json.dumps(identity),
+        "concepts_sha256": concepts_hash,
+        "n_concepts": str(len(concepts)),
+        "normalize": str(normalize),
+    }
     atomic_write(path, tensors_bytes({"text_embedding": emb}, metadata=metadata))  # no half-written cache file
     return emb

@@ -35,6 +35,14 @@ from hookedclip.decompose.readout import _Rows as _Rows
 from hookedclip.decompose.stack import ComponentStack
 
 __all__ = [
-    "ComponentStack", "LnMode", "Positions", "Tokens", "decompose_image", "decompose_text", "estimate_memory",
-    "needed_hooks", "plan_chunks", "stack_from_cache",
+    "ComponentStack",
+    "LnMode",
+    "Positions",
+    "Tokens",
+    "decompose_image",
+    "decompose_text",
+    "estimate_memory",
+    "needed_hooks",
+    "plan_chunks",
+    "stack_from_cache",
 ]

@@ -80,8 +80,10 @@ def decompose_image(
             _check_memory(model, images.shape[0], positions, components, target, max_memory)
         return _identified(_decompose_resid(model, images, target, positions, components, head_chunk), model)
     per_pass, head_chunk = plan_chunks(model, images.shape[0], positions, components, max_memory, head_chunk)
-    return _identified(_decompose_embed(model, "visual", images, positions, components, ln_mode, normalize, head_chunk,
-                                        per_pass), model)
+    return _identified(
+        _decompose_embed(model, "visual", images, positions, components, ln_mode, normalize, head_chunk, per_pass),
+        model,
+    )
 
 
 def _identified(stack: ComponentStack, model) -> ComponentStack:
@@ -106,12 +108,22 @@ def decompose_text(
     if model.text is None:
         raise ValueError("this model has no text tower")
     check_ln_mode(ln_mode)
-    return _identified(_decompose_embed(model, "text", tokens, positions, components, ln_mode, normalize, head_chunk),
-                       model)
+    return _identified(
+        _decompose_embed(model, "text", tokens, positions, components, ln_mode, normalize, head_chunk), model
+    )
 
 
-def _decompose_embed(model, name: str, inputs: Tensor, positions: Positions, components, ln_mode: LnMode,
-                     normalize: bool, head_chunk: int, per_pass: int | None = None) -> ComponentStack:
+def _decompose_embed(
+    model,
+    name: str,
+    inputs: Tensor,
+    positions: Positions,
+    components,
+    ln_mode: LnMode,
+    normalize: bool,
+    head_chunk: int,
+    per_pass: int | None = None,
+) -> ComponentStack:
     """The embedding decomposition of ``inputs``: one forward pass per ``per_pass`` of them
     (default: all at once), each writing its slice of one output tensor."""
     tower = getattr(model, name)
@@ -126,8 +138,21 @@ def _decompose_embed(model, name: str, inputs: Tensor, positions: Positions, com
         part = inputs[start : start + per_pass]
         cache = _run(model, name, part, wanted)
         out = None if tensor is None else tensor[:, start : start + per_pass]
-        parts.append(stack_from_cache(model, name, part, cache, cache[out_hook], positions, components, ln_mode,
-                                      normalize, head_chunk, out=out))
+        parts.append(
+            stack_from_cache(
+                model,
+                name,
+                part,
+                cache,
+                cache[out_hook],
+                positions,
+                components,
+                ln_mode,
+                normalize,
+                head_chunk,
+                out=out,
+            )
+        )
     if tensor is None:
         return parts[0]
     scale = torch.cat([part.scale for part in parts]) if normalize else None
@@ -142,10 +167,19 @@ def _image_output(model, images: Tensor, positions: Positions, components) -> Te
 
 
 @renamed_arguments(tokens="positions")
-def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, Tensor], embedding: Tensor,
-                     positions: Positions = "cls", components=ALL_COMPONENTS, ln_mode: LnMode = "reference",
-                     normalize: bool = True, head_chunk: int = 8,
-                     out: Tensor | None = None) -> ComponentStack:
+def stack_from_cache(
+    model,
+    name: str,
+    inputs: Tensor | None,
+    cache: dict[str, Tensor],
+    embedding: Tensor,
+    positions: Positions = "cls",
+    components=ALL_COMPONENTS,
+    ln_mode: LnMode = "reference",
+    normalize: bool = True,
+    head_chunk: int = 8,
+    out: Tensor | None = None,
+) -> ComponentStack:
     """The decomposition from an already-run forward pass: ``cache`` holds at least
     :func:`needed_hooks` for ``components`` and ``embedding`` is the tower's output in that pass.
 
@@ -200,8 +234,9 @@ def stack_from_cache(model, name: str, inputs: Tensor | None, cache: dict[str, T
     return ComponentStack(tensor, labels, bias, comps, scale if normalize else None)
 
 
-def _decompose_resid(model, images: Tensor, target, positions: Positions, components,
-                     head_chunk: int) -> ComponentStack:
+def _decompose_resid(
+    model, images: Tensor, target, positions: Positions, components, head_chunk: int
+) -> ComponentStack:
     """Raw contributions to the residual stream after ``layer`` blocks (HF's
     ``hidden_states[layer]``), at every query position: ``[component, batch, pos, d_model]``
     (``positions="cls"``: position 0 only)."""
@@ -229,7 +264,9 @@ def _decompose_resid(model, images: Tensor, target, positions: Positions, compon
     tensor = torch.stack(rows)
     if positions != "all":
         tensor = tensor[:, :, 0]
-    stack = ComponentStack(tensor, labels, torch.zeros(tensor.shape[-1], dtype=tensor.dtype, device=tensor.device), comps)
+    stack = ComponentStack(
+        tensor, labels, torch.zeros(tensor.shape[-1], dtype=tensor.dtype, device=tensor.device), comps
+    )
     return _keep(stack, _selection(model, "visual", components))
 
 

@@ -35,9 +35,14 @@ def _memory_parts(model, batch: int, positions: Positions, components) -> tuple[
 
 
 @renamed_arguments(tokens="positions")
-def plan_chunks(model, batch: int, positions: Positions = "cls", components=ALL_COMPONENTS,
-                max_memory: int | None = None,
-                head_chunk: int = 8) -> tuple[int, int]:
+def plan_chunks(
+    model,
+    batch: int,
+    positions: Positions = "cls",
+    components=ALL_COMPONENTS,
+    max_memory: int | None = None,
+    head_chunk: int = 8,
+) -> tuple[int, int]:
     """(images per forward pass, heads per step) for a :func:`decompose_image` call that
     stays under ``max_memory`` bytes (:func:`estimate_memory`): the whole batch and
     ``head_chunk`` heads when they fit, else fewer heads, then fewer images per pass.
@@ -69,8 +74,15 @@ def plan_chunks(model, batch: int, positions: Positions = "cls", components=ALL_
 
 
 @renamed_arguments(tokens="positions")
-def estimate_memory(model, batch: int, positions: Positions = "cls", components=ALL_COMPONENTS, target="embed",
-                    per_pass: int | None = None, head_chunk: int = 8) -> int:
+def estimate_memory(
+    model,
+    batch: int,
+    positions: Positions = "cls",
+    components=ALL_COMPONENTS,
+    target="embed",
+    per_pass: int | None = None,
+    head_chunk: int = 8,
+) -> int:
     """Bytes a :func:`decompose_image` call holds at its peak, roughly: the output stack,
     plus, for ``per_pass`` images at a time (default: all), the forward pass's
     activations, the cached values and attention rows, and one chunk of ``head_chunk`` heads."""

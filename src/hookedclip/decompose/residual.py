@@ -27,13 +27,14 @@ from hookedclip.names import act_name
 if TYPE_CHECKING:
     from hookedclip.cache import ActivationCache
 
-def _tower(cache: "ActivationCache", tower: str):
+
+def _tower(cache: ActivationCache, tower: str):
     if cache.model is None:
         raise ValueError("this analysis needs the model the cache came from (ActivationCache(..., model))")
     return getattr(cache.model, tower)
 
 
-def _layers(cache: "ActivationCache", layer: int | None, tower: str) -> int:
+def _layers(cache: ActivationCache, layer: int | None, tower: str) -> int:
     """TransformerLens's ``layer`` argument: how many blocks to include (``None`` or -1: all)."""
     n = len(_tower(cache, tower).blocks)
     if layer is None or layer == -1:
@@ -53,7 +54,7 @@ def _scale_name(layer: int, mlp_input: bool, n_layers: int, tower: str) -> str:
 
 # ------------------------------------------------------------------ LayerNorm and readout
 def apply_ln_to_stack(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     residual_stack: Float[Tensor, "component *batch_and_pos d_model"],
     layer: int | None = None,
     mlp_input: bool = False,
@@ -85,11 +86,11 @@ def apply_ln_to_stack(
     return centred / scale
 
 
-def _pools_before_ln(cache: "ActivationCache", tower: str) -> bool:
+def _pools_before_ln(cache: ActivationCache, tower: str) -> bool:
     return bool(getattr(_tower(cache, tower).cfg, "final_ln_after_pool", False))
 
 
-def _pool_weights(cache: "ActivationCache", n_pos: int, tower: str) -> Float[Tensor, " pos"]:
+def _pool_weights(cache: ActivationCache, n_pos: int, tower: str) -> Float[Tensor, " pos"]:
     """The image tower's pooling weights π over positions (one-hot CLS, or uniform patches)."""
     if tower != "visual":
         raise NotImplementedError("the text tower pools at each text's EOT token; slice that position yourself")
@@ -106,7 +107,7 @@ def _pool(cache, stack: Tensor, tower: str) -> Tensor:
 
 
 def residual_to_joint(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     residual_stack: Float[Tensor, "component batch *pos d_model"],
     pos_slice: PosSlice = None,
     batch_slice: slice | None = None,
@@ -118,20 +119,24 @@ def residual_to_joint(
     positions, then ``diag(γ) P``. A stack sliced to the class token (``pos_slice=0``) of a
     class-token model is read as that token."""
     if tower != "visual":
-        raise NotImplementedError("the text tower pools at each text's EOT token: slice that position and "
-                                  "apply model.text.ln_final and W_proj yourself")
+        raise NotImplementedError(
+            "the text tower pools at each text's EOT token: slice that position and "
+            "apply model.text.ln_final and W_proj yourself"
+        )
     visual = _tower(cache, tower)
     normalised = apply_ln_to_stack(cache, residual_stack, None, False, pos_slice, batch_slice, has_batch_dim, tower)
     if normalised.ndim == 3 + int(has_batch_dim):  # a token axis is left: pool it
         if pos_slice is not None or normalised.shape[-2] != visual.cfg.n_tokens:
-            raise ValueError("a stack with a token axis must hold every position to be pooled; slice the pooled "
-                             "position (pos_slice=0 for the class token) or pass the whole stream")
+            raise ValueError(
+                "a stack with a token axis must hold every position to be pooled; slice the pooled "
+                "position (pos_slice=0 for the class token) or pass the whole stream"
+            )
         normalised = _pool(cache, normalised, tower)
     return (normalised * visual.ln_post.w.detach()) @ visual.W_proj.detach()
 
 
 def logit_attrs(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     residual_stack: Float[Tensor, "component batch *pos d_model"],
     directions: Float[Tensor, "*batch d_out"],
     incorrect: Float[Tensor, "*batch d_out"] | None = None,
@@ -153,8 +158,9 @@ def _from_cache(cache, short: str, layer: int | None, tower: str, pos_slice: Pos
     return slice_positions(cache[short, layer, tower] if layer is not None else cache[short], pos_slice, dim)
 
 
-def head_results(cache: "ActivationCache", layer: int, pos_slice: PosSlice = None, tower: str = "visual"
-                 ) -> Float[Tensor, "batch *pos head d_model"]:
+def head_results(
+    cache: ActivationCache, layer: int, pos_slice: PosSlice = None, tower: str = "visual"
+) -> Float[Tensor, "batch *pos head d_model"]:
     """Each head's output before ``b_O`` (``hook_result``), from the cache or from ``z`` and ``W_O``."""
     name = act_name("result", layer, tower)
     if name in cache:
@@ -165,7 +171,7 @@ def head_results(cache: "ActivationCache", layer: int, pos_slice: PosSlice = Non
 
 
 def stack_head_results(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     layer: int | None = -1,
     return_labels: bool = False,
     incl_remainder: bool = False,
@@ -186,8 +192,13 @@ def stack_head_results(
     return _finish(cache, stack, labels, n, incl_remainder, pos_slice, apply_ln, return_labels, tower)
 
 
-def neuron_results(cache: "ActivationCache", layer: int, neuron_slice: PosSlice = None, pos_slice: PosSlice = None,
-                   tower: str = "visual") -> Float[Tensor, "batch *pos neuron d_model"]:
+def neuron_results(
+    cache: ActivationCache,
+    layer: int,
+    neuron_slice: PosSlice = None,
+    pos_slice: PosSlice = None,
+    tower: str = "visual",
+) -> Float[Tensor, "batch *pos neuron d_model"]:
     """Each MLP neuron's output ``post[..., n] * W_out[n]`` (before ``b_out``)."""
     post = slice_positions(cache["post", layer, tower], pos_slice, -2)
     W_out = _tower(cache, tower).blocks[layer].mlp.W_out.detach()
@@ -196,7 +207,7 @@ def neuron_results(cache: "ActivationCache", layer: int, neuron_slice: PosSlice 
 
 
 def stack_neuron_results(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     layer: int | None = -1,
     neuron_slice: PosSlice = None,
     pos_slice: PosSlice = None,
@@ -228,8 +239,9 @@ def _resid_at(cache, layer: int, mlp_input: bool, tower: str, pos_slice: PosSlic
     return _from_cache(cache, "resid_mid" if mlp_input else "resid_pre", layer, tower, pos_slice)
 
 
-def _finish(cache, stack, labels, layer, incl_remainder, pos_slice, apply_ln, return_labels, tower,
-            mlp_input: bool = False):
+def _finish(
+    cache, stack, labels, layer, incl_remainder, pos_slice, apply_ln, return_labels, tower, mlp_input: bool = False
+):
     if incl_remainder:
         resid = _resid_at(cache, layer, mlp_input, tower, pos_slice)
         total = stack.sum(0) if stack is not None else torch.zeros_like(resid)
@@ -241,8 +253,17 @@ def _finish(cache, stack, labels, layer, incl_remainder, pos_slice, apply_ln, re
     return _returned(cache, stack, labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
 
 
-def _returned(cache, stack: Tensor, labels: list[str], layer: int, mlp_input: bool, pos_slice: PosSlice,
-              apply_ln: bool, return_labels: bool, tower: str):
+def _returned(
+    cache,
+    stack: Tensor,
+    labels: list[str],
+    layer: int,
+    mlp_input: bool,
+    pos_slice: PosSlice,
+    apply_ln: bool,
+    return_labels: bool,
+    tower: str,
+):
     """TransformerLens's return convention: the stack (through the LayerNorm of ``layer`` when
     ``apply_ln``), with its labels when ``return_labels``."""
     if apply_ln:
@@ -251,7 +272,7 @@ def _returned(cache, stack: Tensor, labels: list[str], layer: int, mlp_input: bo
 
 
 def accumulated_resid(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     layer: int | None = None,
     incl_mid: bool = False,
     apply_ln: bool = False,
@@ -291,12 +312,14 @@ def _embed_rows(cache, tower: str, pos_slice: PosSlice) -> tuple[list[Tensor], l
     module = _tower(cache, tower)
     if getattr(module, "ln_pre", None) is not None:
         return [_from_cache(cache, "resid_pre", 0, tower, pos_slice)], ["embed"]
-    return [_from_cache(cache, f"{tower}.hook_embed", None, tower, pos_slice),
-            _from_cache(cache, f"{tower}.hook_pos_embed", None, tower, pos_slice)], ["embed", "pos_embed"]
+    return [
+        _from_cache(cache, f"{tower}.hook_embed", None, tower, pos_slice),
+        _from_cache(cache, f"{tower}.hook_pos_embed", None, tower, pos_slice),
+    ], ["embed", "pos_embed"]
 
 
 def decompose_resid(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     layer: int | None = None,
     mlp_input: bool = False,
     mode: str = "all",
@@ -325,7 +348,7 @@ def decompose_resid(
 
 
 def get_full_resid_decomposition(
-    cache: "ActivationCache",
+    cache: ActivationCache,
     layer: int | None = None,
     mlp_input: bool = False,
     expand_neurons: bool = True,
@@ -339,8 +362,11 @@ def get_full_resid_decomposition(
     summing to the residual stream entering ``layer``."""
     module = _tower(cache, tower)
     layer = _layers(cache, layer, tower)
-    heads, labels = stack_head_results(cache, layer + int(mlp_input), True, False, pos_slice, tower=tower) \
-        if layer + int(mlp_input) > 0 else (None, [])
+    heads, labels = (
+        stack_head_results(cache, layer + int(mlp_input), True, False, pos_slice, tower=tower)
+        if layer + int(mlp_input) > 0
+        else (None, [])
+    )
     rows = [heads] if heads is not None else []
     if layer > 0:
         if expand_neurons:
@@ -348,9 +374,12 @@ def get_full_resid_decomposition(
             rows.append(neurons)
             labels += neuron_labels
         else:
-            rows.append(torch.stack([_from_cache(cache, "mlp_out", b, tower, pos_slice) for b in range(layer)])
-                        - torch.stack([module.blocks[b].mlp.b_out.detach() for b in range(layer)])
-                        .reshape(layer, *([1] * (rows[0].ndim - 2 if rows else 0)), -1))
+            rows.append(
+                torch.stack([_from_cache(cache, "mlp_out", b, tower, pos_slice) for b in range(layer)])
+                - torch.stack([module.blocks[b].mlp.b_out.detach() for b in range(layer)]).reshape(
+                    layer, *([1] * (rows[0].ndim - 2 if rows else 0)), -1
+                )
+            )
             labels += [f"{b}_mlp_out" for b in range(layer)]
     embed_rows, embed_labels = _embed_rows(cache, tower, pos_slice)
     reference = embed_rows[0]

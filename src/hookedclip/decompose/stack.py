@@ -74,22 +74,36 @@ class ComponentStack(Result):
         first = stacks[0]
         for i, other in enumerate(stacks[1:], 1):
             if other.labels != first.labels:
-                raise ValueError(f"stack {i} holds components {other.labels}, stack 0 holds {first.labels}: "
-                                 "decompose every batch into the same components")
+                raise ValueError(
+                    f"stack {i} holds components {other.labels}, stack 0 holds {first.labels}: "
+                    "decompose every batch into the same components"
+                )
             if other.tensor.shape[2:] != first.tensor.shape[2:] or not torch.equal(other.bias, first.bias):
-                raise ValueError(f"stack {i} has rows {tuple(other.tensor.shape[2:])} and another bias than stack 0 "
-                                 f"({tuple(first.tensor.shape[2:])}): decompose with the same model and settings")
+                raise ValueError(
+                    f"stack {i} has rows {tuple(other.tensor.shape[2:])} and another bias than stack 0 "
+                    f"({tuple(first.tensor.shape[2:])}): decompose with the same model and settings"
+                )
             if (other.scale is None) != (first.scale is None):
-                raise ValueError(f"stack {i} is {'not ' * (other.scale is None)}normalised, stack 0 "
-                                 f"{'not ' * (first.scale is None)}: decompose with the same normalize=")
+                raise ValueError(
+                    f"stack {i} is {'not ' * (other.scale is None)}normalised, stack 0 "
+                    f"{'not ' * (first.scale is None)}: decompose with the same normalize="
+                )
         recorded = [s.model for s in stacks if s.model is not None]
         if any(not same_model(recorded[0], m) for m in recorded[1:]):
-            raise ValueError("ComponentStack.cat got stacks of different models: "
-                             f"{', '.join(dict.fromkeys(str(m) for m in recorded))}")
+            raise ValueError(
+                "ComponentStack.cat got stacks of different models: "
+                f"{', '.join(dict.fromkeys(str(m) for m in recorded))}"
+            )
         scale = None if first.scale is None else torch.cat([s.scale for s in stacks])
         model = first.model if len(recorded) == len(stacks) else None  # unknown if any part's model is
-        return cls(torch.cat([s.tensor for s in stacks], dim=1), list(first.labels), first.bias,
-                   list(first.components), scale, model=model)
+        return cls(
+            torch.cat([s.tensor for s in stacks], dim=1),
+            list(first.labels),
+            first.bias,
+            list(first.components),
+            scale,
+            model=model,
+        )
 
     def sum(self, include_bias: bool = True) -> Tensor:
         """Sum over components: ``[batch, (pos,) d]`` (``pos`` summed away as well unless kept)."""
@@ -114,16 +128,19 @@ class ComponentStack(Result):
             if missing:
                 raise KeyError(f"not in this stack: {', '.join(sorted(missing))}")
         return ComponentStack(
-            self.tensor[idx], [self.labels[i] for i in idx], torch.zeros_like(self.bias),
-            [self.components[i] for i in idx] if self.components else [], self.scale, model=self.model,
+            self.tensor[idx],
+            [self.labels[i] for i in idx],
+            torch.zeros_like(self.bias),
+            [self.components[i] for i in idx] if self.components else [],
+            self.scale,
+            model=self.model,
         )
 
     def sum_tokens(self) -> ComponentStack:
         """Per-token rows summed over positions: the CLS-only (``positions="cls"``) stack."""
         if self.tensor.ndim != 4:
             return self
-        return ComponentStack(self.tensor.sum(2), self.labels, self.bias, self.components, self.scale,
-                              model=self.model)
+        return ComponentStack(self.tensor.sum(2), self.labels, self.bias, self.components, self.scale, model=self.model)
 
     def norms(self) -> Float[Tensor, "component batch *pos"]:
         return self.tensor.norm(dim=-1)
@@ -136,10 +153,18 @@ class ComponentStack(Result):
         if t.W_proj is None:
             raise ValueError(f"the {tower} tower has no projection into a joint space")
         if self.tensor.shape[-1] != t.W_proj.shape[0]:
-            raise ValueError(f"rows are {self.tensor.shape[-1]}-dimensional; to_joint maps d_model = {t.W_proj.shape[0]} rows")
+            raise ValueError(
+                f"rows are {self.tensor.shape[-1]}-dimensional; to_joint maps d_model = {t.W_proj.shape[0]} rows"
+            )
         G = _final_ln(t).w[:, None] * t.W_proj
-        return ComponentStack(self.tensor @ G.to(self.tensor), self.labels, self.bias.new_zeros(G.shape[1]),
-                              self.components, self.scale, model=self.model)
+        return ComponentStack(
+            self.tensor @ G.to(self.tensor),
+            self.labels,
+            self.bias.new_zeros(G.shape[1]),
+            self.components,
+            self.scale,
+            model=self.model,
+        )
 
     def layer_totals(self) -> ComponentStack:
         """Heads of each layer summed into one ``attn{l}`` row (MLP and embed rows kept)."""

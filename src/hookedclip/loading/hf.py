@@ -174,7 +174,9 @@ def _llava_tower(model: nn.Module) -> nn.Module:
         tower = getattr(owner, "vision_tower", None)
         if isinstance(tower, nn.Module):
             return tower
-    raise NotImplementedError(f"{type(model).__name__}: no vision_tower found (looked at .vision_tower, .model.vision_tower)")
+    raise NotImplementedError(
+        f"{type(model).__name__}: no vision_tower found (looked at .vision_tower, .model.vision_tower)"
+    )
 
 
 def _unsupported_message(model: Any, where: str) -> str:

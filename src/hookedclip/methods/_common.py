@@ -53,8 +53,9 @@ def head_moments(model, batches, components=ALL_HEADS) -> tuple[dict[str, Runnin
     return {label: RunningMoments(acc.n, acc.mean[i], acc.m2[i]) for i, label in enumerate(labels)}, emb
 
 
-def text_pool(model, texts: Sequence[str] | None, text_embeddings: Float[Tensor, "m d"] | None = None,
-              batch_size: int = 256) -> tuple[list[str] | None, Float[Tensor, "m d"] | None]:
+def text_pool(
+    model, texts: Sequence[str] | None, text_embeddings: Float[Tensor, "m d"] | None = None, batch_size: int = 256
+) -> tuple[list[str] | None, Float[Tensor, "m d"] | None]:
     """``(texts, text_embeddings)``: the embeddings as given (precomputed), else the ``texts``
     embedded with ``model``; ``(None, None)`` when there are no texts."""
     if texts is None:
@@ -69,8 +70,10 @@ def text_pool(model, texts: Sequence[str] | None, text_embeddings: Float[Tensor,
 
         return texts, embed_texts(model, texts, batch_size)
     if text_embeddings.ndim != 2 or text_embeddings.shape[0] != len(texts):
-        raise ValueError(f"{len(texts)} texts but text_embeddings of shape {tuple(text_embeddings.shape)}; "
-                         "need one [d'] row per text")
+        raise ValueError(
+            f"{len(texts)} texts but text_embeddings of shape {tuple(text_embeddings.shape)}; "
+            "need one [d'] row per text"
+        )
     return texts, text_embeddings
 
 
@@ -86,13 +89,14 @@ def store_heads(store, target: str = "heads", components=ALL_HEADS, model=None) 
     store holds). The default, every head, is every head the store holds."""
     spec = store.targets.get(target)
     if spec is None or spec.labels is None:
-        raise KeyError(f"{target!r} is not a decomposition target of {store.path} (targets: {list(store.targets)}); "
-                       "extract with --targets heads embedding")
+        raise KeyError(
+            f"{target!r} is not a decomposition target of {store.path} (targets: {list(store.targets)}); "
+            "extract with --targets heads embedding"
+        )
     stored = [label for label in spec.labels if _HEAD_LABEL.fullmatch(label)]
     if components is None or components == ALL_HEADS:
         return stored
-    wanted = [str(c) for c in select(model if model is not None else _stored_dims(stored), components,
-                                     heads_only=True)]
+    wanted = [str(c) for c in select(model if model is not None else _stored_dims(stored), components, heads_only=True)]
     missing = [h for h in wanted if h not in stored]
     if missing:
         raise KeyError(f"{', '.join(missing)} not in the store's {target!r} rows ({', '.join(spec.labels)})")
@@ -102,8 +106,9 @@ def store_heads(store, target: str = "heads", components=ALL_HEADS, model=None) 
 def _stored_dims(labels: Sequence[str]) -> SimpleNamespace:
     """Layers and heads as far as a store's head labels tell (for parsing ranges without a model)."""
     pairs = [tuple(map(int, _HEAD_LABEL.fullmatch(label).groups())) for label in labels]
-    return SimpleNamespace(layers=1 + max((l for l, _ in pairs), default=-1),
-                           heads=1 + max((h for _, h in pairs), default=-1))
+    return SimpleNamespace(
+        layers=1 + max((l for l, _ in pairs), default=-1), heads=1 + max((h for _, h in pairs), default=-1)
+    )
 
 
 @renamed_arguments(heads="components")

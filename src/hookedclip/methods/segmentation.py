@@ -58,8 +58,9 @@ def _chunks(comps: list) -> Iterator[list]:
 
 
 @torch.no_grad()
-def token_contributions(model, images: Images, components: Components = ALL_HEADS, transform: RowTransform | None = None
-                        ) -> tuple[Float[Tensor, "batch pos d_out"], Float[Tensor, "batch d_out"]]:
+def token_contributions(
+    model, images: Images, components: Components = ALL_HEADS, transform: RowTransform | None = None
+) -> tuple[Float[Tensor, "batch pos d_out"], Float[Tensor, "batch d_out"]]:
     """``Σ_c φ_c,t`` over the chosen components per source token, and the embedding ``e``.
 
     One forward pass; rows come from :func:`~hookedclip.decompose.stack_from_cache`
@@ -86,9 +87,9 @@ def token_contributions(model, images: Images, components: Components = ALL_HEAD
 
 
 @torch.no_grad()
-def patch_scores(model, images: Images, classifier, components: Components = ALL_HEADS,
-                 transform: RowTransform | None = None
-                 ) -> tuple[Float[Tensor, "batch pos n_classes"], Int[Tensor, " batch"]]:
+def patch_scores(
+    model, images: Images, classifier, components: Components = ALL_HEADS, transform: RowTransform | None = None
+) -> tuple[Float[Tensor, "batch pos n_classes"], Int[Tensor, " batch"]]:
     """Class scores ``s_t = Σ_c φ_c,t @ W_cls`` of every token (CLS included, at 0) and the
     model's prediction ``ĉ = argmax(e @ W_cls)`` for each image."""
     tokens, embedding = token_contributions(model, images, components, transform)
@@ -132,9 +133,14 @@ def patch_grid(model) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def heatmaps(model, images: Images, classifier, components: Components = ALL_HEADS,
-             transform: RowTransform | None = None, target: Int[Tensor, " batch"] | int | None = None
-             ) -> Float[Tensor, "batch height width"]:
+def heatmaps(
+    model,
+    images: Images,
+    classifier,
+    components: Components = ALL_HEADS,
+    transform: RowTransform | None = None,
+    target: Int[Tensor, " batch"] | int | None = None,
+) -> Float[Tensor, "batch height width"]:
     """Normalised heat maps ``Res ∈ [0, 1]`` of the class ``target`` (default: the model's
     own prediction ``ĉ``), one per image, at the image's resolution.
 
@@ -152,8 +158,9 @@ def heatmaps(model, images: Images, classifier, components: Components = ALL_HEA
     return scores_to_maps(model, scores, predicted if target is None else target, tuple(images.shape[-2:]))
 
 
-def scores_to_maps(model, scores: Float[Tensor, "batch pos n_classes"], target: Int[Tensor, " batch"] | int,
-                   size: tuple[int, int]) -> Float[Tensor, "batch height width"]:
+def scores_to_maps(
+    model, scores: Float[Tensor, "batch pos n_classes"], target: Int[Tensor, " batch"] | int, size: tuple[int, int]
+) -> Float[Tensor, "batch height width"]:
     """The normalised heat maps ``Res`` of the class ``target`` from :func:`patch_scores`'s token
     scores: :func:`token_map` on the patch tokens, laid out on the grid and upsampled to ``size``."""
     target = torch.as_tensor(target, device=scores.device).expand(scores.shape[0])
@@ -161,9 +168,7 @@ def scores_to_maps(model, scores: Float[Tensor, "batch pos n_classes"], target: 
     return to_image(token_map(scores, target)[:, first:], patch_grid(model), size)
 
 
-def centre_blob(
-    height: int, width: int, sigma: float = 0.25, batch: int = 1
-) -> Float[Tensor, "batch height width"]:
+def centre_blob(height: int, width: int, sigma: float = 0.25, batch: int = 1) -> Float[Tensor, "batch height width"]:
     """Baseline heat map: a Gaussian at the image centre, ``sigma`` a fraction of the side,
     min–max normalised. Any map must beat "objects tend to be in the middle"."""
     y = (torch.arange(height, dtype=torch.float32) + 0.5) / height - 0.5
@@ -225,11 +230,16 @@ class SegmentationMetrics(Result):
         for r, g in zip(res, gt):
             self.ap.append(image_ap(r, g))
 
-    def merge(self, other: "SegmentationMetrics") -> "SegmentationMetrics":
+    def merge(self, other: SegmentationMetrics) -> SegmentationMetrics:
         """Combined counts of two accumulators (e.g. shards)."""
-        return SegmentationMetrics(self.correct + other.correct, self.labeled + other.labeled,
-                                   self.intersection + other.intersection, self.union + other.union,
-                                   self.ap + other.ap, model=self.model or other.model)
+        return SegmentationMetrics(
+            self.correct + other.correct,
+            self.labeled + other.labeled,
+            self.intersection + other.intersection,
+            self.union + other.union,
+            self.ap + other.ap,
+            model=self.model or other.model,
+        )
 
     def compute(self) -> dict[str, float]:
         """``{"pixel_accuracy", "miou", "map", "n_images"}``, fractions in [0, 1]."""
@@ -296,8 +306,14 @@ def toy_batches(
 
 
 def evaluate_toy(
-    model, n: int = 200, seed: int = 7, attribute: str = "shape", use_labels: bool = False,
-    components=ALL_HEADS, transform: RowTransform | None = None, batch_size: int = 64,
+    model,
+    n: int = 200,
+    seed: int = 7,
+    attribute: str = "shape",
+    use_labels: bool = False,
+    components=ALL_HEADS,
+    transform: RowTransform | None = None,
+    batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
     """:func:`evaluate` on ``n`` held-out toy images (masks known exactly), with the
     zero-shot classifier of ``attribute``. ``use_labels``: map the true class, not ``ĉ``."""
@@ -349,7 +365,22 @@ def save_overlays(
 
 
 __all__ = [
-    "RowTransform", "SegmentationMetrics", "binarize", "centre_blob", "evaluate", "evaluate_toy",
-    "heatmaps", "image_ap", "minmax", "patch_grid", "patch_scores", "resize_mask", "save_overlays", "scores_to_maps",
-    "to_image", "token_contributions", "token_map", "toy_batches",
+    "RowTransform",
+    "SegmentationMetrics",
+    "binarize",
+    "centre_blob",
+    "evaluate",
+    "evaluate_toy",
+    "heatmaps",
+    "image_ap",
+    "minmax",
+    "patch_grid",
+    "patch_scores",
+    "resize_mask",
+    "save_overlays",
+    "scores_to_maps",
+    "to_image",
+    "token_contributions",
+    "token_map",
+    "toy_batches",
 ]

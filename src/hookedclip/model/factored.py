@@ -46,7 +46,7 @@ class FactoredMatrix:
         return self.B @ self.A
 
     @property
-    def T(self) -> "FactoredMatrix":
+    def T(self) -> FactoredMatrix:
         return FactoredMatrix(self.B.transpose(-1, -2), self.A.transpose(-1, -2))
 
     def svd(self) -> tuple[Float[Tensor, "... m r"], Float[Tensor, "... r"], Float[Tensor, "... r n"]]:
@@ -70,18 +70,18 @@ class FactoredMatrix:
             raise ValueError(f"eigenvalues need a square matrix, this one is {tuple(self.shape)}")
         return torch.linalg.eigvals(self.BA)
 
-    def __getitem__(self, index) -> "FactoredMatrix":
+    def __getitem__(self, index) -> FactoredMatrix:
         index = index if isinstance(index, tuple) else (index,)
         if len(index) > self.A.ndim - 2:
             raise IndexError("index the leading (layer, head) axes only; use .AB for entries")
         return FactoredMatrix(self.A[index], self.B[index])
 
-    def __matmul__(self, other: "Tensor | FactoredMatrix") -> "FactoredMatrix":
+    def __matmul__(self, other: Tensor | FactoredMatrix) -> FactoredMatrix:
         if isinstance(other, FactoredMatrix):
             return FactoredMatrix(self.A, (self.B @ other.A) @ other.B)
         return FactoredMatrix(self.A, self.B @ other)
 
-    def __rmatmul__(self, other: Tensor) -> "FactoredMatrix":
+    def __rmatmul__(self, other: Tensor) -> FactoredMatrix:
         return FactoredMatrix(other @ self.A, self.B)
 
     def __repr__(self) -> str:

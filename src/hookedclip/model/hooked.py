@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,7 @@ class HookedVisionTransformer(_Tower):
     def _global_pool(self, x: Tensor) -> Tensor:
         if self.cfg.pool_type == "tok":
             return x[:, 0]
-        return x[:, int(self.cfg.class_token):].mean(dim=1)
+        return x[:, int(self.cfg.class_token) :].mean(dim=1)
 
     def forward(
         self,
@@ -134,7 +135,9 @@ class HookedVisionTransformer(_Tower):
     def _layer_index(self, layer: int, what: str) -> int:
         n = len(self.blocks)
         if not -n <= layer <= n:
-            raise ValueError(f"{what}={layer} is out of range: the tower has {n} layers (0..{n}, or negative from the end)")
+            raise ValueError(
+                f"{what}={layer} is out of range: the tower has {n} layers (0..{n}, or negative from the end)"
+            )
         return layer % n if layer < 0 else layer
 
     def _check_residual(self, x: Tensor, layer: int) -> Tensor:
@@ -211,8 +214,7 @@ class HookedTextTransformer(_Tower):
 def _check_dtype_device(what: str, x: Tensor, param: Tensor) -> None:
     if x.dtype != param.dtype:
         raise TypeError(
-            f"{what} are {x.dtype}, the model is {param.dtype}: use `{what}.to({param.dtype})` "
-            "or `model.to(dtype)`"
+            f"{what} are {x.dtype}, the model is {param.dtype}: use `{what}.to({param.dtype})` or `model.to(dtype)`"
         )
     if x.device != param.device:
         raise ValueError(f"{what} are on {x.device}, the model on {param.device}: move one of them")
@@ -258,14 +260,17 @@ class HookedCLIP(ImageTowerWeights, HookedRootModule):
     def encode_text(self, tokens: Int[Tensor, "batch seq"], normalize: bool = False) -> Float[Tensor, "batch d_out"]:
         """Text embeddings in the joint space (unnormalised unless ``normalize``)."""
         if self.text is None:
-            raise ValueError(
-                f"this model ({self.cfg.model_name}, from {self.cfg.source}) has no text tower"
-            )
+            raise ValueError(f"this model ({self.cfg.model_name}, from {self.cfg.source}) has no text tower")
         out = self.text(tokens)
         return F.normalize(out, dim=-1) if normalize else out
 
-    def forward(self, images: Tensor | None = None, tokens: Tensor | None = None, stop_at_layer: int | None = None,
-                start_at_layer: int | None = None) -> Tensor:
+    def forward(
+        self,
+        images: Tensor | None = None,
+        tokens: Tensor | None = None,
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+    ) -> Tensor:
         """With images and tokens: ``logits_per_image [n_images, n_texts]``; with one of them,
         that side's embeddings. ``stop_at_layer`` / ``start_at_layer`` run part of the image
         tower (see :meth:`encode_image`)."""
@@ -275,9 +280,7 @@ class HookedCLIP(ImageTowerWeights, HookedRootModule):
         if partial:
             return self.encode_image(images, stop_at_layer=stop_at_layer, start_at_layer=start_at_layer)
         if images is not None and not torch.is_floating_point(images):
-            raise TypeError(
-                "the first argument is images (a float tensor); for text use `model(tokens=...)`"
-            )
+            raise TypeError("the first argument is images (a float tensor); for text use `model(tokens=...)`")
         if images is None and tokens is None:
             raise ValueError("give images, tokens, or both")
         if tokens is None:
@@ -293,8 +296,7 @@ class HookedCLIP(ImageTowerWeights, HookedRootModule):
         """Tokenize with the source library's tokenizer, on the model's device."""
         if self.tokenizer is None:
             raise ValueError(
-                "this model has no tokenizer; pass one to the loader (tokenizer=...) or set "
-                "`model.tokenizer`"
+                "this model has no tokenizer; pass one to the loader (tokenizer=...) or set `model.tokenizer`"
             )
         texts = [texts] if isinstance(texts, str) else list(texts)
         return self.tokenizer(texts).to(self.visual.pos_embed.device)
@@ -309,8 +311,15 @@ class HookedCLIP(ImageTowerWeights, HookedRootModule):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_open_clip(cls, model_or_name: Any, pretrained: str | None = None, fold_ln: bool = False,
-                       center_writing_weights: bool = False, fold_value_biases: bool = False, **kwargs) -> "HookedCLIP":
+    def from_open_clip(
+        cls,
+        model_or_name: Any,
+        pretrained: str | None = None,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        fold_value_biases: bool = False,
+        **kwargs,
+    ) -> HookedCLIP:
         """From an ``open_clip`` CLIP instance or model name (random weights when
         ``pretrained`` is None). See :func:`hookedclip.loading.open_clip.from_open_clip`.
 
@@ -324,8 +333,14 @@ class HookedCLIP(ImageTowerWeights, HookedRootModule):
         return process_weights(model, fold_ln, center_writing_weights, fold_value_biases)
 
     @classmethod
-    def from_hf(cls, model: Any, fold_ln: bool = False, center_writing_weights: bool = False,
-                fold_value_biases: bool = False, **kwargs) -> "HookedCLIP":
+    def from_hf(
+        cls,
+        model: Any,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        fold_value_biases: bool = False,
+        **kwargs,
+    ) -> HookedCLIP:
         """From a ``transformers`` CLIPModel, CLIPVisionModel(WithProjection) or a LLaVA model
         (its vision tower). See :func:`hookedclip.loading.hf.from_hf`; the weight-processing
         flags as in :meth:`from_open_clip`."""
@@ -335,7 +350,7 @@ class HookedCLIP(ImageTowerWeights, HookedRootModule):
         return process_weights(from_hf(model, **kwargs), fold_ln, center_writing_weights, fold_value_biases)
 
     @classmethod
-    def from_pretrained(cls, name: str, **kwargs) -> "HookedCLIP":
+    def from_pretrained(cls, name: str, **kwargs) -> HookedCLIP:
         """A model shipped with the package: ``"toy"``."""
         if name == "toy":
             from hookedclip.toy.model import load_toy_model
@@ -357,7 +372,7 @@ class HookedCLIP(ImageTowerWeights, HookedRootModule):
         (path / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "HookedCLIP":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> HookedCLIP:
         """Load a model written by :meth:`save`. The tokenizer and preprocessing are rebuilt
         from the config where the source library provides them offline."""
         from safetensors.torch import load_file

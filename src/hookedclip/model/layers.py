@@ -110,8 +110,10 @@ class Attention(nn.Module):
         if packed is None:
             return False
         step = self.n_heads * self.d_head * packed.shape[1] * packed.element_size()
-        return all(w.dtype == packed.dtype and w.data_ptr() == packed.data_ptr() + i * step
-                   for i, w in enumerate((self.W_Q, self.W_K, self.W_V)))
+        return all(
+            w.dtype == packed.dtype and w.data_ptr() == packed.data_ptr() + i * step
+            for i, w in enumerate((self.W_Q, self.W_K, self.W_V))
+        )
 
     def _apply(self, fn, recurse: bool = True):
         self._packed = None  # .to() / .half() give the weights new storage: re-pack on the next forward
@@ -208,8 +210,19 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg, causal=causal)
         self.ln2 = LayerNorm(cfg.width, cfg.ln_eps)
         self.mlp = MLP(cfg)
-        add_hook_points(self, "hook_resid_pre", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
-                        "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post")
+        add_hook_points(
+            self,
+            "hook_resid_pre",
+            "hook_attn_in",
+            "hook_q_input",
+            "hook_k_input",
+            "hook_v_input",
+            "hook_attn_out",
+            "hook_resid_mid",
+            "hook_mlp_in",
+            "hook_mlp_out",
+            "hook_resid_post",
+        )
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(x)
@@ -227,8 +240,10 @@ class TransformerBlock(nn.Module):
     def _split_attention(self, resid_pre: Tensor) -> Tensor:
         per_head = resid_pre.unsqueeze(2).expand(-1, -1, self.attn.n_heads, -1)
         attn_in = self.hook_attn_in(per_head.clone()) if self.hook_attn_in.is_active() else per_head
-        q, k, v = (hook(attn_in.clone()) if hook.is_active() else attn_in
-                   for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+        q, k, v = (
+            hook(attn_in.clone()) if hook.is_active() else attn_in
+            for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)
+        )
         return self.attn.forward_split(self.ln1(q), self.ln1(k), self.ln1(v))
 
 

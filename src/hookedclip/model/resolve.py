@@ -17,8 +17,10 @@ def load_model(spec: str, pretrained: str | None = None, device: str = "cpu") ->
         import transformers
 
         if not (Path(spec[3:]) / "config.json").is_file():  # else transformers reads the path as a hub repo id
-            raise FileNotFoundError(f"{spec}: no Hugging Face model folder at {spec[3:]!r} (it needs the config.json "
-                                    "and weights that save_pretrained writes); hf: takes a local folder")
+            raise FileNotFoundError(
+                f"{spec}: no Hugging Face model folder at {spec[3:]!r} (it needs the config.json "
+                "and weights that save_pretrained writes); hf: takes a local folder"
+            )
         return HookedCLIP.from_hf(transformers.AutoModel.from_pretrained(spec[3:]), device=device)
     if Path(spec).is_dir():
         return HookedCLIP.load(spec, device=device)

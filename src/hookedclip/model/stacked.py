@@ -44,8 +44,9 @@ class StackedWeights:
         heads = self.blocks[0].attn.n_heads
         return [f"L{layer}H{head}" for layer in range(len(self.blocks)) for head in range(heads)]
 
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-                         ) -> Float[Tensor, " d_model"]:
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
         """The sum of the output biases written to the residual stream before block ``layer``
         (``b_O``, and ``b_out`` unless ``include_mlp_biases=False``); with ``mlp_input``, before
         block ``layer``'s MLP (its ``b_O`` included)."""

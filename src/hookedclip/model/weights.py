@@ -107,15 +107,22 @@ def fold_value_biases(model: nn.Module) -> nn.Module:
 
 
 # In TransformerLens's order; process_weights's flags shadow the function names.
-_REWRITES = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights,
-             "fold_value_biases": fold_value_biases}
+_REWRITES = {
+    "fold_ln": fold_ln,
+    "center_writing_weights": center_writing_weights,
+    "fold_value_biases": fold_value_biases,
+}
 
 
-def process_weights(model: nn.Module, fold_ln: bool = False, center_writing_weights: bool = False,
-                    fold_value_biases: bool = False) -> nn.Module:
+def process_weights(
+    model: nn.Module, fold_ln: bool = False, center_writing_weights: bool = False, fold_value_biases: bool = False
+) -> nn.Module:
     """TransformerLens's function-preserving weight processing, the chosen rewrites in its order."""
-    chosen = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights,
-              "fold_value_biases": fold_value_biases}
+    chosen = {
+        "fold_ln": fold_ln,
+        "center_writing_weights": center_writing_weights,
+        "fold_value_biases": fold_value_biases,
+    }
     for name, rewrite in _REWRITES.items():
         if chosen[name]:
             rewrite(model)

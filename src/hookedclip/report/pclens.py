@@ -17,7 +17,6 @@ from hookedclip import plotting
 from hookedclip.methods.pclens import HeadPCA, PCLensResult, image_scores, top_images
 from hookedclip.report import viz
 
-
 #: PCs holding less than this share (%) of a head's retained variance are listed apart.
 MIN_STRENGTH = 1.0
 
@@ -36,14 +35,18 @@ def _pc_rows(pca: HeadPCA, pcs: list[int], n_texts: int) -> list[list[str]]:
 
 def _projector_text(pca: HeadPCA) -> str:
     rank = int(torch.linalg.matrix_rank(pca.projector)) if pca.k else 0
-    text = (f"The text projector Π ({pca.k}×{pca.k}) projects a head's PC coordinates onto the span of its PCs' "
-            f"best positive texts (one text per PC); interventions reconstruct the head as μ + (φ − μ)V_kᵀ Π V_k. "
-            f"Here rank Π = {rank} of k = {pca.k}")
+    text = (
+        f"The text projector Π ({pca.k}×{pca.k}) projects a head's PC coordinates onto the span of its PCs' "
+        f"best positive texts (one text per PC); interventions reconstruct the head as μ + (φ − μ)V_kᵀ Π V_k. "
+        f"Here rank Π = {rank} of k = {pca.k}"
+    )
     if rank == pca.k:
         return text + ", so Π = I and keeping every PC is the plain rank-k PCA reconstruction."
-    return text + (f": {pca.k - rank} dimension(s) are lost because several PCs share a best text (or their best "
-                   "texts are dependent), so keeping every PC is not the PCA reconstruction. A larger text pool "
-                   "makes this rarer; use_projector=False keeps Π = I.")
+    return text + (
+        f": {pca.k - rank} dimension(s) are lost because several PCs share a best text (or their best "
+        "texts are dependent), so keeping every PC is not the PCA reconstruction. A larger text pool "
+        "makes this rarer; use_projector=False keeps Π = I."
+    )
 
 
 def _nav(labels: list[str], i: int) -> str:
@@ -56,8 +59,17 @@ def _nav(labels: list[str], i: int) -> str:
     return "<p class='nav'>" + " · ".join(links) + "</p>"
 
 
-def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch.Tensor, n_pcs: int, n_images: int,
-              n_texts: int, nav: str = "", min_strength: float = MIN_STRENGTH) -> Path:
+def head_page(
+    pca: HeadPCA,
+    out_dir: Path,
+    images: np.ndarray,
+    embeddings: torch.Tensor,
+    n_pcs: int,
+    n_images: int,
+    n_texts: int,
+    nav: str = "",
+    min_strength: float = MIN_STRENGTH,
+) -> Path:
     """One head's page: its PCs holding at least ``min_strength`` % of the retained variance
     (the rest listed apart), an image strip per PC (top row: highest ``⟨ê, v⟩``), and ``nav``
     (HTML links) under the title."""
@@ -72,40 +84,64 @@ def head_page(pca: HeadPCA, out_dir: Path, images: np.ndarray, embeddings: torch
     for i in strong[:n_pcs]:
         top, bottom = top_images(pca, i, embeddings, n_images)
         idx = torch.cat([top, bottom]).tolist()
-        captions = [f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k, i]):+.2f}"
-                    for j, k in enumerate(idx)]
+        captions = [
+            f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k, i]):+.2f}"
+            for j, k in enumerate(idx)
+        ]
         name = f"pc{i}.png"
         plotting.image_grid(images[idx], captions, out_dir / name, cols=len(top))
         label = f"PC {i} ({rel[i]:.1f}% of the retained variance)"
         if pca.pos_idx is not None:
             label += ": " + " / ".join(f"{sign} {items[0][0]}" for sign, items in pca.label_of(i, 1).sides())
-        figures.append((name, label + ". Top row (the + side): the images whose unit embedding ê has the highest "
-                        "cosine with the PC (⟨ê, v⟩, not the head's own contribution); bottom row (the − side): the "
-                        "lowest. Each caption gives that cosine."))
+        figures.append(
+            (
+                name,
+                label + ". Top row (the + side): the images whose unit embedding ê has the highest "
+                "cosine with the PC (⟨ê, v⟩, not the head's own contribution); bottom row (the − side): the "
+                "lowest. Each caption gives that cosine.",
+            )
+        )
     kept = 100 * float(pca.singular_values.sum()) / max(pca.total_singular, 1e-30)
     text = [f"{pca.k} PCs keep {kept:.1f}% of ΣS over {pca.n} images.", _projector_text(pca)]
     if weak:
         share = sum(rel[i] for i in weak)
-        text.append(f"Listed: the {len(strong)} PCs holding at least {min_strength:g}% of the retained variance each; "
-                    f"the other {len(weak)} (together {share:.1f}%) are under “Weaker PCs” at the bottom.")
+        text.append(
+            f"Listed: the {len(strong)} PCs holding at least {min_strength:g}% of the retained variance each; "
+            f"the other {len(weak)} (together {share:.1f}%) are under “Weaker PCs” at the bottom."
+        )
     sections = [viz.Section(pca.label, text, figures, [(header, _pc_rows(pca, strong, n_texts))])]
     if weak:
-        sections.append(viz.Section(f"Weaker PCs ({len(weak)}, each below {min_strength:g}%)", [],
-                                    [], [(header, _pc_rows(pca, weak, n_texts))]))
+        sections.append(
+            viz.Section(
+                f"Weaker PCs ({len(weak)}, each below {min_strength:g}%)",
+                [],
+                [],
+                [(header, _pc_rows(pca, weak, n_texts))],
+            )
+        )
     return viz.write_report(out_dir, f"PCLens: {pca.label}", sections, nav=nav)
 
 
-def strength_plot(result: PCLensResult, path: str | Path, max_pcs: int = 40, min_strength: float = MIN_STRENGTH
-                  ) -> Path:
+def strength_plot(
+    result: PCLensResult, path: str | Path, max_pcs: int = 40, min_strength: float = MIN_STRENGTH
+) -> Path:
     """Relative strength (% of the retained variance) of each head's first PCs, log scale, with
     the listing threshold ``min_strength`` dashed (:meth:`PCLensResult.plot`)."""
     fig = result.plot(title="PC strengths per head", max_pcs=max_pcs, min_strength=min_strength)
     return plotting.save_figure(fig, path)
 
 
-def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: torch.Tensor, out: str | Path,
-                        n_pcs: int = 5, n_images: int = 8, n_texts: int = 3, min_strength: float = MIN_STRENGTH,
-                        progress: bool = False) -> Path:
+def write_pclens_report(
+    result: PCLensResult,
+    images: np.ndarray,
+    embeddings: torch.Tensor,
+    out: str | Path,
+    n_pcs: int = 5,
+    n_images: int = 8,
+    n_texts: int = 3,
+    min_strength: float = MIN_STRENGTH,
+    progress: bool = False,
+) -> Path:
     """The report folder: ``index.html`` (overview) and ``<head>/index.html`` per analysed head,
     each linked to the overview and to the previous and next head.
 
@@ -124,18 +160,32 @@ def write_pclens_report(result: PCLensResult, images: np.ndarray, embeddings: to
     for i, pca in enumerate(tqdm(heads, desc="head pages", disable=not progress)):
         head_page(pca, out / pca.label, images, embeddings, n_pcs, n_images, n_texts, _nav(labels, i), min_strength)
     strength_plot(result, out / "strengths.png", min_strength=min_strength)
-    rows = [[p.label, str(p.k), str(sum(1 for r in p.strength_rel.tolist() if r >= min_strength)),
-             f"{float(p.strength_rel[0]):.1f}" if p.k else "-", *_label_cells(p, 0, 2)] for p in heads]
+    rows = [
+        [
+            p.label,
+            str(p.k),
+            str(sum(1 for r in p.strength_rel.tolist() if r >= min_strength)),
+            f"{float(p.strength_rel[0]):.1f}" if p.k else "-",
+            *_label_cells(p, 0, 2),
+        ]
+        for p in heads
+    ]
     overview = viz.Section(
         "Analysed heads",
-        [f"{len(result)} heads, {result.n_pcs} PCs; rank rule {result.settings.get('threshold')} of "
-         f"{'ΣS' if result.settings.get('energy') == 'singular' else 'ΣS²'}, cap {result.settings.get('max_pcs')}. "
-         "Click a head for its PCs, labels and image strips. Label texts are cosines between the (pool-centred) "
-         "texts and the PC; the side with the larger |cosine| is listed first."],
-        [("strengths.png", "Share of each head's retained variance held by its first PCs (log scale); head pages "
-                            "list the PCs above the dashed line and put the rest apart.")],
-        [(["head", "k", f"PCs ≥ {min_strength:g}%", "PC0 strength %", "PC0 stronger side", "PC0 other side"],
-          rows)],
+        [
+            f"{len(result)} heads, {result.n_pcs} PCs; rank rule {result.settings.get('threshold')} of "
+            f"{'ΣS' if result.settings.get('energy') == 'singular' else 'ΣS²'}, cap {result.settings.get('max_pcs')}. "
+            "Click a head for its PCs, labels and image strips. Label texts are cosines between the (pool-centred) "
+            "texts and the PC; the side with the larger |cosine| is listed first."
+        ],
+        [
+            (
+                "strengths.png",
+                "Share of each head's retained variance held by its first PCs (log scale); head pages "
+                "list the PCs above the dashed line and put the rest apart.",
+            )
+        ],
+        [(["head", "k", f"PCs ≥ {min_strength:g}%", "PC0 strength %", "PC0 stronger side", "PC0 other side"], rows)],
     )
     meta = f"model {result.model or 'not recorded'}"
     path = viz.write_report(out, "PCLens report", [overview], meta=meta)

@@ -43,11 +43,17 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], m
     """Write ``index.html`` into ``out_dir`` (figures must already be there); ``nav``: HTML
     (e.g. links to other pages) placed as is under the title."""
     out_dir = Path(out_dir)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{nav}"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{nav}",
+    ]
     if meta:
         parts.append(f"<p class='meta'>{html.escape(meta)}</p>")
-    parts.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections)) + "</ul>")
+    parts.append(
+        "<ul>"
+        + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections))
+        + "</ul>"
+    )
     for i, section in enumerate(sections):
         parts.append(f"<h2 id='s{i}'>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(p)}</p>" for p in section.text]
@@ -56,8 +62,10 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], m
             body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
             parts.append(f"<table><tr>{head}</tr>{body}</table>")
         for name, caption in section.figures:
-            parts.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     parts.append("</body></html>")
     path = out_dir / "index.html"
     path.write_text("\n".join(parts))

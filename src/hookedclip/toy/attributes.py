@@ -68,9 +68,12 @@ class ToyAttributes:
 
     def __post_init__(self) -> None:
         for name, allowed in (
-            ("shape", SHAPES), ("color", COLORS), ("texture", TEXTURES),
-            ("background", BACKGROUNDS), ("size", SIZES),
-        ):  # fmt: skip
+            ("shape", SHAPES),
+            ("color", COLORS),
+            ("texture", TEXTURES),
+            ("background", BACKGROUNDS),
+            ("size", SIZES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} not in {allowed}")
 
@@ -123,9 +126,14 @@ def sample_attributes(
     cy = lo + rng.random(n) * (hi - lo)
     return [
         ToyAttributes(
-            shape=shapes[shape[k]], color=colors[color[k]], texture=textures[texture[k]],
-            background=backgrounds[background[k]], size=sizes[size[k]],
-            cx=float(cx[k]), cy=float(cy[k]), radius=float(radius[k]),
-        )  # fmt: skip
+            shape=shapes[shape[k]],
+            color=colors[color[k]],
+            texture=textures[texture[k]],
+            background=backgrounds[background[k]],
+            size=sizes[size[k]],
+            cx=float(cx[k]),
+            cy=float(cy[k]),
+            radius=float(radius[k]),
+        )
         for k in range(n)
     ]

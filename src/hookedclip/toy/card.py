@@ -20,36 +20,36 @@ def model_card_markdown(card: dict) -> str:
     return f"""# Toy CLIP (`HookedCLIP.from_pretrained("toy")`)
 
 A tiny CLIP trained contrastively on hookedclip's procedural toy world (world version
-{card['world_version']}): 32 px images of one coloured shape on a textured background, with
+{card["world_version"]}): 32 px images of one coloured shape on a textured background, with
 captions from `hookedclip.toy.world.caption`. It is built from open_clip's own classes
 (`open_clip.CLIP`) and loaded through `HookedCLIP.from_open_clip`, so it exercises the real
 conversion path. It is the default model of the examples, CLI commands and method tests.
 
-Checkpoint `{card['checkpoint_id']}` (sha256 of `toy_clip.safetensors`: `{card['weights_sha256'][:16]}...`).
+Checkpoint `{card["checkpoint_id"]}` (sha256 of `toy_clip.safetensors`: `{card["weights_sha256"][:16]}...`).
 
 ## Architecture
 
-- vision: ViT, {v['layers']} layers, width {v['width']}, {v['width'] // v['head_width']} heads, patch {v['patch_size']} on {v['image_size']} px ({(v['image_size'] // v['patch_size']) ** 2} patches + class token)
-- text: {t['layers']} layers, width {t['width']}, {t['heads']} heads, context {t['context_length']}, open_clip `SimpleTokenizer` (vocab {t['vocab_size']})
-- joint embedding: {arch['embed_dim']} dims; {card['n_params'] / 1e6:.2f} M parameters ({t['vocab_size']} x {t['width']} of them in the token embedding)
-- images are normalised as `(pixel / 255 - {card['image_mean'][0]}) / {card['image_std'][0]}` per channel:
+- vision: ViT, {v["layers"]} layers, width {v["width"]}, {v["width"] // v["head_width"]} heads, patch {v["patch_size"]} on {v["image_size"]} px ({(v["image_size"] // v["patch_size"]) ** 2} patches + class token)
+- text: {t["layers"]} layers, width {t["width"]}, {t["heads"]} heads, context {t["context_length"]}, open_clip `SimpleTokenizer` (vocab {t["vocab_size"]})
+- joint embedding: {arch["embed_dim"]} dims; {card["n_params"] / 1e6:.2f} M parameters ({t["vocab_size"]} x {t["width"]} of them in the token embedding)
+- images are normalised as `(pixel / 255 - {card["image_mean"][0]}) / {card["image_std"][0]}` per channel:
   `hookedclip.toy.model.images_to_tensor` for toy-world arrays, `model.preprocess` for PIL images.
 
 ## Recipe (`hookedclip toy train`, `hookedclip.toy.train.train`)
 
-- data: batch k = items [k*B, (k+1)*B) of `ToyWorld(split="train", seed={card['seed']})`, rendered on the fly
+- data: batch k = items [k*B, (k+1)*B) of `ToyWorld(split="train", seed={card["seed"]})`, rendered on the fly
 - captions mention: {keep} (probabilities; shape always)
-- hard negatives for shape: {rec['hard_negatives'] * 100:.0f}% of each batch is blocks of the 7 shapes sharing colour,
+- hard negatives for shape: {rec["hard_negatives"] * 100:.0f}% of each batch is blocks of the 7 shapes sharing colour,
   background and texture, so that only shape tells them apart
 - planted spurious correlation: in training, circles are on stripes and squares on dots in
-  {rec['spurious_in_train']['p_aligned'] * 100:.0f}% of their images (other shapes on every texture)
-- {card['steps']} steps of batch {rec['batch_size']} ({card['images_seen']:,} images), AdamW lr {rec['lr']:g}
-  (vision x{rec['vision_lr_mult']:g}), betas (0.9, 0.98), weight decay {rec['weight_decay']:g} on matrices only,
-  {rec['warmup']} warm-up steps then cosine decay, logit scale clamped at {rec['max_logit_scale']:g}
-- seed {card['seed']}; training took {card['train_time_s'] / 60:.1f} min ({card['train_time_s'] / card['steps']:.2f} s per step) with {_threads(card)} on {card['train_machine']}; final loss {card['final_loss']}
+  {rec["spurious_in_train"]["p_aligned"] * 100:.0f}% of their images (other shapes on every texture)
+- {card["steps"]} steps of batch {rec["batch_size"]} ({card["images_seen"]:,} images), AdamW lr {rec["lr"]:g}
+  (vision x{rec["vision_lr_mult"]:g}), betas (0.9, 0.98), weight decay {rec["weight_decay"]:g} on matrices only,
+  {rec["warmup"]} warm-up steps then cosine decay, logit scale clamped at {rec["max_logit_scale"]:g}
+- seed {card["seed"]}; training took {card["train_time_s"] / 60:.1f} min ({card["train_time_s"] / card["steps"]:.2f} s per step) with {_threads(card)} on {card["train_machine"]}; final loss {card["final_loss"]}
 - {_command(card)}
 
-## Zero-shot accuracy (held-out test split, n = {card['eval']['n']}, seed {card['eval']['seed']})
+## Zero-shot accuracy (held-out test split, n = {card["eval"]["n"]}, seed {card["eval"]["seed"]})
 
 One `ZeroShotClassifier.from_prompts(model, class_prompts(attribute))` per attribute
 (`hookedclip.toy.evaluate.evaluate`, `hookedclip toy evaluate`).
@@ -58,20 +58,20 @@ One `ZeroShotClassifier.from_prompts(model, class_prompts(attribute))` per attri
 |---|---|---|
 {rows}
 
-## Spurious split (circle vs square, group-balanced test set, n = {sp['n']})
+## Spurious split (circle vs square, group-balanced test set, n = {sp["n"]})
 
 | group | accuracy |
 |---|---|
 {groups}
 
-Average {sp['average'] * 100:.1f}%, worst-group accuracy {sp['worst_group'] * 100:.1f}% (gap
-{sp['gap'] * 100:.1f} points): the shape classifier partly relies on the background texture,
+Average {sp["average"] * 100:.1f}%, worst-group accuracy {sp["worst_group"] * 100:.1f}% (gap
+{sp["gap"] * 100:.1f} points): the shape classifier partly relies on the background texture,
 which debiasing methods should remove.
 
 ## Stored weights
 
 `toy_clip.safetensors` holds the open_clip state dict except the token embedding, of which
-only the {card['token_embedding_rows_stored']} rows that training changed are stored
+only the {card["token_embedding_rows_stored"]} rows that training changed are stored
 (`token_embedding.rows` / `token_embedding.values`, fp32); the other rows are exactly their
 seeded initialisation and are regenerated at load time (checked against
 `token_embedding_sha256` in `card.json`).
@@ -108,8 +108,10 @@ def _command(card: dict) -> str:
     cli_keys = ("steps", "batch_size", "lr", "seed")
     fixed = {k for k in rec if k in defaults and k not in cli_keys}
     if any(json.loads(json.dumps(defaults[k])) != rec[k] for k in fixed if defaults[k] is not None):
-        return ("the recipe differs from `hookedclip toy train`'s fixed settings: repeat it with "
-                "`hookedclip.toy.train.train`")
+        return (
+            "the recipe differs from `hookedclip toy train`'s fixed settings: repeat it with "
+            "`hookedclip.toy.train.train`"
+        )
     args = [f"--{k.replace('_', '-')} {rec[k]:g}" for k in cli_keys if rec[k] != DEFAULTS[k]]
     if curve:
         args.append(f"--eval-every {curve[0]['step']}")
@@ -133,20 +135,27 @@ def _quality_bar(card: dict) -> str:
     text += f"{_and(reached)} reach{'es' * (len(reached) == 1)} it" if reached else "none reaches it"
     if missed:
         text += "; " + "; ".join(f"{word(a)} does not ({_pct(acc[a])})" for a in missed)
-        text += (f". What limits {_and([word(a) for a in missed])} is the training budget: the recipe is sized to "
-                 f"the target of about 20 minutes on 2 CPU cores ({card['steps']:,} steps; this run took "
-                 f"{card['train_time_s'] / 60:.1f} min)")  # fmt: skip
+        text += (
+            f". What limits {_and([word(a) for a in missed])} is the training budget: the recipe is sized to "
+            f"the target of about 20 minutes on 2 CPU cores ({card['steps']:,} steps; this run took "
+            f"{card['train_time_s'] / 60:.1f} min)"
+        )
         if curve:
             text += ", and " + "; ".join(_still_rising(card, a) for a in missed) + " (`training_curve` in `card.json`)"
         if card["config"]["vision_cfg"]["patch_size"] == 8 and "shape" in missed:
-            text += (". With 4 px patches (64 tokens) shape stayed at chance for 900 steps, even with a supervised "
-                     "shape head, so the recipe uses 8 px patches (a 4 x 4 grid), which learn shape and train about "
-                     "4 times faster")  # fmt: skip
+            text += (
+                ". With 4 px patches (64 tokens) shape stayed at chance for 900 steps, even with a supervised "
+                "shape head, so the recipe uses 8 px patches (a 4 x 4 grid), which learn shape and train about "
+                "4 times faster"
+            )
     lines = [text + "."]
     keep = card["recipe"]["caption_keep"]
-    lines += [f"- {word(a).capitalize()} is learned less well ({_pct(acc[a])}, chance {_pct(chance[a])}); captions "
-              f"mention it in {100 * keep.get(a, 0):.0f}% of training images."
-              for a in acc if a not in bar and acc[a] < QUALITY_BAR]  # fmt: skip
+    lines += [
+        f"- {word(a).capitalize()} is learned less well ({_pct(acc[a])}, chance {_pct(chance[a])}); captions "
+        f"mention it in {100 * keep.get(a, 0):.0f}% of training images."
+        for a in acc
+        if a not in bar and acc[a] < QUALITY_BAR
+    ]
     return "".join(textwrap.fill(line, 100, subsequent_indent="  ") + "\n" for line in lines)
 
 

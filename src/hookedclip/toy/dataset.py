@@ -132,9 +132,15 @@ class ToyWorld:
         image, mask = render(attrs, self.image_size)
         text, mentioned = caption(attrs, rng, self.caption_keep)
         return {
-            "image": image, "mask": mask, "caption": text, "mentioned": mentioned,
-            "attributes": attrs, "labels": attrs.labels(), "group": group, "index": i,
-        }  # fmt: skip
+            "image": image,
+            "mask": mask,
+            "caption": text,
+            "mentioned": mentioned,
+            "attributes": attrs,
+            "labels": attrs.labels(),
+            "group": group,
+            "index": i,
+        }
 
     def _indices(self, indices: Iterable[int] | None) -> list[int]:
         return list(range(self.n)) if indices is None else [self._index(i) for i in indices]

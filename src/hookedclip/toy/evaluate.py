@@ -90,8 +90,10 @@ def evaluate(
 
 def format_table(result: dict) -> str:
     """A plain-text table of :func:`evaluate`'s result."""
-    lines = [f"zero-shot accuracy on {result['n']} held-out images (test split, seed {result['seed']})",
-             f"  {'attribute':<12}{'accuracy':>10}{'chance':>9}"]  # fmt: skip
+    lines = [
+        f"zero-shot accuracy on {result['n']} held-out images (test split, seed {result['seed']})",
+        f"  {'attribute':<12}{'accuracy':>10}{'chance':>9}",
+    ]
     for a, acc in result["accuracy"].items():
         lines.append(f"  {a:<12}{acc * 100:>9.1f}%{result['chance'][a] * 100:>8.1f}%")
     sp = result["spurious"]

@@ -211,6 +211,15 @@ def load_toy_model(device: str | torch.device = "cpu", weights: str | Path | Non
 
 
 __all__ = [
-    "TOY_EMBED_DIM", "TOY_VISION_CFG", "TOY_TEXT_CFG", "TOY_IMAGE_MEAN", "TOY_IMAGE_STD", "WORLD_VERSION",
-    "build_open_clip_toy", "images_to_tensor", "load_toy_model", "load_open_clip_toy", "read_card",
-]  # fmt: skip
+    "TOY_EMBED_DIM",
+    "TOY_VISION_CFG",
+    "TOY_TEXT_CFG",
+    "TOY_IMAGE_MEAN",
+    "TOY_IMAGE_STD",
+    "WORLD_VERSION",
+    "build_open_clip_toy",
+    "images_to_tensor",
+    "load_toy_model",
+    "load_open_clip_toy",
+    "read_card",
+]

@@ -67,7 +67,7 @@ def _star_inside(u: np.ndarray, v: np.ndarray, points: int, inner: float) -> np.
     return side >= 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _templates() -> np.ndarray:
     """Lookup tables bool [len(SHAPES), R + 2, R + 2] of every shape over [-1, 1]^2.
 
@@ -112,7 +112,7 @@ def _coverage(attrs: Sequence[ToyAttributes], image_size: int) -> np.ndarray:
     return functools.reduce(np.add, (per_col[..., k] for k in range(ss)))  # [m, H, W]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _texture_patterns(image_size: int) -> np.ndarray:
     """bool [len(TEXTURES), H, W]: where each texture uses the second background tone.
 
@@ -171,9 +171,7 @@ def render(attrs: ToyAttributes, image_size: int = 32) -> tuple[np.ndarray, np.n
     return images[0], masks[0]
 
 
-def contact_sheet(
-    world: ToyWorld, n: int = 32, path: str | None = None, cols: int = 8, scale: int = 4
-) -> np.ndarray:
+def contact_sheet(world: ToyWorld, n: int = 32, path: str | None = None, cols: int = 8, scale: int = 4) -> np.ndarray:
     """Grid uint8 [rows * (S * scale + 2), cols * (S * scale + 2), 3] of the first ``n``
     images, nearest-neighbour upscaled with a 2 px white gutter; written as PNG to ``path``
     if given."""

@@ -34,15 +34,63 @@ DEFAULT_KEEP: dict[str, float] = {
 }
 # Words that are not in the world, for "does the model respond to nonsense" controls.
 DISTRACTORS: tuple[str, ...] = (
-    "dog", "cat", "car", "tree", "music", "house", "bird", "boat", "flower", "chair",
-    "table", "phone", "book", "apple", "river", "mountain", "cloud", "train", "horse", "guitar",
-    "city", "door", "window", "bicycle", "computer", "ocean", "forest", "bread", "clock", "shoe",
-    "pencil", "lamp", "bottle", "bridge", "rocket", "fish", "winter", "happy", "running", "person",
-)  # fmt: skip
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "music",
+    "house",
+    "bird",
+    "boat",
+    "flower",
+    "chair",
+    "table",
+    "phone",
+    "book",
+    "apple",
+    "river",
+    "mountain",
+    "cloud",
+    "train",
+    "horse",
+    "guitar",
+    "city",
+    "door",
+    "window",
+    "bicycle",
+    "computer",
+    "ocean",
+    "forest",
+    "bread",
+    "clock",
+    "shoe",
+    "pencil",
+    "lamp",
+    "bottle",
+    "bridge",
+    "rocket",
+    "fish",
+    "winter",
+    "happy",
+    "running",
+    "person",
+)
 # Filler words of the caption/prompt templates (none is an attribute word).
 TEMPLATE_WORDS: tuple[str, ...] = (
-    "a", "an", "photo", "image", "picture", "of", "shape", "background", "on", "with", "the", "at", "in",
-)  # fmt: skip
+    "a",
+    "an",
+    "photo",
+    "image",
+    "picture",
+    "of",
+    "shape",
+    "background",
+    "on",
+    "with",
+    "the",
+    "at",
+    "in",
+)
 
 
 def article(word: str) -> str:
@@ -96,8 +144,11 @@ def class_prompts(attribute: str) -> dict[str, list[str]]:
     elif attribute in ("color", "size"):
         templates = ["a photo of {a} {w} shape.", "{a} {w} shape.", "a picture of {a} {w} shape."]
     elif attribute in ("texture", "background"):
-        templates = ["{a} {w} background.", "a photo of a shape on {a} {w} background.",
-                     "a picture with {a} {w} background."]  # fmt: skip
+        templates = [
+            "{a} {w} background.",
+            "a photo of a shape on {a} {w} background.",
+            "a picture with {a} {w} background.",
+        ]
     elif attribute == "position":
         templates = ["a shape {p}.", "a photo of a shape {p}.", "a picture of a shape {p}."]
     else:

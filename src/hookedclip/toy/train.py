@@ -113,8 +113,9 @@ def batch_items(world: ToyWorld, k: int, batch_size: int, hard_negatives: float 
             if j == 0:  # the block's colour, background and (uniform) texture
                 leader = a
                 texture = TEXTURES[int(np.random.default_rng([world.seed, 0, i, 2]).integers(len(TEXTURES)))]
-            a = dataclasses.replace(a, shape=SHAPES[j], color=leader.color, background=leader.background,
-                                    texture=texture)  # fmt: skip
+            a = dataclasses.replace(
+                a, shape=SHAPES[j], color=leader.color, background=leader.background, texture=texture
+            )
             a = world.plant_texture(a, i)
         attrs.append(a)
         texts.append(caption(a, rng, world.caption_keep)[0])
@@ -124,8 +125,9 @@ def batch_items(world: ToyWorld, k: int, batch_size: int, hard_negatives: float 
 class _Batches:
     """Batch ``k`` of the training world as (images float32 [B, 3, H, W], tokens [B, ctx])."""
 
-    def __init__(self, world: ToyWorld, batch_size: int, context_length: int, prefetch: bool,
-                 hard_negatives: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self, world: ToyWorld, batch_size: int, context_length: int, prefetch: bool, hard_negatives: float = 0.0
+    ) -> None:
         import open_clip
 
         self.world, self.batch_size, self.hard_negatives = world, batch_size, hard_negatives
@@ -201,12 +203,23 @@ def train(
     keep = dict(CAPTION_KEEP if caption_keep is None else caption_keep)
     spec = SpuriousSpec(p_aligned=p_aligned)
     recipe = {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "warmup": warmup,
-        "final_lr_frac": final_lr_frac, "vision_lr_mult": vision_lr_mult, "weight_decay": weight_decay,
-        "caption_keep": keep, "hard_negatives": hard_negatives, "spurious_in_train": dataclasses.asdict(spec), "max_logit_scale": max_logit_scale,
-        "optimizer": "AdamW(betas=(0.9, 0.98), eps=1e-6)", "schedule": "linear warm-up, cosine decay",
-        "loss": "symmetric InfoNCE (CLIP)", "data": "batch k = ToyWorld(split='train') items [k*B, (k+1)*B)",
-    }  # fmt: skip
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "warmup": warmup,
+        "final_lr_frac": final_lr_frac,
+        "vision_lr_mult": vision_lr_mult,
+        "weight_decay": weight_decay,
+        "caption_keep": keep,
+        "hard_negatives": hard_negatives,
+        "spurious_in_train": dataclasses.asdict(spec),
+        "max_logit_scale": max_logit_scale,
+        "optimizer": "AdamW(betas=(0.9, 0.98), eps=1e-6)",
+        "schedule": "linear warm-up, cosine decay",
+        "loss": "symmetric InfoNCE (CLIP)",
+        "data": "batch k = ToyWorld(split='train') items [k*B, (k+1)*B)",
+    }
     arch = {"embed_dim": embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
 
     model = toy_model.build_open_clip_toy(seed, embed_dim=embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
@@ -231,10 +244,16 @@ def train(
     max_scale = math.log(max_logit_scale)
 
     def save_checkpoint() -> None:
-        _atomic_save({
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "state": state, "recipe": json.loads(json.dumps(recipe)), "arch": json.loads(json.dumps(arch)),
-        }, ckpt_path)  # fmt: skip
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "state": state,
+                "recipe": json.loads(json.dumps(recipe)),
+                "arch": json.loads(json.dumps(arch)),
+            },
+            ckpt_path,
+        )
 
     end = steps if stop_after is None else min(steps, stop_after)
     log = open(log_file, "a") if log_file else None
@@ -280,10 +299,14 @@ def _record_eval(model, state: dict, n: int, log) -> None:
     from hookedclip.toy.evaluate import evaluate
 
     res = evaluate(_to_hooked(model), n=n, seed=777)
-    entry = {"step": state["step"], "time_s": round(state["train_time_s"], 1),
-             "loss": round(sum(state["losses"][-50:]) / len(state["losses"][-50:]), 4),
-             **{k: round(v, 4) for k, v in res["accuracy"].items()},
-             "sp_avg": round(res["spurious"]["average"], 4), "sp_wga": round(res["spurious"]["worst_group"], 4)}  # fmt: skip
+    entry = {
+        "step": state["step"],
+        "time_s": round(state["train_time_s"], 1),
+        "loss": round(sum(state["losses"][-50:]) / len(state["losses"][-50:]), 4),
+        **{k: round(v, 4) for k, v in res["accuracy"].items()},
+        "sp_avg": round(res["spurious"]["average"], 4),
+        "sp_wga": round(res["spurious"]["worst_group"], 4),
+    }
     state["evals"].append(entry)
     if log:
         log.write(json.dumps(entry) + "\n")

@@ -20,17 +20,63 @@ This module is the world's public face; each part lives in its own module:
 Everything is seeded: :class:`ToyWorld` item ``i`` is a pure function of ``(seed, split, i)``.
 """
 
-from hookedclip.toy.attributes import (BACKGROUND_RGB, BACKGROUNDS, CENTER_BOX, COLOR_RGB, COLORS, MARGIN, POSITIONS,
-                                       SHAPES, SIZE_BANDS, SIZES, TEXTURES, WORLD_VERSION, ToyAttributes,
-                                       sample_attributes)
+from hookedclip.toy.attributes import (
+    BACKGROUND_RGB,
+    BACKGROUNDS,
+    CENTER_BOX,
+    COLOR_RGB,
+    COLORS,
+    MARGIN,
+    POSITIONS,
+    SHAPES,
+    SIZE_BANDS,
+    SIZES,
+    TEXTURES,
+    WORLD_VERSION,
+    ToyAttributes,
+    sample_attributes,
+)
 from hookedclip.toy.dataset import SpuriousSpec, ToyWorld
 from hookedclip.toy.render import contact_sheet, render, render_batch
-from hookedclip.toy.text import (ATTRIBUTE_WORDS, CAPTION_ATTRIBUTES, DEFAULT_KEEP, DISTRACTORS, POSITION_PHRASES,
-                                 TEMPLATE_WORDS, caption, class_prompts, vocabulary)
+from hookedclip.toy.text import (
+    ATTRIBUTE_WORDS,
+    CAPTION_ATTRIBUTES,
+    DEFAULT_KEEP,
+    DISTRACTORS,
+    POSITION_PHRASES,
+    TEMPLATE_WORDS,
+    caption,
+    class_prompts,
+    vocabulary,
+)
 
 __all__ = [
-    "ATTRIBUTE_WORDS", "BACKGROUNDS", "BACKGROUND_RGB", "CAPTION_ATTRIBUTES", "CENTER_BOX", "COLORS", "COLOR_RGB",
-    "DEFAULT_KEEP", "DISTRACTORS", "MARGIN", "POSITIONS", "POSITION_PHRASES", "SHAPES", "SIZES", "SIZE_BANDS",
-    "TEMPLATE_WORDS", "TEXTURES", "WORLD_VERSION", "SpuriousSpec", "ToyAttributes", "ToyWorld", "caption",
-    "class_prompts", "contact_sheet", "render", "render_batch", "sample_attributes", "vocabulary",
+    "ATTRIBUTE_WORDS",
+    "BACKGROUNDS",
+    "BACKGROUND_RGB",
+    "CAPTION_ATTRIBUTES",
+    "CENTER_BOX",
+    "COLORS",
+    "COLOR_RGB",
+    "DEFAULT_KEEP",
+    "DISTRACTORS",
+    "MARGIN",
+    "POSITIONS",
+    "POSITION_PHRASES",
+    "SHAPES",
+    "SIZES",
+    "SIZE_BANDS",
+    "TEMPLATE_WORDS",
+    "TEXTURES",
+    "WORLD_VERSION",
+    "SpuriousSpec",
+    "ToyAttributes",
+    "ToyWorld",
+    "caption",
+    "class_prompts",
+    "contact_sheet",
+    "render",
+    "render_batch",
+    "sample_attributes",
+    "vocabulary",
 ]

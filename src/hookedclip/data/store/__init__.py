@@ -19,19 +19,67 @@ ids (a single key, so the file bytes are deterministic).
 """
 
 from hookedclip.data.store.errors import CorruptShard, StoreError, StoreMismatch
-from hookedclip.data.store.files import (atomic_write, atomic_write_json, check_shard, moments_bytes,
-                                         moments_from_tensors, read_moments, remove_temporaries, sha256_file,
-                                         tensors_bytes)
-from hookedclip.data.store.manifest import (FORMAT, HEADER_KEYS, MANIFEST, MAX_COVARIANCE_BYTES, MOMENTS, RESUME_FIX,
-                                            ROW_KEYS, TargetSpec, check_header, dataset_fingerprint, model_fingerprint,
-                                            moments_kind, rank_log_name, shard_name, spec_dicts)
+from hookedclip.data.store.files import (
+    atomic_write,
+    atomic_write_json,
+    check_shard,
+    moments_bytes,
+    moments_from_tensors,
+    read_moments,
+    remove_temporaries,
+    sha256_file,
+    tensors_bytes,
+)
+from hookedclip.data.store.manifest import (
+    FORMAT,
+    HEADER_KEYS,
+    MANIFEST,
+    MAX_COVARIANCE_BYTES,
+    MOMENTS,
+    RESUME_FIX,
+    ROW_KEYS,
+    TargetSpec,
+    check_header,
+    dataset_fingerprint,
+    model_fingerprint,
+    moments_kind,
+    rank_log_name,
+    shard_name,
+    spec_dicts,
+)
 from hookedclip.data.store.reader import ActivationStore, StoreDataset
 from hookedclip.data.store.writer import RankWriter, finalize
 
 __all__ = [
-    "FORMAT", "HEADER_KEYS", "MANIFEST", "MAX_COVARIANCE_BYTES", "MOMENTS", "RESUME_FIX", "ROW_KEYS", "ActivationStore",
-    "CorruptShard", "RankWriter", "StoreDataset", "StoreError", "StoreMismatch", "TargetSpec", "atomic_write",
-    "atomic_write_json", "check_header", "check_shard", "dataset_fingerprint", "finalize", "model_fingerprint",
-    "moments_bytes", "moments_from_tensors", "moments_kind", "rank_log_name", "read_moments", "remove_temporaries",
-    "sha256_file", "shard_name", "spec_dicts", "tensors_bytes",
+    "FORMAT",
+    "HEADER_KEYS",
+    "MANIFEST",
+    "MAX_COVARIANCE_BYTES",
+    "MOMENTS",
+    "RESUME_FIX",
+    "ROW_KEYS",
+    "ActivationStore",
+    "CorruptShard",
+    "RankWriter",
+    "StoreDataset",
+    "StoreError",
+    "StoreMismatch",
+    "TargetSpec",
+    "atomic_write",
+    "atomic_write_json",
+    "check_header",
+    "check_shard",
+    "dataset_fingerprint",
+    "finalize",
+    "model_fingerprint",
+    "moments_bytes",
+    "moments_from_tensors",
+    "moments_kind",
+    "rank_log_name",
+    "read_moments",
+    "remove_temporaries",
+    "sha256_file",
+    "shard_name",
+    "spec_dicts",
+    "tensors_bytes",
 ]

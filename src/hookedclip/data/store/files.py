@@ -88,8 +88,11 @@ def check_shard(path: Path, entry: dict, full: bool = True) -> None:
         raise CorruptShard(f"shard {entry['file']} of the store at {path} is missing: {fix}")
     size = file.stat().st_size
     if size != entry["bytes"]:
-        raise CorruptShard(f"shard {entry['file']} of the store at {path} has {size} bytes, "
-                           f"the manifest says {entry['bytes']} (truncated?): {fix}")
+        raise CorruptShard(
+            f"shard {entry['file']} of the store at {path} has {size} bytes, "
+            f"the manifest says {entry['bytes']} (truncated?): {fix}"
+        )
     if full and sha256_file(file) != entry["sha256"]:
-        raise CorruptShard(f"shard {entry['file']} of the store at {path} does not match its sha256 "
-                           f"in the manifest (corrupted): {fix}")
+        raise CorruptShard(
+            f"shard {entry['file']} of the store at {path} does not match its sha256 in the manifest (corrupted): {fix}"
+        )

@@ -52,8 +52,9 @@ def moments_kind(shape: Sequence[int], requested: str = "auto") -> str:
 
 def model_fingerprint(model) -> ModelIdentity:
     """Deprecated: :func:`hookedclip.identity.model_identity`, which stores record."""
-    warnings.warn("model_fingerprint is deprecated; use hookedclip.identity.model_identity", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(
+        "model_fingerprint is deprecated; use hookedclip.identity.model_identity", DeprecationWarning, stacklevel=2
+    )
     return model_identity(model)
 
 
@@ -62,7 +63,10 @@ def dataset_fingerprint(dataset) -> dict:
     for a dataset without one, only its class name: such a store cannot tell two
     datasets of the same class and length apart)."""
     fp = getattr(dataset, "fingerprint", None)
-    return {"length": len(dataset), "fingerprint": fp() if callable(fp) else f"{type(dataset).__name__} (no fingerprint)"}
+    return {
+        "length": len(dataset),
+        "fingerprint": fp() if callable(fp) else f"{type(dataset).__name__} (no fingerprint)",
+    }
 
 
 def _describe_mismatch(key: str, stored, wanted) -> str:
@@ -81,15 +85,23 @@ HEADER_KEYS = ("format", "model", "dataset", "targets", "rows_per_shard", "world
 RESUME_FIX = "Use another output directory, or delete this one to start over."
 
 
-def check_header(path: Path, stored: dict, wanted: dict, keys: Sequence[str] = HEADER_KEYS, action: str = "resume",
-                 fix: str = RESUME_FIX) -> None:
+def check_header(
+    path: Path,
+    stored: dict,
+    wanted: dict,
+    keys: Sequence[str] = HEADER_KEYS,
+    action: str = "resume",
+    fix: str = RESUME_FIX,
+) -> None:
     """Refuse to ``action`` (resume, read) ``stored`` with a different ``wanted`` header,
     comparing ``keys`` and naming what differs."""
     for key in keys:
         same = stored.get(key) == wanted.get(key) or (key == "model" and same_model(stored.get(key), wanted.get(key)))
         if not same:
-            raise StoreMismatch(f"cannot {action} the store at {path}: "
-                                f"{_describe_mismatch(key, stored.get(key), wanted.get(key))}. {fix}")
+            raise StoreMismatch(
+                f"cannot {action} the store at {path}: "
+                f"{_describe_mismatch(key, stored.get(key), wanted.get(key))}. {fix}"
+            )
 
 
 def shard_name(rank: int, k: int) -> str:

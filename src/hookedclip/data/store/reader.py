@@ -34,14 +34,18 @@ class ActivationStore:
         manifest = self.path / MANIFEST
         if not manifest.exists():
             if list(self.path.glob("rank[0-9][0-9][0-9].json")):
-                raise StoreError(f"the store at {self.path} is incomplete (no {MANIFEST}; the extraction did not "
-                                 "finish): run the same extraction again to resume it")
+                raise StoreError(
+                    f"the store at {self.path} is incomplete (no {MANIFEST}; the extraction did not "
+                    "finish): run the same extraction again to resume it"
+                )
             raise FileNotFoundError(f"{manifest} not found: is {self.path} a store written by hookedclip.data.extract?")
         self.manifest = json.loads(manifest.read_text())
         if self.manifest.get("format") != FORMAT:
-            raise StoreError(f"{manifest} is format {self.manifest.get('format')!r}, this library reads {FORMAT!r} "
-                             "(stores before v2 recorded the model by a fingerprint this version no longer "
-                             "computes): extract the store again")
+            raise StoreError(
+                f"{manifest} is format {self.manifest.get('format')!r}, this library reads {FORMAT!r} "
+                "(stores before v2 recorded the model by a fingerprint this version no longer "
+                "computes): extract the store again"
+            )
         self.targets = {t["name"]: TargetSpec(**t) for t in self.manifest["targets"]}
         self.shards = self.manifest["shards"]
         self._verify = verify
@@ -55,8 +59,10 @@ class ActivationStore:
         self._handles: dict[int, object] = {}
 
     def __repr__(self) -> str:
-        return (f"ActivationStore({str(self.path)!r}, rows={len(self)}, shards={len(self.shards)}, "
-                f"targets={list(self.targets)})")
+        return (
+            f"ActivationStore({str(self.path)!r}, rows={len(self)}, shards={len(self.shards)}, "
+            f"targets={list(self.targets)})"
+        )
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -71,8 +77,13 @@ class ActivationStore:
         """Every stored tensor name: the targets, then ``index``, ``label``, ``group``."""
         return list(self.targets) + list(ROW_KEYS)
 
-    def check(self, model=None, dataset=None, targets: Sequence[str] | None = None,
-              text_embeddings: torch.Tensor | None = None) -> None:
+    def check(
+        self,
+        model=None,
+        dataset=None,
+        targets: Sequence[str] | None = None,
+        text_embeddings: torch.Tensor | None = None,
+    ) -> None:
         """Raise :class:`StoreMismatch`, naming the difference, unless the store was extracted
         from ``model`` (same config and weights), from ``dataset`` and holds ``targets``
         (names); ``None`` skips that check. Hashing a model's weights reads all of them.
@@ -83,17 +94,27 @@ class ActivationStore:
             wanted["model"] = model_identity(model)
         if dataset is not None:
             wanted["dataset"] = dataset_fingerprint(dataset)
-        check_header(self.path, self.manifest, wanted, keys=list(wanted), action="read",
-                     fix="Pass the model and dataset it was extracted from, or extract a store for these.")
+        check_header(
+            self.path,
+            self.manifest,
+            wanted,
+            keys=list(wanted),
+            action="read",
+            fix="Pass the model and dataset it was extracted from, or extract a store for these.",
+        )
         missing = [t for t in targets or [] if t not in self.targets]
         if missing:
-            raise StoreMismatch(f"the store at {self.path} holds no target {', '.join(map(repr, missing))} "
-                                f"(it holds {list(self.targets)}): extract them with --targets")
+            raise StoreMismatch(
+                f"the store at {self.path} holds no target {', '.join(map(repr, missing))} "
+                f"(it holds {list(self.targets)}): extract them with --targets"
+            )
         for target in targets or []:
             d = self.targets[target].shape[-1]
             if text_embeddings is not None and text_embeddings.shape[-1] != d:
-                raise ValueError(f"the text embeddings have dimension {text_embeddings.shape[-1]}, the store's "
-                                 f"{target!r} rows {d}: embed the texts with the model the store was extracted from")
+                raise ValueError(
+                    f"the text embeddings have dimension {text_embeddings.shape[-1]}, the store's "
+                    f"{target!r} rows {d}: embed the texts with the model the store was extracted from"
+                )
 
     @property
     def skipped(self) -> list[dict]:
@@ -131,7 +152,7 @@ class ActivationStore:
             return [i for j in range(len(self.shards)) for i in self.ids(j)]
         return json.loads(self._handle(k).metadata()["ids"])
 
-    def rows(self, key: str, start: int = 0, stop: int | None = None) -> Shaped[Tensor, "rows *shape"]:
+    def rows(self, key: str, start: int = 0, stop: int | None = None) -> Shaped[Tensor, "rows *shape"]:  # noqa: F821 (a jaxtyping shape)
         """Rows ``[start, stop)`` of one key, reading only the shards (and rows) involved."""
         self._check_key(key)
         stop = len(self) if stop is None else min(stop, len(self))
@@ -169,7 +190,7 @@ class ActivationStore:
             if opened:
                 self._handles.pop(k, None)
 
-    def dataset(self, keys: Sequence[str] | None = None) -> "StoreDataset":
+    def dataset(self, keys: Sequence[str] | None = None) -> StoreDataset:
         """A ``torch.utils.data.Dataset`` of rows (dicts of tensors)."""
         return StoreDataset(self, list(self.keys if keys is None else keys))
 

@@ -10,8 +10,15 @@ from torch import Tensor
 
 from hookedclip.data.stats import RunningMoments
 from hookedclip.data.store.errors import StoreError
-from hookedclip.data.store.files import (atomic_write, atomic_write_json, check_shard, moments_bytes, read_moments,
-                                         remove_temporaries, tensors_bytes)
+from hookedclip.data.store.files import (
+    atomic_write,
+    atomic_write_json,
+    check_shard,
+    moments_bytes,
+    read_moments,
+    remove_temporaries,
+    tensors_bytes,
+)
 from hookedclip.data.store.manifest import MANIFEST, MOMENTS, check_header, rank_log_name, shard_name
 
 
@@ -56,8 +63,15 @@ class RankWriter:
         name = self.log["moments"]
         return None if name is None else read_moments(self.path / name)
 
-    def commit(self, start: int, stop: int, rows: dict[str, Tensor], ids: list[str],
-               skipped: list[dict], moments: dict[str, RunningMoments]) -> None:
+    def commit(
+        self,
+        start: int,
+        stop: int,
+        rows: dict[str, Tensor],
+        ids: list[str],
+        skipped: list[dict],
+        moments: dict[str, RunningMoments],
+    ) -> None:
         """Write shard ``n_done`` (dataset indices ``[start, stop)``), then the moments
         after it, then the log entry that makes both count."""
         k = self.n_done
@@ -65,8 +79,16 @@ class RankWriter:
         data = tensors_bytes(rows, metadata={"ids": json.dumps(ids)})
         atomic_write(self.path / name, data)
         n_rows = int(rows["index"].shape[0])
-        entry = {"file": name, "rank": self.rank, "shard": k, "start": start, "stop": stop, "rows": n_rows,
-                 "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        entry = {
+            "file": name,
+            "rank": self.rank,
+            "shard": k,
+            "start": start,
+            "stop": stop,
+            "rows": n_rows,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
         old = self.log["moments"]
         new = f"rank{self.rank:03d}-moments{k % 2}.safetensors"  # alternate: the committed one stays intact
         atomic_write(self.path / new, moments_bytes(moments))
@@ -112,8 +134,14 @@ def finalize(path: str | Path) -> Path:
     atomic_write(path / MOMENTS, data)
     shards = [s for log in logs for s in log["shards"]]
     skipped = [s for log in logs for s in log["skipped"]]
-    manifest = {**header, "shards": shards, "n_rows": sum(s["rows"] for s in shards),
-                "skipped": skipped, "n_skipped": len(skipped),
-                "moments": MOMENTS, "moments_sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {
+        **header,
+        "shards": shards,
+        "n_rows": sum(s["rows"] for s in shards),
+        "skipped": skipped,
+        "n_skipped": len(skipped),
+        "moments": MOMENTS,
+        "moments_sha256": hashlib.sha256(data).hexdigest(),
+    }
     atomic_write_json(path / MANIFEST, manifest)
     return path / MANIFEST

@@ -34,8 +34,8 @@ from hookedclip._compat import renamed_arguments
 from hookedclip.data.batches import iter_images, iter_labelled
 from hookedclip.decompose import ComponentStack, decompose_image
 from hookedclip.identity import ModelIdentity
-from hookedclip.methods.pclens.result import PCLensResult
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
+from hookedclip.methods.pclens.result import PCLensResult
 from hookedclip.methods.pclens.selection import PCSelection, selection_embeddings
 from hookedclip.plotting import colormap, finish_figure, new_figure
 from hookedclip.results import Result
@@ -99,16 +99,24 @@ class DebiasSweep(Result):
     HEADER = ["k_per_concept", "pcs_removed", "average", "worst_group"]
 
     def rows(self) -> list[list]:
-        return [[p.k, p.n_removed, p.average, p.worst_group] + [p.groups[g] for g in self.group_names]
-                + [int(p is self.chosen)] for p in self.points]
+        return [
+            [p.k, p.n_removed, p.average, p.worst_group]
+            + [p.groups[g] for g in self.group_names]
+            + [int(p is self.chosen)]
+            for p in self.points
+        ]
 
     # ---- the Result protocol (``to_csv``: one row per ``K``, fractions, ``chosen`` 1 for the pick)
     def _table(self) -> tuple[list[str], list[list]]:
         return self.HEADER + self.group_names + ["chosen"], self.rows()
 
     def _repr_sizes(self) -> dict:
-        return {"concepts": len(self.concepts), "points": len(self.points), "groups": len(self.group_names),
-                "chosen_k": self.chosen.k}
+        return {
+            "concepts": len(self.concepts),
+            "points": len(self.points),
+            "groups": len(self.group_names),
+            "chosen_k": self.chosen.k,
+        }
 
     def _state(self) -> tuple[dict, dict]:
         tensors, fields = super()._state()
@@ -129,16 +137,37 @@ class DebiasSweep(Result):
         ks = [p.k for p in self.points]
         fig, ax = new_figure(6.8, 3.8)
         for i, g in enumerate(self.group_names):
-            ax.plot(ks, [100 * p.groups[g] for p in self.points], color=colormap("Dark2")(i % 8), linewidth=1.3,
-                    alpha=0.9, marker=".", markersize=5, label=g)
-        bold = {"worst group": ("#C44E52", [p.worst_group for p in self.points]),
-                "average": ("#1f3b73", [p.average for p in self.points])}
+            ax.plot(
+                ks,
+                [100 * p.groups[g] for p in self.points],
+                color=colormap("Dark2")(i % 8),
+                linewidth=1.3,
+                alpha=0.9,
+                marker=".",
+                markersize=5,
+                label=g,
+            )
+        bold = {
+            "worst group": ("#C44E52", [p.worst_group for p in self.points]),
+            "average": ("#1f3b73", [p.average for p in self.points]),
+        }
         for name, (colour, values) in bold.items():
             ax.plot(ks, [100 * v for v in values], color=colour, linewidth=2.6, marker="o", markersize=5, label=name)
-            ax.axhline(100 * values[0], color=colour, linestyle="--", linewidth=1, alpha=0.8,
-                       label=f"{name}, original: {100 * values[0]:.1f}%")
-        ax.axvline(self.chosen.k, color="black", linestyle=":", linewidth=1.5,
-                   label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)")
+            ax.axhline(
+                100 * values[0],
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                alpha=0.8,
+                label=f"{name}, original: {100 * values[0]:.1f}%",
+            )
+        ax.axvline(
+            self.chosen.k,
+            color="black",
+            linestyle=":",
+            linewidth=1.5,
+            label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)",
+        )
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xticks(ks, [str(k) for k in ks], fontsize=8)
         ax.minorticks_off()
@@ -154,19 +183,27 @@ class DebiasSweep(Result):
     def summary(self) -> str:
         """A few lines: the baseline, the picked point and the rule."""
         b, c = self.baseline, self.chosen
-        lines = [f"spurious concepts: {'; '.join(self.concepts)} ({self.n_images} images, "
-                 f"{len(self.points) - 1} values of K)",
-                 f"model:            {self.model or 'not recorded'}",
-                 f"original model:   average {100 * b.average:.1f}%, worst group {100 * b.worst_group:.1f}%"]
+        lines = [
+            f"spurious concepts: {'; '.join(self.concepts)} ({self.n_images} images, "
+            f"{len(self.points) - 1} values of K)",
+            f"model:            {self.model or 'not recorded'}",
+            f"original model:   average {100 * b.average:.1f}%, worst group {100 * b.worst_group:.1f}%",
+        ]
         if c is b:
-            lines.append(f"no K raised the worst group with average above original - {100 * self.margin:.1f} points: "
-                         "keep the model")
+            lines.append(
+                f"no K raised the worst group with average above original - {100 * self.margin:.1f} points: "
+                "keep the model"
+            )
         else:
-            lines.append(f"picked K={c.k} ({c.n_removed} PCs removed): average {100 * c.average:.1f}%, worst group "
-                         f"{100 * c.worst_group:.1f}% ({100 * (c.worst_group - b.worst_group):+.1f} points)")
+            lines.append(
+                f"picked K={c.k} ({c.n_removed} PCs removed): average {100 * c.average:.1f}%, worst group "
+                f"{100 * c.worst_group:.1f}% ({100 * (c.worst_group - b.worst_group):+.1f} points)"
+            )
         lines.append("  " + ", ".join(f"{g} {100 * c.groups[g]:.1f}%" for g in self.group_names))
-        lines.append(f"rule: best worst-group accuracy above the original's, with average > original - "
-                     f"{100 * self.margin:.1f} points; ties to fewer PCs")
+        lines.append(
+            f"rule: best worst-group accuracy above the original's, with average > original - "
+            f"{100 * self.margin:.1f} points; ties to fewer PCs"
+        )
         return "\n".join(lines)
 
 
@@ -184,13 +221,22 @@ def decompose_batches(model, result: PCLensResult, batches) -> list[ComponentSta
     stacks = []
     for images in iter_images(batches, model):
         stack = decompose_image(model, images, components=heads)
-        stacks.append(ComponentStack(stack.tensor.cpu(), stack.labels, stack.bias.cpu(), stack.components,
-                                     stack.scale.cpu(), model=stack.model))
+        stacks.append(
+            ComponentStack(
+                stack.tensor.cpu(),
+                stack.labels,
+                stack.bias.cpu(),
+                stack.components,
+                stack.scale.cpu(),
+                model=stack.model,
+            )
+        )
     return stacks
 
 
-def _decomposed_with_targets(model, result: PCLensResult, batches, labels, groups
-                             ) -> tuple[list[ComponentStack], Tensor, Tensor]:
+def _decomposed_with_targets(
+    model, result: PCLensResult, batches, labels, groups
+) -> tuple[list[ComponentStack], Tensor, Tensor]:
     """The decomposed batches with the labels and groups of every image, taken from
     ``(images, labels, groups)`` batches or given alongside image batches."""
     if (labels is None) != (groups is None):
@@ -203,8 +249,10 @@ def _decomposed_with_targets(model, result: PCLensResult, batches, labels, group
     def images():
         for batch in iter_labelled(batches):
             if batch.groups is None:
-                raise TypeError("debias_sweep needs each image's group: batches of (images, labels, groups), "
-                                "or labels= and groups= beside image batches")
+                raise TypeError(
+                    "debias_sweep needs each image's group: batches of (images, labels, groups), "
+                    "or labels= and groups= beside image batches"
+                )
             seen.append((batch.labels, batch.groups))
             yield batch.images
 
@@ -215,8 +263,9 @@ def _decomposed_with_targets(model, result: PCLensResult, batches, labels, group
     return stacks, labels, groups
 
 
-def removal_embeddings(stacks: Sequence[ComponentStack], result: PCLensResult, pcs: Sequence[tuple[str, int]]
-                       ) -> Float[Tensor, "n d"]:
+def removal_embeddings(
+    stacks: Sequence[ComponentStack], result: PCLensResult, pcs: Sequence[tuple[str, int]]
+) -> Float[Tensor, "n d"]:
     """Unit-scale embeddings ``[N, d']`` with ``pcs`` removed from every analysed head (the
     closed form of :func:`~hookedclip.methods.pclens.selection.remove`)."""
     sel = PCSelection.indicator(result, pcs, value=0.0, default=1.0)  # 0 on the PCs, 1 elsewhere, all heads
@@ -224,22 +273,25 @@ def removal_embeddings(stacks: Sequence[ComponentStack], result: PCLensResult, p
 
 
 def _top(r: QueryResult, k: int) -> QueryResult:
-    out = QueryResult(r.query, r.entries[:k], r.max_score, r.entries[min(k, len(r.entries)) - 1].cumulative_cos,
-                      model=r.model)
+    out = QueryResult(
+        r.query, r.entries[:k], r.max_score, r.entries[min(k, len(r.entries)) - 1].cumulative_cos, model=r.model
+    )
     out._k = r._k
     return out
 
 
-def concept_rankings(result: PCLensResult, model, concepts: Sequence[str], top_k: int, approx: float = 1.1
-                     ) -> list[QueryResult]:
+def concept_rankings(
+    result: PCLensResult, model, concepts: Sequence[str], top_k: int, approx: float = 1.1
+) -> list[QueryResult]:
     """Each concept's ranked PCs (up to ``top_k``); ``approx > 1`` never stops early, so a
     concept always gets ``top_k`` PCs (the reference's Waterbirds setting)."""
     qs = QuerySystem(result, model)
     return [qs.query_text(c, top_k=top_k, approx=approx) for c in concepts]
 
 
-def _point(k: int, pcs: list, embeddings: Tensor, classifier, labels: Tensor, groups: Tensor,
-           names: Sequence[str]) -> SweepPoint:
+def _point(
+    k: int, pcs: list, embeddings: Tensor, classifier, labels: Tensor, groups: Tensor, names: Sequence[str]
+) -> SweepPoint:
     pred = classifier.predict(embeddings.float()).cpu()
     per_group = group_accuracies(pred, labels, groups)
     by_name = {names[g]: acc for g, acc in sorted(per_group.items())}
@@ -296,8 +348,15 @@ def debias_sweep(
     for k in ks:
         pcs = union([_top(r, k) for r in rankings]).pcs
         points.append(_point(k, pcs, removal_embeddings(stacks, result, pcs), classifier, labels, groups, names))
-    return DebiasSweep(list(concepts), names, points, margin, DebiasSweep.pick(points, margin), int(labels.shape[0]),
-                       model=result.model)
+    return DebiasSweep(
+        list(concepts),
+        names,
+        points,
+        margin,
+        DebiasSweep.pick(points, margin),
+        int(labels.shape[0]),
+        model=result.model,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -345,8 +404,9 @@ def toy_task(model, n: int = 1000, seed: int = 12345, spec=None) -> SpuriousTask
     from hookedclip.zeroshot import ZeroShotClassifier
 
     spec = spec or SpuriousSpec()
-    world = ToyWorld(n, seed=seed, split="test", spurious=spec, group_balanced=True,
-                     image_size=model.cfg.vision.image_size)
+    world = ToyWorld(
+        n, seed=seed, split="test", spurious=spec, group_balanced=True, image_size=model.cfg.vision.image_size
+    )
     images = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     groups = torch.from_numpy(world.groups())
     prompts = class_prompts("shape")
@@ -357,8 +417,9 @@ def toy_task(model, n: int = 1000, seed: int = 12345, spec=None) -> SpuriousTask
 WATERBIRDS_CONCEPTS: tuple[str, ...] = ("water background", "land background")  # the reference's Waterbirds runs
 
 
-def waterbirds_task(model, root: str | Path, split: str = "test", limit: int | None = None,
-                    templates: str = "openai") -> SpuriousTask:
+def waterbirds_task(
+    model, root: str | Path, split: str = "test", limit: int | None = None, templates: str = "openai"
+) -> SpuriousTask:
     """Waterbirds ``split`` through ``model.preprocess``, classified landbird vs waterbird with
     open_clip's ImageNet ``templates`` (the reference uses the 80 OpenAI templates)."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
@@ -376,10 +437,27 @@ def waterbirds_task(model, root: str | Path, split: str = "test", limit: int | N
         labels, groups = data.labels, data.groups
     chosen = OPENAI_IMAGENET_TEMPLATES if templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
     classifier = ZeroShotClassifier.from_classnames(model, ["landbird", "waterbird"], chosen)
-    return SpuriousTask(data, torch.from_numpy(labels), torch.from_numpy(groups), Waterbirds.group_names(), classifier,
-                        list(WATERBIRDS_CONCEPTS))
+    return SpuriousTask(
+        data,
+        torch.from_numpy(labels),
+        torch.from_numpy(groups),
+        Waterbirds.group_names(),
+        classifier,
+        list(WATERBIRDS_CONCEPTS),
+    )
 
 
-__all__ = ["SweepPoint", "DebiasSweep", "debias_sweep", "decompose_batches", "removal_embeddings",
-           "concept_rankings", "DEFAULT_KS", "SpuriousTask", "toy_concepts", "toy_task", "waterbirds_task",
-           "WATERBIRDS_CONCEPTS"]
+__all__ = [
+    "SweepPoint",
+    "DebiasSweep",
+    "debias_sweep",
+    "decompose_batches",
+    "removal_embeddings",
+    "concept_rankings",
+    "DEFAULT_KS",
+    "SpuriousTask",
+    "toy_concepts",
+    "toy_task",
+    "waterbirds_task",
+    "WATERBIRDS_CONCEPTS",
+]

@@ -19,8 +19,7 @@ from hookedclip._compat import renamed_arguments
 from hookedclip.components import ALL_HEADS, select
 from hookedclip.data.stats import RunningMoments
 from hookedclip.identity import ModelIdentity, model_identity
-from hookedclip.methods._common import (head_moments, store_embedding_moments, store_heads, store_moments,
-                                        text_pool)
+from hookedclip.methods._common import head_moments, store_embedding_moments, store_heads, store_moments, text_pool
 from hookedclip.methods.pclens.pca import Energy, Sign, pca_from_moments
 from hookedclip.methods.pclens.result import PCLensResult
 
@@ -59,8 +58,9 @@ def fit_from_moments(
         raise ValueError("give both text_embeddings and texts, or neither")
     opts = dict(threshold=threshold, energy=energy, sign=sign)
     heads = {label: pca_from_moments(m, label, max_pcs=max_pcs, **opts) for label, m in moments.items()}
-    embedding = None if embedding_moments is None else pca_from_moments(embedding_moments, "embedding",
-                                                                        max_pcs=None, **opts)
+    embedding = (
+        None if embedding_moments is None else pca_from_moments(embedding_moments, "embedding", max_pcs=None, **opts)
+    )
     settings = dict(max_pcs=max_pcs, **opts)
     image_mean = None if embedding_moments is None else embedding_moments.mean.to(torch.float64)
     result = PCLensResult(heads, model_id, embedding, image_mean=image_mean, settings=settings)
@@ -115,9 +115,16 @@ def fit(
 
 
 @renamed_arguments(heads="components")
-def fit_from_store(store, components=ALL_HEADS, target: str = "heads", embedding: str | None = "embedding",
-                   model=None, texts: Sequence[str] | None = None, text_embeddings: Float[Tensor, "m d"] | None = None,
-                   **options) -> PCLensResult:
+def fit_from_store(
+    store,
+    components=ALL_HEADS,
+    target: str = "heads",
+    embedding: str | None = "embedding",
+    model=None,
+    texts: Sequence[str] | None = None,
+    text_embeddings: Float[Tensor, "m d"] | None = None,
+    **options,
+) -> PCLensResult:
     """PCLens from an :class:`~hookedclip.data.store.ActivationStore` written by ``extract`` (or
     ``hookedclip cache``) with a decomposition ``target`` (``heads``) and, optionally, the raw
     ``embedding``. ``components``: the heads to analyse (default every head the store holds;
@@ -143,16 +150,20 @@ def fit_from_store(store, components=ALL_HEADS, target: str = "heads", embedding
 @renamed_arguments(last_layers=("components", lambda n: f"L-{n}-"))
 def analysed_heads(model, components=ALL_HEADS) -> list[str]:
     """Deprecated: ``[str(c) for c in components.select(model, components, heads_only=True)]``."""
-    warnings.warn("pclens.analysed_heads is deprecated; use hookedclip.components.select(model, components, "
-                  "heads_only=True)", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "pclens.analysed_heads is deprecated; use hookedclip.components.select(model, components, heads_only=True)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return [str(c) for c in select(model, components, heads_only=True)]
 
 
 @renamed_arguments(heads="components")
 def stream_moments(model, batches, components=ALL_HEADS) -> tuple[dict[str, RunningMoments], RunningMoments]:
     """Deprecated: use :func:`hookedclip.methods.head_moments` (the same)."""
-    warnings.warn("pclens.stream_moments is deprecated; use hookedclip.methods.head_moments",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "pclens.stream_moments is deprecated; use hookedclip.methods.head_moments", DeprecationWarning, stacklevel=2
+    )
     return head_moments(model, batches, components)
 
 
@@ -162,5 +173,12 @@ def store_identity(store) -> ModelIdentity:
     return store.model
 
 
-__all__ = ["fit_from_moments", "fit_from_contributions", "fit", "fit_from_store", "analysed_heads",
-           "stream_moments", "store_identity"]
+__all__ = [
+    "fit_from_moments",
+    "fit_from_contributions",
+    "fit",
+    "fit_from_store",
+    "analysed_heads",
+    "stream_moments",
+    "store_identity",
+]

@@ -45,6 +45,7 @@ class PCLabel:
 
     def cells(self, n: int | None = None, coefficients: bool = True) -> tuple[str, str]:
         """The two sides as table cells in display order, e.g. ``"− striped (−0.41); ..."``."""
+
         def cell(sign: str, items: list[tuple[str, float]]) -> str:
             texts = "; ".join(f"{t} ({c:+.2f})" if coefficients else t for t, c in items)
             return f"{sign} {texts}" if items else ""
@@ -77,8 +78,16 @@ class HeadPCA(Result):
     """
 
     _kind = "headpca"
-    _tensor_fields = ("mean", "components", "singular_values", "projector", "pos_idx", "pos_coef", "neg_idx",
-                      "neg_coef")
+    _tensor_fields = (
+        "mean",
+        "components",
+        "singular_values",
+        "projector",
+        "pos_idx",
+        "pos_coef",
+        "neg_idx",
+        "neg_coef",
+    )
     _json_fields = ("label", "n", "total_singular", "texts")
     _HEADER = ("pc", "singular_value", "strength_rel", "texts (stronger side)", "texts (other side)")
 
@@ -114,8 +123,13 @@ class HeadPCA(Result):
         return header, rows
 
     def _repr_sizes(self) -> dict:
-        return {"label": repr(self.label), "k": self.k, "d": self.mean.shape[-1], "n": self.n,
-                "labelled": self.pos_idx is not None}
+        return {
+            "label": repr(self.label),
+            "k": self.k,
+            "d": self.mean.shape[-1],
+            "n": self.n,
+            "labelled": self.pos_idx is not None,
+        }
 
     def plot(self, path: str | Path | None = None, title: str | None = None):
         """Relative strength ``100 S_i² / Σ_j S_j²`` of each retained PC (a ``Figure``; written to
@@ -150,8 +164,9 @@ class HeadPCA(Result):
         v = self.components.to(x)
         return (x - self.mean.to(x)) @ v.T
 
-    def reconstruct(self, x: Float[Tensor, "... d"], weights: Float[Tensor, " k"] | None = None,
-                    mean_share: float = 1.0) -> Float[Tensor, "... d"]:
+    def reconstruct(
+        self, x: Float[Tensor, "... d"], weights: Float[Tensor, " k"] | None = None, mean_share: float = 1.0
+    ) -> Float[Tensor, "... d"]:
         """``φ' = μ' + [((x − μ') V_kᵀ) ⊙ w] Π V_k`` with ``μ' = mean_share · μ``: the head's
         contribution rebuilt from weighted PC coordinates (what every PCLens intervention applies).
 
@@ -179,22 +194,29 @@ class HeadPCA(Result):
         if not 0 <= i < self.k:
             raise IndexError(f"{self.label} has {self.k} retained PCs (0..{self.k - 1}); there is no PC {i}")
 
-    def flip(self, i: int) -> "HeadPCA":
+    def flip(self, i: int) -> HeadPCA:
         """A copy with ``v_i ← −v_i``: positive and negative texts swap, coefficients negate.
         ``Π`` is rebuilt by the caller only if it was text-derived (see
         :func:`hookedclip.methods.pclens.label_pcs`)."""
         sign = torch.ones(self.k, dtype=self.components.dtype, device=self.components.device)
         sign[i] = -1
-        out = HeadPCA(self.label, self.mean, self.components * sign[:, None], self.singular_values,
-                      sign[:, None] * self.projector * sign[None, :], self.n, self.total_singular, texts=self.texts,
-                      model=self.model)
+        out = HeadPCA(
+            self.label,
+            self.mean,
+            self.components * sign[:, None],
+            self.singular_values,
+            sign[:, None] * self.projector * sign[None, :],
+            self.n,
+            self.total_singular,
+            texts=self.texts,
+            model=self.model,
+        )
         if self.pos_idx is not None:
             pi, pc, ni, nc = (t.clone() for t in (self.pos_idx, self.pos_coef, self.neg_idx, self.neg_coef))
             pi[i], ni[i] = self.neg_idx[i], self.pos_idx[i]
             pc[i], nc[i] = -self.neg_coef[i], -self.pos_coef[i]
             out.pos_idx, out.pos_coef, out.neg_idx, out.neg_coef = pi, pc, ni, nc
         return out
-
 
 
 __all__ = ["PCLabel", "HeadPCA"]

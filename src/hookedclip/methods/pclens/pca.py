@@ -46,8 +46,9 @@ _EIG_RTOL = 10.0
 # --------------------------------------------------------------------------------------
 
 
-def choose_rank(singular_values: Float[Tensor, " r"], threshold: float = 0.99, max_pcs: int | None = 80,
-                energy: Energy = "singular") -> int:
+def choose_rank(
+    singular_values: Float[Tensor, " r"], threshold: float = 0.99, max_pcs: int | None = 80, energy: Energy = "singular"
+) -> int:
     """The smallest ``k`` with ``cumsum(e)_k / Σe ≥ threshold``, clipped to ``[1, max_pcs]``;
     ``e = S`` (``"singular"``, the reference implementation's rule) or ``S²`` (``"variance"``, the
     textbook share of variance). ``0`` when every singular value is zero (a constant head has no PC)."""
@@ -73,8 +74,17 @@ def _canonical_signs(v: Tensor) -> Tensor:
     return v * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
-def _finish(label: str, mean: Tensor, vh: Tensor, s: Tensor, n: int, threshold: float, max_pcs: int | None,
-            energy: Energy, sign: Sign) -> HeadPCA:
+def _finish(
+    label: str,
+    mean: Tensor,
+    vh: Tensor,
+    s: Tensor,
+    n: int,
+    threshold: float,
+    max_pcs: int | None,
+    energy: Energy,
+    sign: Sign,
+) -> HeadPCA:
     if sign not in ("canonical", "raw"):
         raise ValueError(f"sign must be 'canonical' or 'raw', got {sign!r}")
     k = choose_rank(s, threshold, max_pcs, energy)
@@ -85,8 +95,14 @@ def _finish(label: str, mean: Tensor, vh: Tensor, s: Tensor, n: int, threshold: 
     return HeadPCA(label, mean, v.contiguous(), s[:k].clone(), eye, n, float(s.sum()))
 
 
-def pca_from_data(x: Float[Tensor, "n d"], label: str = "head", threshold: float = 0.99,
-                  max_pcs: int | None = 80, energy: Energy = "singular", sign: Sign = "canonical") -> HeadPCA:
+def pca_from_data(
+    x: Float[Tensor, "n d"],
+    label: str = "head",
+    threshold: float = 0.99,
+    max_pcs: int | None = 80,
+    energy: Energy = "singular",
+    sign: Sign = "canonical",
+) -> HeadPCA:
     """PCA of one head's contributions ``X [N, d']`` by the thin SVD of ``X − μ`` (steps 1-4 of
     the module docstring), in float64. ``Π = I`` until texts are attached with :func:`label_pcs`."""
     if x.ndim != 2:
@@ -99,16 +115,23 @@ def pca_from_data(x: Float[Tensor, "n d"], label: str = "head", threshold: float
     return _finish(label, mean, vh, s, x.shape[0], threshold, max_pcs, energy, sign)
 
 
-def pca_from_moments(moments: RunningMoments, label: str = "head", threshold: float = 0.99,
-                     max_pcs: int | None = 80, energy: Energy = "singular", sign: Sign = "canonical") -> HeadPCA:
+def pca_from_moments(
+    moments: RunningMoments,
+    label: str = "head",
+    threshold: float = 0.99,
+    max_pcs: int | None = 80,
+    energy: Energy = "singular",
+    sign: Sign = "canonical",
+) -> HeadPCA:
     """PCA from streaming statistics of one head (``mean [d']``, scatter ``M2 [d', d']``):
     since ``M2 = X_cᵀ X_c``, ``eigh(M2)`` gives ``S²`` and ``V`` of the centred data matrix.
     Eigenvalues below ``10 · d' · eps · λ_max`` are round-off and count as zero."""
     if moments.m2 is None:
         raise ValueError(f"{label}: the moments were accumulated without covariance")
     if moments.mean.ndim != 1:
-        raise ValueError(f"{label}: expected the moments of one head (mean [d']), got mean of shape "
-                         f"{tuple(moments.mean.shape)}")
+        raise ValueError(
+            f"{label}: expected the moments of one head (mean [d']), got mean of shape {tuple(moments.mean.shape)}"
+        )
     if moments.n < 2:
         raise ValueError(f"{label}: PCA needs at least 2 rows, got {moments.n}")
     m2 = moments.m2.to(torch.float64)
@@ -124,15 +147,18 @@ def pca_from_moments(moments: RunningMoments, label: str = "head", threshold: fl
 # --------------------------------------------------------------------------------------
 
 
-def text_coordinates(pca: HeadPCA, text_embeddings: Float[Tensor, "m d"], center_texts: bool = True
-                     ) -> Float[Tensor, "m k"]:
+def text_coordinates(
+    pca: HeadPCA, text_embeddings: Float[Tensor, "m d"], center_texts: bool = True
+) -> Float[Tensor, "m k"]:
     """``A = R̃ V_kᵀ``: cosines between the texts and the PCs (step 5 of the module docstring).
     ``R̃`` is the pool centred by its mean (``center_texts``, as the reference does today; False:
     its earlier version), then each row L2-normalised."""
     d = pca.mean.shape[0]
     if text_embeddings.ndim != 2 or text_embeddings.shape[1] != d:
-        raise ValueError(f"text embeddings have shape {tuple(text_embeddings.shape)} but {pca.label}'s PCs live in "
-                         f"d'={d}: embed the vocabulary with the same model ([m, {d}])")
+        raise ValueError(
+            f"text embeddings have shape {tuple(text_embeddings.shape)} but {pca.label}'s PCs live in "
+            f"d'={d}: embed the vocabulary with the same model ([m, {d}])"
+        )
     r = text_embeddings.to(torch.float64).to(pca.components.device)
     if center_texts:
         r = r - r.mean(0, keepdim=True)
@@ -152,8 +178,14 @@ def projector(p_t: Float[Tensor, "k k"]) -> Float[Tensor, "k k"]:
     return w.T @ w
 
 
-def label_pcs(pca: HeadPCA, text_embeddings: Float[Tensor, "m d"], texts: Sequence[str], n_texts: int = 5,
-              center_texts: bool = True, use_projector: bool = True) -> HeadPCA:
+def label_pcs(
+    pca: HeadPCA,
+    text_embeddings: Float[Tensor, "m d"],
+    texts: Sequence[str],
+    n_texts: int = 5,
+    center_texts: bool = True,
+    use_projector: bool = True,
+) -> HeadPCA:
     """Attach text labels to ``pca`` in place and build ``Π`` from each PC's best text (steps 5
     and 6 of the module docstring). ``use_projector=False`` keeps ``Π = I`` (plain PCA
     reconstruction)."""
@@ -186,8 +218,9 @@ def image_scores(pca: HeadPCA, embeddings: Float[Tensor, "n d"]) -> Float[Tensor
     return e @ pca.components.to(e).T
 
 
-def top_images(pca: HeadPCA, i: int, embeddings: Float[Tensor, "n d"], n: int = 20
-               ) -> tuple[Int[Tensor, " n_top"], Int[Tensor, " n_top"]]:
+def top_images(
+    pca: HeadPCA, i: int, embeddings: Float[Tensor, "n d"], n: int = 20
+) -> tuple[Int[Tensor, " n_top"], Int[Tensor, " n_top"]]:
     """Indices of the ``n`` highest- and ``n`` lowest-scoring images for PC ``i`` (best first)."""
     pca._check_pc(i)
     scores = image_scores(pca, embeddings)[:, i]
@@ -195,5 +228,15 @@ def top_images(pca: HeadPCA, i: int, embeddings: Float[Tensor, "n d"], n: int = 
     return scores.topk(n).indices, (-scores).topk(n).indices
 
 
-__all__ = ["Energy", "Sign", "choose_rank", "pca_from_data", "pca_from_moments", "text_coordinates", "projector",
-           "label_pcs", "image_scores", "top_images"]
+__all__ = [
+    "Energy",
+    "Sign",
+    "choose_rank",
+    "pca_from_data",
+    "pca_from_moments",
+    "text_coordinates",
+    "projector",
+    "label_pcs",
+    "image_scores",
+    "top_images",
+]

@@ -58,7 +58,7 @@ class QueryResult(Result):
     entries: list[QueryEntry]
     max_score: float
     reached: float  # cos(r_K, q_c) of the chosen PCs (NaN for a union)
-    concepts: list["QueryResult"] = field(default_factory=list)
+    concepts: list[QueryResult] = field(default_factory=list)
 
     @property
     def fraction(self) -> float:
@@ -87,14 +87,20 @@ class QueryResult(Result):
 
     def _header(self) -> str:
         if self.concepts:
-            return (f"{self.query}: {len(self.entries)} PCs (union of {len(self.concepts)} concepts), "
-                    f"{len(self.heads_used)} heads")
-        return (f"{self.query}: {len(self.entries)} PCs, max score {self.max_score:.3f}, reached "
-                f"{100 * self.fraction:.1f}%, {len(self.heads_used)} heads")
+            return (
+                f"{self.query}: {len(self.entries)} PCs (union of {len(self.concepts)} concepts), "
+                f"{len(self.heads_used)} heads"
+            )
+        return (
+            f"{self.query}: {len(self.entries)} PCs, max score {self.max_score:.3f}, reached "
+            f"{100 * self.fraction:.1f}%, {len(self.heads_used)} heads"
+        )
 
     def rows(self) -> list[list[str]]:
-        return [[str(r + 1), e.head, str(e.pc), f"{e.coefficient:+.3f}", f"{e.cumulative_cos:.3f}", e.first,
-                 e.second] for r, e in enumerate(self.entries)]
+        return [
+            [str(r + 1), e.head, str(e.pc), f"{e.coefficient:+.3f}", f"{e.cumulative_cos:.3f}", e.first, e.second]
+            for r, e in enumerate(self.entries)
+        ]
 
     HEADER = ["rank", "head", "PC", "a", "cos(r_K, q)", "texts (stronger side)", "texts (other side)"]
 
@@ -103,8 +109,10 @@ class QueryResult(Result):
         return self._header()
 
     def _table(self) -> tuple[list[str], list[list]]:
-        return list(self.HEADER), [[r + 1, e.head, e.pc, e.coefficient, e.cumulative_cos, e.first, e.second]
-                                   for r, e in enumerate(self.entries)]
+        return list(self.HEADER), [
+            [r + 1, e.head, e.pc, e.coefficient, e.cumulative_cos, e.first, e.second]
+            for r, e in enumerate(self.entries)
+        ]
 
     def _repr_sizes(self) -> dict:
         return {"query": repr(self.query[:60]), "pcs": len(self.entries), "heads": len(self.heads_used)}
@@ -117,16 +125,23 @@ class QueryResult(Result):
 
     @classmethod
     def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> QueryResult:
-        fields = dict(fields, entries=[QueryEntry(**e) for e in fields["entries"]],
-                      concepts=[cls._from_state({}, c, model) for c in fields["concepts"]])
+        fields = dict(
+            fields,
+            entries=[QueryEntry(**e) for e in fields["entries"]],
+            concepts=[cls._from_state({}, c, model) for c in fields["concepts"]],
+        )
         return cls(**fields, model=model)
 
     def to_markdown(self) -> str:
         """Deprecated: a markdown table; use :meth:`summary` (text) or :meth:`to_csv`."""
         deprecated_alias("QueryResult.to_markdown()", "summary() or to_csv()")
         esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-        lines = [f"**{esc(self._header())}**", "", "| " + " | ".join(self.HEADER) + " |",
-                 "|" + "---|" * len(self.HEADER)]
+        lines = [
+            f"**{esc(self._header())}**",
+            "",
+            "| " + " | ".join(self.HEADER) + " |",
+            "|" + "---|" * len(self.HEADER),
+        ]
         lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in self.rows()]
         return "\n".join(lines)
 
@@ -147,7 +162,7 @@ class QuerySystem:
         max_pcs_per_head: consider only the first PCs of each head.
     """
 
-    def __init__(self, result: "PCLensResult", model=None, max_pcs_per_head: int | None = None) -> None:
+    def __init__(self, result: PCLensResult, model=None, max_pcs_per_head: int | None = None) -> None:
         if model is not None:
             result.check_model(model)
         self.result, self.model = result, model
@@ -164,8 +179,14 @@ class QuerySystem:
         self.directions: Float[Tensor, "p d"] = torch.cat(d).to(torch.float64)
 
     # ---- queries
-    def query_vector(self, q: Float[Tensor, " d"], top_k: int = 10, approx: float = 0.9, name: str = "query",
-                     centre: Float[Tensor, " d"] | None = None) -> QueryResult:
+    def query_vector(
+        self,
+        q: Float[Tensor, " d"],
+        top_k: int = 10,
+        approx: float = 0.9,
+        name: str = "query",
+        centre: Float[Tensor, " d"] | None = None,
+    ) -> QueryResult:
         """Rank PCs for an embedding ``q``; ``centre`` (default none) is subtracted first."""
         q = q.to(self.basis).flatten()
         if q.shape[0] != self.basis.shape[1]:
@@ -195,8 +216,9 @@ class QuerySystem:
         q = embed_texts(self.model, [text])[0]
         return self.query_vector(q, top_k, approx, text, self.result.text_mean)
 
-    def query_image(self, image: Float[Tensor, "channel height width"], top_k: int = 10, approx: float = 0.9,
-                    name: str = "image") -> QueryResult:
+    def query_image(
+        self, image: Float[Tensor, "channel height width"], top_k: int = 10, approx: float = 0.9, name: str = "image"
+    ) -> QueryResult:
         """Rank PCs for one preprocessed image, centred by the mean image embedding ``μ_images``."""
         self._need_model()
         if self.result.image_mean is None:
@@ -250,8 +272,9 @@ def union(results: Sequence[QueryResult]) -> QueryResult:
             if (e.head, e.pc) not in seen:
                 seen.add((e.head, e.pc))
                 entries.append(e)
-    out = QueryResult(" + ".join(r.query for r in results), entries, float("nan"), float("nan"), list(results),
-                      model=results[0].model)
+    out = QueryResult(
+        " + ".join(r.query for r in results), entries, float("nan"), float("nan"), list(results), model=results[0].model
+    )
     out._k = dict(results[0]._k)
     return out
 

@@ -81,9 +81,11 @@ class AccuracyRecovered(Result):
 
     # ---- the Result protocol
     def _title(self) -> str:
-        return (f"Accuracy recovered on {self.model or 'no recorded model'} ({self.n} images, "
-                f"{len(self.heads)} analysed heads): mean-ablation baseline {100 * self.baseline:.1f}%, "
-                f"full model {100 * self.full:.1f}%")
+        return (
+            f"Accuracy recovered on {self.model or 'no recorded model'} ({self.n} images, "
+            f"{len(self.heads)} analysed heads): mean-ablation baseline {100 * self.baseline:.1f}%, "
+            f"full model {100 * self.full:.1f}%"
+        )
 
     def _table(self) -> tuple[list[str], list[list]]:
         """One row per method and budget, then the two reference rows (``budget`` empty)."""
@@ -112,10 +114,16 @@ class AccuracyRecovered(Result):
         x = range(len(self.budgets))  # even spacing: budgets are roughly geometric
         for method, values in self.curves.items():
             ax.plot(x, [100 * v for v in values], marker="o", markersize=4, label=method)
-        ax.axhline(100 * self.baseline, color="gray", linestyle="--", linewidth=1.2,
-                   label=f"mean-ablation baseline ({100 * self.baseline:.1f})")
-        ax.axhline(100 * self.full, color="black", linestyle=":", linewidth=1.2,
-                   label=f"full model ({100 * self.full:.1f})")
+        ax.axhline(
+            100 * self.baseline,
+            color="gray",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"mean-ablation baseline ({100 * self.baseline:.1f})",
+        )
+        ax.axhline(
+            100 * self.full, color="black", linestyle=":", linewidth=1.2, label=f"full model ({100 * self.full:.1f})"
+        )
         ax.set_xticks(list(x), [str(k) for k in self.budgets])
         ax.set_xlabel("K: PCs (PCLens) / texts (TextSpan) per analysed head")
         ax.set_ylabel("zero-shot top-1 (%)")
@@ -166,9 +174,14 @@ def _readout(means: list[Tensor], bases: list[Tensor], blocks: list[list[Tensor]
     return Readout(torch.stack(means), bases_t, g)
 
 
-def pclens_readout(result: PCLensResult, heads: Sequence[str], weights: Float[Tensor, "d c"],
-                   budgets: Sequence[int], text_embeddings: Float[Tensor, "m d"] | None = None,
-                   center_texts: bool | None = None) -> Readout:
+def pclens_readout(
+    result: PCLensResult,
+    heads: Sequence[str],
+    weights: Float[Tensor, "d c"],
+    budgets: Sequence[int],
+    text_embeddings: Float[Tensor, "m d"] | None = None,
+    center_texts: bool | None = None,
+) -> Readout:
     """PCLens read-outs ``Π_K V_K W_cls`` for every budget, ``K`` capped at each head's ``k``.
 
     A labelled result (``Π`` from texts) needs the ``text_embeddings`` it was labelled with, to
@@ -199,14 +212,17 @@ def _p_t(pca, text_embeddings: Tensor | None, center: bool, use_projector: bool)
     if pca.pos_idx is None or not use_projector or pca.k == 0:
         return None
     if text_embeddings is None:
-        raise ValueError(f"{pca.label}'s projector Π comes from text labels: pass the text_embeddings it was "
-                         "labelled with so Π_K can be rebuilt for each budget (or fit with use_projector=False)")
+        raise ValueError(
+            f"{pca.label}'s projector Π comes from text labels: pass the text_embeddings it was "
+            "labelled with so Π_K can be rebuilt for each budget (or fit with use_projector=False)"
+        )
     a = text_coordinates(pca, text_embeddings, center).cpu()
     return a[pca.pos_idx[:, 0].cpu()]  # one row per PC: its best positive text
 
 
-def textspan_readout(spans: Mapping[str, TextSpanResult], heads: Sequence[str], weights: Float[Tensor, "d c"],
-                     budgets: Sequence[int]) -> Readout:
+def textspan_readout(
+    spans: Mapping[str, TextSpanResult], heads: Sequence[str], weights: Float[Tensor, "d c"], budgets: Sequence[int]
+) -> Readout:
     """TextSpan read-outs ``Q_K W_cls``: the first ``K`` chosen texts' orthonormal basis."""
     w = weights.to(torch.float64).cpu()
     means, bases, blocks = [], [], []
@@ -229,9 +245,15 @@ Parts = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 @torch.no_grad()
-def evaluate(parts: Iterable[Parts], weights: Float[Tensor, "d c"], ablated_mean: Float[Tensor, " d"],
-             readouts: Mapping[str, Readout], budgets: Sequence[int], heads: Sequence[str],
-             ablated: Sequence[str] = ()) -> AccuracyRecovered:
+def evaluate(
+    parts: Iterable[Parts],
+    weights: Float[Tensor, "d c"],
+    ablated_mean: Float[Tensor, " d"],
+    readouts: Mapping[str, Readout],
+    budgets: Sequence[int],
+    heads: Sequence[str],
+    ablated: Sequence[str] = (),
+) -> AccuracyRecovered:
     """Accuracy of every method at every budget, the baseline and the full model, from one
     pass over ``parts`` (see :data:`Parts`); ``ablated_mean = Σ_early φ̄``."""
     w = weights.to(torch.float64).cpu()
@@ -251,8 +273,9 @@ def evaluate(parts: Iterable[Parts], weights: Float[Tensor, "d c"], ablated_mean
     if total == 0:
         raise ValueError("accuracy_recovered got no data")
     curves = {name: (c.double() / total).tolist() for name, c in correct.items()}
-    return AccuracyRecovered([int(k) for k in budgets], curves, full / total, baseline / total, list(heads),
-                             list(ablated), total)
+    return AccuracyRecovered(
+        [int(k) for k in budgets], curves, full / total, baseline / total, list(heads), list(ablated), total
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -296,14 +319,21 @@ def _statistics(model, batches, heads, ablated) -> tuple[dict[str, RunningMoment
     return per_head, early.mean
 
 
-def fit_text_spans(moments: Mapping[str, RunningMoments], text_embeddings: Float[Tensor, "m d"],
-                   texts: Sequence[str], n_texts: int, **options) -> dict[str, TextSpanResult]:
+def fit_text_spans(
+    moments: Mapping[str, RunningMoments],
+    text_embeddings: Float[Tensor, "m d"],
+    texts: Sequence[str],
+    n_texts: int,
+    **options,
+) -> dict[str, TextSpanResult]:
     """TextSpan per head from moments, PCLens's variant by default (pool-centred texts,
     span of the centred data, rank 80)."""
     options = {"rank": 80, "center_texts": True, "span_from": "centred", **options}
     n_texts = min(n_texts, len(texts))
-    return {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
-            for label, m in moments.items()}
+    return {
+        label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
+        for label, m in moments.items()
+    }
 
 
 @renamed_arguments(data="batches", heads="components")
@@ -346,21 +376,34 @@ def accuracy_recovered(
     texts, text_embeddings = text_pool(model, texts, text_embeddings)
     moments, early_mean = _statistics(model, batches, analysed, ablated)
     if result is None:
-        result = fit_from_moments(moments, model_identity(model), text_embeddings=text_embeddings,
-                                  texts=texts,
-                                  n_texts=min(n_label_texts, len(texts or [0])),
-                                  max_pcs=max(budgets) or 1)
+        result = fit_from_moments(
+            moments,
+            model_identity(model),
+            text_embeddings=text_embeddings,
+            texts=texts,
+            n_texts=min(n_label_texts, len(texts or [0])),
+            max_pcs=max(budgets) or 1,
+        )
     w = classifier.weights
     readouts = {"PCLens": pclens_readout(result, analysed, w, budgets, text_embeddings)}
     if textspan and spans is None and texts is not None:
         spans = fit_text_spans(moments, text_embeddings, list(texts), max(budgets), **(textspan_options or {}))
     if textspan and spans is not None:
         readouts["TextSpan"] = textspan_readout(spans, analysed, w, budgets)
-    out = evaluate(model_parts(model, batches, analysed, ablated), w, early_mean, readouts, budgets, analysed,
-                   ablated)
+    out = evaluate(model_parts(model, batches, analysed, ablated), w, early_mean, readouts, budgets, analysed, ablated)
     out.model = model_identity(model)
     return out
 
 
-__all__ = ["AccuracyRecovered", "Readout", "Parts", "DEFAULT_BUDGETS", "pclens_readout", "textspan_readout",
-           "evaluate", "model_parts", "fit_text_spans", "accuracy_recovered"]
+__all__ = [
+    "AccuracyRecovered",
+    "Readout",
+    "Parts",
+    "DEFAULT_BUDGETS",
+    "pclens_readout",
+    "textspan_readout",
+    "evaluate",
+    "model_parts",
+    "fit_text_spans",
+    "accuracy_recovered",
+]

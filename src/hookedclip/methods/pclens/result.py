@@ -75,8 +75,14 @@ class PCLensResult(Result):
         """Every retained PC as ``(head label, index)``, heads in order."""
         return [(label, i) for label, h in self.heads.items() for i in range(h.k)]
 
-    def label_with(self, text_embeddings: Float[Tensor, "m d"], texts: Sequence[str], n_texts: int = 5,
-                   center_texts: bool = True, use_projector: bool = True) -> "PCLensResult":
+    def label_with(
+        self,
+        text_embeddings: Float[Tensor, "m d"],
+        texts: Sequence[str],
+        n_texts: int = 5,
+        center_texts: bool = True,
+        use_projector: bool = True,
+    ) -> PCLensResult:
         """(Re)label every head and the embedding against a vocabulary; rebuilds each ``Π``."""
         texts = list(texts)
         for pca in self._all():
@@ -108,12 +114,21 @@ class PCLensResult(Result):
         return ["head", *HeadPCA._HEADER], rows
 
     def _repr_sizes(self) -> dict:
-        return {"heads": len(self), "pcs": self.n_pcs, "d": self._all()[0].mean.shape[-1] if self._all() else 0,
-                "texts": len(self.texts) if self.texts is not None else None,
-                "embedding": self.embedding is not None}
+        return {
+            "heads": len(self),
+            "pcs": self.n_pcs,
+            "d": self._all()[0].mean.shape[-1] if self._all() else 0,
+            "texts": len(self.texts) if self.texts is not None else None,
+            "embedding": self.embedding is not None,
+        }
 
-    def plot(self, path: str | Path | None = None, title: str | None = None, max_pcs: int | None = None,
-             min_strength: float | None = None):
+    def plot(
+        self,
+        path: str | Path | None = None,
+        title: str | None = None,
+        max_pcs: int | None = None,
+        min_strength: float | None = None,
+    ):
         """Relative strength (% of the head's retained variance) of each head's first ``max_pcs``
         PCs against the PC index, one line per head, log scale; ``min_strength`` (%) is drawn
         dashed (a ``Figure``; written to ``path`` when given)."""
@@ -125,11 +140,11 @@ class PCLensResult(Result):
         for j, pca in enumerate(self.heads.values()):
             rel = [r for r in pca.strength_rel[:max_pcs].tolist() if r > 0]  # log scale: zeros have no place
             steps = max(steps, len(rel))
-            ax.plot(range(len(rel)), rel, marker="o", markersize=2.5, linewidth=1.2, color=cmap(j % 20),
-                    label=pca.label)
+            ax.plot(
+                range(len(rel)), rel, marker="o", markersize=2.5, linewidth=1.2, color=cmap(j % 20), label=pca.label
+            )
         if min_strength:
-            ax.axhline(min_strength, color="black", linestyle="--", linewidth=0.9,
-                       label=f"listed: ≥ {min_strength:g}%")
+            ax.axhline(min_strength, color="black", linestyle="--", linewidth=0.9, label=f"listed: ≥ {min_strength:g}%")
         ax.set_yscale("log")
         ax.set_xlabel("principal component (0 = strongest)")
         ax.set_ylabel("strength (% of retained variance)")
@@ -145,21 +160,37 @@ class PCLensResult(Result):
         tensors: dict[str, Tensor | None] = {"text_mean": self.text_mean, "image_mean": self.image_mean}
         records = []
         for pca in self._all():
-            records.append({"label": pca.label, "n": pca.n, "total_singular": pca.total_singular,
-                            "labelled": pca.pos_idx is not None})
+            records.append(
+                {
+                    "label": pca.label,
+                    "n": pca.n,
+                    "total_singular": pca.total_singular,
+                    "labelled": pca.pos_idx is not None,
+                }
+            )
             tensors.update({f"{pca.label}.{name}": getattr(pca, name) for name in HeadPCA._tensor_fields})
-        fields = {"settings": self.settings, "texts": self.texts, "heads": records,
-                  "has_embedding": self.embedding is not None}
+        fields = {
+            "settings": self.settings,
+            "texts": self.texts,
+            "heads": records,
+            "has_embedding": self.embedding is not None,
+        }
         return tensors, fields
 
     @classmethod
-    def _from_state(cls, tensors: dict[str, Tensor | None], fields: dict, model: ModelIdentity | None
-                    ) -> PCLensResult:
+    def _from_state(cls, tensors: dict[str, Tensor | None], fields: dict, model: ModelIdentity | None) -> PCLensResult:
         texts = fields["texts"]
         pcas = [_head_from(record, tensors, texts) for record in fields["heads"]]
         embedding = pcas.pop() if fields["has_embedding"] else None
-        return cls({p.label: p for p in pcas}, model, embedding, texts, tensors.get("text_mean"),
-                   tensors.get("image_mean"), fields["settings"])
+        return cls(
+            {p.label: p for p in pcas},
+            model,
+            embedding,
+            texts,
+            tensors.get("text_mean"),
+            tensors.get("image_mean"),
+            fields["settings"],
+        )
 
     @classmethod
     def _upgrade_hint(cls) -> str:
@@ -179,9 +210,20 @@ class PCLensResult(Result):
 def _head_from(record: dict, tensors: dict[str, Tensor | None], texts: list[str] | None) -> HeadPCA:
     label = record["label"]
     get = lambda name: tensors.get(f"{label}.{name}")  # noqa: E731
-    return HeadPCA(label, get("mean"), get("components"), get("singular_values"), get("projector"), record["n"],
-                   record["total_singular"], get("pos_idx"), get("pos_coef"), get("neg_idx"), get("neg_coef"),
-                   texts)
+    return HeadPCA(
+        label,
+        get("mean"),
+        get("components"),
+        get("singular_values"),
+        get("projector"),
+        record["n"],
+        record["total_singular"],
+        get("pos_idx"),
+        get("pos_coef"),
+        get("neg_idx"),
+        get("neg_coef"),
+        texts,
+    )
 
 
 __all__ = ["FORMAT_VERSION", "PCLensResult"]

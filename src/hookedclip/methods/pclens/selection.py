@@ -82,8 +82,14 @@ class PCSelection:
 
     @classmethod
     @renamed_arguments(heads="components")
-    def indicator(cls, result: "PCLensResult", pcs: Iterable, value: float = 1.0, default: float = 0.0,
-                  components: Iterable[str] | None = None) -> "PCSelection":
+    def indicator(
+        cls,
+        result: PCLensResult,
+        pcs: Iterable,
+        value: float = 1.0,
+        default: float = 0.0,
+        components: Iterable[str] | None = None,
+    ) -> PCSelection:
         """Weight ``value`` on the listed PCs and ``default`` elsewhere, for the analysed heads
         ``components`` (labels; default: every analysed head; ``heads=`` is the deprecated name).
         PCs are ``(label, i)`` pairs or strings ``"L3H1.PC2"`` / ``"L3H1:2"``; unknown heads or PC
@@ -102,7 +108,7 @@ class PCSelection:
         return cls(w)
 
     @classmethod
-    def from_weights(cls, result: "PCLensResult", weights: Mapping[str, Tensor | Iterable[float]]) -> "PCSelection":
+    def from_weights(cls, result: PCLensResult, weights: Mapping[str, Tensor | Iterable[float]]) -> PCSelection:
         """Explicit weights per head; each must have the head's ``k`` entries."""
         out = {}
         for label, w in weights.items():
@@ -117,7 +123,7 @@ class PCSelection:
         """The PCs with non-zero weight."""
         return [(label, int(i)) for label, w in self.weights.items() for i in torch.nonzero(w).flatten()]
 
-    def complement(self) -> "PCSelection":
+    def complement(self) -> PCSelection:
         """Weight 1 where this selection has 0 and 0 elsewhere (the "remove" selection)."""
         return PCSelection({label: (w == 0).to(torch.float64) for label, w in self.weights.items()})
 
@@ -125,7 +131,7 @@ class PCSelection:
         return [label for label, w in self.weights.items() if bool((w != 0).any())]
 
 
-def as_selection(result: "PCLensResult", selection) -> PCSelection:
+def as_selection(result: PCLensResult, selection) -> PCSelection:
     """Any selection a context accepts as a :class:`PCSelection` checked against ``result``
     (raises before any work): every head is analysed and every weight vector has the head's
     ``k`` entries, whatever built it (a :class:`QueryResult` or a selection of another result
@@ -145,22 +151,29 @@ def as_selection(result: "PCLensResult", selection) -> PCSelection:
     return sel
 
 
-def _check_against(result: "PCLensResult", sel: PCSelection) -> None:
+def _check_against(result: PCLensResult, sel: PCSelection) -> None:
     """Raise before any work if ``sel`` names a head or a PC that ``result`` does not have."""
     for label, w in sel.weights.items():
         k = result[label].k  # KeyError naming the analysed heads
         if w.ndim != 1 or w.shape[0] != k:
             beyond = [int(i) for i in torch.nonzero(w.flatten()).flatten() if int(i) >= k]
-            named = f"names PC {', '.join(map(str, beyond))} of {label}" if beyond else \
-                f"has {w.numel()} weights for {label}"
-            raise ValueError(f"the selection {named}, but {label} has k={k} retained PCs (0..{k - 1}) in this "
-                             "PCLens result: was it built from another result? Rebuild it from this one")
+            named = (
+                f"names PC {', '.join(map(str, beyond))} of {label}"
+                if beyond
+                else f"has {w.numel()} weights for {label}"
+            )
+            raise ValueError(
+                f"the selection {named}, but {label} has k={k} retained PCs (0..{k - 1}) in this "
+                "PCLens result: was it built from another result? Rebuild it from this one"
+            )
 
 
-def _full(result: "PCLensResult", selection: PCSelection, fill: float = 0.0) -> PCSelection:
+def _full(result: PCLensResult, selection: PCSelection, fill: float = 0.0) -> PCSelection:
     """``selection`` extended to every analysed head (missing heads get weight ``fill``)."""
-    w = {label: selection.weights.get(label, torch.full((pca.k,), fill, dtype=torch.float64))
-         for label, pca in result.heads.items()}
+    w = {
+        label: selection.weights.get(label, torch.full((pca.k,), fill, dtype=torch.float64))
+        for label, pca in result.heads.items()
+    }
     return PCSelection(w)
 
 
@@ -169,8 +182,13 @@ def _full(result: "PCLensResult", selection: PCSelection, fill: float = 0.0) -> 
 # --------------------------------------------------------------------------------------
 
 
-def _apply_rows(rows: Tensor, labels: Sequence[str], result: "PCLensResult", sel: "PCSelection",
-                empty_heads: Literal["mean", "zero"]) -> Tensor:
+def _apply_rows(
+    rows: Tensor,
+    labels: Sequence[str],
+    result: PCLensResult,
+    sel: PCSelection,
+    empty_heads: Literal["mean", "zero"],
+) -> Tensor:
     """The per-head formula ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k`` on rows ``[component, batch, (T,) d']``
     labelled ``labels`` (per token: ``μ/T`` for ``μ``); rows of heads outside the selection are
     copied unchanged."""
@@ -187,8 +205,12 @@ def _apply_rows(rows: Tensor, labels: Sequence[str], result: "PCLensResult", sel
     return tensor
 
 
-def apply_to_stack(stack: ComponentStack, result: "PCLensResult", selection, empty_heads: Literal["mean", "zero"] = "mean",
-                   ) -> ComponentStack:
+def apply_to_stack(
+    stack: ComponentStack,
+    result: PCLensResult,
+    selection,
+    empty_heads: Literal["mean", "zero"] = "mean",
+) -> ComponentStack:
     """The per-head selection formula on a decomposition (``decompose_image(..., normalize=True)``).
 
     ``positions="cls"`` rows ``[component, batch, d']`` become ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k``.
@@ -210,7 +232,7 @@ def apply_to_stack(stack: ComponentStack, result: "PCLensResult", selection, emp
     return ComponentStack(tensor, list(stack.labels), stack.bias, list(stack.components), stack.scale)
 
 
-def row_transform(result: "PCLensResult", selection, empty_heads: Literal["mean", "zero"] = "mean"):
+def row_transform(result: PCLensResult, selection, empty_heads: Literal["mean", "zero"] = "mean"):
     """A selection as ``transform(rows, labels) -> rows`` for
     :func:`hookedclip.methods.segmentation.heatmaps`: per-token rows of the analysed heads
     go through the per-token formula of :func:`apply_to_stack`, others pass unchanged. With
@@ -219,15 +241,16 @@ def row_transform(result: "PCLensResult", selection, empty_heads: Literal["mean"
     return lambda rows, labels: _apply_rows(rows, labels, result, sel, empty_heads)
 
 
-def _unit_mean_rest(result: "PCLensResult") -> Float[Tensor, " d"]:
+def _unit_mean_rest(result: PCLensResult) -> Float[Tensor, " d"]:
     """``mean ê − Σ_h μ_h``: the dataset mean of everything outside the analysed heads."""
     if result.image_mean is None:
         raise ValueError("mean_ablate_all needs the mean image embedding: fit the result with embedding statistics")
     return result.image_mean.to(torch.float64) - sum(p.mean.to(torch.float64) for p in result.heads.values())
 
 
-def selection_embeddings(stack: ComponentStack, result: "PCLensResult", selection, mean_ablate_all: bool = True
-                         ) -> Float[Tensor, "batch d"]:
+def selection_embeddings(
+    stack: ComponentStack, result: PCLensResult, selection, mean_ablate_all: bool = True
+) -> Float[Tensor, "batch d"]:
     """Unit-scale embeddings ``e'(x)`` of a CLS stack under a selection (the embedding PCLens
     searches neighbours in "per concept").
 
@@ -244,8 +267,9 @@ def selection_embeddings(stack: ComponentStack, result: "PCLensResult", selectio
     return _unit_mean_rest(result).to(new.tensor.device) + new.tensor[idx].to(torch.float64).sum(0)
 
 
-def nearest_neighbours(query: Float[Tensor, " d"], candidates: Float[Tensor, "n d"], k: int = 15,
-                       score: Literal["dot", "cos"] = "dot") -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
+def nearest_neighbours(
+    query: Float[Tensor, " d"], candidates: Float[Tensor, "n d"], k: int = 15, score: Literal["dot", "cos"] = "dot"
+) -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
     """The ``k`` candidates with the highest ``⟨c, q⟩`` (``"dot"``, TextSpan's per-head search) or
     cosine (``"cos"``), best first: ``(indices, scores)``, the nearest-neighbour image search of
     TextSpan and PCLens. In-memory shorthand for :func:`hookedclip.search.nearest` (``"score"`` /
@@ -267,7 +291,7 @@ def nearest_neighbours(query: Float[Tensor, " d"], candidates: Float[Tensor, "n 
 # --------------------------------------------------------------------------------------
 
 
-def _context(model, result: "PCLensResult", sel: PCSelection, mean_ablate_all: bool, combine: Finalize | None = None):
+def _context(model, result: PCLensResult, sel: PCSelection, mean_ablate_all: bool, combine: Finalize | None = None):
     """An engine context (``ablation.intervene``, direct mode) that rewrites the heads in ``sel``.
 
     Its ``replace`` is the per-head formula ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k``; its ``finalize``,
@@ -293,7 +317,7 @@ def _context(model, result: "PCLensResult", sel: PCSelection, mean_ablate_all: b
     return intervene(model, list(weights), replace, mode="direct", finalize=finalize if needs_finalize else None)
 
 
-def reweight(model, result: "PCLensResult", weights, mean_ablate_all: bool = False):
+def reweight(model, result: PCLensResult, weights, mean_ablate_all: bool = False):
     """Context: every head in ``weights`` (a :class:`PCSelection` or ``label -> [k]``) becomes
     ``μ + ((φ − μ)V_kᵀ ⊙ w) Π V_k`` in the embedding's direct path; other heads untouched
     (mean-ablated with ``mean_ablate_all``, which also replaces every non-analysed component by
@@ -301,26 +325,26 @@ def reweight(model, result: "PCLensResult", weights, mean_ablate_all: bool = Fal
     return _context(model, result, as_selection(result, weights), mean_ablate_all)
 
 
-def keep(model, result: "PCLensResult", selection, mean_ablate_all: bool = False):
+def keep(model, result: PCLensResult, selection, mean_ablate_all: bool = False):
     """Context: keep only the selected PCs of every analysed head; a head with no selected PC
     is mean-ablated (the intended semantics of the paper's "keep")."""
     sel = _full(result, _indicator_of(result, selection))
     return _context(model, result, sel, mean_ablate_all)
 
 
-def remove(model, result: "PCLensResult", selection, mean_ablate_all: bool = False):
+def remove(model, result: PCLensResult, selection, mean_ablate_all: bool = False):
     """Context: drop the selected PCs from every analysed head, keeping the rest of its retained
     basis (the tail beyond ``k`` is dropped too, so removing nothing ≠ the original)."""
     sel = _full(result, _indicator_of(result, selection)).complement()
     return _context(model, result, sel, mean_ablate_all)
 
 
-def _indicator_of(result: "PCLensResult", selection) -> PCSelection:
+def _indicator_of(result: PCLensResult, selection) -> PCSelection:
     sel = as_selection(result, selection)
     return PCSelection({label: (w != 0).to(torch.float64) for label, w in sel.weights.items()})
 
 
-def amplify(model, result: "PCLensResult", selection, ratio: float, mean_ablate_all: bool = False):
+def amplify(model, result: PCLensResult, selection, ratio: float, mean_ablate_all: bool = False):
     """Context: the reference implementation's ``ratio`` mode. With ``R_S = Σ_sel ⟨φ, v_i⟩ v_i``
     (uncentred projections of the heads' rows, before any replacement, on the selected PCs) and
     ``B`` the keep-mode embedding minus ``R_S``, ``e' = ρ n̄ R_S/‖R_S‖ + (1 − ρ) n̄ B/‖B‖`` with
@@ -344,5 +368,15 @@ def amplify(model, result: "PCLensResult", selection, ratio: float, mean_ablate_
     return _context(model, result, sel, mean_ablate_all, combine)
 
 
-__all__ = ["PCSelection", "as_selection", "apply_to_stack", "row_transform", "selection_embeddings",
-           "nearest_neighbours", "reweight", "keep", "remove", "amplify"]
+__all__ = [
+    "PCSelection",
+    "as_selection",
+    "apply_to_stack",
+    "row_transform",
+    "selection_embeddings",
+    "nearest_neighbours",
+    "reweight",
+    "keep",
+    "remove",
+    "amplify",
+]

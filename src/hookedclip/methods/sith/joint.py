@@ -39,8 +39,9 @@ _mean_of_images = image_mean  # to_joint's argument of the same name shadows it
 
 
 @torch.no_grad()
-def to_joint(model, vectors: Float[Tensor, "... d_model"], image_mean: Tensor | None = None,
-             batches=None) -> Float[Tensor, "... d_out"]:
+def to_joint(
+    model, vectors: Float[Tensor, "... d_model"], image_mean: Tensor | None = None, batches=None
+) -> Float[Tensor, "... d_out"]:
     """Map residual-stream directions into the joint space, one unit vector each (module docstring).
 
     Args:

@@ -14,8 +14,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 
-def nnls_gram(G: Float[Tensor, "batch k k"], h: Float[Tensor, "batch k"], tol: float = 1e-12
-              ) -> Float[Tensor, "batch k"]:
+def nnls_gram(
+    G: Float[Tensor, "batch k k"], h: Float[Tensor, "batch k"], tol: float = 1e-12
+) -> Float[Tensor, "batch k"]:
     """``argmin_{c ≥ 0} cᵀGc - 2hᵀc`` per row (``G`` symmetric positive semi-definite)."""
     batch, k = h.shape
     c = torch.zeros_like(h)
@@ -32,8 +33,9 @@ def nnls_gram(G: Float[Tensor, "batch k k"], h: Float[Tensor, "batch k"], tol: f
     return c
 
 
-def _feasible_step(G: Tensor, h: Tensor, c: Tensor, passive: Bool[Tensor, "batch k"],
-                   todo: Bool[Tensor, " batch"]) -> Tensor:
+def _feasible_step(
+    G: Tensor, h: Tensor, c: Tensor, passive: Bool[Tensor, "batch k"], todo: Bool[Tensor, " batch"]
+) -> Tensor:
     """The inner loop: solve on the passive set; where that leaves the feasible region, move to
     its boundary, drop the coordinates that hit zero and solve again."""
     for _ in range(h.shape[-1] + 1):

@@ -118,8 +118,14 @@ def prepare_dictionary(embeddings: Float[Tensor, "n_atoms d"]) -> Float[Tensor, 
 
 
 # ---------------------------------------------------------------------------- the greedy methods
-def comp(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"], k: int = 5, lam: float = 0.3,
-         max_memory: int = MAX_MEMORY, concepts: list[str] | None = None) -> Pursuit:
+def comp(
+    targets: Float[Tensor, "... d"],
+    dictionary: Float[Tensor, "n_atoms d"],
+    k: int = 5,
+    lam: float = 0.3,
+    max_memory: int = MAX_MEMORY,
+    concepts: list[str] | None = None,
+) -> Pursuit:
     """Coherent orthogonal matching pursuit (module docstring).
 
     Args:
@@ -137,14 +143,24 @@ def comp(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"]
     return _pursuit(found, lead, "comp" if lam > 0 else "nnomp", lam, concepts)
 
 
-def nnomp(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"], k: int = 5,
-          max_memory: int = MAX_MEMORY, concepts: list[str] | None = None) -> Pursuit:
+def nnomp(
+    targets: Float[Tensor, "... d"],
+    dictionary: Float[Tensor, "n_atoms d"],
+    k: int = 5,
+    max_memory: int = MAX_MEMORY,
+    concepts: list[str] | None = None,
+) -> Pursuit:
     """Non-negative orthogonal matching pursuit: :func:`comp` with ``lam = 0`` (any target scale)."""
     return comp(targets, dictionary, k=k, lam=0.0, max_memory=max_memory, concepts=concepts)
 
 
-def matching_pursuit(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"], k: int = 5,
-                     max_memory: int = MAX_MEMORY, concepts: list[str] | None = None) -> Pursuit:
+def matching_pursuit(
+    targets: Float[Tensor, "... d"],
+    dictionary: Float[Tensor, "n_atoms d"],
+    k: int = 5,
+    max_memory: int = MAX_MEMORY,
+    concepts: list[str] | None = None,
+) -> Pursuit:
     """Non-negative matching pursuit: ``k`` steps of taking the unchosen atom with the largest
     ``⟨r, d_j⟩``, giving it ``max(⟨r, d_j⟩, 0)`` and subtracting that from the residual."""
     X, lead = _checked(targets, dictionary, k)
@@ -152,8 +168,13 @@ def matching_pursuit(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, 
     return _pursuit(found, lead, "mp", 0.0, concepts)
 
 
-def top_k(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"], k: int = 5,
-          max_memory: int = MAX_MEMORY, concepts: list[str] | None = None) -> Pursuit:
+def top_k(
+    targets: Float[Tensor, "... d"],
+    dictionary: Float[Tensor, "n_atoms d"],
+    k: int = 5,
+    max_memory: int = MAX_MEMORY,
+    concepts: list[str] | None = None,
+) -> Pursuit:
     """The ``k`` atoms with the largest ``⟨x, d_j⟩`` (descending), with one exact non-negative fit."""
     X, lead = _checked(targets, dictionary, k)
 
@@ -165,8 +186,14 @@ def top_k(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"
     return _pursuit(_chunked(X, dictionary, max_memory, run), lead, "top_k", 0.0, concepts)
 
 
-def lasso(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"], k: int = 5,
-          l1_penalty: float = 0.1, positive: bool = True, concepts: list[str] | None = None) -> Pursuit:
+def lasso(
+    targets: Float[Tensor, "... d"],
+    dictionary: Float[Tensor, "n_atoms d"],
+    k: int = 5,
+    l1_penalty: float = 0.1,
+    positive: bool = True,
+    concepts: list[str] | None = None,
+) -> Pursuit:
     """scikit-learn's ``Lasso`` per target, ``min_c ‖x - cD‖² + l1_penalty · ‖c‖₁`` (scikit-learn's
     ``alpha = l1_penalty / (2 d)``, no intercept), then its ``k`` largest coefficients, descending
     (``-1`` and ``0`` fill the slots when fewer are non-zero). One target at a time on the CPU."""
@@ -174,8 +201,7 @@ def lasso(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"
 
     X, lead = _checked(targets, dictionary, k)
     D = dictionary.double().cpu().numpy()
-    model = Lasso(alpha=l1_penalty / (2 * D.shape[1]), fit_intercept=False, positive=positive, max_iter=10000,
-                  tol=1e-6)
+    model = Lasso(alpha=l1_penalty / (2 * D.shape[1]), fit_intercept=False, positive=positive, max_iter=10000, tol=1e-6)
     idx = torch.full((X.shape[0], k), -1, dtype=torch.long)
     coef = torch.zeros(X.shape[0], k, dtype=torch.float64)
     for n, x in enumerate(X.double().cpu().numpy()):
@@ -190,8 +216,7 @@ def lasso(targets: Float[Tensor, "... d"], dictionary: Float[Tensor, "n_atoms d"
 
 
 # ---------------------------------------------------------------------------- the kernels
-def _greedy(X: Float[Tensor, "n d"], D: Float[Tensor, "m d"], k: int, lam: float
-            ) -> tuple[Tensor, Tensor, Tensor]:
+def _greedy(X: Float[Tensor, "n d"], D: Float[Tensor, "m d"], k: int, lam: float) -> tuple[Tensor, Tensor, Tensor]:
     n = X.shape[0]
     chosen = torch.empty(n, k, dtype=torch.long, device=X.device)
     residual_norms = torch.empty(n, k, dtype=torch.float64, device=X.device)
@@ -250,25 +275,32 @@ def _checked(targets: Tensor, dictionary: Tensor, k: int, unit: bool = False) ->
         raise ValueError(f"targets must be a tensor [..., d], got {type(targets).__name__}")
     n_atoms, d = dictionary.shape
     if targets.shape[-1] != d:
-        raise ValueError(f"the dictionary is {d} wide but the targets are {targets.shape[-1]} wide: both must live "
-                         "in one space (map head directions with sith.to_joint; encode concepts with the same model)")
+        raise ValueError(
+            f"the dictionary is {d} wide but the targets are {targets.shape[-1]} wide: both must live "
+            "in one space (map head directions with sith.to_joint; encode concepts with the same model)"
+        )
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_atoms:
         raise ValueError(f"k must be an integer in 1..{n_atoms} (the dictionary has {n_atoms} atoms), got {k!r}")
     if targets.dtype != dictionary.dtype or targets.device != dictionary.device:
-        raise ValueError(f"targets ({targets.dtype}, {targets.device}) and dictionary ({dictionary.dtype}, "
-                         f"{dictionary.device}) must share dtype and device: convert one with .to(...)")
+        raise ValueError(
+            f"targets ({targets.dtype}, {targets.device}) and dictionary ({dictionary.dtype}, "
+            f"{dictionary.device}) must share dtype and device: convert one with .to(...)"
+        )
     X = targets.reshape(-1, d)
     if unit and X.shape[0]:
         norms = X.double().norm(dim=-1)
         if ((norms - 1).abs() > 1e-3).any():
-            raise ValueError("with lam > 0 the choice depends on the targets' scale, so targets must be unit rows "
-                             f"(norms range {norms.min():.4g}..{norms.max():.4g}): normalise them with "
-                             "torch.nn.functional.normalize(targets, dim=-1)")
+            raise ValueError(
+                "with lam > 0 the choice depends on the targets' scale, so targets must be unit rows "
+                f"(norms range {norms.min():.4g}..{norms.max():.4g}): normalise them with "
+                "torch.nn.functional.normalize(targets, dim=-1)"
+            )
     return X, tuple(targets.shape[:-1])
 
 
-def _chunked(X: Tensor, D: Tensor, max_memory: int, run: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
-             ) -> tuple[Tensor, Tensor, Tensor]:
+def _chunked(
+    X: Tensor, D: Tensor, max_memory: int, run: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+) -> tuple[Tensor, Tensor, Tensor]:
     # the score matrix and its temporaries: about three [chunk, n_atoms] buffers
     per_row = 3 * D.shape[0] * D.element_size()
     size = max(1, int(max_memory) // per_row)
@@ -276,10 +308,16 @@ def _chunked(X: Tensor, D: Tensor, max_memory: int, run: Callable[[Tensor], tupl
     return tuple(torch.cat(column) for column in zip(*parts))
 
 
-def _pursuit(found: tuple[Tensor, Tensor, Tensor], lead: tuple[int, ...], method: str, lam: float,
-             concepts: list[str] | None) -> Pursuit:
+def _pursuit(
+    found: tuple[Tensor, Tensor, Tensor], lead: tuple[int, ...], method: str, lam: float, concepts: list[str] | None
+) -> Pursuit:
     idx, coef, residuals = found
     k = idx.shape[-1]
-    return Pursuit(indices=idx.reshape(*lead, k), coefficients=coef.reshape(*lead, k),
-                   residual_norms=residuals.reshape(*lead, k), method=method, lam=float(lam),
-                   concepts=list(concepts) if concepts is not None else None)
+    return Pursuit(
+        indices=idx.reshape(*lead, k),
+        coefficients=coef.reshape(*lead, k),
+        residual_norms=residuals.reshape(*lead, k),
+        method=method,
+        lam=float(lam),
+        concepts=list(concepts) if concepts is not None else None,
+    )

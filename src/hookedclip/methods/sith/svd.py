@@ -92,14 +92,19 @@ class HeadSVD(Result):
     # ---- the Result protocol
     def _title(self) -> str:
         options = ", ".join(name for name, on in (("ln1 folded", self.fold_ln), ("centred", self.center)) if on)
-        return (f"HeadSVD of layer {self.layer} of {self.model or 'no recorded model'}: {self.n_heads} heads, "
-                f"rank {self.rank}" + (f" ({options})" if options else ""))
+        return (
+            f"HeadSVD of layer {self.layer} of {self.model or 'no recorded model'}: {self.n_heads} heads, "
+            f"rank {self.rank}" + (f" ({options})" if options else "")
+        )
 
     def _table(self) -> tuple[list[str], list[list]]:
         energy = self.S.double() ** 2
         share = energy / energy.sum(-1, keepdim=True).clamp_min(1e-300)
-        rows = [[label, i, float(self.S[h, i]), float(share[h, i])]
-                for h, label in enumerate(self.labels) for i in range(self.rank)]
+        rows = [
+            [label, i, float(self.S[h, i]), float(share[h, i])]
+            for h, label in enumerate(self.labels)
+            for i in range(self.rank)
+        ]
         return ["head", "index", "singular_value", "energy_share"], rows
 
     def _repr_sizes(self) -> dict:
@@ -118,8 +123,9 @@ class HeadSVD(Result):
         return finish_figure(fig, path)
 
 
-def head_factors(model, layer: int, fold_ln: bool = True, center: bool = True
-                 ) -> tuple[Float[Tensor, "head d_model d_head"], Float[Tensor, "head d_head d_model"]]:
+def head_factors(
+    model, layer: int, fold_ln: bool = True, center: bool = True
+) -> tuple[Float[Tensor, "head d_model d_head"], Float[Tensor, "head d_head d_model"]]:
     """Copies of ``W_V`` and ``W_O`` of every head of image-tower block ``layer``, with ``ln1`` folded
     (and the reading weights centred) when ``fold_ln`` and the writing weights centred when
     ``center`` (module docstring). The model is not changed."""
@@ -150,19 +156,29 @@ def head_svd(model, layer: int, rank: int | None = None, fold_ln: bool = True, c
     d_head = model.visual.blocks[layer].attn.d_head
     rank = d_head if rank is None else rank
     if not isinstance(rank, int) or not 1 <= rank <= d_head:
-        raise ValueError(f"rank must be an integer in 1..{d_head} (VO has rank at most d_head = {d_head}), "
-                         f"got {rank!r}; use rank=None for all of them")
+        raise ValueError(
+            f"rank must be an integer in 1..{d_head} (VO has rank at most d_head = {d_head}), "
+            f"got {rank!r}; use rank=None for all of them"
+        )
     W_V, W_O = head_factors(model, layer, fold_ln, center)
     dtype = W_V.dtype
     # float64: the QR-based SVD of the thin factors, and the signs, are then stable to rounding
     U, S, Vh = FactoredMatrix(W_V.double(), W_O.double()).svd()
     U, S, Vh = fix_signs(U[..., :rank], S[..., :rank], Vh[..., :rank, :])
-    return HeadSVD(S=S.to(dtype), U=U.to(dtype), Vh=Vh.to(dtype), layer=layer, fold_ln=fold_ln, center=center,
-                   model=model_identity(model))
+    return HeadSVD(
+        S=S.to(dtype),
+        U=U.to(dtype),
+        Vh=Vh.to(dtype),
+        layer=layer,
+        fold_ln=fold_ln,
+        center=center,
+        model=model_identity(model),
+    )
 
 
-def fix_signs(U: Float[Tensor, "head d r"], S: Float[Tensor, "head r"], Vh: Float[Tensor, "head r d"]
-              ) -> tuple[Tensor, Tensor, Tensor]:
+def fix_signs(
+    U: Float[Tensor, "head d r"], S: Float[Tensor, "head r"], Vh: Float[Tensor, "head r d"]
+) -> tuple[Tensor, Tensor, Tensor]:
     """Flip each pair ``(u_i, v_i)`` so that the largest-magnitude entry of ``u_i`` is positive
     (the first such entry on ties)."""
     largest = U.abs().argmax(dim=-2, keepdim=True)  # [head, 1, r]
@@ -175,6 +191,7 @@ def check_layer(model, layer: int) -> int:
     """``layer`` as a block index of the image tower (negative counts from the end), or a clear error."""
     n = len(model.visual.blocks)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-        raise ValueError(f"layer={layer!r} is out of range: the image tower has {n} blocks (0..{n - 1}, or "
-                         f"-{n}..-1 from the end)")
+        raise ValueError(
+            f"layer={layer!r} is out of range: the image tower has {n} blocks (0..{n - 1}, or -{n}..-1 from the end)"
+        )
     return layer % n

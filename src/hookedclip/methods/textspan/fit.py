@@ -13,8 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.methods.textspan.greedy import (Criterion, DataScatter, MomentScatter, Scatter, SpanFrom,
-                                                greedy_select)
+from hookedclip.methods.textspan.greedy import Criterion, DataScatter, MomentScatter, Scatter, SpanFrom, greedy_select
 from hookedclip.methods.textspan.result import TextSpanResult
 
 
@@ -60,9 +59,18 @@ def text_span(
     if not bool(torch.isfinite(contributions).all()):
         raise ValueError("contributions contain NaN or inf")
     state = DataScatter(contributions)
-    result = _fit(state, f"contributions has shape {tuple(contributions.shape)}", _out_dtype(contributions),
-                  text_embeddings, texts, n_texts, rank=rank, criterion=criterion, center_texts=center_texts,
-                  span_from=span_from)
+    result = _fit(
+        state,
+        f"contributions has shape {tuple(contributions.shape)}",
+        _out_dtype(contributions),
+        text_embeddings,
+        texts,
+        n_texts,
+        rank=rank,
+        criterion=criterion,
+        center_texts=center_texts,
+        span_from=span_from,
+    )
     result.reconstruction = state.reconstruction().to(result.mean.dtype)
     return result
 
@@ -112,8 +120,15 @@ def text_span_from_moments(
     if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(second_moment).all())):
         raise ValueError("mean or second_moment contain NaN or inf")
     state = MomentScatter(mean, second_moment, n)
-    return _fit(state, f"mean has shape {tuple(mean.shape)}", _out_dtype(second_moment), text_embeddings, texts,
-                n_texts, **options)
+    return _fit(
+        state,
+        f"mean has shape {tuple(mean.shape)}",
+        _out_dtype(second_moment),
+        text_embeddings,
+        texts,
+        n_texts,
+        **options,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -165,8 +180,16 @@ def _check_rows(n: int, empty: str) -> None:
         raise ValueError(f"TextSpan needs at least 2 data rows (the score is an unbiased std), got {n}")
 
 
-def _check_texts(d: int, data_desc: str, text_embeddings: Tensor, texts: Sequence[str], n_texts: int,
-                 rank: int | None, criterion: str, span_from: str) -> list[str]:
+def _check_texts(
+    d: int,
+    data_desc: str,
+    text_embeddings: Tensor,
+    texts: Sequence[str],
+    n_texts: int,
+    rank: int | None,
+    criterion: str,
+    span_from: str,
+) -> list[str]:
     if text_embeddings.ndim != 2:
         raise ValueError(f"text_embeddings must be [m_pool, d'], got shape {tuple(text_embeddings.shape)}")
     if text_embeddings.shape[1] != d:

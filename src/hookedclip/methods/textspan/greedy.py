@@ -84,9 +84,7 @@ class DataScatter:
     def variance(self, texts: Tensor) -> Tensor:
         # Y = C Rᵀ and its column variance, chunked over texts to bound the [N, chunk] block.
         chunk = max(1, _SCORE_BLOCK // max(self.n, 1))
-        return torch.cat(
-            [(self.residual @ block.T).var(dim=0, correction=1) for block in texts.split(chunk)]
-        )
+        return torch.cat([(self.residual @ block.T).var(dim=0, correction=1) for block in texts.split(chunk)])
 
     def remove(self, direction: Tensor, rho: Tensor) -> float:
         coeff = (self.residual @ direction) / rho  # b = C rᵀ / ρ
@@ -193,5 +191,13 @@ def greedy_select(state: Scatter, texts: Tensor, n_texts: int, criterion: Criter
     )
 
 
-__all__ = ["Criterion", "SpanFrom", "ZERO_NORM_RTOL", "Scatter", "DataScatter", "MomentScatter",
-           "Selection", "greedy_select"]
+__all__ = [
+    "Criterion",
+    "SpanFrom",
+    "ZERO_NORM_RTOL",
+    "Scatter",
+    "DataScatter",
+    "MomentScatter",
+    "Selection",
+    "greedy_select",
+]

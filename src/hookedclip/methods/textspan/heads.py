@@ -56,8 +56,9 @@ def text_span_heads(
         raise ValueError(f"n_texts={n_texts!r} must be an int from 0 to the text pool's size ({len(texts)} texts)")
     texts, pool = _common.text_pool(model, texts, text_embeddings, text_batch_size)
     per_head, _ = _common.head_moments(model, batches, components)
-    return _per_head(per_head, model_identity(model), pool.to(torch.float64), texts, n_texts, rank=rank,
-                     criterion=criterion)
+    return _per_head(
+        per_head, model_identity(model), pool.to(torch.float64), texts, n_texts, rank=rank, criterion=criterion
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -89,12 +90,20 @@ def text_span_from_store(
     return _per_head(moments, store.model, text_embeddings, texts, n_texts, **options)
 
 
-def _per_head(moments: Mapping[str, RunningMoments], model: ModelIdentity | None, text_embeddings: Tensor,
-              texts: list[str], n_texts: int, **options) -> dict[str, TextSpanResult]:
+def _per_head(
+    moments: Mapping[str, RunningMoments],
+    model: ModelIdentity | None,
+    text_embeddings: Tensor,
+    texts: list[str],
+    n_texts: int,
+    **options,
+) -> dict[str, TextSpanResult]:
     """:func:`~hookedclip.methods.textspan.text_span_from_moments` on each head's moments, each
     result recording ``model``."""
-    results = {label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts,
-                                             **options) for label, m in moments.items()}
+    results = {
+        label: text_span_from_moments(m.mean, m.second_moment(), m.n, text_embeddings, texts, n_texts, **options)
+        for label, m in moments.items()
+    }
     for result in results.values():
         result.model = model
     return results
@@ -103,8 +112,9 @@ def _per_head(moments: Mapping[str, RunningMoments], model: ModelIdentity | None
 def head_moments(model, batches, components=ALL_HEADS) -> tuple[list[str], RunningMoments]:
     """Deprecated: use :func:`hookedclip.methods.head_moments` (a ``label -> RunningMoments``
     dict and the embedding's moments). Labels and one ``[component, d']`` accumulator."""
-    warnings.warn("textspan.head_moments is deprecated; use hookedclip.methods.head_moments",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "textspan.head_moments is deprecated; use hookedclip.methods.head_moments", DeprecationWarning, stacklevel=2
+    )
     per_head, _ = _common.head_moments(model, batches, components)
     first = next(iter(per_head.values()))
     mean = torch.stack([m.mean for m in per_head.values()])

@@ -43,8 +43,16 @@ class TextSpanResult(Result):
     """
 
     _kind = "textspan"
-    _tensor_fields = ("indices", "directions", "basis", "explained_variance", "mean", "scores", "span",
-                      "reconstruction")
+    _tensor_fields = (
+        "indices",
+        "directions",
+        "basis",
+        "explained_variance",
+        "mean",
+        "scores",
+        "span",
+        "reconstruction",
+    )
     _json_fields = ("texts", "total_variance", "n", "criterion")
 
     texts: list[str]
@@ -67,15 +75,26 @@ class TextSpanResult(Result):
     # ---- the Result protocol
     def _title(self) -> str:
         explained = float(self.explained_fraction[-1]) if len(self) else 0.0
-        return (f"TextSpan on {self.model or 'no recorded model'}: {len(self)} texts explain "
-                f"{100 * explained:.1f}% of the variance (N={self.n}, {self.criterion})")
+        return (
+            f"TextSpan on {self.model or 'no recorded model'}: {len(self)} texts explain "
+            f"{100 * explained:.1f}% of the variance (N={self.n}, {self.criterion})"
+        )
 
     def _table(self) -> tuple[list[str], list[list]]:
         header = ["rank", "text", "pool_index", "score", "explained_variance", "explained_fraction"]
         scores = [None] * len(self) if self.scores is None else self.scores.tolist()
-        rows = [[i + 1, text, int(j), score, float(v), float(f)] for i, (text, j, score, v, f) in
-                enumerate(zip(self.texts, self.indices.tolist(), scores, self.explained_variance.tolist(),
-                              self.explained_fraction.tolist()))]
+        rows = [
+            [i + 1, text, int(j), score, float(v), float(f)]
+            for i, (text, j, score, v, f) in enumerate(
+                zip(
+                    self.texts,
+                    self.indices.tolist(),
+                    scores,
+                    self.explained_variance.tolist(),
+                    self.explained_fraction.tolist(),
+                )
+            )
+        ]
         return header, rows
 
     def _repr_sizes(self) -> dict:
@@ -85,8 +104,7 @@ class TextSpanResult(Result):
         """Cumulative share of the variance explained against the texts chosen (a matplotlib
         ``Figure``; written to ``path`` when given)."""
         fig, ax = new_figure(max(4.5, 0.3 * len(self) + 2.0), 3.4)
-        ax.plot(range(1, len(self) + 1), [100 * float(f) for f in self.explained_fraction], marker="o",
-                markersize=3.5)
+        ax.plot(range(1, len(self) + 1), [100 * float(f) for f in self.explained_fraction], marker="o", markersize=3.5)
         ax.set_xticks(range(1, len(self) + 1), self.texts, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("variance explained (%)")
         ax.set_ylim(0, 102)
