@@ -30,7 +30,7 @@ from torch import Tensor
 from hookedclip import ablation
 from hookedclip.components import Head, select
 from hookedclip.methods.sith.svd import head_svd
-from hookedclip.model.hooked import process_weights
+from hookedclip.model.weights import process_weights
 
 #: ``{(head, i): m}``; a head is a label (``"L3H1"``) or a :class:`~hookedclip.components.Head`.
 Multipliers = Mapping[tuple, float]
