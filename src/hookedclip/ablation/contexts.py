@@ -75,29 +75,36 @@ def _then(first: contextlib.AbstractContextManager, second: contextlib.AbstractC
         yield model
 
 
-def project_out(
-    model,
-    components,
-    directions: Tensor | Mapping[str, Tensor],
-    means: Mapping[str, Tensor] | None = None,
-    mode: Mode = "direct",
-):
-    """Remove the span of ``directions`` (``[k, d]``, one set for all or a dict per label)
+def _projection_context(name: str, keep: bool, doc: str):
+    """A public projection context; ``project_out`` and ``keep_only`` differ only in ``keep``."""
+
+    def context(
+        model,
+        components,
+        directions: Tensor | Mapping[str, Tensor],
+        means: Mapping[str, Tensor] | None = None,
+        mode: Mode = "direct",
+    ):
+        return _projection(model, components, directions, means, mode, keep=keep)
+
+    context.__name__ = context.__qualname__ = name
+    context.__doc__ = doc
+    return context
+
+
+project_out = _projection_context(
+    "project_out",
+    keep=False,
+    doc="""Remove the span of ``directions`` (``[k, d]``, one set for all or a dict per label)
     from each component's output, relative to its mean when ``means`` is given:
-    ``φ' = φ − (φ − m) Q Qᵀ``."""
-    return _projection(model, components, directions, means, mode, keep=False)
-
-
-def keep_only(
-    model,
-    components,
-    directions: Tensor | Mapping[str, Tensor],
-    means: Mapping[str, Tensor] | None = None,
-    mode: Mode = "direct",
-):
-    """Keep only the span of ``directions``: ``φ' = m + (φ − m) Q Qᵀ`` (``m`` = mean or zero).
-    With no directions this is mean (or zero) ablation."""
-    return _projection(model, components, directions, means, mode, keep=True)
+    ``φ' = φ − (φ − m) Q Qᵀ``.""",
+)
+keep_only = _projection_context(
+    "keep_only",
+    keep=True,
+    doc="""Keep only the span of ``directions``: ``φ' = m + (φ − m) Q Qᵀ`` (``m`` = mean or zero).
+    With no directions this is mean (or zero) ablation.""",
+)
 
 
 def _projection(model, components, directions, means, mode: Mode, keep: bool):

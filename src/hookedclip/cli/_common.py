@@ -129,6 +129,17 @@ def positive(text: str) -> int:
 
 
 # ------------------------------------------------------------------------- pretrained weights
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pretrained`` and ``--download``: which weights a command's model loads, and whether
+    open_clip may fetch them (every command that loads a model takes both)."""
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let open_clip download pretrained weights missing on this machine (needs network)",
+    )
+
+
 def check_pretrained_available(model: str, pretrained: str | None, download: bool) -> None:
     """Fail at once when open_clip would have to download ``pretrained`` and ``download`` is
     off: the commands run offline, and open_clip's retries take about a minute to fail."""

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 
 import torch
 
-from hookedclip.cli._common import CommandError, Parser, check_pretrained_available, positive, run_command, warn
+from hookedclip.cli._common import (
+    CommandError,
+    Parser,
+    add_weights_arguments,
+    check_pretrained_available,
+    positive,
+    run_command,
+    warn,
+)
 from hookedclip.data.extract import extract, parse_target
 from hookedclip.data.store import ActivationStore
 from hookedclip.model.resolve import load_model
@@ -26,12 +34,7 @@ DATA_FORMS = "toy[:N], waterbirds:ROOT[:SPLIT], imagenet-val:ROOT[:LABELS_OR_DEV
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="toy", help="toy | open_clip name | saved HookedCLIP dir | hf:LOCAL_DIR")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="let open_clip download pretrained weights missing on this machine (needs network)",
-    )
+    add_weights_arguments(parser)
     parser.add_argument("--data", default="toy:1024", help=DATA_FORMS)
     parser.add_argument(
         "--targets",

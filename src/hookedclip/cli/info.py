@@ -6,7 +6,7 @@ import argparse
 import re
 from collections.abc import Sequence
 
-from hookedclip.cli._common import check_pretrained_available
+from hookedclip.cli._common import add_weights_arguments, check_pretrained_available
 from hookedclip.model.hooked import HookedCLIP
 from hookedclip.model.resolve import load_model
 
@@ -56,12 +56,7 @@ def add_info_command(subparsers) -> argparse.ArgumentParser:
     """Register ``hookedclip info`` on the ``hookedclip`` command's subparsers."""
     info = subparsers.add_parser("info", help="architecture summary and hook points of a model")
     info.add_argument("model", help="toy | open_clip name (ViT-B-16) | saved HookedCLIP dir | hf:LOCAL_DIR")
-    info.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    info.add_argument(
-        "--download",
-        action="store_true",
-        help="let open_clip download pretrained weights missing on this machine (needs network)",
-    )
+    add_weights_arguments(info)
     info.add_argument("--all-hooks", action="store_true", help="list every hook point, not one line per pattern")
     info.set_defaults(func=_cmd_info)
     return info

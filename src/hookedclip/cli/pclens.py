@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hookedclip.cli._common import CommandError, check_pretrained_available, positive, step
+from hookedclip.cli._common import CommandError, add_weights_arguments, check_pretrained_available, positive, step
 from hookedclip.methods.pclens import PCLensResult
 from hookedclip.model.resolve import load_model
 from hookedclip.report.pclens import MIN_STRENGTH, write_pclens_report
@@ -151,12 +151,7 @@ def _cmd_debias(args: argparse.Namespace) -> None:
 def _add_debias(sub) -> None:
     deb = sub.add_parser("debias", help="remove a spurious concept's PCs: worst-group / average accuracy vs K")
     deb.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
-    deb.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
-    deb.add_argument(
-        "--download",
-        action="store_true",
-        help="let open_clip download pretrained weights missing on this machine (needs network)",
-    )
+    add_weights_arguments(deb)
     deb.add_argument(
         "--waterbirds",
         default=None,

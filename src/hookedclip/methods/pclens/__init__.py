@@ -20,26 +20,11 @@ from hookedclip.methods.pclens.debias import (
     toy_task,
     waterbirds_task,
 )
-from hookedclip.methods.pclens.fit import (
-    analysed_heads,
-    fit,
-    fit_from_contributions,
-    fit_from_moments,
-    fit_from_store,
-    store_identity,
-    stream_moments,
-)
+from hookedclip.methods.pclens.fit import *  # noqa: F403 (the names are fit.__all__, re-exported below)
+from hookedclip.methods.pclens.fit import __all__ as _fit_names
 from hookedclip.methods.pclens.head import HeadPCA, PCLabel
-from hookedclip.methods.pclens.pca import (
-    choose_rank,
-    image_scores,
-    label_pcs,
-    pca_from_data,
-    pca_from_moments,
-    projector,
-    text_coordinates,
-    top_images,
-)
+from hookedclip.methods.pclens.pca import *  # noqa: F403 (the names are pca.__all__, re-exported below)
+from hookedclip.methods.pclens.pca import __all__ as _pca_names
 from hookedclip.methods.pclens.query import QueryEntry, QueryResult, QuerySystem, union
 from hookedclip.methods.pclens.recovered import AccuracyRecovered, accuracy_recovered
 from hookedclip.methods.pclens.result import PCLensResult
@@ -60,27 +45,14 @@ __all__ = [
     # one head's PCA, labels and images
     "PCLabel",
     "HeadPCA",
-    "choose_rank",
-    "pca_from_data",
-    "pca_from_moments",
-    "text_coordinates",
-    "projector",
-    "label_pcs",
-    "image_scores",
-    "top_images",
+    *_pca_names,
     # the result and fitting
     "PCLensResult",
     "model_identity",
-    "fit_from_moments",
-    "fit_from_contributions",
-    "fit",
-    "fit_from_store",
-    "analysed_heads",
-    "stream_moments",
+    *_fit_names,
     "store_heads",
     "store_moments",
     "store_embedding_moments",
-    "store_identity",
     # selection: interventions on chosen PCs
     "PCSelection",
     "as_selection",
