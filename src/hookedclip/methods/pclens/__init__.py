@@ -5,21 +5,15 @@ The public API, gathered from the submodules, which import each other in one dir
 ``head`` (one head's PCs and labels) <- ``pca`` (PCA, rank rule, text labels, projector, image
 scores) <- ``result`` (``PCLensResult``) <- ``fit`` (fitting from a model, moments or a store);
 ``result`` <- ``selection`` (interventions on chosen PCs) <- ``query`` (ranking PCs for a
-concept) <- ``debias`` (removing a spurious feature); ``recovered`` (accuracy recovered with K
-PCs per head) builds on ``fit`` and TextSpan. Submodules never import this package; other
-methods import only this package.
+concept) <- ``debias`` (the sweep removing a spurious feature), which uses ``sweep_result``
+(``SweepPoint``, ``DebiasSweep``) and ``spurious`` (the tasks: ``SpuriousTask``, toy,
+Waterbirds); ``recovered`` (accuracy recovered with K PCs per head) builds on ``fit`` and
+TextSpan. Submodules never import this package; other methods import only this package.
 """
 
 from hookedclip.identity import model_identity
 from hookedclip.methods._common import store_embedding_moments, store_heads, store_moments
-from hookedclip.methods.pclens.debias import (
-    DebiasSweep,
-    SpuriousTask,
-    SweepPoint,
-    debias_sweep,
-    toy_task,
-    waterbirds_task,
-)
+from hookedclip.methods.pclens.debias import debias_sweep
 from hookedclip.methods.pclens.fit import *  # noqa: F403 (the names are fit.__all__, re-exported below)
 from hookedclip.methods.pclens.fit import __all__ as _fit_names
 from hookedclip.methods.pclens.head import HeadPCA, PCLabel
@@ -40,6 +34,8 @@ from hookedclip.methods.pclens.selection import (
     row_transform,
     selection_embeddings,
 )
+from hookedclip.methods.pclens.spurious import SpuriousTask, toy_task, waterbirds_task
+from hookedclip.methods.pclens.sweep_result import DebiasSweep, SweepPoint
 
 __all__ = [
     # one head's PCA, labels and images

@@ -17,14 +17,15 @@ per-head selection formula in closed form
 (:func:`~hookedclip.methods.pclens.selection.selection_embeddings`),
 which is what :func:`~hookedclip.methods.pclens.selection.remove` does inside a forward pass
 (tested equal), without re-running the model per ``K``.
+
+The result (:class:`SweepPoint`, :class:`DebiasSweep`) lives in ``sweep_result`` and the tasks
+(:class:`SpuriousTask`, :func:`toy_task`, :func:`waterbirds_task`) in ``spurious``; both are
+importable from here too.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -33,183 +34,21 @@ from torch import Tensor
 from hookedclip._compat import renamed_arguments
 from hookedclip.data.batches import iter_images, iter_labelled
 from hookedclip.decompose import ComponentStack, decompose_image
-from hookedclip.identity import ModelIdentity
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
 from hookedclip.methods.pclens.result import PCLensResult
 from hookedclip.methods.pclens.selection import PCSelection, selection_embeddings
-from hookedclip.plotting import colormap, finish_figure, new_figure
-from hookedclip.results import Result
+from hookedclip.methods.pclens.spurious import (
+    WATERBIRDS_CONCEPTS,
+    SpuriousTask,
+    toy_concepts,
+    toy_task,
+    waterbirds_task,
+)
+from hookedclip.methods.pclens.sweep_result import DebiasSweep, SweepPoint
 from hookedclip.zeroshot import accuracy, group_accuracies
 
 #: Default sweep: PCs per concept (``K = 0`` is the unmodified model and always measured).
 DEFAULT_KS: tuple[int, ...] = (1, 2, 3, 5, 8, 12, 20, 30, 50)
-
-
-@dataclass
-class SweepPoint:
-    """Accuracies with the union of each concept's top-``k`` PCs removed (``k = 0``: the
-    unmodified model). Accuracies are fractions in [0, 1]; ``groups`` is keyed by group name."""
-
-    k: int
-    n_removed: int
-    average: float
-    worst_group: float
-    groups: dict[str, float]
-    removed: list[tuple[str, int]] = field(default_factory=list, repr=False)
-
-
-@dataclass(repr=False)
-class DebiasSweep(Result):
-    """The result of :func:`debias_sweep`: one :class:`SweepPoint` per ``K`` (``points[0]`` is
-    the unmodified model), and the picked point (``chosen``) under ``margin``."""
-
-    _kind = "debias"
-    _json_fields = ("concepts", "group_names", "points", "margin", "chosen", "n_images")
-
-    concepts: list[str]
-    group_names: list[str]
-    points: list[SweepPoint]
-    margin: float
-    chosen: SweepPoint
-    n_images: int
-    model: ModelIdentity | None = None
-
-    @property
-    def baseline(self) -> SweepPoint:
-        return self.points[0]
-
-    @staticmethod
-    def pick(points: Sequence[SweepPoint], margin: float) -> SweepPoint:
-        """The Pareto pick: the highest worst-group accuracy among the ``K ≥ 1`` whose worst-group
-        accuracy is strictly above the unmodified model's and whose average accuracy is strictly
-        above the unmodified model's minus ``margin`` (a fraction: 0.01 = one point); ties go to
-        the fewest PCs removed. The unmodified model (``points[0]``) when no ``K`` qualifies.
-
-        ``margin = 0`` is the reference implementation's rule (average **and** WGA strictly above the
-        baseline, then maximum WGA). A positive margin lets a small loss in average accuracy buy
-        a large worst-group gain, which is the point of debiasing.
-        """
-        base = points[0]
-        allowed = [p for p in points[1:] if p.average > base.average - margin and p.worst_group > base.worst_group]
-        if not allowed:
-            return base
-        return max(allowed, key=lambda p: (p.worst_group, -p.n_removed))
-
-    # ---- output
-    HEADER = ["k_per_concept", "pcs_removed", "average", "worst_group"]
-
-    def rows(self) -> list[list]:
-        return [
-            [p.k, p.n_removed, p.average, p.worst_group]
-            + [p.groups[g] for g in self.group_names]
-            + [int(p is self.chosen)]
-            for p in self.points
-        ]
-
-    # ---- the Result protocol (``to_csv``: one row per ``K``, fractions, ``chosen`` 1 for the pick)
-    def _table(self) -> tuple[list[str], list[list]]:
-        return self.HEADER + self.group_names + ["chosen"], self.rows()
-
-    def _repr_sizes(self) -> dict:
-        return {
-            "concepts": len(self.concepts),
-            "points": len(self.points),
-            "groups": len(self.group_names),
-            "chosen_k": self.chosen.k,
-        }
-
-    def _state(self) -> tuple[dict, dict]:
-        tensors, fields = super()._state()
-        fields["points"] = [asdict(p) for p in self.points]
-        fields["chosen"] = self.points.index(self.chosen)  # saved as an index into points
-        return tensors, fields
-
-    @classmethod
-    def _from_state(cls, tensors: dict, fields: dict, model: ModelIdentity | None) -> DebiasSweep:
-        points = [SweepPoint(**dict(p, removed=[tuple(pc) for pc in p["removed"]])) for p in fields["points"]]
-        return cls(**dict(fields, points=points, chosen=points[fields["chosen"]]), model=model)
-
-    def plot(self, path: str | Path | None = None, title: str | None = None):
-        """Worst-group and average accuracy against ``K`` (thin lines: each group), the
-        unmodified model's values dashed and the picked ``K`` marked by a vertical line (a
-        matplotlib ``Figure``; written to ``path`` when given). The x axis is symmetric-log so a
-        sweep from 0 to large ``K`` stays readable."""
-        ks = [p.k for p in self.points]
-        fig, ax = new_figure(6.8, 3.8)
-        for i, g in enumerate(self.group_names):
-            ax.plot(
-                ks,
-                [100 * p.groups[g] for p in self.points],
-                color=colormap("Dark2")(i % 8),
-                linewidth=1.3,
-                alpha=0.9,
-                marker=".",
-                markersize=5,
-                label=g,
-            )
-        bold = {
-            "worst group": ("#C44E52", [p.worst_group for p in self.points]),
-            "average": ("#1f3b73", [p.average for p in self.points]),
-        }
-        for name, (colour, values) in bold.items():
-            ax.plot(ks, [100 * v for v in values], color=colour, linewidth=2.6, marker="o", markersize=5, label=name)
-            ax.axhline(
-                100 * values[0],
-                color=colour,
-                linestyle="--",
-                linewidth=1,
-                alpha=0.8,
-                label=f"{name}, original: {100 * values[0]:.1f}%",
-            )
-        ax.axvline(
-            self.chosen.k,
-            color="black",
-            linestyle=":",
-            linewidth=1.5,
-            label=f"pick: K = {self.chosen.k} (margin {100 * self.margin:.0f} pt)",
-        )
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xticks(ks, [str(k) for k in ks], fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel("top PCs removed per concept (K; 0 = original model)")
-        ax.set_ylabel("accuracy (%)")
-        lowest = min([p.worst_group for p in self.points] + [v for p in self.points for v in p.groups.values()])
-        ax.set_ylim(max(0.0, 10 * math.floor(10 * lowest - 0.5)), 102)  # from the decade below the lowest value
-        ax.set_title(title or f"Removing the PCs of {', '.join(repr(c) for c in self.concepts)}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        return finish_figure(fig, path)
-
-    def summary(self) -> str:
-        """A few lines: the baseline, the picked point and the rule."""
-        b, c = self.baseline, self.chosen
-        lines = [
-            f"spurious concepts: {'; '.join(self.concepts)} ({self.n_images} images, "
-            f"{len(self.points) - 1} values of K)",
-            f"model:            {self.model or 'not recorded'}",
-            f"original model:   average {100 * b.average:.1f}%, worst group {100 * b.worst_group:.1f}%",
-        ]
-        if c is b:
-            lines.append(
-                f"no K raised the worst group with average above original - {100 * self.margin:.1f} points: "
-                "keep the model"
-            )
-        else:
-            lines.append(
-                f"picked K={c.k} ({c.n_removed} PCs removed): average {100 * c.average:.1f}%, worst group "
-                f"{100 * c.worst_group:.1f}% ({100 * (c.worst_group - b.worst_group):+.1f} points)"
-            )
-        lines.append("  " + ", ".join(f"{g} {100 * c.groups[g]:.1f}%" for g in self.group_names))
-        lines.append(
-            f"rule: best worst-group accuracy above the original's, with average > original - "
-            f"{100 * self.margin:.1f} points; ties to fewer PCs"
-        )
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -356,94 +195,6 @@ def debias_sweep(
         DebiasSweep.pick(points, margin),
         int(labels.shape[0]),
         model=result.model,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Tasks: the toy spurious split and Waterbirds
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class SpuriousTask:
-    """Evaluation images with classes and groups, the classifier, and the spurious concepts.
-
-    ``images`` is a tensor of preprocessed images ``[N, C, H, W]`` or a dataset of
-    ``{"image": [C, H, W], ...}`` items (read in batches, never all in memory)."""
-
-    images: Float[Tensor, "n channel height width"] | torch.utils.data.Dataset
-    labels: Int[Tensor, " n"]
-    groups: Int[Tensor, " n"]
-    group_names: list[str]
-    classifier: object
-    concepts: list[str]
-
-    def batches(self, batch_size: int = 256, workers: int = 0) -> Iterable[Tensor]:
-        """The images in order, ``[B, C, H, W]`` at a time."""
-        if isinstance(self.images, Tensor):
-            return self.images.split(batch_size)
-        loader = torch.utils.data.DataLoader(self.images, batch_size=batch_size, num_workers=workers)
-        return (batch["image"] for batch in loader)
-
-
-def toy_concepts(spec=None) -> list[str]:
-    """The toy world's words for the spurious textures: ``["a striped background", "a dotted
-    background"]``. The toy's text encoder only knows caption words, so "stripes" or "dots"
-    alone would be out-of-distribution queries."""
-    from hookedclip.toy.world import ATTRIBUTE_WORDS, SpuriousSpec
-
-    spec = spec or SpuriousSpec()
-    return [f"a {ATTRIBUTE_WORDS['texture'][t]} background" for t in spec.textures]
-
-
-def toy_task(model, n: int = 1000, seed: int = 12345, spec=None) -> SpuriousTask:
-    """``n`` images of the group-balanced toy spurious split (test split, as in
-    :func:`hookedclip.toy.evaluate.evaluate`), classified circle vs square with the shape prompts."""
-    from hookedclip.toy.model import images_to_tensor
-    from hookedclip.toy.world import SpuriousSpec, ToyWorld, class_prompts
-    from hookedclip.zeroshot import ZeroShotClassifier
-
-    spec = spec or SpuriousSpec()
-    world = ToyWorld(
-        n, seed=seed, split="test", spurious=spec, group_balanced=True, image_size=model.cfg.vision.image_size
-    )
-    images = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
-    groups = torch.from_numpy(world.groups())
-    prompts = class_prompts("shape")
-    classifier = ZeroShotClassifier.from_prompts(model, {c: prompts[c] for c in spec.classes})
-    return SpuriousTask(images, groups // 2, groups, spec.group_names(), classifier, toy_concepts(spec))
-
-
-WATERBIRDS_CONCEPTS: tuple[str, ...] = ("water background", "land background")  # the reference's Waterbirds runs
-
-
-def waterbirds_task(
-    model, root: str | Path, split: str = "test", limit: int | None = None, templates: str = "openai"
-) -> SpuriousTask:
-    """Waterbirds ``split`` through ``model.preprocess``, classified landbird vs waterbird with
-    open_clip's ImageNet ``templates`` (the reference uses the 80 OpenAI templates)."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-
-    from hookedclip.data.datasets import Waterbirds
-    from hookedclip.zeroshot import ZeroShotClassifier
-
-    if model.preprocess is None:
-        raise ValueError("Waterbirds images need the model's preprocessing (model.preprocess is None)")
-    data = Waterbirds(root, split, transform=model.preprocess)
-    if limit is not None and limit < len(data):
-        data = torch.utils.data.Subset(data, range(limit))
-        labels, groups = data.dataset.labels[:limit], data.dataset.groups[:limit]
-    else:
-        labels, groups = data.labels, data.groups
-    chosen = OPENAI_IMAGENET_TEMPLATES if templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
-    classifier = ZeroShotClassifier.from_classnames(model, ["landbird", "waterbird"], chosen)
-    return SpuriousTask(
-        data,
-        torch.from_numpy(labels),
-        torch.from_numpy(groups),
-        Waterbirds.group_names(),
-        classifier,
-        list(WATERBIRDS_CONCEPTS),
     )
 
 

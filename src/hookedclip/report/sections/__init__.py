@@ -1,0 +1,7 @@
+"""The sections of the demo report (:mod:`hookedclip.report.demo`): each is a function
+``(ctx: DemoContext) -> Section`` that writes its figures into the report folder.
+
+``context`` (what every section shares) <- ``core`` (the toy world and the core analyses:
+zero-shot accuracy, layer shares, head probes, mean-ablation) and ``methods`` (TextSpan,
+PCLens, segmentation). The modules never import this package or ``demo``.
+"""

@@ -1,0 +1,240 @@
+"""The demo report's sections on the toy world and the core analyses: sample images, zero-shot
+accuracy, where the embedding comes from, which heads carry which attribute, and accumulated
+mean-ablation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hookedclip import plotting
+from hookedclip.report.sections.context import DemoContext, progress_steps
+from hookedclip.report.viz import Section
+
+
+def section_samples(ctx: DemoContext) -> Section:
+    n = min(24, len(ctx.images))
+    plotting.image_grid(ctx.images[:n], ctx.captions[:n], ctx.out_dir / "samples.png")
+    return Section(
+        "The toy world",
+        [
+            "Procedural 32-pixel images: one coloured shape on a textured background, each with a caption "
+            "that names some of its attributes. The ground truth of every image is known, so each analysis "
+            "can be checked against it."
+        ],
+        figures=[("samples.png", f"{n} held-out images with one of their training-style captions.")],
+    )
+
+
+def section_zero_shot(ctx: DemoContext) -> Section:
+    from hookedclip.toy.evaluate import evaluate
+
+    result = evaluate(ctx.model, n=len(ctx.images), seed=ctx.seed)
+    ctx.cache["zero_shot"] = result
+    plotting.bar_chart(
+        result["accuracy"],
+        ctx.out_dir / "zero_shot.png",
+        "zero-shot top-1 (%)",
+        "Zero-shot accuracy per attribute",
+        chance=result["chance"],
+    )
+    sp = result["spurious"]
+    rows = [[name, f"{100 * acc:.1f}%"] for name, acc in sp["groups"].items()]
+    rows += [["average", f"{100 * sp['average']:.1f}%"], ["worst group", f"{100 * sp['worst_group']:.1f}%"]]
+    return Section(
+        "Zero-shot accuracy",
+        [
+            f"Each attribute is classified by comparing the image embedding with the text embeddings of its "
+            f"class prompts (mean of normalised prompt embeddings), on {result['n']} fresh held-out images.",
+            f"Spurious split: during training, a {sp['classes'][0]} is mostly on {sp['textures'][0]} and a "
+            f"{sp['classes'][1]} on {sp['textures'][1]}. On a test set balanced over the four (shape, texture) "
+            f"groups, the {' vs '.join(sp['classes'])} classifier's worst group trails the average by "
+            f"{100 * sp['gap']:.1f} points: the gap that debiasing methods should close.",
+        ],
+        figures=[("zero_shot.png", "Zero-shot top-1 per attribute; dashed: chance.")],
+        tables=[(["spurious-split group", "accuracy"], rows)],
+    )
+
+
+def section_layer_shares(ctx: DemoContext) -> Section:
+    from hookedclip.decompose import decompose_image
+
+    stack = _batched_decomposition(ctx, decompose_image)
+    unit = stack.sum()  # [N, d] unit embeddings
+    shares = (stack.tensor * unit).sum(-1).mean(1).numpy()  # ⟨φ_c, ê⟩ averaged over images
+    layer_stack = stack.layer_totals()
+    per_label = dict(zip(layer_stack.labels, (layer_stack.tensor * unit).sum(-1).mean(1).numpy()))
+    L = ctx.model.cfg.vision.layers
+    attn = [per_label[f"attn{l}"] for l in range(L)]
+    mlp = [per_label[f"mlp{l}"] for l in range(L)]
+    embed = per_label["embed"]
+    total = sum(per_label.values())
+    plotting.stacked_layer_shares(
+        {"attention": attn, "MLP": mlp},
+        [f"layer {l}" for l in range(L)],
+        ctx.out_dir / "layer_shares.png",
+        f"Direct contribution of each layer (bars sum to {100 * total:.0f}%)",
+        single={"embed": embed},
+    )
+    ctx.cache["head_shares"] = {label: float(s) for label, s in zip(stack.labels, shares)}
+    return Section(
+        "Where the image embedding comes from",
+        [
+            "The unit image embedding is split exactly into the direct contributions of the embedding slot, "
+            "every attention head and every MLP (ln_post statistics frozen at the clean run; "
+            "hookedclip.decompose). A component's share is its contribution's projection on the embedding, "
+            f"averaged over images; shares sum to {100 * total:.0f}%. The embedding slot (patch, class and position "
+            f"embeddings after ln_pre, read directly by ln_post) holds {100 * embed:.1f}%."
+        ],
+        figures=[
+            (
+                "layer_shares.png",
+                "Share of the image embedding written directly by the embedding slot (embed, grey) "
+                "and by each layer's attention and MLP.",
+            )
+        ],
+        tables=[
+            (
+                ["layer", "attention", "MLP"],
+                [[str(l), f"{100 * a:.1f}%", f"{100 * m:.1f}%"] for l, (a, m) in enumerate(zip(attn, mlp))],
+            )
+        ],
+    )
+
+
+def _batched_decomposition(ctx: DemoContext, decompose_image, batch_size: int = 256):
+    from hookedclip.decompose import ComponentStack
+
+    parts = [
+        decompose_image(ctx.model, ctx.tensors[i : i + batch_size]) for i in range(0, len(ctx.tensors), batch_size)
+    ]
+    first = parts[0]
+    return ComponentStack(
+        torch.cat([p.tensor for p in parts], 1),
+        first.labels,
+        first.bias,
+        first.components,
+        torch.cat([p.scale for p in parts]),
+    )
+
+
+def section_head_probes(ctx: DemoContext) -> Section:
+    from hookedclip.names import act_name
+    from hookedclip.probes import head_probe_grid
+
+    model = ctx.model
+    head_results = {act_name("result", layer) for layer in range(model.cfg.vision.layers)}
+    heads = []
+    for i in range(0, len(ctx.tensors), 256):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(ctx.tensors[i : i + 256], names_filter=head_results.__contains__)
+        heads.append(cache.stack_head_results(pos_slice=0))  # the cached hook_result of each head at CLS
+    heads = torch.cat(heads, dim=1)
+    cfg = model.cfg.vision
+    grids, majority = {}, {}
+    for attribute in ("shape", "color", "texture"):
+        labels = ctx.labels(attribute)
+        grids[attribute] = head_probe_grid(
+            heads, labels, cfg.layers, cfg.heads, seed=ctx.seed, progress=ctx.progress, desc=f"probes: {attribute}"
+        )
+        majority[attribute] = np.bincount(labels).max() / len(labels)  # what always guessing the commonest class scores
+    plotting.head_heatmaps(
+        grids,
+        ctx.out_dir / "head_probes.png",
+        "Held-out linear probe accuracy of each head's CLS output",
+        baseline=majority,
+        baseline_label="majority class",
+    )
+    best = [
+        [
+            a,
+            f"L{divmod(int(g.argmax()), cfg.heads)[0]}H{divmod(int(g.argmax()), cfg.heads)[1]}",
+            f"{100 * g.max():.1f}%",
+        ]
+        for a, g in grids.items()
+    ]
+    return Section(
+        "Which heads carry which attribute",
+        [
+            "A logistic-regression probe is trained on half of the images to read each attribute from one "
+            "head's output at the CLS token (hook_result), and scored on the other half. Bright cells: heads "
+            "whose output alone identifies the attribute. The baseline in each panel's title is the majority-class "
+            "rate, what a probe that always answers the commonest class scores."
+        ],
+        figures=[("head_probes.png", "Held-out probe accuracy (%) per head (rows: layers, columns: heads).")],
+        tables=[(["attribute", "best head", "probe accuracy"], best)],
+    )
+
+
+def section_ablation_curve(ctx: DemoContext) -> Section:
+    from hookedclip.ablation import component_means
+    from hookedclip.ablation_curve import mean_ablation_curve
+    from hookedclip.toy.evaluate import binomial_se
+    from hookedclip.toy.world import class_prompts
+    from hookedclip.zeroshot import ZeroShotClassifier
+
+    L = ctx.model.cfg.vision.layers
+    order = ["embed"] + [part for l in range(L) for part in (f"L{l}", f"mlp{l}")]
+    half = len(ctx.tensors) // 2  # means from one half, accuracy on the other
+    fit = [ctx.tensors[:half]]
+    curves, chance = {}, {}
+    means = component_means(ctx.model, fit, order, mode="direct")
+    for attribute in progress_steps(ctx, ("shape", "color", "texture"), "ablation curves"):
+        prompts = class_prompts(attribute)
+        classifier = ZeroShotClassifier.from_prompts(ctx.model, prompts)
+        data = [(ctx.tensors[half:], torch.as_tensor(ctx.labels(attribute)[half:]))]
+        curves[attribute] = mean_ablation_curve(ctx.model, data, classifier, order, means=means).accuracy
+        chance[attribute] = 1 / len(prompts)
+    labels = ["none"] + [
+        f"attn {s[1:]}" if s.startswith("L") else f"mlp {s[3:]}" if s.startswith("mlp") else s for s in order
+    ]
+    plotting.line_curves(
+        curves,
+        labels,
+        ctx.out_dir / "ablation_curve.png",
+        "Accumulated mean-ablation (direct mode)",
+        "mean-ablated up to and including (embed: the embedding slot)",
+        chance=chance,
+    )
+    n_test = len(ctx.tensors) - half
+    below = [
+        f"{a} falls to {100 * min(c):.1f}% after {labels[int(np.argmin(c))]}, below its chance of "
+        f"{100 * chance[a]:.1f}%"
+        for a, c in curves.items()
+        if min(c) < chance[a] - 2 * binomial_se(chance[a], n_test)
+    ]
+    joined = "; ".join(below)
+    below_text = (
+        ""
+        if not below
+        else " " + joined[0].upper() + joined[1:] + ": the components not yet ablated then "
+        "push the embedding away from the true class (a constant guess would score about chance), until "
+        "they are ablated too."
+    )
+    return Section(
+        "Which layers matter: accumulated mean-ablation",
+        [
+            "Components are replaced by their mean contribution one after another, from the embedding slot to "
+            "the last layer, in the direct mode of TextSpan (only each component's direct path into the embedding "
+            "changes; ln_post statistics frozen). Means come from one half of the images, accuracy from the other. "
+            'Where a curve drops, the layers just ablated carry that attribute into the embedding. "embed" is the '
+            "embedding slot (patch, class and position embeddings after ln_pre)." + below_text
+        ],
+        figures=[
+            (
+                "ablation_curve.png",
+                f"Zero-shot accuracy per attribute on {n_test} images as more components "
+                "are mean-ablated, left to right; dotted: chance.",
+            )
+        ],
+    )
+
+
+__all__ = [
+    "section_samples",
+    "section_zero_shot",
+    "section_layer_shares",
+    "section_head_probes",
+    "section_ablation_curve",
+]
