@@ -2,7 +2,7 @@
 
 Both compute, for every head of the last ``--layers`` layers and every source token, the
 head's direct contribution to the (normalised) image embedding with ln_post statistics
-frozen (``specs/pclens_textspan.md`` §1.3, reference convention):
+frozen at the clean run (each component its share of the LayerNorm mean and bias):
 
 - naive: cache the layers' patterns and values, materialise every head's width-space
   output at the CLS query per source token ``[batch, token, head, d_model]``, then apply the

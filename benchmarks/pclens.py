@@ -7,7 +7,7 @@ d' = 512 per image, float32, moments kept as float64 mean + scatter during the w
 - ``ours-stream`` (the fair comparison): :func:`hookedclip.methods.pclens.fit_from_store` on a
   store extracted with ``--moments mean``: the scatter is streamed from the shards
   (:meth:`~hookedclip.data.stats.RunningMoments.update`, in-place float64 ``baddbmm`` over all
-  heads at once), then ``eigh`` per head (§7.2 item 5);
+  heads at once), then ``eigh`` per head;
 - ``ours-stored``: ``fit_from_store`` on the scatter the extraction kept (``--moments cov``).
   Its time includes the accumulation the extraction paid for it (``RunningMoments.update`` on
   every shard, timed while the store is written), not only the ``eigh``;
