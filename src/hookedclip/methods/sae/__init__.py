@@ -1,0 +1,27 @@
+"""Sparse autoencoders on the residual stream.
+
+A :class:`TopKSAE` encodes a residual vector ``h`` into a code ``a`` with exactly ``k`` active
+latents and decodes it as a sum of unit-norm atoms; :func:`splice` puts it into a model's forward
+pass as an engine context; :func:`from_reference` reads the published weight-normalised
+checkpoints.
+
+Modules, importing each other in one direction: ``model`` <- ``reference``, ``splice``.
+"""
+
+from hookedclip.methods.sae.model import SPLICE_MODES, SAEConfig, TopKSAE, densify
+from hookedclip.methods.sae.reference import fold_reference, from_reference, read_reference_state
+from hookedclip.methods.sae.splice import splice, splice_site
+
+TopKSAE.from_reference = staticmethod(from_reference)
+
+__all__ = [
+    "SPLICE_MODES",
+    "SAEConfig",
+    "TopKSAE",
+    "densify",
+    "fold_reference",
+    "from_reference",
+    "read_reference_state",
+    "splice",
+    "splice_site",
+]
