@@ -43,7 +43,7 @@ def no_hub_cache(tmp_path, monkeypatch):
 
 BAD = {
     # argument parsing: argparse's message on one line, pointing to --help
-    "no command": ([], "hookedclip", ["required: {info,demo,cache,toy,pclens}", "--help"]),
+    "no command": ([], "hookedclip", ["required: {info,demo,cache,toy,pclens", "--help"]),
     "unknown command": (["nosuch"], "hookedclip", ["invalid choice: 'nosuch'", "--help"]),
     "info without model": (["info"], "hookedclip info", ["required: model"]),
     "demo --n abc": (["demo", "--n", "abc"], "hookedclip demo", ["--n", "invalid int value: 'abc'"]),
