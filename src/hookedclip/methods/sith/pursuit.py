@@ -42,6 +42,8 @@ from hookedclip.results import Result
 
 #: Default memory budget (bytes) for one chunk's score matrices.
 MAX_MEMORY = 1 << 30
+#: What a kernel returns for ``n`` targets: chosen indices, coefficients and residual norms, each ``[n, k]``.
+_Codes = tuple[Tensor, Tensor, Tensor]
 
 
 @dataclass(repr=False)
@@ -142,9 +144,10 @@ def comp(
     return _pursuit(found, lead, "comp" if lam > 0 else "nnomp", lam, concepts)
 
 
-def _fixed_pursuit(name: str, method: str, kernel: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]], doc: str):
+def _fixed_pursuit(name: str, method: str, kernel: Callable[[Tensor, Tensor, int], _Codes], doc: str):
     """A public pursuit without a weight of its own: :func:`nnomp`, :func:`matching_pursuit` and
-    :func:`top_k` differ only in the kernel that codes one chunk of targets."""
+    :func:`top_k` differ only in the kernel ``kernel(X [n, d], D [n_atoms, d], k)`` that codes one
+    chunk of targets (``(indices, coefficients, residual_norms)``, each ``[n, k]``)."""
 
     def pursuit(
         targets: Float[Tensor, "... d"],
@@ -168,6 +171,7 @@ def _top_k_kernel(X: Float[Tensor, "n d"], D: Float[Tensor, "m d"], k: int) -> t
     return chosen, coef, _prefix_residuals(X, D[chosen], coef)
 
 
+# lambdas: the kernels are defined further down
 nnomp = _fixed_pursuit(
     "nnomp",
     "nnomp",
