@@ -10,6 +10,7 @@ import copy
 import csv
 import io
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -211,6 +212,34 @@ def test_a_result_without_a_model_loads_but_cannot_be_checked(tmp_path, toy):
     assert TextSpanResult.load(path).texts == span.texts
     with pytest.raises(ModelMismatch, match="records no model"):
         TextSpanResult.load(path, model=toy)
+
+
+@dataclass(repr=False)
+class _Listed(Result):
+    _kind = "listed"
+    _tensor_fields = ("values",)
+    _json_fields = ("name",)
+
+    values: torch.Tensor
+    name: str = "a"
+    note: str = "not saved"
+    model: ModelIdentity | None = None
+
+
+@dataclass(repr=False)
+class _Derived(_Listed):
+    _kind = "derived"
+    _json_fields = None
+
+
+def test_json_fields_default_to_every_field_but_the_tensors_and_the_model(tmp_path):
+    """A result that lists no ``_json_fields`` saves every other field; one that lists them saves those."""
+    assert _Derived._json_names() == ("name", "note")
+    assert _Listed._json_names() == ("name",)
+    derived = _Derived.load(_Derived(torch.arange(3.0), "b", "kept").save(tmp_path / "d"))
+    assert (derived.name, derived.note) == ("b", "kept") and torch.equal(derived.values, torch.arange(3.0))
+    listed = _Listed.load(_Listed(torch.arange(3.0), "b", "dropped").save(tmp_path / "l"))
+    assert (listed.name, listed.note) == ("b", "not saved")
 
 
 def test_loading_the_wrong_kind_or_version_names_the_fix(results, tmp_path):

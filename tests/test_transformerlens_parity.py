@@ -227,6 +227,15 @@ def test_run_with_hooks_reset_hooks_end_false_keeps_hooks(tiny):
     assert not tiny.hook_dict[name].has_hooks()
 
 
+@pytest.mark.parametrize("clear_contexts", [False, True])
+def test_run_with_cache_always_removes_its_hooks(tiny, clear_contexts):
+    """Unlike TL, ``run_with_cache(reset_hooks_end=False)`` leaves no hook behind: the cache is a
+    context, and the two options are accepted for compatibility only (docs/hooks.md)."""
+    _, cache = tiny.run_with_cache(tiny_images(1), reset_hooks_end=False, clear_contexts=clear_contexts)
+    assert "visual.hook_out" in cache
+    assert not [name for name, hp in tiny.hook_dict.items() if hp.has_hooks()]
+
+
 def test_get_and_add_caching_hooks(tiny):
     """TL's ``get_caching_hooks`` (used with ``hooks``) and ``add_caching_hooks`` fill a dict."""
     images = tiny_images(2)

@@ -4,7 +4,8 @@ A result is a dataclass that mixes in :class:`Result` and declares
 
 * ``_kind``: its format name (``"textspan"``) and the stem of its files;
 * ``_tensor_fields``: fields holding a tensor, a numpy array or ``None`` (saved to safetensors);
-* ``_json_fields``: everything else worth keeping (saved to JSON);
+* ``_json_fields``: everything else worth keeping (saved to JSON); left out, it is every dataclass
+  field that is neither a tensor field nor ``model``;
 * a ``model`` field: the :func:`~hookedclip.identity.model_identity` of the model it was
   computed with, or ``None`` for results computed from tensors alone;
 * ``_table()``: a header and one row per entry (what :meth:`~Result.to_csv` writes and
@@ -21,6 +22,7 @@ returns a matplotlib ``Figure`` (and writes it when ``path`` is given), drawn wi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -51,7 +53,8 @@ class Result:
     _kind: ClassVar[str] = "result"
     _version: ClassVar[int] = 1
     _tensor_fields: ClassVar[tuple[str, ...]] = ()
-    _json_fields: ClassVar[tuple[str, ...]] = ()
+    #: ``None``: every dataclass field other than the tensor fields and ``model`` (:meth:`_json_names`).
+    _json_fields: ClassVar[tuple[str, ...] | None] = None
     model: ModelIdentity | None
 
     # ---- the table
@@ -102,11 +105,20 @@ class Result:
         check_same_model(self.model, model, f"this {type(self).__name__}")
 
     # ---- persistence
+    @classmethod
+    def _json_names(cls) -> tuple[str, ...]:
+        """The fields saved to JSON: ``_json_fields``, or else every dataclass field that is neither a
+        tensor field nor ``model`` (so a result need not list its fields twice)."""
+        if cls._json_fields is not None:
+            return cls._json_fields
+        skip = {*cls._tensor_fields, "model"}
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+
     def _state(self) -> tuple[dict[str, Tensor | np.ndarray | None], dict[str, Any]]:
         """``(tensors, fields)`` to save; ``None`` tensors are left out of the file."""
         return (
             {name: getattr(self, name) for name in self._tensor_fields},
-            {name: getattr(self, name) for name in self._json_fields},
+            {name: getattr(self, name) for name in self._json_names()},
         )
 
     @classmethod

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from hookedclip.config import TransformerConfig
-from hookedclip.hooks import HookPoint
+from hookedclip.hook_point import HookPoint
 
 
 def add_hook_points(module: nn.Module, *names: str) -> None:

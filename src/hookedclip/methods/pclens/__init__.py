@@ -8,7 +8,7 @@ scores) <- ``result`` (``PCLensResult``) <- ``fit`` (fitting from a model, momen
 concept) <- ``debias`` (the sweep removing a spurious feature), which uses ``sweep_result``
 (``SweepPoint``, ``DebiasSweep``) and ``spurious`` (the tasks: ``SpuriousTask``, toy,
 Waterbirds); ``recovered`` (accuracy recovered with K PCs per head) builds on ``fit`` and
-TextSpan. Submodules never import this package; other methods import only this package.
+TextSpan, and returns a ``recovered_result`` (``AccuracyRecovered``). Submodules never import this package; other methods import only this package.
 """
 
 from hookedclip.identity import model_identity
@@ -20,7 +20,8 @@ from hookedclip.methods.pclens.head import HeadPCA, PCLabel
 from hookedclip.methods.pclens.pca import *  # noqa: F403 (the names are pca.__all__, re-exported below)
 from hookedclip.methods.pclens.pca import __all__ as _pca_names
 from hookedclip.methods.pclens.query import QueryEntry, QueryResult, QuerySystem, union
-from hookedclip.methods.pclens.recovered import AccuracyRecovered, accuracy_recovered
+from hookedclip.methods.pclens.recovered import accuracy_recovered
+from hookedclip.methods.pclens.recovered_result import AccuracyRecovered
 from hookedclip.methods.pclens.result import PCLensResult
 from hookedclip.methods.pclens.selection import (
     PCSelection,

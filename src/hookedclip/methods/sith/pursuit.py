@@ -42,6 +42,8 @@ from hookedclip.results import Result
 
 #: Default memory budget (bytes) for one chunk's score matrices.
 MAX_MEMORY = 1 << 30
+#: What a kernel returns for ``n`` targets: chosen indices, coefficients and residual norms, each ``[n, k]``.
+_Codes = tuple[Tensor, Tensor, Tensor]
 
 
 @dataclass(repr=False)
@@ -61,7 +63,6 @@ class Pursuit(Result):
 
     _kind = "sith_pursuit"
     _tensor_fields = ("indices", "coefficients", "residual_norms")
-    _json_fields = ("method", "lam", "concepts")
 
     indices: Int[Tensor, "... k"]
     coefficients: Float[Tensor, "... k"]
@@ -143,47 +144,53 @@ def comp(
     return _pursuit(found, lead, "comp" if lam > 0 else "nnomp", lam, concepts)
 
 
-def nnomp(
-    targets: Float[Tensor, "... d"],
-    dictionary: Float[Tensor, "n_atoms d"],
-    k: int = 5,
-    max_memory: int = MAX_MEMORY,
-    concepts: list[str] | None = None,
-) -> Pursuit:
-    """Non-negative orthogonal matching pursuit: :func:`comp` with ``lam = 0`` (any target scale)."""
-    return comp(targets, dictionary, k=k, lam=0.0, max_memory=max_memory, concepts=concepts)
+def _fixed_pursuit(name: str, method: str, kernel: Callable[[Tensor, Tensor, int], _Codes], doc: str):
+    """A public pursuit without a weight of its own: :func:`nnomp`, :func:`matching_pursuit` and
+    :func:`top_k` differ only in the kernel ``kernel(X [n, d], D [n_atoms, d], k)`` that codes one
+    chunk of targets (``(indices, coefficients, residual_norms)``, each ``[n, k]``)."""
+
+    def pursuit(
+        targets: Float[Tensor, "... d"],
+        dictionary: Float[Tensor, "n_atoms d"],
+        k: int = 5,
+        max_memory: int = MAX_MEMORY,
+        concepts: list[str] | None = None,
+    ) -> Pursuit:
+        X, lead = _checked(targets, dictionary, k)
+        found = _chunked(X, dictionary, max_memory, lambda x: kernel(x, dictionary, k))
+        return _pursuit(found, lead, method, 0.0, concepts)
+
+    pursuit.__name__ = pursuit.__qualname__ = name
+    pursuit.__doc__ = doc
+    return pursuit
 
 
-def matching_pursuit(
-    targets: Float[Tensor, "... d"],
-    dictionary: Float[Tensor, "n_atoms d"],
-    k: int = 5,
-    max_memory: int = MAX_MEMORY,
-    concepts: list[str] | None = None,
-) -> Pursuit:
+def _top_k_kernel(X: Float[Tensor, "n d"], D: Float[Tensor, "m d"], k: int) -> tuple[Tensor, Tensor, Tensor]:
+    chosen = (X @ D.T).topk(k, dim=-1).indices
+    coef = _refit(X, D[chosen])
+    return chosen, coef, _prefix_residuals(X, D[chosen], coef)
+
+
+# lambdas: the kernels are defined further down
+nnomp = _fixed_pursuit(
+    "nnomp",
+    "nnomp",
+    lambda X, D, k: _greedy(X, D, k, 0.0),
+    "Non-negative orthogonal matching pursuit: :func:`comp` with ``lam = 0`` (any target scale).",
+)
+matching_pursuit = _fixed_pursuit(
+    "matching_pursuit",
+    "mp",
+    lambda X, D, k: _matching(X, D, k),
     """Non-negative matching pursuit: ``k`` steps of taking the unchosen atom with the largest
-    ``⟨r, d_j⟩``, giving it ``max(⟨r, d_j⟩, 0)`` and subtracting that from the residual."""
-    X, lead = _checked(targets, dictionary, k)
-    found = _chunked(X, dictionary, max_memory, lambda x: _matching(x, dictionary, k))
-    return _pursuit(found, lead, "mp", 0.0, concepts)
-
-
-def top_k(
-    targets: Float[Tensor, "... d"],
-    dictionary: Float[Tensor, "n_atoms d"],
-    k: int = 5,
-    max_memory: int = MAX_MEMORY,
-    concepts: list[str] | None = None,
-) -> Pursuit:
-    """The ``k`` atoms with the largest ``⟨x, d_j⟩`` (descending), with one exact non-negative fit."""
-    X, lead = _checked(targets, dictionary, k)
-
-    def run(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        chosen = (x @ dictionary.T).topk(k, dim=-1).indices
-        coef = _refit(x, dictionary[chosen])
-        return chosen, coef, _prefix_residuals(x, dictionary[chosen], coef)
-
-    return _pursuit(_chunked(X, dictionary, max_memory, run), lead, "top_k", 0.0, concepts)
+    ``⟨r, d_j⟩``, giving it ``max(⟨r, d_j⟩, 0)`` and subtracting that from the residual.""",
+)
+top_k = _fixed_pursuit(
+    "top_k",
+    "top_k",
+    lambda X, D, k: _top_k_kernel(X, D, k),
+    "The ``k`` atoms with the largest ``⟨x, d_j⟩`` (descending), with one exact non-negative fit.",
+)
 
 
 def lasso(

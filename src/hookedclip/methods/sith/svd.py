@@ -53,7 +53,6 @@ class HeadSVD(Result):
 
     _kind = "sith_head_svd"
     _tensor_fields = ("S", "U", "Vh")
-    _json_fields = ("layer", "fold_ln", "center")
 
     S: Float[Tensor, "head r"]
     U: Float[Tensor, "head d_model r"]
