@@ -171,9 +171,12 @@ class HookedRootModule(nn.Module):
         remove_batch_dim: bool = False,
         cache: dict | None = None,
         pos_slice: PosSlice = None,
+        dtype: torch.dtype | None = None,
     ) -> dict[str, Tensor]:
         """Attach caching hooks until :meth:`reset_hooks`; returns the dict they fill."""
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache, pos_slice)
+        store, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, cache, pos_slice, dtype
+        )
         self._add_all(fwd, bwd)
         return store
 
