@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from hookedclip.data import toy_dataset
 from hookedclip.data.extract import extract
-from hookedclip.data.store import ActivationStore
 from hookedclip.identity import ModelMismatch
 from hookedclip.methods import sae as S
 from hookedclip.names import act_name

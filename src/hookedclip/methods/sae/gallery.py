@@ -102,6 +102,9 @@ class TopActivations(Result):
     _tensor_fields: ClassVar[tuple[str, ...]] = ("values", "indices")
     _json_fields: ClassVar[tuple[str, ...]] = ("settings",)
 
+    def __post_init__(self) -> None:
+        self.model = as_identity(self.model)  # a model or its identity
+
     @property
     def n(self) -> int:
         return self.values.shape[0]

@@ -75,7 +75,7 @@ def latent_embeddings(
         raise ValueError(f"the image embedder returned {len(table)} rows for {len(distinct)} images")
     thetas, clarities = [], []
     for start in range(0, indices.shape[1], chunk):
-        rows = table[torch.searchsorted(distinct, indices[:, start : start + chunk])]  # [n, c, e]
+        rows = table[torch.searchsorted(distinct, indices[:, start : start + chunk].contiguous())]  # [n, c, e]
         thetas.append(rows.mean(0))
         clarities.append(clarity(rows.transpose(0, 1)))
     return torch.cat(thetas), torch.cat(clarities)
@@ -174,6 +174,9 @@ class LatentLabels(Result):
     )
     _json_fields: ClassVar[tuple[str, ...]] = ("concepts", "settings")
 
+    def __post_init__(self) -> None:
+        self.model = as_identity(self.model)  # a model or its identity
+
     def __len__(self) -> int:
         return len(self.label)
 
@@ -258,8 +261,7 @@ class LatentLabels(Result):
     def plot(self, path=None, min_clarity: float = 0.4):
         """Alignment against clarity, one dot per live latent; the semantic outliers circled."""
         live = self.candidates()
-        fig = new_figure(6, 4.2)
-        ax = fig.subplots()
+        fig, ax = new_figure(6, 4.2)
         ax.scatter(self.clarity[live], self.score[live], s=10, alpha=0.6, label="latents")
         outliers = self.semantic_outliers(min_clarity=min_clarity)
         ax.scatter(
@@ -274,6 +276,20 @@ class LatentLabels(Result):
 
 
 # ---------------------------------------------------------------------------- labelling
+def best_two(
+    scores: Float[Tensor, "h l"], concepts: Sequence[str]
+) -> tuple[Int[Tensor, " h"], Float[Tensor, " h"], Int[Tensor, " h"], Float[Tensor, " h"]]:
+    """The label (the first concept with the largest score) and the runner-up (the best concept
+    whose text differs from the label's; the label itself when there is none), with scores."""
+    label = scores.argmax(1)  # the first of equal maxima
+    ids = {text: i for i, text in reversed(list(enumerate(concepts)))}
+    text_id = torch.tensor([ids[t] for t in concepts], device=scores.device)
+    same_text = text_id[None, :] == text_id[label][:, None]
+    others = scores.masked_fill(same_text, float("-inf"))
+    runner_up = torch.where(same_text.all(1), label, others.argmax(1))
+    return label, scores.gather(1, label[:, None])[:, 0], runner_up, scores.gather(1, runner_up[:, None])[:, 0]
+
+
 def label_latents(
     top: TopActivations,
     embed: ImageEmbedder,
@@ -296,9 +312,7 @@ def label_latents(
     values, indices = top.values[:n], top.indices[:n]
     theta, clear = latent_embeddings(indices, embed)
     scores = alignment(theta, texts, empty)
-    best = scores.topk(min(2, len(concepts)), dim=1)
-    label, score = best.indices[:, 0], best.values[:, 0]
-    runner_up, runner_score = best.indices[:, -1], best.values[:, -1]  # the label itself with one concept
+    label, score, runner_up, runner_score = best_two(scores, concepts)
     settings = {**{k: top.settings.get(k) for k in ("layer", "token", "pool", "samples")}, "n": n, "embedder": embedder}
     return LatentLabels(
         concepts=list(concepts),
