@@ -170,3 +170,35 @@ def test_autoencoder_on_a_model_it_was_not_trained_on_is_refused(toy_sae):
     images = torch.zeros(2, 3, other.cfg.vision.image_size, other.cfg.vision.image_size)
     with pytest.raises(ModelMismatch):
         S.top_activations(other, sae, images)
+
+
+# ---------------------------------------------------------------------------- the command
+def test_gallery_command_writes_the_page_and_both_results(store_and_sae, tmp_path):
+    """``hookedclip sae gallery`` on a toy store (the toy world found from the store), then with
+    another embedding model (a saved tiny CLIP, 16 px inputs: the toy images re-rendered)."""
+    from tests.conftest import tiny_open_clip
+
+    from hookedclip import HookedCLIP
+    from hookedclip.cli import main
+
+    model, sae, store = store_and_sae
+    sae.save(tmp_path / "sae")
+    out = tmp_path / "gallery"
+    argv = ["sae", "gallery", "--sae", str(tmp_path / "sae"), "--store", str(store.path), "--top", "4"]
+    assert main([*argv, "--n", "5", "--keep", "10", "--max-latents", "3", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert page.count("class='latent'") >= 3 and "Semantic outliers" in page and "labels.png" in page
+    labels = S.LatentLabels.load(out / "labels", model=model)
+    first = int(labels.most_aligned(1))
+    assert f"latent {first}: <span class='label'>{labels.label_of(first)}</span>" in page
+    for index in labels.top_indices[:4, first].tolist():
+        assert f"img/{index}.png" in page and (out / "img" / f"{index}.png").exists()
+    top = S.TopActivations.load(out / "top", model=model)
+    assert torch.equal(top.values, S.top_activations_from_store(sae, store, n=10).values)
+
+    HookedCLIP.from_open_clip(tiny_open_clip(seed=4, vocab_size=49408, context_length=77)).save(tmp_path / "tiny")
+    other = tmp_path / "other"
+    assert main([*argv, "--embed-model", str(tmp_path / "tiny"), "--latents", "0", "5", "--out", str(other)]) == 0
+    relabelled = S.LatentLabels.load(other / "labels")
+    assert relabelled.settings["embedder"] != "the model itself"
+    assert (other / "index.html").read_text().count("class='latent'") >= 2
