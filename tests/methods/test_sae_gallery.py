@@ -202,3 +202,30 @@ def test_gallery_command_writes_the_page_and_both_results(store_and_sae, tmp_pat
     relabelled = S.LatentLabels.load(other / "labels")
     assert relabelled.settings["embedder"] != "the model itself"
     assert (other / "index.html").read_text().count("class='latent'") >= 2
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_spatial_autoencoder_from_store_and_model_equal_brute_force(pool, tmp_path):
+    """A spatial autoencoder reads the patch tokens (the class token excluded) of a tiny model."""
+    from tests.conftest import tiny_open_clip
+
+    from hookedclip import HookedCLIP
+
+    model = HookedCLIP.from_open_clip(tiny_open_clip(seed=2))
+    size = model.cfg.vision.image_size
+    images = torch.randn(13, 3, size, size, generator=torch.Generator().manual_seed(1))
+    sae = S.TopKSAE(S.SAEConfig(model.cfg.d_model, 24, 3, layer=0, token="spatial"), model=model)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    site = act_name("resid_post", 0)
+    _, cache = model.run_with_cache(images, names_filter=site)
+    codes = sae.encode(cache[site][:, 1:]).detach()  # [13, patches, 24]
+    stats = codes.amax(1) if pool == "max" else codes.mean(1)
+    values, indices = brute_force_top(stats, list(range(13)), 6)
+    live = S.top_activations(model, sae, images.split(5), n=6, pool=pool)
+    torch.testing.assert_close(live.values, values)
+    dataset = [{"image": image, "label": 0} for image in images]  # any map-style dataset of preprocessed images
+    store = extract(model, dataset, [site], tmp_path / "store", batch_size=4, rows_per_shard=5)
+    stored = S.top_activations_from_store(sae, store, n=6, pool=pool, chunk=4)
+    torch.testing.assert_close(stored.values, values)
+    assert torch.equal(stored.indices, indices) and torch.equal(live.indices, indices)
+    assert stored.settings["pool"] == pool and stored.settings["token"] == "spatial"

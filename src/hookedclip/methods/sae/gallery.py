@@ -230,6 +230,7 @@ def top_activations_from_store(
     acc = TopNAccumulator(n, sae.d_sae, device=device)
     for start in range(0, len(store), chunk):
         rows = store.rows(target, start, start + chunk).to(device, sae.W_enc.dtype)
+        rows = rows if sae.cfg.token == "cls" else rows[:, 1:]  # patch tokens only, as the splice reads them
         index = store.rows("index", start, start + chunk)
         acc.update(latent_statistic(sae.encode(rows), sae.cfg.token, pool), index)
     return _result(sae, acc, pool, store.model or sae.model_identity)
