@@ -38,7 +38,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "gallery",
         help="HTML gallery: each latent's top images with activations, text label, alignment, clarity",
-        description=__doc__.split("\n\n")[0],
+        description="The top images of every latent of a sparse autoencoder, labelled with a vocabulary, as an "
+        "HTML page (index.html, the images, and the TopActivations and LatentLabels results).",
     )
     p.add_argument("--sae", required=True, help="autoencoder folder (written by TopKSAE.save)")
     p.add_argument("--store", default=None, help="activation store holding the residual stream the autoencoder reads")
@@ -48,7 +49,7 @@ def add_commands(sub) -> None:
         "--data",
         default=None,
         help="the images (toy[:N], waterbirds:ROOT[:SPLIT], imagenet-val:ROOT, a folder); default: the toy "
-        "world the store was extracted from",
+        "world the store was extracted from (toy:1024 without --store)",
     )
     p.add_argument("--vocab", default="toy", help="label texts: toy, imagenet, english, english-curated, or a file")
     p.add_argument("--embed-model", default=None, help="embed images and texts with this model (default: --model)")
