@@ -57,7 +57,23 @@ BAD = {
     "toy train --steps 0": (["toy", "train", "--steps", "0"], "hookedclip toy train", ["--steps"]),
     "toy evaluate --n 0": (["toy", "evaluate", "--n", "0"], "hookedclip toy evaluate", ["--n", "positive"]),
     "pclens report --images -1": (["pclens", "report", "--images", "-1"], "hookedclip pclens report", ["--images"]),
+    "sae gallery without --out": (["sae", "gallery", "--sae", "x"], "hookedclip sae gallery", ["--out"]),
+    "sae gallery --top 0": (
+        ["sae", "gallery", "--sae", "x", "--top", "0", "--out", "x"],
+        "hookedclip sae gallery",
+        ["--top", "not a positive integer"],
+    ),
     # found by the commands themselves
+    "sae gallery missing autoencoder": (
+        ["sae", "gallery", "--sae", "no-such-sae", "--out", "x"],
+        "hookedclip sae gallery",
+        ["no-such-sae", "sae.json not found", "TopKSAE.save"],
+    ),
+    "sae gallery --keep below --n": (
+        ["sae", "gallery", "--sae", "x", "--n", "20", "--keep", "10", "--out", "x"],
+        "hookedclip sae gallery",
+        ["--keep 10", "--n 20"],
+    ),
     "info hf: missing folder": (
         ["info", "hf:./missing-folder"],
         "hookedclip info",
@@ -309,3 +325,42 @@ def test_pclens_report_shows_its_steps(tmp_path, capsys):
             s.startswith(f"hookedclip pclens report: {what}") and re.search(r"done in \d+ s$", s) for s in steps
         ), what
     assert "head pages" in err  # the per-head progress bar of the longest step
+
+
+@pytest.fixture(scope="module")
+def toy_cls_store(tmp_path_factory):
+    """A 16-image toy store of the last layer's class-token residual."""
+    from hookedclip import HookedCLIP
+    from hookedclip.data import toy_dataset
+    from hookedclip.data.extract import extract
+
+    model = HookedCLIP.from_pretrained("toy")
+    path = tmp_path_factory.mktemp("store")
+    extract(model, toy_dataset(16), [f"visual.blocks.{model.cfg.n_layers - 1}.hook_resid_post@0"], path)
+    return model, path
+
+
+def test_sae_gallery_refuses_a_store_of_another_width(toy_cls_store, tmp_path, capsys):
+    from hookedclip.methods import sae as S
+
+    _, store = toy_cls_store
+    S.TopKSAE(S.SAEConfig(16, 32, 4, layer=-1, token="cls")).save(tmp_path / "sae")
+    argv = ["sae", "gallery", "--sae", str(tmp_path / "sae"), "--store", str(store), "--out", str(tmp_path / "g")]
+    assert main(argv) == 2
+    assert_one_error_line(
+        capsys.readouterr().err, "hookedclip sae gallery", "width", "16", "another model or hook point"
+    )
+
+
+def test_sae_gallery_refuses_an_autoencoder_of_another_model(toy_cls_store, tmp_path, capsys):
+    from tests.conftest import tiny_open_clip
+
+    from hookedclip import HookedCLIP
+    from hookedclip.methods import sae as S
+
+    model, store = toy_cls_store
+    other = HookedCLIP.from_open_clip(tiny_open_clip(seed=3, width=model.cfg.d_model))
+    S.TopKSAE(S.SAEConfig(model.cfg.d_model, 32, 4, layer=-1), model=other).save(tmp_path / "sae")
+    argv = ["sae", "gallery", "--sae", str(tmp_path / "sae"), "--store", str(store), "--out", str(tmp_path / "g")]
+    assert main(argv) == 2
+    assert_one_error_line(capsys.readouterr().err, "hookedclip sae gallery", "this autoencoder", "toy")

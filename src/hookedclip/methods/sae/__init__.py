@@ -5,9 +5,30 @@ latents and decodes it as a sum of unit-norm atoms; :func:`splice` puts it into 
 pass as an engine context; :func:`from_reference` reads the published weight-normalised
 checkpoints.
 
-Modules, importing each other in one direction: ``model`` <- ``reference``, ``splice``.
+Modules, importing each other in one direction: ``model`` <- ``reference``, ``splice``;
+``splice`` <- ``gallery`` (top-activating samples) <- ``labels`` (latent embeddings, alignment
+with a vocabulary, clarity).
 """
 
+from hookedclip.methods.sae.gallery import (
+    TopActivations,
+    TopNAccumulator,
+    latent_statistic,
+    top_activations,
+    top_activations_from_store,
+)
+from hookedclip.methods.sae.labels import (
+    LatentLabels,
+    alignment,
+    clarity,
+    dataset_image_inputs,
+    label_latents,
+    label_with_model,
+    latent_embeddings,
+    model_image_embedder,
+    text_side,
+    toy_image_inputs,
+)
 from hookedclip.methods.sae.model import SPLICE_MODES, SAEConfig, TopKSAE, densify
 from hookedclip.methods.sae.reference import fold_reference, from_reference, read_reference_state
 from hookedclip.methods.sae.splice import splice, splice_site
@@ -24,4 +45,19 @@ __all__ = [
     "read_reference_state",
     "splice",
     "splice_site",
+    "TopActivations",
+    "TopNAccumulator",
+    "latent_statistic",
+    "top_activations",
+    "top_activations_from_store",
+    "LatentLabels",
+    "alignment",
+    "clarity",
+    "dataset_image_inputs",
+    "label_latents",
+    "label_with_model",
+    "latent_embeddings",
+    "model_image_embedder",
+    "text_side",
+    "toy_image_inputs",
 ]
