@@ -143,7 +143,7 @@ class SithResult(Result):
             return self._fidelity_plot(path)
         n = min(n, self.rank)
         fig, ax = new_figure(9, 0.4 * n + 1.0)
-        ax.barh(range(n), self.S[head, :n].float().cpu(), color="#4c72b0")
+        ax.barh(range(n), self.S[head, :n].tolist(), color="#4c72b0")
         names = []
         for i in range(n):
             text = ", ".join(f"{c} ({w:.2f})" for c, w in self.explanation(head, i, side)[:4]) or "(no concept)"
@@ -158,7 +158,7 @@ class SithResult(Result):
         fig, ax = new_figure(6, 3.2)
         width = 0.8 / len(self.sides)
         for s, side in enumerate(self.sides):
-            mean = self.fidelity[s].float().mean(-1).cpu()
+            mean = self.fidelity[s].float().mean(-1).tolist()
             ax.bar([h + s * width for h in range(self.n_heads)], mean, width=width, label=side)
         ax.set_xticks([h + 0.4 - width / 2 for h in range(self.n_heads)], self.labels, rotation=90, fontsize=7)
         ax.set_ylabel("mean fidelity (cosine)")

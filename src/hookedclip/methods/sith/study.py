@@ -82,8 +82,8 @@ class FidelityStudy(Result):
         left, right = fig.subplots(1, 2, gridspec_kw={"wspace": 0.35})
         for m, method in enumerate(self.methods):
             label = f"comp (λ={self.lam:g})" if method == "comp" else method
-            left.plot(self.ks, self.fidelity[m].cpu(), marker="o", label=label)
-            right.plot(self.ks, self.coherence[m].cpu(), marker="o", label=label)
+            left.plot(self.ks, self.fidelity[m].tolist(), marker="o", label=label)
+            right.plot(self.ks, self.coherence[m].tolist(), marker="o", label=label)
         left.set_xlabel("k (concepts per vector)")
         left.set_ylabel("mean fidelity (cosine)")
         left.set_title(f"Fidelity, layer {self.layer}", fontsize=9)

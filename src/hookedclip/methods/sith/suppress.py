@@ -142,11 +142,11 @@ class Suppression(Result):
         """Each group's accuracy before and after, with 95% intervals (a ``Figure``)."""
         _, rows = self._table()
         fig, ax = new_figure(6, 3.2)
-        x = torch.arange(len(rows)).float()
+        x = list(range(len(rows)))
         for shift, (col, label) in zip((-0.2, 0.2), ((2, "before"), (5, "after"))):
             acc = [100 * r[col] for r in rows]
             err = [[100 * (r[col] - r[col + 1]) for r in rows], [100 * (r[col + 2] - r[col]) for r in rows]]
-            ax.bar(x + shift, acc, width=0.4, yerr=err, capsize=3, label=label)
+            ax.bar([g + shift for g in x], acc, width=0.4, yerr=err, capsize=3, label=label)
         ax.set_xticks(x, self.group_names, fontsize=8)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
