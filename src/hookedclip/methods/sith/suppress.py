@@ -151,7 +151,7 @@ class Suppression(Result):
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
         ax.set_title(f"Suppressing {len(self.vectors)} singular vectors: accuracy per group", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
         return finish_figure(fig, path)
 
 
