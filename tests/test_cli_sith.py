@@ -52,3 +52,24 @@ def test_edit_by_concept_on_the_spurious_split(tmp_path, monkeypatch, capsys):
     assert len(vectors) > 5 and all(v.startswith(("L1", "L2", "L3")) for v in vectors)
     summary = (tmp_path / "sith-edit" / "summary.txt").read_text()
     assert "before: worst group" in summary and "after: worst group" in summary
+
+
+def test_edit_on_a_waterbirds_folder(tmp_path, monkeypatch, capsys):
+    from tests.test_datasets import write_waterbirds
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOOKEDCLIP_CACHE", str(tmp_path / "cache"))
+    write_waterbirds(tmp_path / "wb")
+    argv = ["sith", "edit", "--waterbirds", "wb", "--layers", "2", "--k", "3", "--sides", "right"]
+    assert main([*argv, "--concept", "a striped background"]) == 0
+    rows = (tmp_path / "sith-edit" / "suppression.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [
+        ["landbird on land", "1"],
+        ["landbird on water", "1"],
+        ["waterbird on land", "1"],
+        ["waterbird on water", "1"],
+    ]
+    capsys.readouterr()
+    # the default concepts are Waterbirds' place words the dictionary holds; no vector of the toy has one on top
+    assert main(argv) == 2
+    assert "no vectors to suppress" in capsys.readouterr().err
