@@ -560,3 +560,49 @@ def test_pursuit_properties_on_random_problems(seed, k, chunk, clustered):
         assert torch.allclose(whole.coefficients, chunked.coefficients, atol=1e-12)
         single = sith.comp(X[seed % 13], D, k=k, lam=lam)  # one target alone
         assert torch.equal(single.indices, whole.indices[seed % 13])
+
+
+# ---------------------------------------------------------------------------------- the bfloat16 screen
+def test_the_bfloat16_error_bound_holds():
+    from hookedclip.methods.sith.screen import error_bound
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(64, 300, generator=gen) * torch.rand(64, 1, generator=gen) * 5
+    D = torch.randn(500, 300, generator=gen) * torch.rand(500, 1, generator=gen)
+    approx = (q.bfloat16() @ D.bfloat16().T).float()
+    exact = q.double() @ D.double().T
+    bound = error_bound(300) * q.double().norm(dim=-1, keepdim=True) * D.double().norm(dim=-1)
+    assert ((approx.double() - exact).abs() <= bound).all()
+    assert ((approx.double() - exact).abs() > bound / 50).any()  # the bound is not vacuous
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 10_000),
+    lam=st.sampled_from([0.0, 0.3, 1.0]),
+    k=st.integers(1, 6),
+    m=st.sampled_from([8, 40, 300]),
+    duplicates=st.booleans(),
+)
+def test_screened_selection_equals_the_exact_one(seed, lam, k, m, duplicates):
+    gen = torch.Generator().manual_seed(seed)
+    D = sith.prepare_dictionary(torch.randn(m, 24, generator=gen) + 2 * torch.randn(1, 24, generator=gen))
+    if duplicates:  # exact ties: the lowest index must still win
+        D = torch.cat([D, D[: m // 2]])
+    X = F.normalize(torch.randn(50, 24, generator=gen) + D[torch.arange(50) % m], dim=-1)
+    exact, screened = sith.comp(X, D, k=k, lam=lam), sith.comp(X, D, k=k, lam=lam, screen=True)
+    assert torch.equal(exact.indices, screened.indices)
+    assert torch.equal(exact.coefficients, screened.coefficients)
+
+
+def test_uncertified_rows_are_scored_again_exactly(monkeypatch):
+    from hookedclip.methods.sith import screen
+
+    monkeypatch.setattr(screen, "CANDIDATES", 1)  # one candidate: many rows cannot be certified
+    calls = []
+    exact_rows = screen._exact
+    monkeypatch.setattr(screen, "_exact", lambda q, *a: calls.append(len(q)) or exact_rows(q, *a))
+    X, D = make_problem(9, n=40, m=200, d=16)
+    X, D = X.float(), D.float()
+    found = sith.comp(X, D, k=4, lam=0.3, screen=True)
+    assert calls and torch.equal(found.indices, sith.comp(X, D, k=4, lam=0.3).indices)
