@@ -598,7 +598,8 @@ def test_screened_selection_equals_the_exact_one(seed, lam, k, m, duplicates):
 def test_uncertified_rows_are_scored_again_exactly(monkeypatch):
     from hookedclip.methods.sith import screen
 
-    monkeypatch.setattr(screen, "CANDIDATES", 1)  # one candidate: many rows cannot be certified
+    monkeypatch.setattr(screen, "CANDIDATES", 1)  # one candidate, then two: many rows cannot be certified
+    monkeypatch.setattr(screen, "WIDER", 2)
     calls = []
     exact_rows = screen._exact
     monkeypatch.setattr(screen, "_exact", lambda q, *a: calls.append(len(q)) or exact_rows(q, *a))

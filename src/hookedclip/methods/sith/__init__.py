@@ -11,7 +11,7 @@ a tensor); :func:`decompose` runs the whole method on one layer and returns a :c
 :func:`fidelity_study` compares the pursuits; :func:`suppress` edits the vectors picked by concept
 (:meth:`SithResult.select`) and measures worst-group accuracy on a spurious-feature task.
 
-Modules, importing each other in one direction: ``nnls`` <- ``pursuit`` <- ``dictionary``;
+Modules, importing each other in one direction: ``nnls``, ``screen`` <- ``pursuit`` <- ``dictionary``;
 ``svd`` <- ``edit`` (:func:`edit`, :func:`edited`: scaling singular channels); ``joint``;
 ``result`` <- ``decompose`` (all of the above) <- ``study`` (:class:`FidelityStudy`) and
 ``suppress`` (:class:`Suppression`).

@@ -19,8 +19,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-#: Atoms rescored exactly per target.
+#: Atoms rescored exactly per target; then, for the rows they do not certify, ``WIDER``.
 CANDIDATES = 16
+WIDER = 128
 #: Targets whose candidates are rescored at once (bounds the ``[rows, candidates, d]`` gather).
 RESCORE_ROWS = 512
 _U = 2.0**-8
@@ -40,28 +41,42 @@ def best_atoms(
     candidates: int | None = None,
 ) -> Int[Tensor, " n"]:
     """``argmax_j ⟨query, d_j⟩`` over the atoms not in ``chosen`` (the lowest index on ties),
-    screened with ``D_low`` (``D`` in bfloat16) and certified (module docstring)."""
-    n, m = query.shape[0], D.shape[0]
-    c = min(CANDIDATES if candidates is None else candidates, m - chosen.shape[1] - 1)
-    if c < 1:
+    screened with ``D_low`` (``D`` in bfloat16) and certified (module docstring). Rows the first
+    ``candidates`` do not certify are tried with :data:`WIDER` candidates, then scored in full."""
+    first = CANDIDATES if candidates is None else candidates
+    if min(first, WIDER) > D.shape[0] - chosen.shape[1] - 1:
         return _exact(query, D, chosen)
     approx = query.to(D_low.dtype) @ D_low.T  # compared in bfloat16: the top values are exact in float32
-    values, indices = _top_unchosen(approx, chosen, c + 1)
-    picked = torch.empty(n, dtype=torch.long, device=query.device)
-    certified = torch.empty(n, dtype=torch.bool, device=query.device)
     margin = error_bound(D.shape[1]) * query.norm(dim=-1) * D.norm(dim=-1).max()
-    for a in range(0, n, RESCORE_ROWS):
-        rows = slice(a, a + RESCORE_ROWS)
+    picked, certified = _certified(approx, query, D, chosen, first, margin)
+    for width in (WIDER, None):
+        if certified.all():
+            break
+        redo = (~certified).nonzero().squeeze(-1)
+        if width is None or width > D.shape[0] - chosen.shape[1] - 1:
+            picked[redo] = _exact(query[redo], D, chosen[redo])
+            break
+        picked[redo], certified[redo] = _certified(approx[redo], query[redo], D, chosen[redo], width, margin[redo])
+    return picked
+
+
+def _certified(
+    approx: Tensor, query: Tensor, D: Tensor, chosen: Tensor, c: int, margin: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The best of the ``c`` best-screened atoms per row, rescored exactly, and whether it is
+    certified: its exact score beats every other atom's screened score plus ``margin``."""
+    values, indices = _top_unchosen(approx, chosen, c + 1)
+    picked = torch.empty(len(query), dtype=torch.long, device=query.device)
+    certified = torch.empty(len(query), dtype=torch.bool, device=query.device)
+    step = max(1, RESCORE_ROWS * CANDIDATES // c)
+    for a in range(0, len(query), step):
+        rows = slice(a, a + step)
         cand = indices[rows, :c]
         exact = (D[cand] * query[rows].unsqueeze(1)).sum(-1)  # [rows, c]; faster than a batched matrix-vector product
         best = exact.max(-1).values
-        first = torch.where(exact == best[:, None], cand, m).min(-1).values  # the lowest index among equals
-        picked[rows] = first
+        picked[rows] = torch.where(exact == best[:, None], cand, D.shape[0]).min(-1).values  # lowest index on ties
         certified[rows] = best > values[rows, c].to(best.dtype) + margin[rows]
-    if not certified.all():
-        redo = (~certified).nonzero().squeeze(-1)
-        picked[redo] = _exact(query[redo], D, chosen[redo])
-    return picked
+    return picked, certified
 
 
 def _top_unchosen(approx: Tensor, chosen: Tensor, n: int) -> tuple[Tensor, Tensor]:
