@@ -223,3 +223,22 @@ def test_suppress_counts_and_identity(toy, layer3, tmp_path):
     assert sith.vectors_by_concept([layer3], ["water", "a striped background"], present_only=True) == layer3.select(
         ["a striped background"]
     )
+
+
+def test_the_image_mean_from_a_store(toy, tmp_path):
+    from hookedclip.data.datasets import toy_dataset
+    from hookedclip.data.extract import extract
+    from hookedclip.toy.model import images_to_tensor
+
+    data = toy_dataset(40, seed=3)
+    store = extract(toy, data, ["embedding"], tmp_path / "store", batch_size=16, rows_per_shard=16, progress=False)
+    images = images_to_tensor(data.world.images(), toy.cfg.image_mean, toy.cfg.image_std)
+    expected = sith.image_mean(toy, images.split(16))
+    assert torch.allclose(sith.image_mean_from_store(store, model=toy), expected, atol=1e-5)
+    other = copy.deepcopy(toy)
+    with torch.no_grad():
+        other.visual.blocks[0].attn.W_V.mul_(2)
+    with pytest.raises(ModelMismatch):
+        sith.image_mean_from_store(store, model=other)
+    with pytest.raises(KeyError, match="no 'pooled' rows"):
+        sith.image_mean_from_store(store, key="pooled")

@@ -20,7 +20,7 @@ Modules, importing each other in one direction: ``nnls``, ``screen`` <- ``pursui
 from hookedclip.methods.sith.decompose import METHODS, check_architecture, decompose
 from hookedclip.methods.sith.dictionary import Dictionary, dictionary
 from hookedclip.methods.sith.edit import edit, edited
-from hookedclip.methods.sith.joint import image_mean, to_joint
+from hookedclip.methods.sith.joint import image_mean, image_mean_from_store, to_joint
 from hookedclip.methods.sith.pursuit import (
     MAX_MEMORY,
     Pursuit,
@@ -63,6 +63,7 @@ __all__ = [
     "head_factors",
     "head_svd",
     "image_mean",
+    "image_mean_from_store",
     "lasso",
     "matching_pursuit",
     "nnomp",
