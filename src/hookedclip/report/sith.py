@@ -87,7 +87,7 @@ def write_sith_report(results: SithResult | Sequence[SithResult], out: str | Pat
     header = (
         ["head", "σ_0"]
         + [f"mean fidelity ({s})" for s in sides]
-        + ["v0 concepts (right)" if "right" in sides else "v0"]
+        + [f"v0 concepts ({sides[0]})"]
     )
     rows = []
     for r, h in heads:
