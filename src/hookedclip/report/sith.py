@@ -84,11 +84,7 @@ def write_sith_report(results: SithResult | Sequence[SithResult], out: str | Pat
         r.plot(out / name)
         figures.append((name, f"Layer {r.layer}: mean fidelity of each head's explanations, per side."))
     sides = results[0].sides
-    header = (
-        ["head", "σ_0"]
-        + [f"mean fidelity ({s})" for s in sides]
-        + [f"v0 concepts ({sides[0]})"]
-    )
+    header = ["head", "σ_0"] + [f"mean fidelity ({s})" for s in sides] + [f"v0 concepts ({sides[0]})"]
     rows = []
     for r, h in heads:
         row = [r.labels[h], f"{float(r.S[h, 0]):.3f}"]
