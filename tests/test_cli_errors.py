@@ -106,6 +106,58 @@ BAD = {
         "hookedclip toy evaluate",
         ["no-such-run", "toy train"],
     ),
+    "sith without subcommand": (["sith"], "hookedclip sith", ["required: {decompose,report,edit}"]),
+    "sith decompose --k 0": (["sith", "decompose", "--k", "0"], "hookedclip sith decompose", ["--k", "positive"]),
+    "sith decompose --method": (
+        ["sith", "decompose", "--method", "omp"],
+        "hookedclip sith decompose",
+        ["--method", "invalid choice: 'omp'"],
+    ),
+    "sith decompose --sides": (
+        ["sith", "decompose", "--sides", "up"],
+        "hookedclip sith decompose",
+        ["--sides 'up'", "right,left"],
+    ),
+    "sith decompose --layers 9": (
+        ["sith", "decompose", "--layers", "9"],
+        "hookedclip sith decompose",
+        ["--layers 9", "4 layers", "--layers 1 to 4"],
+    ),
+    "sith decompose --k larger than the dictionary": (
+        ["sith", "decompose", "--k", "1000"],
+        "hookedclip sith decompose",
+        ["k must be an integer in 1..68", "dictionary's size"],
+    ),
+    "sith decompose --dictionary missing": (
+        ["sith", "decompose", "--dictionary", "no-such-concepts.txt"],
+        "hookedclip sith decompose",
+        ["no-such-concepts.txt", "not a built-in vocabulary", "one concept per line"],
+    ),
+    "sith decompose --image-mean": (
+        ["sith", "decompose", "--layers", "1", "--image-mean", "no-such-folder"],
+        "hookedclip sith decompose",
+        ["--image-mean 'no-such-folder'", "toy, none, or a folder"],
+    ),
+    "sith report --from": (
+        ["sith", "report", "--from", "."],
+        "hookedclip sith report",
+        ["--from .", "sith decompose"],
+    ),
+    "sith edit --vector": (
+        ["sith", "edit", "--vector", "L3H1"],
+        "hookedclip sith edit",
+        ["--vector 'L3H1'", "L3H1:0"],
+    ),
+    "sith edit --vector out of range": (
+        ["sith", "edit", "--vector", "L3H1:99", "--n", "8"],
+        "hookedclip sith edit",
+        ["99", "out of range 0..31"],
+    ),
+    "sith edit --concept": (
+        ["sith", "edit", "--concept", "a unicorn"],
+        "hookedclip sith edit",
+        ["'a unicorn' is not in this dictionary"],
+    ),
 }
 
 

@@ -28,6 +28,8 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "segmentation_overlays.png",
         "sae_labels_gallery.png",
         "sae_labels_scatter.png",
+        "sith_head.png",
+        "sith_suppression.png",
     } <= set(figures)
     # Every figure written is shown, and none is blank.
     assert sorted(figures) == sorted(p.name for p in out.glob("*.png"))
@@ -47,6 +49,7 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "PCLens: principal components of each head, labelled with text",
         "Zero-shot segmentation",
         "Sparse-autoencoder latents, labelled",
+        "SITH: what each head writes, read from its weights",
     ]
     assert len(headings) == len(SECTIONS)
     for phrase in ("worst group", "centred blob", "majority-class", "embedding slot"):

@@ -1,5 +1,6 @@
 """SITH (hookedclip.methods.sith): per-head SVD of the value-output circuit, the map into the
-joint space, and the sparse concept decompositions (COMP and its baselines).
+joint space, the sparse concept decompositions (COMP and its baselines) and the edits; the
+properties that hold for any input are also checked under Hypothesis on random heads and problems.
 
 Models are tiny random open_clip conversions and the shipped toy model; the pursuits run on
 synthetic dictionaries and are checked against a one-target-at-a-time implementation written
@@ -473,3 +474,136 @@ def test_duplicate_atoms_in_the_dictionary():
     assert any(j + 40 in row for row in rows for j in row if j < 10)  # coherence picks a row and its copy
     check_kkt(X, D, result)
     assert torch.isfinite(result.coefficients).all()
+
+
+# ---------------------------------------------------------------------------------- properties over random inputs
+def perturbed(model, seed: int):
+    """A copy of ``model`` whose ln1 gains, W_V and W_O are redrawn from ``seed``."""
+    import copy
+
+    gen = torch.Generator().manual_seed(seed)
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in new.visual.blocks:
+            for p in (block.attn.W_V, block.attn.W_O):
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * p.std())
+            block.ln1.w.copy_(1 + 0.5 * torch.randn(block.ln1.w.shape, generator=gen, dtype=block.ln1.w.dtype))
+            block.ln1.b.copy_(0.3 * torch.randn(block.ln1.b.shape, generator=gen, dtype=block.ln1.b.dtype))
+    return new
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), layer=st.integers(0, 2), fold_ln=st.booleans(), center=st.booleans())
+def test_svd_properties_on_random_heads(model, seed, layer, fold_ln, center):
+    net = perturbed(model, seed)
+    result = sith.head_svd(net, layer, fold_ln=fold_ln, center=center)
+    vo = folded_vo(net, layer, fold_ln, center)
+    assert (torch.linalg.matrix_rank(vo) <= D_HEAD).all()
+    assert torch.allclose(result.factored().AB, vo, atol=1e-9)
+    largest = result.U.abs().argmax(1, keepdim=True)
+    assert (torch.gather(result.U, 1, largest) > 0).all()
+    again = sith.head_svd(net, layer, fold_ln=fold_ln, center=center)
+    assert torch.equal(result.U, again.U) and torch.equal(result.Vh, again.Vh)  # deterministic
+    # folding and centring leave what the head does to a LayerNorm reading its output unchanged
+    x_hat = F.layer_norm(torch.randn(4, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), (32,))
+    ln1 = net.visual.blocks[layer].ln1
+    raw = torch.einsum("nm,hmd->hnd", x_hat * ln1.w, folded_vo(net, layer, False, False))
+    processed = torch.einsum("nm,hmd->hnd", x_hat if fold_ln else x_hat * ln1.w, vo)
+    assert torch.allclose(F.layer_norm(raw, (32,)), F.layer_norm(processed, (32,)), atol=1e-9)
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 10_000),
+    head=st.integers(0, 3),
+    i=st.integers(0, D_HEAD - 1),
+    m=st.sampled_from([-1.0, 0.0, 0.5, 1.0, 3.0]),
+)
+def test_edit_properties_on_random_heads(model, seed, head, i, m):
+    from hookedclip import ablation
+
+    net = perturbed(model, seed)
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    edit = {(f"L1H{head}", i): m}
+    clean = net.encode_image(images)
+    with sith.edit(net, edit):
+        hooked = net.encode_image(images)
+    assert rel(hooked, sith.edited(net, edit).encode_image(images)) < 1e-9  # hook edit = weight edit
+    if m == 1.0:
+        assert rel(clean, hooked) < 1e-12  # m = 1 is the identity
+    # the spec's hook form on the bias-free head output r: r + (m - 1)(r · v) v; m = -1 reflects
+    attn, ln1 = net.visual.blocks[1].attn, net.visual.blocks[1].ln1
+    bias = ((ln1.b @ attn.W_V[head] + attn.b_V[head]) @ attn.W_O[head]).detach()
+    v = sith.head_svd(net, 1).Vh[head, i]
+
+    def reference(x, component):
+        r = x - bias
+        return x + (m - 1) * (r @ v)[..., None] * v
+
+    with ablation.intervene(net, [f"L1H{head}"], reference, head_space="result"):
+        assert rel(hooked, net.encode_image(images)) < 1e-9
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 6), chunk=st.integers(1, 13), clustered=st.booleans())
+def test_pursuit_properties_on_random_problems(seed, k, chunk, clustered):
+    X, D = make_problem(seed, n=13, clustered=clustered)
+    zero, omp = sith.comp(X, D, k=k, lam=0.0), sith.nnomp(X, D, k=k)
+    assert torch.equal(zero.indices, omp.indices) and torch.equal(zero.coefficients, omp.coefficients)
+    for lam in (0.0, 0.3):
+        whole = sith.comp(X, D, k=k, lam=lam)
+        assert (whole.residual_norms[:, 1:] <= whole.residual_norms[:, :-1] + 1e-12).all()  # non-increasing
+        check_kkt(X, D, whole)  # the refit's optimality conditions
+        per_row = 3 * D.shape[0] * D.element_size()
+        chunked = sith.comp(X, D, k=k, lam=lam, max_memory=chunk * per_row)  # chunks of `chunk` targets
+        assert torch.equal(whole.indices, chunked.indices)
+        assert torch.allclose(whole.coefficients, chunked.coefficients, atol=1e-12)
+        single = sith.comp(X[seed % 13], D, k=k, lam=lam)  # one target alone
+        assert torch.equal(single.indices, whole.indices[seed % 13])
+
+
+# ---------------------------------------------------------------------------------- the bfloat16 screen
+def test_the_bfloat16_error_bound_holds():
+    from hookedclip.methods.sith.screen import error_bound
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(64, 300, generator=gen) * torch.rand(64, 1, generator=gen) * 5
+    D = torch.randn(500, 300, generator=gen) * torch.rand(500, 1, generator=gen)
+    approx = (q.bfloat16() @ D.bfloat16().T).float()
+    exact = q.double() @ D.double().T
+    bound = error_bound(300) * q.double().norm(dim=-1, keepdim=True) * D.double().norm(dim=-1)
+    assert ((approx.double() - exact).abs() <= bound).all()
+    assert ((approx.double() - exact).abs() > bound / 50).any()  # the bound is not vacuous
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 10_000),
+    lam=st.sampled_from([0.0, 0.3, 1.0]),
+    k=st.integers(1, 6),
+    m=st.sampled_from([8, 40, 300]),
+    duplicates=st.booleans(),
+)
+def test_screened_selection_equals_the_exact_one(seed, lam, k, m, duplicates):
+    gen = torch.Generator().manual_seed(seed)
+    D = sith.prepare_dictionary(torch.randn(m, 24, generator=gen) + 2 * torch.randn(1, 24, generator=gen))
+    if duplicates:  # exact ties: the lowest index must still win
+        D = torch.cat([D, D[: m // 2]])
+    X = F.normalize(torch.randn(50, 24, generator=gen) + D[torch.arange(50) % m], dim=-1)
+    exact, screened = sith.comp(X, D, k=k, lam=lam), sith.comp(X, D, k=k, lam=lam, screen=True)
+    assert torch.equal(exact.indices, screened.indices)
+    assert torch.equal(exact.coefficients, screened.coefficients)
+
+
+def test_uncertified_rows_are_scored_again_exactly(monkeypatch):
+    from hookedclip.methods.sith import screen
+
+    monkeypatch.setattr(screen, "CANDIDATES", 1)  # one candidate, then two: many rows cannot be certified
+    monkeypatch.setattr(screen, "WIDER", 2)
+    calls = []
+    exact_rows = screen._exact
+    monkeypatch.setattr(screen, "_exact", lambda q, *a: calls.append(len(q)) or exact_rows(q, *a))
+    X, D = make_problem(9, n=40, m=200, d=16)
+    X, D = X.float(), D.float()
+    found = sith.comp(X, D, k=4, lam=0.3, screen=True)
+    assert calls and torch.equal(found.indices, sith.comp(X, D, k=4, lam=0.3).indices)

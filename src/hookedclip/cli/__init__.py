@@ -1,6 +1,6 @@
 """The ``hookedclip`` command line. Each job is a subcommand; all run offline.
 
-One module per command group (``info``, ``demo``, ``cache``, ``pclens``, ``toy``, ``sae``), each with an
+One module per command group (``info``, ``demo``, ``cache``, ``pclens``, ``sith``, ``toy``, ``sae``), each with an
 ``add_*_command(s)`` that registers its subparser; this module only dispatches. Errors are one
 line on stderr with exit status 2 (``_common.run_command``).
 """
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hookedclip.cli.info import add_info_command
     from hookedclip.cli.pclens import add_pclens_commands
     from hookedclip.cli.sae import add_sae_commands
+    from hookedclip.cli.sith import add_sith_commands
     from hookedclip.cli.toy import add_toy_commands
 
     parser = Parser(prog="hookedclip", description=__doc__.split("\n")[0])
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_toy_commands(sub)
     add_pclens_commands(sub)
     add_sae_commands(sub)
+    add_sith_commands(sub)
     sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing command is then named by its choices
     return parser
 

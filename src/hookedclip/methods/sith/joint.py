@@ -35,6 +35,28 @@ def image_mean(model, batches) -> Float[Tensor, " d_out"]:
     return (total / count).to(model.dtype)
 
 
+def image_mean_from_store(store, model=None, key: str = "embedding") -> Float[Tensor, " d_out"]:
+    """:func:`image_mean` from the image embeddings already in an
+    :class:`~hookedclip.data.store.ActivationStore` (target ``key``), read shard by shard; with
+    ``model``, a store extracted from another model is refused."""
+    from hookedclip.identity import check_same_model
+
+    if model is not None:
+        check_same_model(store.model, model, f"the store at {store.path}")
+    if key not in store.keys:
+        raise KeyError(
+            f"the store holds no {key!r} rows (it has {', '.join(store.keys)}): extract the image embeddings"
+        )
+    total, count = None, 0
+    for shard in store.iter_shards([key]):
+        emb = F.normalize(shard[key].double().reshape(len(shard[key]), -1), dim=-1)
+        total = emb.sum(0) if total is None else total + emb.sum(0)
+        count += emb.shape[0]
+    if count == 0:
+        raise ValueError(f"the store at {store.path} holds no rows")
+    return (total / count).float()
+
+
 _mean_of_images = image_mean  # to_joint's argument of the same name shadows it
 
 

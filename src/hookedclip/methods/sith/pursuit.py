@@ -38,6 +38,7 @@ from torch import Tensor
 
 from hookedclip.identity import ModelIdentity
 from hookedclip.methods.sith.nnls import nnls_gram
+from hookedclip.methods.sith.screen import best_atoms
 from hookedclip.results import Result
 
 #: Default memory budget (bytes) for one chunk's score matrices.
@@ -126,6 +127,7 @@ def comp(
     lam: float = 0.3,
     max_memory: int = MAX_MEMORY,
     concepts: list[str] | None = None,
+    screen: bool = False,
 ) -> Pursuit:
     """Coherent orthogonal matching pursuit (module docstring).
 
@@ -136,17 +138,33 @@ def comp(
         lam: weight of the coherence term; ``0`` is :func:`nnomp`.
         max_memory: bytes for one chunk's ``[chunk, n_atoms]`` scores.
         concepts: optional names of the dictionary rows, kept for the summary.
+        screen: score the atoms in bfloat16 first and rescore the best exactly; the selections
+            are certified identical (:mod:`~hookedclip.methods.sith.screen`). About 2-3x faster
+            where the CPU (or GPU) has bfloat16 units, slower where it has none.
     """
     if lam < 0:
         raise ValueError(f"lam must be >= 0 (the weight of the coherence term), got {lam}")
     X, lead = _checked(targets, dictionary, k, unit=lam > 0)
-    found = _chunked(X, dictionary, max_memory, lambda x: _greedy(x, dictionary, k, lam))
+    low = dictionary.to(torch.bfloat16) if screen else None
+    found = _chunked(X, dictionary, max_memory, lambda x: _greedy(x, dictionary, k, lam, low))
     return _pursuit(found, lead, "comp" if lam > 0 else "nnomp", lam, concepts)
 
 
+def nnomp(
+    targets: Float[Tensor, "... d"],
+    dictionary: Float[Tensor, "n_atoms d"],
+    k: int = 5,
+    max_memory: int = MAX_MEMORY,
+    concepts: list[str] | None = None,
+    screen: bool = False,
+) -> Pursuit:
+    """Non-negative orthogonal matching pursuit: :func:`comp` with ``lam = 0`` (any target scale)."""
+    return comp(targets, dictionary, k=k, lam=0.0, max_memory=max_memory, concepts=concepts, screen=screen)
+
+
 def _fixed_pursuit(name: str, method: str, kernel: Callable[[Tensor, Tensor, int], _Codes], doc: str):
-    """A public pursuit without a weight of its own: :func:`nnomp`, :func:`matching_pursuit` and
-    :func:`top_k` differ only in the kernel ``kernel(X [n, d], D [n_atoms, d], k)`` that codes one
+    """A public pursuit without a weight of its own: :func:`matching_pursuit` and :func:`top_k`
+    differ only in the kernel ``kernel(X [n, d], D [n_atoms, d], k)`` that codes one
     chunk of targets (``(indices, coefficients, residual_norms)``, each ``[n, k]``)."""
 
     def pursuit(
@@ -172,12 +190,6 @@ def _top_k_kernel(X: Float[Tensor, "n d"], D: Float[Tensor, "m d"], k: int) -> t
 
 
 # lambdas: the kernels are defined further down
-nnomp = _fixed_pursuit(
-    "nnomp",
-    "nnomp",
-    lambda X, D, k: _greedy(X, D, k, 0.0),
-    "Non-negative orthogonal matching pursuit: :func:`comp` with ``lam = 0`` (any target scale).",
-)
 matching_pursuit = _fixed_pursuit(
     "matching_pursuit",
     "mp",
@@ -223,17 +235,22 @@ def lasso(
 
 
 # ---------------------------------------------------------------------------- the kernels
-def _greedy(X: Float[Tensor, "n d"], D: Float[Tensor, "m d"], k: int, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+def _greedy(
+    X: Float[Tensor, "n d"], D: Float[Tensor, "m d"], k: int, lam: float, D_low: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     n = X.shape[0]
     chosen = torch.empty(n, k, dtype=torch.long, device=X.device)
     residual_norms = torch.empty(n, k, dtype=torch.float64, device=X.device)
     query, coef = X, None
     for step in range(k):
         # ⟨r, d_j⟩ + lam ⟨mean_S d_i, d_j⟩ as one product: ⟨r + lam mean_S d_i, d_j⟩
-        scores = query @ D.T
-        if step:
-            scores.scatter_(1, chosen[:, :step], -torch.inf)
-        chosen[:, step] = scores.argmax(-1)  # the first maximum on ties
+        if D_low is not None:
+            chosen[:, step] = best_atoms(query, D, D_low, chosen[:, :step])
+        else:
+            scores = query @ D.T
+            if step:
+                scores.scatter_(1, chosen[:, :step], -torch.inf)
+            chosen[:, step] = scores.argmax(-1)  # the first maximum on ties
         atoms = D[chosen[:, : step + 1]]
         coef = _refit(X, atoms)
         residual = X - (coef.unsqueeze(-1) * atoms.double()).sum(1).to(X.dtype)

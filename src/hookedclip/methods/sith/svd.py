@@ -25,6 +25,8 @@ with the largest magnitude is positive (``U diag(S) Vh`` is unchanged by the fli
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,7 +164,8 @@ def head_svd(model, layer: int, rank: int | None = None, fold_ln: bool = True, c
     W_V, W_O = head_factors(model, layer, fold_ln, center)
     dtype = W_V.dtype
     # float64: the QR-based SVD of the thin factors, and the signs, are then stable to rounding
-    U, S, Vh = FactoredMatrix(W_V.double(), W_O.double()).svd()
+    with one_thread():
+        U, S, Vh = FactoredMatrix(W_V.double(), W_O.double()).svd()
     U, S, Vh = fix_signs(U[..., :rank], S[..., :rank], Vh[..., :rank, :])
     return HeadSVD(
         S=S.to(dtype),
@@ -173,6 +176,19 @@ def head_svd(model, layer: int, rank: int | None = None, fold_ln: bool = True, c
         center=center,
         model=model_identity(model),
     )
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one intra-op thread. A batched QR of small matrices is orders of
+    magnitude slower with several threads on a busy CPU (measured: 1.6 s against 0.3 ms for
+    ``[4, 128, 32]`` with 2 threads against 1); the matrices here are small, one thread is enough."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def fix_signs(

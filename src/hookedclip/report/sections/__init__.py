@@ -2,6 +2,6 @@
 ``(ctx: DemoContext) -> Section`` that writes its figures into the report folder.
 
 ``context`` (what every section shares) <- ``core`` (the toy world and the core analyses:
-zero-shot accuracy, layer shares, head probes, mean-ablation) and ``methods`` (TextSpan,
-PCLens, segmentation). The modules never import this package or ``demo``.
+zero-shot accuracy, layer shares, head probes, mean-ablation), ``methods`` (TextSpan,
+PCLens, segmentation) and ``sith`` (SITH). The modules never import this package or ``demo``.
 """
