@@ -16,8 +16,9 @@ import torch
 
 from hookedclip.cli._common import CommandError, add_weights_arguments, check_pretrained_available, positive, step
 from hookedclip.methods.pclens import PCLensResult
+from hookedclip.methods.pclens.confidence import LOW_COSINE
 from hookedclip.model.resolve import load_model
-from hookedclip.report.pclens import MIN_STRENGTH, write_pclens_report
+from hookedclip.report.pclens import MIN_STRENGTH, head_contributions, write_pclens_report
 
 REPORT, DEBIAS = "hookedclip pclens report", "hookedclip pclens debias"
 
@@ -42,6 +43,7 @@ def _analysed_heads(model, layers: int) -> list[str]:
 def _cmd_report(args: argparse.Namespace) -> None:
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool
     from hookedclip.methods import pclens
+    from hookedclip.methods.pclens.confidence import toy_known_words
     from hookedclip.zeroshot import embed_images
 
     if args.data != "toy":
@@ -66,11 +68,24 @@ def _cmd_report(args: argparse.Namespace) -> None:
             )
         if args.save_result:
             result.save(args.save_result)
-    with step(REPORT, "embedding the images"):
+    with step(REPORT, "embedding the images and decomposing them into the heads' contributions"):
         embeddings = embed_images(model, batches)
+        contributions = head_contributions(model, result, batches)
+    known = None if args.vocab else toy_known_words()  # the toy pool's own words; distractors are marked
     with step(REPORT, f"writing a page per head ({len(result)} heads) to {args.out}"):
         path = write_pclens_report(
-            result, images, embeddings, args.out, args.pcs, args.images, args.texts, args.min_strength, progress=True
+            result,
+            images,
+            embeddings,
+            args.out,
+            args.pcs,
+            args.images,
+            args.texts,
+            args.min_strength,
+            progress=True,
+            contributions=contributions,
+            known_words=known,
+            min_cosine=args.min_cosine,
         )
     print(f"report written to {path}")
 
@@ -258,6 +273,12 @@ def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=MIN_STRENGTH,
         help="list PCs below this %% of their head's retained variance apart (0: list all)",
+    )
+    rep.add_argument(
+        "--min-cosine",
+        type=float,
+        default=LOW_COSINE,
+        help="mark labels whose |cosine| with the PC is below this as weak (default: %(default)s)",
     )
     rep.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     rep.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
