@@ -191,17 +191,13 @@ def _attribute_control(model, result, sweep, batch_size: int) -> str:
     from hookedclip.methods.pclens.debias import removal_accuracy, toy_attribute_data
     from hookedclip.zeroshot import accuracy_text
 
-    lines = []
-    for attribute in ("texture", "shape"):
-        images, labels, classifier = toy_attribute_data(model, attribute)
-        before, after, n = removal_accuracy(
-            model, result, classifier, images.split(batch_size), labels, sweep.chosen.removed
-        )
-        lines.append(
-            f"control: {attribute} accuracy (all shapes, {n} images) {accuracy_text(before, n)} -> "
-            f"{accuracy_text(after, n)} with the {sweep.chosen.n_removed} picked PCs removed"
-        )
-    return "\n".join(lines)
+    images, targets = toy_attribute_data(model, ("texture", "shape"))
+    measured = removal_accuracy(model, result, images.split(batch_size), targets, sweep.chosen.removed)
+    return "\n".join(
+        f"control: {attribute} accuracy (all shapes, {n} images) {accuracy_text(before, n)} -> "
+        f"{accuracy_text(after, n)} with the {sweep.chosen.n_removed} picked PCs removed"
+        for attribute, (before, after, n) in measured.items()
+    )
 
 
 def _add_debias(sub) -> None:

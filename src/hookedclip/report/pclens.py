@@ -57,8 +57,8 @@ def _pc_rows(pca: HeadPCA, pcs: list[int], n_texts: int, known_words=None, thres
     return [[str(i), format_strength(rel[i]), *_label_cells(pca, i, n_texts, known_words, threshold)] for i in pcs]
 
 
-def _strip(pca, i, scores, images, out_dir: Path, name: str, n_images: int, what: str) -> torch.Tensor:
-    """Draw one PC's top / bottom images by ``scores[:, i]`` and return the top indices."""
+def _strip(pca, i, scores, images, out_dir: Path, name: str, n_images: int, what: str):
+    """Draw one PC's top / bottom images by ``scores[:, i]`` and return ``(top, bottom)`` indices."""
     top, bottom = extremes(scores[:, i], n_images)
     idx = torch.cat([top, bottom]).tolist()
     captions = [
@@ -66,7 +66,7 @@ def _strip(pca, i, scores, images, out_dir: Path, name: str, n_images: int, what
         for j, k in enumerate(idx)
     ]
     plotting.image_grid(images[idx], captions, out_dir / name, cols=len(top))
-    return top
+    return set(top.tolist()), set(bottom.tolist())
 
 
 def _projector_text(pca: HeadPCA) -> str:
@@ -123,7 +123,7 @@ def head_page(
     scores = image_scores(pca, embeddings.detach())  # [n, k]: ⟨ê, v⟩
     own = head_scores(pca, contributions.detach()) if contributions is not None else None
     for i in strong[:n_pcs]:
-        top = _strip(pca, i, scores, images, out_dir, f"pc{i}.png", n_images, "cos")
+        top, bottom = _strip(pca, i, scores, images, out_dir, f"pc{i}.png", n_images, "cos")
         label = f"PC {i} ({format_strength(rel[i])}% of the retained variance)"
         if pca.pos_idx is not None:
             sides = pca.label_of(i, 1).sides()
@@ -138,16 +138,17 @@ def head_page(
             )
         )
         if own is not None:
-            top_own = _strip(pca, i, own, images, out_dir, f"pc{i}_head.png", n_images, "coord")
-            shared = len(set(top.tolist()) & set(top_own.tolist()))
+            top_own, bottom_own = _strip(pca, i, own, images, out_dir, f"pc{i}_head.png", n_images, "coord")
+            shared, shared_bottom = len(top & top_own), len(bottom & bottom_own)
             figures.append(
                 (
                     f"pc{i}_head.png",
                     f"PC {i} ranked by the head's own centred coordinate (φ_h − μ)·v instead: top row highest, "
-                    f"bottom row lowest. {shared} of the {len(top)} top images are the same in both rankings"
+                    f"bottom row lowest. The two rankings share {shared} of their {len(top)} top images and "
+                    f"{shared_bottom} of their {len(bottom)} bottom images"
                     + (
                         " (the rankings disagree: ⟨ê, v⟩ also reads what the other heads write along v)."
-                        if shared < len(top) / 2
+                        if min(shared, shared_bottom) < len(top) / 2
                         else "."
                     ),
                 )

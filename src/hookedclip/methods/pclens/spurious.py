@@ -5,7 +5,7 @@ spurious split and for Waterbirds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +76,13 @@ def toy_task(model, n: int | None = None, seed: int | None = None, spec=None, sp
     return SpuriousTask(images, groups // 2, groups, spec.group_names(), classifier, toy_concepts(spec))
 
 
-def toy_attribute_data(model, attribute: str, split: str = "test", n: int | None = None) -> tuple:
-    """``(images [N, C, H, W], labels [N], classifier)``: one attribute of the canonical "world"
-    set (every shape, texture, colour, ...), for controls such as texture accuracy after the
-    texture PCs are removed (:func:`~hookedclip.methods.pclens.debias.removal_accuracy`)."""
+def toy_attribute_data(
+    model, attributes: Sequence[str] = ("texture", "shape"), split: str = "test", n: int | None = None
+) -> tuple[Tensor, dict]:
+    """``(images [N, C, H, W], {attribute: (classifier, labels [N])})``: attributes of the
+    canonical "world" set (every shape, texture, colour, ...), the ``targets`` of
+    :func:`~hookedclip.methods.pclens.debias.removal_accuracy` (e.g. texture accuracy after the
+    texture PCs are removed)."""
     from hookedclip.toy.model import images_to_tensor
     from hookedclip.toy.splits import test_set, validation_set
     from hookedclip.toy.world import class_prompts
@@ -89,8 +92,12 @@ def toy_attribute_data(model, attribute: str, split: str = "test", n: int | None
         raise ValueError(f"split={split!r}: use 'test' or 'validation'")
     world = (test_set if split == "test" else validation_set)("world", n, image_size=model.cfg.vision.image_size)
     images = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
-    labels = torch.tensor([a.labels()[attribute] for a in world.attributes()])
-    return images, labels, ZeroShotClassifier.from_prompts(model, class_prompts(attribute))
+    truth = [a.labels() for a in world.attributes()]
+    targets = {
+        a: (ZeroShotClassifier.from_prompts(model, class_prompts(a)), torch.tensor([t[a] for t in truth]))
+        for a in attributes
+    }
+    return images, targets
 
 
 WATERBIRDS_CONCEPTS: tuple[str, ...] = ("water background", "land background")  # the reference's Waterbirds runs

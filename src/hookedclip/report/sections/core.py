@@ -65,7 +65,9 @@ def section_zero_shot(ctx: DemoContext) -> Section:
             f"worst group trails the average by {100 * sp['gap']:.1f} points: the gap that debiasing methods "
             "should close. The PCLens section below measures the same images.",
         ],
-        figures=[("zero_shot.png", f"Zero-shot top-1 per attribute on {n} images; bars: 95% intervals; dashed: chance.")],
+        figures=[
+            ("zero_shot.png", f"Zero-shot top-1 per attribute on {n} images; bars: 95% intervals; dashed: chance.")
+        ],
         tables=[
             (["attribute", "accuracy [95% interval]", "chance"], attribute_rows),
             (["spurious-split group", "accuracy [95% interval]"], rows),
@@ -184,7 +186,9 @@ def section_head_probes(ctx: DemoContext) -> Section:
     n_test = len(ctx.tensors) - int(len(ctx.tensors) * 0.5)  # the probes' held-out half
     best_heads = {a: "L{}H{}".format(*divmod(int(g.argmax()), cfg.heads)) for a, g in grids.items()}
     best = [[a, best_heads[a], accuracy_text(float(g.max()), n_test)] for a, g in grids.items()]
-    widest = max(np.subtract(*reversed(accuracy_interval(round(v * n_test), n_test))) for g in grids.values() for v in g.flat)
+    widest = max(
+        np.subtract(*reversed(accuracy_interval(round(v * n_test), n_test))) for g in grids.values() for v in g.flat
+    )
     ctx.cache["best_heads"] = best_heads
     attended = list(dict.fromkeys([*best_heads.values(), *ctx.cache.get("top_share_heads", [])]))
     attention_text = _attention_figure(ctx, attended)
