@@ -32,7 +32,8 @@ def section_zero_shot(ctx: DemoContext) -> Section:
     from hookedclip.toy.evaluate import evaluate
     from hookedclip.zeroshot import accuracy_text
 
-    result = evaluate(ctx.model)  # the canonical test sets: the numbers of `hookedclip toy evaluate`
+    # the canonical test sets: the numbers of `hookedclip toy evaluate`
+    result = evaluate(ctx.model, n=ctx.canonical_n("world"), n_spurious=ctx.canonical_n("spurious"))
     ctx.cache["zero_shot"] = result
     n = result["n"]
     plotting.bar_chart(

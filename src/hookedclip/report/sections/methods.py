@@ -181,7 +181,8 @@ def _pclens_debias(ctx: DemoContext, result):
     from hookedclip.methods.pclens.debias import debias_sweep, removal_accuracy, toy_attribute_data, toy_task
     from hookedclip.zeroshot import accuracy_text
 
-    task, validation = toy_task(ctx.model), toy_task(ctx.model, split="validation")
+    task = toy_task(ctx.model, n=ctx.canonical_n("spurious"))
+    validation = toy_task(ctx.model, n=ctx.canonical_n("spurious", validation=True), split="validation")
     sweep = debias_sweep(
         ctx.model,
         result,
@@ -210,7 +211,7 @@ def _pclens_debias(ctx: DemoContext, result):
     ]
     attribute_rows, texture = [], None
     if c.k:
-        images, targets = toy_attribute_data(ctx.model, ("texture", "shape"))
+        images, targets = toy_attribute_data(ctx.model, ("texture", "shape"), n=ctx.canonical_n("world"))
         measured = removal_accuracy(ctx.model, result, images.split(256), targets, c.removed)
         for attribute, (before, after, n) in measured.items():
             attribute_rows.append([attribute, accuracy_text(before, n), accuracy_text(after, n)])
