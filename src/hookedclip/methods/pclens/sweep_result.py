@@ -193,7 +193,10 @@ class DebiasSweep(Result):
             ax.plot(ks, [100 * v for v in values], color=colour, linewidth=2.6, marker="o", markersize=5, label=name)
             if all(p.n for p in self.points):  # the 95% interval of each point
                 low, high = zip(*(p.interval(name) for p in self.points))
-                ax.fill_between(ks, [100 * v for v in low], [100 * v for v in high], color=colour, alpha=0.15)
+                band = "shaded: 95% intervals" if name == "average" else None
+                ax.fill_between(
+                    ks, [100 * v for v in low], [100 * v for v in high], color=colour, alpha=0.15, label=band
+                )
             ax.axhline(
                 100 * values[0],
                 color=colour,
