@@ -3,9 +3,11 @@
 The toy CLIP was trained with circles mostly on striped and squares mostly on dotted
 backgrounds, so its circle-vs-square classifier partly reads the texture. PCLens finds the PCs
 that carry "a striped background" and "a dotted background", removes the top K of them for
-several K, and reports average and worst-group accuracy on a group-balanced test split.
+several K, picks K on the canonical validation set and reports average and worst-group accuracy
+(with 95% intervals) on the canonical group-balanced test set, with two controls: as many random
+PCs removed, and texture / shape accuracy on all shapes with the picked PCs removed.
 
-Run: python examples/spurious_removal.py [--n 1000] [--out pclens-debias]
+Run: python examples/spurious_removal.py [--n 2000] [--out pclens-debias]
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import torch
 from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import pclens
-from hookedclip.methods.pclens.debias import debias_sweep, toy_task
+from hookedclip.methods.pclens.debias import debias_sweep, removal_accuracy, toy_attribute_data, toy_task
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import ToyWorld
+from hookedclip.zeroshot import accuracy_text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--n", type=int, default=1000, help="images of the group-balanced spurious split (default: %(default)s)"
+        "--n", type=int, default=None, help="images of the canonical spurious test set (default: all 2000)"
     )
     parser.add_argument(
         "--n-fit", type=int, default=1024, help="held-out toy images PCLens is fitted on (default: %(default)s)"
@@ -43,7 +46,8 @@ def main() -> None:
     x = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     result = pclens.fit(model, x.split(256), components=["L0-3"], texts=toy_text_pool(), n_texts=3)
 
-    task = toy_task(model, n=args.n)  # circle vs square, 4 balanced (shape, texture) groups
+    task = toy_task(model, n=args.n)  # circle vs square, 4 balanced (shape, texture) groups: the test set
+    validation = toy_task(model, split="validation")  # K is chosen here
     qs = pclens.QuerySystem(result, model)
     for concept in task.concepts:
         print(qs.query_text(concept, top_k=3, approx=1.1), "\n")
@@ -59,13 +63,22 @@ def main() -> None:
         ks=(1, 2, 3, 5, 8, 12, 20, 30, 50),
         margin=0.01,
         group_names=task.group_names,
+        validation=validation,
+        random_draws=5,
     )
-    print(f"{'K':>3} {'PCs':>4} {'average':>8} {'worst':>7}  " + "  ".join(task.group_names))
-    for p in sweep.points:
-        groups = "  ".join(f"{100 * p.groups[g]:>{len(g)}.1f}" for g in task.group_names)
-        print(f"{p.k:>3} {p.n_removed:>4} {100 * p.average:7.1f}% {100 * p.worst_group:6.1f}%  {groups}")
+    print(f"{'K':>3} {'PCs':>4}  {'validation worst':<20}{'test average':<22}{'test worst group':<22}")
+    for p, v in zip(sweep.points, sweep.validation):
+        print(f"{p.k:>3} {p.n_removed:>4}  {v.text():<20}{p.text('average'):<22}{p.text():<22}")
     print()
     print(sweep.summary())
+    if sweep.chosen.k:
+        images, targets = toy_attribute_data(model, ("texture", "shape"))  # the canonical world test set
+        measured = removal_accuracy(model, result, images.split(256), targets, sweep.chosen.removed)
+        for attribute, (before, after, n) in measured.items():
+            print(
+                f"control: {attribute} accuracy on {n} images of all shapes {accuracy_text(before, n)} -> "
+                f"{accuracy_text(after, n)} with the picked PCs removed"
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sweep.to_csv(out / "debias.csv")

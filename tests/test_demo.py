@@ -12,7 +12,7 @@ from hookedclip.report.demo import SECTIONS
 
 def test_demo_writes_report_with_all_figures(tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["demo", "--out", str(out), "--n", "96"]) == 0
+    assert main(["demo", "--out", str(out), "--n", "96", "--n-test", "200"]) == 0
     assert str(out / "index.html") in capsys.readouterr().out
     html = (out / "index.html").read_text()
     figures = re.findall(r"<img src='([^']+)'", html)
@@ -30,6 +30,9 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "sae_labels_scatter.png",
         "sith_head.png",
         "sith_suppression.png",
+        "head_shares.png",
+        "attention.png",
+        "pclens_pc_head.png",
     } <= set(figures)
     # Every figure written is shown, and none is blank.
     assert sorted(figures) == sorted(p.name for p in out.glob("*.png"))
@@ -47,13 +50,27 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "Which layers matter: accumulated mean-ablation",
         "TextSpan: texts that span each head",
         "PCLens: principal components of each head, labelled with text",
-        "Zero-shot segmentation",
+        headings[7],
         "Sparse-autoencoder latents, labelled",
         "SITH: what each head writes, read from its weights",
     ]
+    assert re.fullmatch(r"Zero-shot segmentation \(4 x 4 maps; (no )?better than a centred blob\)", headings[7])
     assert len(headings) == len(SECTIONS)
-    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot"):
+    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot", "3 texts per head"):
         assert phrase in html
+    # One set of numbers: the spurious-split baseline of the zero-shot section is the K = 0 row
+    # of the PCLens sweep (the same canonical test images), every accuracy with its interval.
+    tables = re.findall(r"<table>(.*?)</table>", html, re.S)
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", t) for t in tables]
+    spurious = next(c for c, t in zip(cells, tables) if "spurious-split group</th>" in t)
+    average, worst = spurious[spurious.index("average") + 1], spurious[spurious.index("worst group") + 1]
+    assert re.fullmatch(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]", average), average
+    sweep = next(c for c, t in zip(cells, tables) if "validation worst group" in t)
+    assert sweep[:5] == ["0", "0", sweep[2], average, worst]  # K, PCs removed, validation WGA, test average, test WGA
+    assert "K is chosen on the canonical validation set" in html
+    controls = "random PCs" in html and "attribute (world test set)" in html
+    assert controls or "No K qualified on the validation set" in html
+    assert "⚠" in html  # weak PCLens labels are marked
 
 
 def test_info_lists_hook_patterns(capsys):

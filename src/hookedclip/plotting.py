@@ -72,22 +72,30 @@ def bar_chart(
     title: str,
     chance: dict[str, float] | None = None,
     percent: bool = True,
+    n: int | None = None,
 ) -> Path:
-    """One bar per key, value printed on top; optional chance level per bar as a tick."""
+    """One bar per key, value printed on top; optional chance level per bar as a tick; with
+    ``n`` (the items each accuracy was measured on), the 95% Wilson interval as an error bar."""
     names = list(values)
     scale = 100 if percent else 1
     fig, ax = new_figure(max(4.0, 0.9 * len(names) + 1.5), 3.2)
-    bars = ax.bar(names, [scale * values[k] for k in names], color="#4C72B0")
+    heights = [scale * values[k] for k in names]
+    errors = None
+    if n and not percent:
+        raise ValueError("interval error bars (n=) need percent=True: the values are accuracies")
+    if n:
+        low, high = zip(*(wilson(values[k], n) for k in names))
+        errors = [[h - lo for h, lo in zip(heights, low)], [hi - h for h, hi in zip(heights, high)]]  # %
+    bars = ax.bar(names, heights, color="#4C72B0", yerr=errors, capsize=3, ecolor="#333333")
     for bar, k in zip(bars, names):
-        ax.text(
-            bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{scale * values[k]:.1f}", ha="center", fontsize=8
-        )
+        top = wilson(values[k], n)[1] if n else bar.get_height()
+        ax.text(bar.get_x() + bar.get_width() / 2, top + 1, f"{scale * values[k]:.1f}", ha="center", fontsize=8)
         if chance and k in chance:
             ax.hlines(scale * chance[k], bar.get_x(), bar.get_x() + bar.get_width(), colors="#C44E52", linestyles="--")
     if chance:
         ax.plot([], [], "--", color="#C44E52", label="chance")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a bar
-    ax.set_ylim(0, 105 if percent else None)
+    ax.set_ylim(0, 108 if percent else None)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
@@ -133,18 +141,29 @@ def head_heatmaps(
     vmin: float = 0.0,
     baseline: dict[str, float] | None = None,
     baseline_label: str = "chance",
+    vmax: float = 1.0,
+    value_label: str = "probe accuracy (%)",
+    digits: int = 0,
 ) -> Path:
-    """One ``[layer, head]`` heatmap per key, the value (%) written in each cell; ``baseline``
-    (e.g. the majority-class rate) is named in each panel's title as ``baseline_label``."""
+    """One ``[layer, head]`` heatmap per key, the value (%, ``digits`` decimals) written in each
+    cell; ``baseline`` (e.g. the majority-class rate) is named in each panel's title as
+    ``baseline_label``; the colour scale runs from ``vmin`` to ``vmax`` (fractions)."""
     n = len(scores)
     first = next(iter(scores.values()))
     fig = _figure(1.4 + 0.95 * first.shape[1] * n + 0.7 * n, 0.75 * first.shape[0] + 1.9)
     axes = fig.subplots(1, n, squeeze=False)
     for ax, (name, grid) in zip(axes[0], scores.items()):
-        im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100, cmap="viridis", aspect="auto")
+        im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100 * vmax, cmap="viridis", aspect="auto")
         for (i, j), val in np.ndenumerate(grid):
+            light = (val - vmin) / max(vmax - vmin, 1e-12) >= 0.7  # dark text on the bright end of viridis
             ax.text(
-                j, i, f"{100 * val:.0f}", ha="center", va="center", fontsize=10, color="white" if val < 0.7 else "black"
+                j,
+                i,
+                f"{100 * val:.{digits}f}",
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="black" if light else "white",
             )
         subtitle = name + (f"\n({baseline_label} {100 * baseline[name]:.0f}%)" if baseline and name in baseline else "")
         ax.set_title(subtitle, fontsize=10)
@@ -152,7 +171,7 @@ def head_heatmaps(
         ax.set_yticks(range(grid.shape[0]), [f"L{l}" for l in range(grid.shape[0])], fontsize=9)
         ax.set_xlabel("head", fontsize=9)
         ax.set_ylabel("layer", fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="probe accuracy (%)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=value_label)
     fig.suptitle(title, fontsize=11, y=1.0 + 0.35 / fig.get_figheight())  # above the two-line panel titles
     return save_figure(fig, path)
 
@@ -165,11 +184,16 @@ def line_curves(
     xlabel: str,
     ylabel: str = "zero-shot top-1 (%)",
     chance: dict[str, float] | None = None,
+    n: int | None = None,
 ) -> Path:
-    """Several curves over the same steps (values in [0, 1], drawn as percentages)."""
+    """Several curves over the same steps (values in [0, 1], drawn as percentages); with ``n``
+    (the items each accuracy was measured on), each curve's 95% Wilson interval shaded."""
     fig, ax = new_figure(max(4.5, 0.38 * len(xlabels) + 2.5), 3.4)
     for name, values in curves.items():
         (line,) = ax.plot(range(len(values)), [100 * v for v in values], marker="o", markersize=3.5, label=name)
+        if n:
+            low, high = zip(*(wilson(v, n) for v in values))
+            ax.fill_between(range(len(values)), low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         if chance and name in chance:
             ax.axhline(100 * chance[name], color=line.get_color(), linestyle=":", linewidth=1)
     if max(map(len, xlabels), default=0) > 3:  # rotate only labels that would collide
@@ -181,8 +205,17 @@ def line_curves(
     ax.set_ylim(0, 102)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="dotted: chance" if chance else None, title_fontsize=7)
+    legend_title = "; ".join(t for t, on in (("dotted: chance", chance), ("shaded: 95% interval", n)) if on)
+    ax.legend(fontsize=8, title=legend_title or None, title_fontsize=7)
     return save_figure(fig, path)
+
+
+def wilson(value: float, n: int | None) -> tuple[float, float]:
+    """The 95% Wilson interval (in %) of an accuracy ``value`` (a fraction) measured on ``n`` items."""
+    from hookedclip.zeroshot import accuracy_interval
+
+    low, high = accuracy_interval(round(value * n), n)
+    return 100 * low, 100 * high
 
 
 # ---------------------------------------------------------------------------- segmentation, neighbours
@@ -247,6 +280,29 @@ def heatmap_overlays(
     )
     legend.get_frame().set_alpha(1.0)
     fig.subplots_adjust(bottom=0.45 / (1.8 * rows + 0.45) + 0.02)
+    return save_figure(fig, path)
+
+
+def attention_grid(
+    images: np.ndarray, maps: np.ndarray, row_labels: Sequence[str], path: str | Path, alpha: float = 0.65
+) -> Path:
+    """Rows of images tinted by an attention map: ``maps [rows, N, h, w]`` (e.g. one row per
+    head, the CLS token's attention over the patch grid), each panel scaled to its own maximum
+    and upsampled to the image; ``row_labels`` name the rows."""
+    rows, n = maps.shape[:2]
+    size = images.shape[1]
+    fig = _figure(1.5 * (n + 1), 1.55 * rows)
+    axes = fig.subplots(rows, n + 1, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for j in range(n):
+        axes[0, j + 1].set_title(f"image {j + 1}", fontsize=8)
+    for r in range(rows):
+        axes[r, 0].text(0.5, 0.5, row_labels[r], ha="center", va="center", fontsize=9, transform=axes[r, 0].transAxes)
+        for j in range(n):
+            heat = maps[r, j] / max(float(maps[r, j].max()), 1e-12)
+            up = np.kron(heat, np.ones((size // heat.shape[0], size // heat.shape[1])))
+            axes[r, j + 1].imshow(blend_heatmap(images[j], up, alpha), interpolation="nearest")
     return save_figure(fig, path)
 
 

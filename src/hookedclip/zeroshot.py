@@ -91,6 +91,13 @@ def accuracy_interval(correct: int, n: int, level: float = 0.95) -> tuple[float,
     return float(ci.low), float(ci.high)
 
 
+def accuracy_text(value: float, n: int, digits: int = 1) -> str:
+    """``value`` (a fraction measured on ``n`` items) as a percentage with its 95% Wilson
+    interval, e.g. ``"84.5% [82.9, 86.0]"``."""
+    low, high = accuracy_interval(round(value * n), n)
+    return f"{100 * value:.{digits}f}% [{100 * low:.{digits}f}, {100 * high:.{digits}f}]"
+
+
 def group_accuracies(
     predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"], groups: Int[Tensor, " n"]
 ) -> dict[int, float]:

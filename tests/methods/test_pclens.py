@@ -862,3 +862,68 @@ def test_row_transform_gives_heat_maps_of_the_selected_pcs(model, imgs, fitted):
     classifier = ZeroShotClassifier(torch.randn(model.cfg.vision.output_dim, 3), ["a", "b", "c"])
     maps = heatmaps(model, imgs[:4], classifier, heads, pclens.row_transform(fitted, sel), target=0)
     assert maps.shape == (4, 16, 16) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+
+
+# --------------------------------------------------------------------------------------
+# Labels a reader can weigh; two image rankings; strengths that never read 0.0%
+# --------------------------------------------------------------------------------------
+
+
+def test_weak_labels_are_marked_low_cosine_or_outside_the_vocabulary():
+    from hookedclip.methods.pclens.confidence import LOW_CONFIDENCE_MARK, toy_known_words
+
+    known = toy_known_words()
+    assert {"striped", "background", "circle"} <= known and "computer" not in known
+    assert pclens.label_text("a striped background", -0.74, 0.2, known) == "a striped background (-0.74)"
+    assert pclens.label_text("computer", -0.75, 0.2, known) == f"computer (-0.75) {LOW_CONFIDENCE_MARK}"
+    assert pclens.label_text("a black background", 0.17, 0.2, known).endswith(LOW_CONFIDENCE_MARK)
+    assert not pclens.low_confidence("computer", 0.75)  # without a vocabulary only the cosine counts
+    assert "below 0.2" in pclens.confidence_note(0.2, known) and "vocabulary" in pclens.confidence_note(0.2, known)
+    label = pclens.PCLabel([("a cross", 0.86), ("rocket", 0.51)], [("computer", -0.9), ("a heart", -0.1)])
+    strong, other = label.cells(threshold=0.2, known_words=known)
+    assert strong == f"− computer (-0.90) {LOW_CONFIDENCE_MARK}; a heart (-0.10) {LOW_CONFIDENCE_MARK}"
+    assert other == f"+ a cross (+0.86); rocket (+0.51) {LOW_CONFIDENCE_MARK}"
+    assert label.cells() == ("− computer (-0.90); a heart (-0.10)", "+ a cross (+0.86); rocket (+0.51)")
+
+
+def test_strengths_never_read_zero():
+    fmt = pclens.format_strength
+    assert [fmt(v) for v in (95.71, 12.34, 4.123, 0.153, 0.1, 0.04, 0.0)] == [
+        "95.7",
+        "12.3",
+        "4.12",
+        "0.153",
+        "0.1",
+        "<0.1",
+        "<0.1",
+    ]
+    assert fmt(100.0) == "100"
+
+
+def test_head_page_marks_weak_labels_and_ranks_images_two_ways(tmp_path):
+    """The second ranking (the head's own centred coordinate) is drawn beside the full-embedding
+    one, and the page says how far they agree: planted to disagree completely, then to agree."""
+    from hookedclip.report.pclens import head_page
+
+    x = low_rank(0, 30, 4, 2)
+    pca = pca_from_data(x, "L0H0", max_pcs=2)
+    v = pca.components
+    pool = torch.stack([0.9 * v[0] + (1 - 0.81) ** 0.5 * v[1], -0.1 * v[0] + (1 - 0.01) ** 0.5 * v[1]])
+    label_pcs(pca, pool, ["a circle", "computer"], 1, center_texts=False)
+    images = np.zeros((30, 4, 4, 3), np.uint8)
+    embeddings = torch.randn(30, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    score = pclens.image_scores(pca, embeddings)[:, 0]
+    # contributions whose coordinate along PC 0 is minus the embedding's score: the reverse ranking
+    reverse = pca.mean + (-score)[:, None] * v[0]
+    page = head_page(
+        pca, tmp_path / "rev", images, embeddings, 1, 3, 1, min_strength=0, contributions=reverse, known_words=None
+    )
+    html = page.read_text()
+    assert (tmp_path / "rev" / "pc0.png").exists() and (tmp_path / "rev" / "pc0_head.png").exists()
+    assert "share 0 of their 3 top images and 0 of their 3 bottom images" in html and "disagree" in html
+    assert "computer (-0.10) ⚠" in html and "a circle (+0.90) ⚠" not in html and "below 0.2" in html
+    same = pca.mean + score[:, None] * v[0]
+    html = head_page(pca, tmp_path / "same", images, embeddings, 1, 3, 1, min_strength=0, contributions=same)
+    assert "share 3 of their 3 top images and 3 of their 3 bottom images." in html.read_text()
+    plain = head_page(pca, tmp_path / "one", images, embeddings, 1, 3, 1, min_strength=0).read_text()
+    assert "pc0_head.png" not in plain  # without contributions: one ranking

@@ -377,3 +377,186 @@ def test_debias_sweep_takes_labelled_batches(model):
         debias_sweep(model, result, task.classifier, task.concepts, [(task.images, task.labels)], **common)
     with pytest.raises(ValueError, match="give both labels= and groups="):
         debias_sweep(model, result, task.classifier, task.concepts, task.images, task.labels, **common)
+
+
+# --------------------------------------------------------------------------------------
+# Select on validation, report on test; the controls a reviewer asks for
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(model):
+    """A small spurious task and PCLens on the last layer: fast sweeps."""
+    task = toy_task(model, n=64)
+    result = pclens.fit(model, task.images.split(32), components="L2-3", texts=toy_text_pool(), n_texts=2)
+    return task, result
+
+
+def test_k_is_chosen_on_the_validation_set_not_the_test_set(model, small):
+    """A validation set planted so that another K wins: the pick follows the validation set,
+    and the reported numbers are that K's test numbers."""
+    task, result = small
+    ks = (1, 3, 10)
+    common = dict(ks=ks, margin=1.0, group_names=task.group_names)  # margin 1: any K may be picked
+    on_test = debias_sweep(
+        model, result, task.classifier, task.concepts, task.images, task.labels, task.groups, **common
+    )
+    assert on_test.selected_on == "test" and on_test.validation is None
+    assert "chosen on the test images themselves" in on_test.summary()
+    # Plant: validation labels = the predictions with some other K's PCs removed, so that K is
+    # right on every validation image.
+    stacks = decompose_batches(model, result, task.images.split(32))
+    predictions = {
+        p.k: task.classifier.predict(removal_embeddings(stacks, result, p.removed).float()) for p in on_test.points[1:]
+    }
+    planted = next(
+        k
+        for k in ks
+        if k != on_test.chosen.k and all(not torch.equal(predictions[k], predictions[o]) for o in ks if o != k)
+    )
+    validation = (task.images, predictions[planted], task.groups)
+    sweep = debias_sweep(
+        model,
+        result,
+        task.classifier,
+        task.concepts,
+        task.images,
+        task.labels,
+        task.groups,
+        validation=validation,
+        **common,
+    )
+    assert sweep.selected_on == "validation" and sweep.n_validation == 64
+    assert sweep.chosen.k == planted != on_test.chosen.k
+    picked_val = next(p for p in sweep.validation if p.k == planted)
+    assert picked_val.worst_group == 1.0
+    assert sweep.chosen is next(p for p in sweep.points if p.k == planted)  # test numbers of the validation pick
+    assert sweep.chosen.average == next(p for p in on_test.points if p.k == planted).average
+    assert "chosen on 64 validation images" in sweep.summary()
+    # the validation set may be a SpuriousTask too
+    val_task = toy_task(model, n=32, split="validation")
+    assert (
+        debias_sweep(
+            model,
+            result,
+            task.classifier,
+            task.concepts,
+            task.images,
+            task.labels,
+            task.groups,
+            validation=val_task,
+            **common,
+        ).n_validation
+        == 32
+    )
+    with pytest.raises(TypeError, match="validation= takes a SpuriousTask"):
+        debias_sweep(
+            model,
+            result,
+            task.classifier,
+            task.concepts,
+            task.images,
+            task.labels,
+            task.groups,
+            validation=task.images,
+            **common,
+        )
+
+
+def test_random_pc_control_removes_as_many_random_pcs(model, small):
+    task, result = small
+    sweep = debias_sweep(
+        model,
+        result,
+        task.classifier,
+        task.concepts,
+        task.images,
+        task.labels,
+        task.groups,
+        ks=(1, 3),
+        margin=1.0,
+        group_names=task.group_names,
+        random_draws=3,
+        seed=7,
+    )
+    assert sweep.chosen.k > 0 and len(sweep.random_control) == 3
+    every = set(result.pcs())
+    for point in sweep.random_control:
+        assert point.n_removed == sweep.chosen.n_removed == len(set(point.removed))
+        assert set(point.removed) <= every and point.n == 64
+    assert len({tuple(p.removed) for p in sweep.random_control}) > 1  # independent draws
+    again = debias_sweep(
+        model,
+        result,
+        task.classifier,
+        task.concepts,
+        task.images,
+        task.labels,
+        task.groups,
+        ks=(1, 3),
+        margin=1.0,
+        group_names=task.group_names,
+        random_draws=3,
+        seed=7,
+    )
+    assert [p.removed for p in again.random_control] == [p.removed for p in sweep.random_control]
+    assert f"{sweep.chosen.n_removed} random PCs removed (3 draws)" in sweep.summary()
+
+
+def test_sweep_points_carry_intervals_and_round_trip(tmp_path, model, small):
+    from hookedclip.zeroshot import accuracy_interval
+
+    task, result = small
+    val = toy_task(model, n=32, split="validation")
+    sweep = debias_sweep(
+        model,
+        result,
+        task.classifier,
+        task.concepts,
+        task.images,
+        task.labels,
+        task.groups,
+        ks=(1, 3),
+        margin=1.0,
+        group_names=task.group_names,
+        validation=val,
+        random_draws=2,
+    )
+    base = sweep.baseline
+    assert base.n == 64 and base.group_n == dict.fromkeys(task.group_names, 16)
+    low, high = base.interval("worst group")
+    assert (low, high) == accuracy_interval(round(base.worst_group * 16), 16) and low <= base.worst_group <= high
+    assert base.text("average").count("[") == 1
+    loaded = DebiasSweep.load(sweep.save(tmp_path / "sweep"))
+    assert loaded.chosen.k == sweep.chosen.k and loaded.selected_on == "validation"
+    assert [p.worst_group for p in loaded.validation] == [p.worst_group for p in sweep.validation]
+    assert [p.removed for p in loaded.random_control] == [p.removed for p in sweep.random_control]
+    assert loaded.baseline.group_n == base.group_n
+
+
+def test_fast_removal_equals_the_closed_form(model, small):
+    from hookedclip.methods.pclens.debias import RemovalEmbeddings
+
+    task, result = small
+    stacks = decompose_batches(model, result, task.images.split(32))
+    fast = RemovalEmbeddings(stacks, result)
+    pcs = [("L3H1", 0), ("L2H0", 1), ("L2H0", 0), ("L3H2", 2)]
+    torch.testing.assert_close(fast(pcs), removal_embeddings(stacks, result, pcs), rtol=0, atol=1e-6)  # float32 rows
+    torch.testing.assert_close(fast.original, torch.cat([s.sum() for s in stacks]).double())
+
+
+def test_removing_the_texture_pcs_costs_texture_accuracy_not_shape(model, fitted):
+    """The texture control: with the texture prompts' top PCs removed, texture zero-shot accuracy
+    on the world test set falls far below the original, and shape accuracy barely moves."""
+    from hookedclip.methods.pclens.debias import concept_rankings, removal_accuracy, toy_attribute_data, toy_concepts
+    from hookedclip.methods.pclens.query import union
+
+    result = fitted[0]
+    rankings = concept_rankings(result, model, toy_concepts(), 3)
+    pcs = union(rankings).pcs
+    images, targets = toy_attribute_data(model, ("texture", "shape"), n=200)
+    measured = removal_accuracy(model, result, images.split(100), targets, pcs)
+    (tex_before, tex_after, n), (shape_before, shape_after, _) = measured["texture"], measured["shape"]
+    assert n == 200 and tex_before > 0.95
+    assert tex_after < tex_before - 0.2, measured
+    assert abs(shape_after - shape_before) < 0.08, measured

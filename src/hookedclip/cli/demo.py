@@ -14,7 +14,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
             f"--n {args.n}: the demo needs at least {MIN_IMAGES} images (its probes train on half and "
             f"score on the other half, every shape in both); use --n {MIN_IMAGES} or more"
         )
-    path = run_demo(args.out, n_images=args.n, seed=args.seed)
+    if args.n_test is not None and args.n_test < 1:
+        raise CommandError(f"--n-test {args.n_test}: give a positive number of images (or omit it for all)")
+    path = run_demo(args.out, n_images=args.n, seed=args.seed, n_test=args.n_test)
     print(f"report written to {path}")
 
 
@@ -24,5 +26,12 @@ def add_demo_command(subparsers) -> argparse.ArgumentParser:
     demo.add_argument("--out", default="hookedclip-demo", help="report folder")
     demo.add_argument("--n", type=int, default=512, help="held-out toy images to analyse (at least 64)")
     demo.add_argument("--seed", type=int, default=2024, help="seed of the held-out images")
+    demo.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="measure accuracies on only the first N images of each canonical test/validation set "
+        "(default: all, the numbers of `hookedclip toy evaluate`)",
+    )
     demo.set_defaults(func=_cmd_demo)
     return demo

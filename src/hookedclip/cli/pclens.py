@@ -16,8 +16,9 @@ import torch
 
 from hookedclip.cli._common import CommandError, add_weights_arguments, check_pretrained_available, positive, step
 from hookedclip.methods.pclens import PCLensResult
+from hookedclip.methods.pclens.confidence import LOW_COSINE
 from hookedclip.model.resolve import load_model
-from hookedclip.report.pclens import MIN_STRENGTH, write_pclens_report
+from hookedclip.report.pclens import MIN_STRENGTH, head_contributions, write_pclens_report
 
 REPORT, DEBIAS = "hookedclip pclens report", "hookedclip pclens debias"
 
@@ -42,6 +43,7 @@ def _analysed_heads(model, layers: int) -> list[str]:
 def _cmd_report(args: argparse.Namespace) -> None:
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool
     from hookedclip.methods import pclens
+    from hookedclip.methods.pclens.confidence import toy_known_words
     from hookedclip.zeroshot import embed_images
 
     if args.data != "toy":
@@ -66,11 +68,24 @@ def _cmd_report(args: argparse.Namespace) -> None:
             )
         if args.save_result:
             result.save(args.save_result)
-    with step(REPORT, "embedding the images"):
+    with step(REPORT, "embedding the images and decomposing them into the heads' contributions"):
         embeddings = embed_images(model, batches)
+        contributions = head_contributions(model, result, batches)
+    known = None if args.vocab else toy_known_words()  # the toy pool's own words; distractors are marked
     with step(REPORT, f"writing a page per head ({len(result)} heads) to {args.out}"):
         path = write_pclens_report(
-            result, images, embeddings, args.out, args.pcs, args.images, args.texts, args.min_strength, progress=True
+            result,
+            images,
+            embeddings,
+            args.out,
+            args.pcs,
+            args.images,
+            args.texts,
+            args.min_strength,
+            progress=True,
+            contributions=contributions,
+            known_words=known,
+            min_cosine=args.min_cosine,
         )
     print(f"report written to {path}")
 
@@ -106,11 +121,13 @@ def _cmd_debias(args: argparse.Namespace) -> None:
     with step(DEBIAS, f"loading {args.model}"):
         model = load_model(args.model, args.pretrained)
     components = _analysed_heads(model, args.layers)
-    with step(DEBIAS, "preparing the evaluation images and the classifier"):
+    with step(DEBIAS, "preparing the test and validation images and the classifier"):
         if args.waterbirds:
             task = waterbirds_task(model, args.waterbirds, args.split, args.limit)
+            validation = _waterbirds_validation(model, args)
         else:
             task = toy_task(model, args.n, args.eval_seed)
+            validation = toy_task(model, split="validation")
     concepts = args.concept or task.concepts
     if args.result:
         result = PCLensResult.load(args.result, model=model)
@@ -138,14 +155,49 @@ def _cmd_debias(args: argparse.Namespace) -> None:
             ks,
             args.margin / 100,
             task.group_names,
+            validation=validation,
+            random_draws=args.random_draws,
         )
+    summary = sweep.summary()
+    if not args.waterbirds and sweep.chosen.k:
+        with step(DEBIAS, "texture and shape accuracy with the picked PCs removed (canonical world test set)"):
+            summary += "\n" + _attribute_control(model, result, sweep, args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sweep.to_csv(out / "debias.csv")
     sweep.plot(out / "debias.png")
-    (out / "summary.txt").write_text(sweep.summary() + "\n")
-    print(sweep.summary())
+    (out / "summary.txt").write_text(summary + "\n")
+    print(summary)
     print(f"written: {out / 'debias.csv'}, {out / 'debias.png'}, {out / 'summary.txt'}")
+
+
+def _waterbirds_validation(model, args: argparse.Namespace):
+    """The Waterbirds split K is chosen on, or None (then K is chosen on the evaluation split,
+    and the summary says so)."""
+    from hookedclip.methods.pclens.debias import waterbirds_task
+
+    if args.validation_split == "none" or args.validation_split == args.split:
+        return None
+    task = waterbirds_task(model, args.waterbirds, args.validation_split, args.limit)
+    if len(task.labels) == 0:
+        print(f"{DEBIAS}: no {args.validation_split!r} images in {args.waterbirds}: K is chosen on {args.split!r}")
+        return None
+    return task
+
+
+def _attribute_control(model, result, sweep, batch_size: int) -> str:
+    """Texture and shape accuracy before and after removing the picked PCs: does the model
+    become blind to the texture, and what does the shape lose?"""
+    from hookedclip.methods.pclens.debias import removal_accuracy, toy_attribute_data
+    from hookedclip.zeroshot import accuracy_text
+
+    images, targets = toy_attribute_data(model, ("texture", "shape"))
+    measured = removal_accuracy(model, result, images.split(batch_size), targets, sweep.chosen.removed)
+    return "\n".join(
+        f"control: {attribute} accuracy (all shapes, {n} images) {accuracy_text(before, n)} -> "
+        f"{accuracy_text(after, n)} with the {sweep.chosen.n_removed} picked PCs removed"
+        for attribute, (before, after, n) in measured.items()
+    )
 
 
 def _add_debias(sub) -> None:
@@ -158,10 +210,23 @@ def _add_debias(sub) -> None:
         metavar="DIR",
         help="Waterbirds folder (metadata.csv + images) instead of the toy spurious split",
     )
-    deb.add_argument("--split", default="test", help="Waterbirds split")
+    deb.add_argument("--split", default="test", help="Waterbirds split the accuracies are reported on")
+    deb.add_argument(
+        "--validation-split",
+        default="val",
+        help="Waterbirds split K is chosen on ('none': choose on --split itself); the toy uses its validation set",
+    )
     deb.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
-    deb.add_argument("--n", type=positive, default=1000, help="toy spurious-split images")
-    deb.add_argument("--eval-seed", type=int, default=12345, help="toy spurious split seed (as `toy evaluate`)")
+    deb.add_argument(
+        "--n",
+        type=positive,
+        default=None,
+        help="toy spurious test images (default: the canonical 2000; fewer: the first N)",
+    )
+    deb.add_argument(
+        "--eval-seed", type=int, default=None, help="draw a fresh toy spurious test sample (default: the canonical set)"
+    )
+    deb.add_argument("--random-draws", type=int, default=5, help="random-PC controls (as many PCs as the pick)")
     deb.add_argument("--n-fit", type=positive, default=1024, help="held-out toy images PCLens is fitted on")
     deb.add_argument("--seed", type=int, default=11, help="seed of the toy fit images")
     deb.add_argument(
@@ -204,6 +269,12 @@ def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=MIN_STRENGTH,
         help="list PCs below this %% of their head's retained variance apart (0: list all)",
+    )
+    rep.add_argument(
+        "--min-cosine",
+        type=float,
+        default=LOW_COSINE,
+        help="mark labels whose |cosine| with the PC is below this as weak (default: %(default)s)",
     )
     rep.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     rep.add_argument("--threads", type=positive, default=1, help="torch CPU threads")

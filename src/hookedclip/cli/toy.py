@@ -85,17 +85,16 @@ def add_toy_commands(subparsers) -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="zero-shot accuracy per attribute and spurious-split WGA")
-    ev.add_argument("--n", type=positive, default=2000, help="held-out images")
-    ev.add_argument("--seed", type=int, default=None, help="held-out sample seed (default: the card's)")
+    ev.add_argument(
+        "--n",
+        type=positive,
+        default=None,
+        help="images of each canonical test set (default: all 2000; fewer: its first N)",
+    )
+    ev.add_argument(
+        "--seed", type=int, default=None, help="draw a fresh test sample with this seed (default: the canonical sets)"
+    )
     ev.add_argument("--weights", default=None, help="directory written by `toy train` (default: shipped weights)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
-    ev.set_defaults(func=lambda a: _cmd_evaluate(_with_seed(a)))
+    ev.set_defaults(func=_cmd_evaluate)
     return toy
-
-
-def _with_seed(args: argparse.Namespace) -> argparse.Namespace:
-    if args.seed is None:
-        from hookedclip.toy.evaluate import EVAL_SEED
-
-        args.seed = EVAL_SEED
-    return args

@@ -5,7 +5,7 @@ spurious feature is evaluated on them (PCLens's ``debias_sweep``, SITH's ``suppr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,22 +46,57 @@ def toy_concepts(spec=None) -> list[str]:
     return [f"a {ATTRIBUTE_WORDS['texture'][t]} background" for t in spec.textures]
 
 
-def toy_task(model, n: int = 1000, seed: int = 12345, spec=None) -> SpuriousTask:
-    """``n`` images of the group-balanced toy spurious split (test split, as in
-    :func:`hookedclip.toy.evaluate.evaluate`), classified circle vs square with the shape prompts."""
+def toy_task(model, n: int | None = None, seed: int | None = None, spec=None, split: str = "test") -> SpuriousTask:
+    """The group-balanced toy spurious split, classified circle vs square with the shape prompts.
+
+    The images are the canonical set of :mod:`hookedclip.toy.splits` (the same images
+    ``hookedclip toy evaluate`` and the demo measure): ``split="test"`` (2000 images) or
+    ``"validation"`` (1000, for choosing K), or their first ``n``. A ``seed`` other than
+    the canonical one, or another ``spec``, draws a fresh sample of the split instead."""
     from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.splits import CANONICAL_SEED, test_set, validation_set
     from hookedclip.toy.world import SpuriousSpec, ToyWorld, class_prompts
     from hookedclip.zeroshot import ZeroShotClassifier
 
-    spec = spec or SpuriousSpec()
-    world = ToyWorld(
-        n, seed=seed, split="test", spurious=spec, group_balanced=True, image_size=model.cfg.vision.image_size
-    )
+    if split not in ("test", "validation"):
+        raise ValueError(f"split={split!r}: use 'test' (report) or 'validation' (choose)")
+    size = model.cfg.vision.image_size
+    if (seed is None or seed == CANONICAL_SEED) and (spec is None or spec == SpuriousSpec()):
+        spec = SpuriousSpec()
+        world = (test_set if split == "test" else validation_set)("spurious", n, image_size=size)
+    else:
+        spec = spec or SpuriousSpec()
+        stream = "test" if split == "test" else "val"
+        seed = CANONICAL_SEED if seed is None else seed
+        world = ToyWorld(n or 2000, seed, size, split=stream, spurious=spec, group_balanced=True)
     images = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     groups = torch.from_numpy(world.groups())
     prompts = class_prompts("shape")
     classifier = ZeroShotClassifier.from_prompts(model, {c: prompts[c] for c in spec.classes})
     return SpuriousTask(images, groups // 2, groups, spec.group_names(), classifier, toy_concepts(spec))
+
+
+def toy_attribute_data(
+    model, attributes: Sequence[str] = ("texture", "shape"), split: str = "test", n: int | None = None
+) -> tuple[Tensor, dict]:
+    """``(images [N, C, H, W], {attribute: (classifier, labels [N])})``: attributes of the
+    canonical "world" set (every shape, texture, colour, ...), the ``targets`` of
+    PCLens's ``removal_accuracy`` (e.g. texture accuracy after the texture PCs are removed)."""
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.splits import test_set, validation_set
+    from hookedclip.toy.world import class_prompts
+    from hookedclip.zeroshot import ZeroShotClassifier
+
+    if split not in ("test", "validation"):
+        raise ValueError(f"split={split!r}: use 'test' or 'validation'")
+    world = (test_set if split == "test" else validation_set)("world", n, image_size=model.cfg.vision.image_size)
+    images = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
+    truth = [a.labels() for a in world.attributes()]
+    targets = {
+        a: (ZeroShotClassifier.from_prompts(model, class_prompts(a)), torch.tensor([t[a] for t in truth]))
+        for a in attributes
+    }
+    return images, targets
 
 
 WATERBIRDS_CONCEPTS: tuple[str, ...] = ("water background", "land background")  # the reference's Waterbirds runs
@@ -97,4 +132,4 @@ def waterbirds_task(
     )
 
 
-__all__ = ["SpuriousTask", "toy_concepts", "toy_task", "waterbirds_task", "WATERBIRDS_CONCEPTS"]
+__all__ = ["SpuriousTask", "toy_attribute_data", "toy_concepts", "toy_task", "waterbirds_task", "WATERBIRDS_CONCEPTS"]

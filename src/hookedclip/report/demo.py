@@ -47,8 +47,20 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
 MIN_IMAGES = 64
 
 
-def run_demo(out_dir: str | Path, model=None, n_images: int = 512, seed: int = 2024, progress: bool = True) -> Path:
-    """Write the demo report into ``out_dir``; returns the path of ``index.html``."""
+def run_demo(
+    out_dir: str | Path,
+    model=None,
+    n_images: int = 512,
+    seed: int = 2024,
+    progress: bool = True,
+    n_test: int | None = None,
+) -> Path:
+    """Write the demo report into ``out_dir``; returns the path of ``index.html``.
+
+    ``n_images`` held-out images (``seed``) are analysed (probes, decompositions, PCLens fit);
+    every zero-shot and spurious-split accuracy is measured on the canonical test and validation
+    sets of :mod:`hookedclip.toy.splits` (``n_test``: only their first ``n_test`` images, for a
+    quick run; the default, all of them, gives the numbers of ``hookedclip toy evaluate``)."""
     if n_images < MIN_IMAGES:
         raise ValueError(
             f"n_images={n_images}: the demo needs at least {MIN_IMAGES} images (its probes train on half "
@@ -75,11 +87,15 @@ def run_demo(out_dir: str | Path, model=None, n_images: int = 512, seed: int = 2
         captions=[caption(a, rng)[0] for a in attributes],
         seed=seed,
         progress=progress,
+        n_test=n_test,
     )
     sections = []
     bar = tqdm(SECTIONS, desc="demo", disable=not progress)
     for fn in bar:
         bar.set_postfix_str(fn.__name__.removeprefix("section_"))  # which step is running
         sections.append(fn(ctx))
-    meta = f"model: {model_identity(model)}; {n_images} held-out images, seed {seed}"
+    measured = "the canonical test sets" if n_test is None else f"the first {n_test} images of each canonical set"
+    meta = (
+        f"model: {model_identity(model)}; {n_images} held-out images analysed (seed {seed}); accuracies on {measured}"
+    )
     return viz.write_report(out_dir, "hookedclip demo: the toy CLIP", sections, meta)

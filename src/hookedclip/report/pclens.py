@@ -3,7 +3,9 @@
 :func:`write_pclens_report` writes a folder: an overview page (strength curves, one row per
 head) and one page per analysed head with its PCs, their text labels and strengths, and a
 strip of the top / bottom images of each PC (scored by ``⟨ê, v⟩``, the cosine of the image's
-unit embedding with the PC).
+unit embedding with the PC) and, when the heads' contributions are given, a second strip ranked
+by the head's own centred coordinate along the PC (``(φ_h − μ) v``). Labels carry their cosines;
+weak ones (low cosine, or words outside the world's vocabulary) are marked.
 """
 
 from __future__ import annotations
@@ -14,23 +16,57 @@ import numpy as np
 import torch
 
 from hookedclip import plotting
-from hookedclip.methods.pclens import HeadPCA, PCLensResult, image_scores, top_images
+from hookedclip.methods.pclens import (
+    LOW_COSINE,
+    HeadPCA,
+    PCLensResult,
+    confidence_note,
+    extremes,
+    format_strength,
+    head_scores,
+    image_scores,
+    label_text,
+)
 from hookedclip.report import viz
 
 #: PCs holding less than this share (%) of a head's retained variance are listed apart.
 MIN_STRENGTH = 1.0
 
 
-def _label_cells(pca: HeadPCA, i: int, n: int) -> tuple[str, str]:
-    """PC ``i``'s two text lists, the side with the larger |cos| first."""
+@torch.no_grad()
+def head_contributions(model, result: PCLensResult, batches) -> dict[str, torch.Tensor]:
+    """``label -> [N, d']``: each analysed head's normalised CLS contribution on every image of
+    ``batches`` (what PCLens was fitted on), for the second image ranking."""
+    from hookedclip.methods.pclens.debias import decompose_batches
+
+    stacks = decompose_batches(model, result, batches)
+    labels = stacks[0].labels
+    return {h: torch.cat([s.tensor[labels.index(h)] for s in stacks]) for h in result.heads}
+
+
+def _label_cells(pca: HeadPCA, i: int, n: int, known_words=None, threshold: float = LOW_COSINE) -> tuple[str, str]:
+    """PC ``i``'s two text lists with their cosines, the side with the larger |cos| first, weak
+    labels marked."""
     if pca.pos_idx is None:
         return "", ""
-    return pca.label_of(i, n).cells(n)
+    return pca.label_of(i, n).cells(n, threshold=threshold, known_words=known_words)
 
 
-def _pc_rows(pca: HeadPCA, pcs: list[int], n_texts: int) -> list[list[str]]:
+def _pc_rows(pca: HeadPCA, pcs: list[int], n_texts: int, known_words=None, threshold: float = LOW_COSINE):
     rel = pca.strength_rel.tolist()
-    return [[str(i), f"{rel[i]:.1f}", *_label_cells(pca, i, n_texts)] for i in pcs]
+    return [[str(i), format_strength(rel[i]), *_label_cells(pca, i, n_texts, known_words, threshold)] for i in pcs]
+
+
+def _strip(pca, i, scores, images, out_dir: Path, name: str, n_images: int, what: str):
+    """Draw one PC's top / bottom images by ``scores[:, i]`` and return ``(top, bottom)`` indices."""
+    top, bottom = extremes(scores[:, i], n_images)
+    idx = torch.cat([top, bottom]).tolist()
+    captions = [
+        f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: {what} {float(scores[k, i]):+.2f}"
+        for j, k in enumerate(idx)
+    ]
+    plotting.image_grid(images[idx], captions, out_dir / name, cols=len(top))
+    return set(top.tolist()), set(bottom.tolist())
 
 
 def _projector_text(pca: HeadPCA) -> str:
@@ -69,54 +105,73 @@ def head_page(
     n_texts: int,
     nav: str = "",
     min_strength: float = MIN_STRENGTH,
+    contributions: torch.Tensor | None = None,
+    known_words=None,
+    min_cosine: float = LOW_COSINE,
 ) -> Path:
     """One head's page: its PCs holding at least ``min_strength`` % of the retained variance
-    (the rest listed apart), an image strip per PC (top row: highest ``⟨ê, v⟩``), and ``nav``
-    (HTML links) under the title."""
+    (the rest listed apart), an image strip per PC (top row: highest ``⟨ê, v⟩``), a second strip
+    ranked by the head's own centred coordinate when its ``contributions [N, d']`` are given,
+    and ``nav`` (HTML links) under the title. Labels with |cosine| below ``min_cosine`` or words
+    outside ``known_words`` are marked."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rel = pca.strength_rel.tolist()
     strong = [i for i in range(pca.k) if rel[i] >= min_strength] or list(range(min(1, pca.k)))
     weak = [i for i in range(pca.k) if i not in strong]
     header = ["PC", "strength %", "texts, stronger side (cos)", "texts, other side (cos)"]
     figures = []
-    embeddings = embeddings.detach()
-    scores = image_scores(pca, embeddings)  # [n, k]: the score top_images ranks by
+    scores = image_scores(pca, embeddings.detach())  # [n, k]: ⟨ê, v⟩
+    own = head_scores(pca, contributions.detach()) if contributions is not None else None
     for i in strong[:n_pcs]:
-        top, bottom = top_images(pca, i, embeddings, n_images)
-        idx = torch.cat([top, bottom]).tolist()
-        captions = [
-            f"{'top' if j < len(top) else 'bottom'} {1 + j % len(top)}: cos {float(scores[k, i]):+.2f}"
-            for j, k in enumerate(idx)
-        ]
-        name = f"pc{i}.png"
-        plotting.image_grid(images[idx], captions, out_dir / name, cols=len(top))
-        label = f"PC {i} ({rel[i]:.1f}% of the retained variance)"
+        top, bottom = _strip(pca, i, scores, images, out_dir, f"pc{i}.png", n_images, "cos")
+        label = f"PC {i} ({format_strength(rel[i])}% of the retained variance)"
         if pca.pos_idx is not None:
-            label += ": " + " / ".join(f"{sign} {items[0][0]}" for sign, items in pca.label_of(i, 1).sides())
+            sides = pca.label_of(i, 1).sides()
+            label += ": " + " / ".join(
+                f"{sign} {label_text(*items[0], min_cosine, known_words)}" for sign, items in sides
+            )
         figures.append(
             (
-                name,
-                label + ". Top row (the + side): the images whose unit embedding ê has the highest "
-                "cosine with the PC (⟨ê, v⟩, not the head's own contribution); bottom row (the − side): the "
-                "lowest. Each caption gives that cosine.",
+                f"pc{i}.png",
+                label + ". Ranked by the full embedding: top row (the + side) the images whose unit embedding ê "
+                "has the highest cosine with the PC (⟨ê, v⟩, the reference's score), bottom row the lowest.",
             )
         )
+        if own is not None:
+            top_own, bottom_own = _strip(pca, i, own, images, out_dir, f"pc{i}_head.png", n_images, "coord")
+            shared, shared_bottom = len(top & top_own), len(bottom & bottom_own)
+            figures.append(
+                (
+                    f"pc{i}_head.png",
+                    f"PC {i} ranked by the head's own centred coordinate (φ_h − μ)·v instead: top row highest, "
+                    f"bottom row lowest. The two rankings share {shared} of their {len(top)} top images and "
+                    f"{shared_bottom} of their {len(bottom)} bottom images"
+                    + (
+                        " (the rankings disagree: ⟨ê, v⟩ also reads what the other heads write along v)."
+                        if min(shared, shared_bottom) < len(top) / 2
+                        else "."
+                    ),
+                )
+            )
     kept = 100 * float(pca.singular_values.sum()) / max(pca.total_singular, 1e-30)
     text = [f"{pca.k} PCs keep {kept:.1f}% of ΣS over {pca.n} images.", _projector_text(pca)]
+    if pca.pos_idx is not None:
+        text.append(confidence_note(min_cosine, known_words))
     if weak:
         share = sum(rel[i] for i in weak)
         text.append(
             f"Listed: the {len(strong)} PCs holding at least {min_strength:g}% of the retained variance each; "
-            f"the other {len(weak)} (together {share:.1f}%) are under “Weaker PCs” at the bottom."
+            f"the other {len(weak)} (together {format_strength(share)}%) are under “Weaker PCs” at the bottom."
         )
-    sections = [viz.Section(pca.label, text, figures, [(header, _pc_rows(pca, strong, n_texts))])]
+    rows = _pc_rows(pca, strong, n_texts, known_words, min_cosine)
+    sections = [viz.Section(pca.label, text, figures, [(header, rows)])]
     if weak:
         sections.append(
             viz.Section(
                 f"Weaker PCs ({len(weak)}, each below {min_strength:g}%)",
                 [],
                 [],
-                [(header, _pc_rows(pca, weak, n_texts))],
+                [(header, _pc_rows(pca, weak, n_texts, known_words, min_cosine))],
             )
         )
     return viz.write_report(out_dir, f"PCLens: {pca.label}", sections, nav=nav)
@@ -141,6 +196,9 @@ def write_pclens_report(
     n_texts: int = 3,
     min_strength: float = MIN_STRENGTH,
     progress: bool = False,
+    contributions: dict[str, torch.Tensor] | None = None,
+    known_words=None,
+    min_cosine: float = LOW_COSINE,
 ) -> Path:
     """The report folder: ``index.html`` (overview) and ``<head>/index.html`` per analysed head,
     each linked to the overview and to the previous and next head.
@@ -150,6 +208,10 @@ def write_pclens_report(
         embeddings: ``[N, d']`` final image embeddings (normalised here).
         min_strength: PCs below this % of their head's retained variance are listed apart.
         progress: a progress bar over the head pages on stderr (each takes seconds).
+        contributions: ``label -> [N, d']`` head contributions (:func:`head_contributions`): adds
+            the second image ranking, by the head's own centred coordinate.
+        known_words: the vocabulary of the images' world; labels with a word outside it, or with
+            |cosine| below ``min_cosine``, are marked as weak.
     """
     from tqdm.auto import tqdm
 
@@ -158,15 +220,29 @@ def write_pclens_report(
     heads = list(result.heads.values()) + ([result.embedding] if result.embedding is not None else [])
     labels = [p.label for p in heads]
     for i, pca in enumerate(tqdm(heads, desc="head pages", disable=not progress)):
-        head_page(pca, out / pca.label, images, embeddings, n_pcs, n_images, n_texts, _nav(labels, i), min_strength)
+        own = None if contributions is None else contributions.get(pca.label)
+        head_page(
+            pca,
+            out / pca.label,
+            images,
+            embeddings,
+            n_pcs,
+            n_images,
+            n_texts,
+            _nav(labels, i),
+            min_strength,
+            own,
+            known_words,
+            min_cosine,
+        )
     strength_plot(result, out / "strengths.png", min_strength=min_strength)
     rows = [
         [
             p.label,
             str(p.k),
             str(sum(1 for r in p.strength_rel.tolist() if r >= min_strength)),
-            f"{float(p.strength_rel[0]):.1f}" if p.k else "-",
-            *_label_cells(p, 0, 2),
+            format_strength(float(p.strength_rel[0])) if p.k else "-",
+            *_label_cells(p, 0, 2, known_words, min_cosine),
         ]
         for p in heads
     ]
@@ -176,7 +252,8 @@ def write_pclens_report(
             f"{len(result)} heads, {result.n_pcs} PCs; rank rule {result.settings.get('threshold')} of "
             f"{'ΣS' if result.settings.get('energy') == 'singular' else 'ΣS²'}, cap {result.settings.get('max_pcs')}. "
             "Click a head for its PCs, labels and image strips. Label texts are cosines between the (pool-centred) "
-            "texts and the PC; the side with the larger |cosine| is listed first."
+            "texts and the PC; the side with the larger |cosine| is listed first. "
+            + (confidence_note(min_cosine, known_words) if result.texts else "")
         ],
         [
             (
@@ -196,4 +273,4 @@ def write_pclens_report(
     return path
 
 
-__all__ = ["head_page", "strength_plot", "write_pclens_report", "MIN_STRENGTH"]
+__all__ = ["head_contributions", "head_page", "strength_plot", "write_pclens_report", "MIN_STRENGTH"]

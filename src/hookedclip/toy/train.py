@@ -298,7 +298,7 @@ def train(
 def _record_eval(model, state: dict, n: int, log) -> None:
     from hookedclip.toy.evaluate import evaluate
 
-    res = evaluate(_to_hooked(model), n=n, seed=777)
+    res = evaluate(_to_hooked(model), n=n, validation=True)  # monitoring: never the test set
     entry = {
         "step": state["step"],
         "time_s": round(state["train_time_s"], 1),

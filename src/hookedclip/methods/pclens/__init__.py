@@ -2,7 +2,7 @@
 queried by concept, and kept or removed to steer the model.
 
 The public API, gathered from the submodules, which import each other in one direction:
-``head`` (one head's PCs and labels) <- ``pca`` (PCA, rank rule, text labels, projector, image
+``confidence`` (weak labels) <- ``head`` (one head's PCs and labels) <- ``pca`` (PCA, rank rule, text labels, projector, image
 scores) <- ``result`` (``PCLensResult``) <- ``fit`` (fitting from a model, moments or a store);
 ``result`` <- ``selection`` (interventions on chosen PCs) <- ``query`` (ranking PCs for a
 concept) <- ``debias`` (the sweep removing a spurious feature), which uses ``sweep_result``
@@ -13,10 +13,11 @@ TextSpan, and returns a ``recovered_result`` (``AccuracyRecovered``). Submodules
 
 from hookedclip.identity import model_identity
 from hookedclip.methods._common import store_embedding_moments, store_heads, store_moments
+from hookedclip.methods.pclens.confidence import LOW_COSINE, confidence_note, label_text, low_confidence
 from hookedclip.methods.pclens.debias import debias_sweep
 from hookedclip.methods.pclens.fit import *  # noqa: F403 (the names are fit.__all__, re-exported below)
 from hookedclip.methods.pclens.fit import __all__ as _fit_names
-from hookedclip.methods.pclens.head import HeadPCA, PCLabel
+from hookedclip.methods.pclens.head import HeadPCA, PCLabel, format_strength
 from hookedclip.methods.pclens.pca import *  # noqa: F403 (the names are pca.__all__, re-exported below)
 from hookedclip.methods.pclens.pca import __all__ as _pca_names
 from hookedclip.methods.pclens.query import QueryEntry, QueryResult, QuerySystem, union
@@ -42,7 +43,13 @@ __all__ = [
     # one head's PCA, labels and images
     "PCLabel",
     "HeadPCA",
+    "format_strength",
     *_pca_names,
+    # how far to trust a label
+    "LOW_COSINE",
+    "low_confidence",
+    "label_text",
+    "confidence_note",
     # the result and fitting
     "PCLensResult",
     "model_identity",

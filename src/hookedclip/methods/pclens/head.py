@@ -9,6 +9,7 @@ head's contributions as ``μ + [((x − μ) V_kᵀ) ⊙ w] Π V_k``. How one is 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hookedclip.identity import ModelIdentity
+from hookedclip.methods.pclens.confidence import label_text
 from hookedclip.plotting import finish_figure, new_figure
 from hookedclip.results import Result
 
@@ -43,11 +45,24 @@ class PCLabel:
         pos, neg = ("+", self.positive[:n]), ("−", self.negative[:n])
         return [pos, neg] if self.positive_first else [neg, pos]
 
-    def cells(self, n: int | None = None, coefficients: bool = True) -> tuple[str, str]:
-        """The two sides as table cells in display order, e.g. ``"− striped (−0.41); ..."``."""
+    def cells(
+        self,
+        n: int | None = None,
+        coefficients: bool = True,
+        threshold: float | None = None,
+        known_words: Collection[str] | None = None,
+    ) -> tuple[str, str]:
+        """The two sides as table cells in display order, e.g. ``"− striped (−0.41); ..."``; with
+        ``threshold`` (and optionally ``known_words``), weak labels are marked
+        (:func:`~hookedclip.methods.pclens.confidence.label_text`)."""
+
+        def text(t: str, c: float) -> str:
+            if threshold is not None:
+                return label_text(t, c, threshold, known_words)
+            return f"{t} ({c:+.2f})" if coefficients else t
 
         def cell(sign: str, items: list[tuple[str, float]]) -> str:
-            texts = "; ".join(f"{t} ({c:+.2f})" if coefficients else t for t, c in items)
+            texts = "; ".join(text(t, c) for t, c in items)
             return f"{sign} {texts}" if items else ""
 
         first, second = self.sides(n)
@@ -219,4 +234,14 @@ class HeadPCA(Result):
         return out
 
 
-__all__ = ["PCLabel", "HeadPCA"]
+def format_strength(percent: float) -> str:
+    """A PC strength (% of retained variance) with 3 significant digits, ``"<0.1"`` below 0.1
+    and never ``"0.0"``: ``95.7``, ``4.12``, ``0.153``, ``<0.1``."""
+    if percent < 0.1:
+        return "<0.1"
+    if percent >= 100:
+        return f"{percent:.0f}"
+    return f"{percent:.3g}"
+
+
+__all__ = ["PCLabel", "HeadPCA", "format_strength"]

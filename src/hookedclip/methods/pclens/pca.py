@@ -228,6 +228,20 @@ def top_images(
     return scores.topk(n).indices, (-scores).topk(n).indices
 
 
+def head_scores(pca: HeadPCA, contributions: Float[Tensor, "n d"]) -> Float[Tensor, "n k"]:
+    """``(φ_h(x) − μ) v_i``: each image's coordinate along the PCs in the head's own (centred)
+    contribution ``φ_h`` (rows of the normalised CLS decomposition, as PCLens was fitted on).
+    The second ranking of a PC's images, beside :func:`image_scores`' full-embedding score: where
+    the two disagree, the PC's share of the head and its share of the whole embedding differ."""
+    return pca.coordinates(contributions.to(torch.float64))
+
+
+def extremes(scores: Float[Tensor, " n"], n: int) -> tuple[Int[Tensor, " n_top"], Int[Tensor, " n_top"]]:
+    """Indices of the ``n`` highest and ``n`` lowest ``scores`` (best first)."""
+    n = min(n, scores.shape[0])
+    return scores.topk(n).indices, (-scores).topk(n).indices
+
+
 __all__ = [
     "Energy",
     "Sign",
@@ -239,4 +253,6 @@ __all__ = [
     "label_pcs",
     "image_scores",
     "top_images",
+    "head_scores",
+    "extremes",
 ]

@@ -22,7 +22,15 @@ class DemoContext:
     captions: list[str]
     seed: int
     progress: bool = False  # progress bars inside the slow sections
+    n_test: int | None = None  # images of each canonical test / validation set (None: all; fewer: the first n)
     cache: dict = field(default_factory=dict)  # results shared between sections
+
+    def canonical_n(self, split: str, validation: bool = False) -> int | None:
+        """How many images of a canonical set (:mod:`hookedclip.toy.splits`) the demo measures."""
+        from hookedclip.toy.splits import TEST_SIZES, VALIDATION_SIZES
+
+        sizes = VALIDATION_SIZES if validation else TEST_SIZES
+        return None if self.n_test is None else min(self.n_test, sizes[split])
 
     def labels(self, attribute: str) -> np.ndarray:
         return np.array([a.labels()[attribute] for a in self.attributes])

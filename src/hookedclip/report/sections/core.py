@@ -11,6 +11,7 @@ import torch
 from hookedclip import plotting
 from hookedclip.report.sections.context import DemoContext, progress_steps
 from hookedclip.report.viz import Section
+from hookedclip.zeroshot import accuracy_interval, accuracy_text
 
 
 def section_samples(ctx: DemoContext) -> Section:
@@ -29,31 +30,49 @@ def section_samples(ctx: DemoContext) -> Section:
 
 def section_zero_shot(ctx: DemoContext) -> Section:
     from hookedclip.toy.evaluate import evaluate
+    from hookedclip.zeroshot import accuracy_text
 
-    result = evaluate(ctx.model, n=len(ctx.images), seed=ctx.seed)
+    # the canonical test sets: the numbers of `hookedclip toy evaluate`
+    result = evaluate(ctx.model, n=ctx.canonical_n("world"), n_spurious=ctx.canonical_n("spurious"))
     ctx.cache["zero_shot"] = result
+    n = result["n"]
     plotting.bar_chart(
         result["accuracy"],
         ctx.out_dir / "zero_shot.png",
         "zero-shot top-1 (%)",
         "Zero-shot accuracy per attribute",
         chance=result["chance"],
+        n=n,
     )
+    attribute_rows = [
+        [a, accuracy_text(acc, n), f"{100 * result['chance'][a]:.1f}%"] for a, acc in result["accuracy"].items()
+    ]
     sp = result["spurious"]
-    rows = [[name, f"{100 * acc:.1f}%"] for name, acc in sp["groups"].items()]
-    rows += [["average", f"{100 * sp['average']:.1f}%"], ["worst group", f"{100 * sp['worst_group']:.1f}%"]]
+    rows = [[name, accuracy_text(acc, sp["group_n"][name])] for name, acc in sp["groups"].items()]
+    rows += [
+        ["average", accuracy_text(sp["average"], sp["n"])],
+        ["worst group", accuracy_text(sp["worst_group"], sp["worst_group_n"])],
+    ]
     return Section(
         "Zero-shot accuracy",
         [
             f"Each attribute is classified by comparing the image embedding with the text embeddings of its "
-            f"class prompts (mean of normalised prompt embeddings), on {result['n']} fresh held-out images.",
+            f"class prompts (mean of normalised prompt embeddings), on the {n} images of the canonical "
+            "held-out test set of the world (hookedclip.toy.splits.test_set; the numbers of `hookedclip toy "
+            "evaluate`). Brackets: 95% Wilson intervals.",
             f"Spurious split: during training, a {sp['classes'][0]} is mostly on {sp['textures'][0]} and a "
-            f"{sp['classes'][1]} on {sp['textures'][1]}. On a test set balanced over the four (shape, texture) "
-            f"groups, the {' vs '.join(sp['classes'])} classifier's worst group trails the average by "
-            f"{100 * sp['gap']:.1f} points: the gap that debiasing methods should close.",
+            f"{sp['classes'][1]} on {sp['textures'][1]}. On the canonical spurious test set ({sp['n']} images, "
+            f"balanced over the four (shape, texture) groups), the {' vs '.join(sp['classes'])} classifier's "
+            f"worst group trails the average by {100 * sp['gap']:.1f} points: the gap that debiasing methods "
+            "should close. The PCLens section below measures the same images.",
         ],
-        figures=[("zero_shot.png", "Zero-shot top-1 per attribute; dashed: chance.")],
-        tables=[(["spurious-split group", "accuracy"], rows)],
+        figures=[
+            ("zero_shot.png", f"Zero-shot top-1 per attribute on {n} images; bars: 95% intervals; dashed: chance.")
+        ],
+        tables=[
+            (["attribute", "accuracy [95% interval]", "chance"], attribute_rows),
+            (["spurious-split group", "accuracy [95% interval]"], rows),
+        ],
     )
 
 
@@ -78,6 +97,19 @@ def section_layer_shares(ctx: DemoContext) -> Section:
         single={"embed": embed},
     )
     ctx.cache["head_shares"] = {label: float(s) for label, s in zip(stack.labels, shares)}
+    cfg = ctx.model.cfg.vision
+    heads = np.array([[ctx.cache["head_shares"][f"L{l}H{h}"] for h in range(cfg.heads)] for l in range(L)])
+    plotting.head_heatmaps(
+        {"direct share of the embedding": heads},
+        ctx.out_dir / "head_shares.png",
+        "Direct contribution of each head",
+        vmin=min(0.0, float(heads.min())),
+        vmax=float(heads.max()),
+        value_label="share of the image embedding (%)",
+        digits=1,
+    )
+    ranked = sorted(((label, v) for label, v in ctx.cache["head_shares"].items() if "H" in label), key=lambda x: -x[1])
+    ctx.cache["top_share_heads"] = [label for label, _ in ranked[:2]]
     return Section(
         "Where the image embedding comes from",
         [
@@ -92,13 +124,19 @@ def section_layer_shares(ctx: DemoContext) -> Section:
                 "layer_shares.png",
                 "Share of the image embedding written directly by the embedding slot (embed, grey) "
                 "and by each layer's attention and MLP.",
-            )
+            ),
+            (
+                "head_shares.png",
+                "The same share for every attention head (rows: layers, columns: heads); a layer's attention "
+                "share is the sum of its row.",
+            ),
         ],
         tables=[
             (
                 ["layer", "attention", "MLP"],
                 [[str(l), f"{100 * a:.1f}%", f"{100 * m:.1f}%"] for l, (a, m) in enumerate(zip(attn, mlp))],
-            )
+            ),
+            (["head (largest direct shares)", "share"], [[label, f"{100 * v:.1f}%"] for label, v in ranked[:5]]),
         ],
     )
 
@@ -146,24 +184,59 @@ def section_head_probes(ctx: DemoContext) -> Section:
         baseline=majority,
         baseline_label="majority class",
     )
-    best = [
-        [
-            a,
-            f"L{divmod(int(g.argmax()), cfg.heads)[0]}H{divmod(int(g.argmax()), cfg.heads)[1]}",
-            f"{100 * g.max():.1f}%",
-        ]
-        for a, g in grids.items()
-    ]
+    n_test = len(ctx.tensors) - int(len(ctx.tensors) * 0.5)  # the probes' held-out half
+    best_heads = {a: "L{}H{}".format(*divmod(int(g.argmax()), cfg.heads)) for a, g in grids.items()}
+    best = [[a, best_heads[a], accuracy_text(float(g.max()), n_test)] for a, g in grids.items()]
+    widest = max(
+        np.subtract(*reversed(accuracy_interval(round(v * n_test), n_test))) for g in grids.values() for v in g.flat
+    )
+    ctx.cache["best_heads"] = best_heads
+    attended = list(dict.fromkeys([*best_heads.values(), *ctx.cache.get("top_share_heads", [])]))
+    attention_text = _attention_figure(ctx, attended)
     return Section(
         "Which heads carry which attribute",
         [
             "A logistic-regression probe is trained on half of the images to read each attribute from one "
             "head's output at the CLS token (hook_result), and scored on the other half. Bright cells: heads "
             "whose output alone identifies the attribute. The baseline in each panel's title is the majority-class "
-            "rate, what a probe that always answers the commonest class scores."
+            "rate, what a probe that always answers the commonest class scores.",
+            attention_text,
         ],
-        figures=[("head_probes.png", "Held-out probe accuracy (%) per head (rows: layers, columns: heads).")],
-        tables=[(["attribute", "best head", "probe accuracy"], best)],
+        figures=[
+            (
+                "head_probes.png",
+                f"Held-out probe accuracy (%) per head (rows: layers, columns: heads), each on {n_test} images; "
+                f"every cell's 95% interval is at most {100 * widest:.1f} points wide.",
+            ),
+            (
+                "attention.png",
+                "Where the heads that matter look: each row is one head, each panel the attention of its CLS "
+                "query over the 4 x 4 patches (red = most attended, scaled per panel) on the same four images.",
+            ),
+        ],
+        tables=[(["attribute", "best head", "probe accuracy [95% interval]"], best)],
+    )
+
+
+def _attention_figure(ctx: DemoContext, heads: list[str], n_images: int = 4) -> str:
+    """Draw ``attention.png`` (the CLS row of each head's attention pattern on a few images) and
+    return the sentence that introduces it."""
+    from hookedclip.names import act_name
+
+    layers = sorted({int(h[1 : h.index("H")]) for h in heads})
+    names = {act_name("pattern", layer) for layer in layers}
+    with torch.no_grad():
+        _, cache = ctx.model.run_with_cache(ctx.tensors[:n_images], names_filter=names.__contains__)
+    side = ctx.tensors.shape[-1] // ctx.model.cfg.vision.patch_size  # the patch grid's side
+    maps = []
+    for head in heads:
+        layer, h = int(head[1 : head.index("H")]), int(head[head.index("H") + 1 :])
+        row = cache[act_name("pattern", layer)][:, h, 0, 1:]  # CLS query over the patch keys
+        maps.append(row.reshape(-1, side, side).float().cpu().numpy())
+    plotting.attention_grid(ctx.images[:n_images], np.stack(maps), heads, ctx.out_dir / "attention.png")
+    return (
+        "Attention patterns of the heads this page points to (the best probe head of each attribute and the "
+        f"heads with the largest direct share: {', '.join(heads)}) on {n_images} images, in the figure below."
     )
 
 
@@ -196,6 +269,7 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
         "Accumulated mean-ablation (direct mode)",
         "mean-ablated up to and including (embed: the embedding slot)",
         chance=chance,
+        n=len(ctx.tensors) - half,
     )
     n_test = len(ctx.tensors) - half
     below = [
@@ -225,7 +299,7 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
             (
                 "ablation_curve.png",
                 f"Zero-shot accuracy per attribute on {n_test} images as more components "
-                "are mean-ablated, left to right; dotted: chance.",
+                "are mean-ablated, left to right; shaded: 95% intervals; dotted: chance.",
             )
         ],
     )

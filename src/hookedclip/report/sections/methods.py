@@ -17,19 +17,24 @@ def section_textspan(ctx: DemoContext) -> Section:
     from hookedclip.methods.textspan import text_span_heads
 
     L = ctx.model.cfg.vision.layers
+    n_texts = 3
+    layers = [f"L{L - 2}", f"L{L - 1}"]
     batches = [ctx.tensors[i : i + 256] for i in range(0, len(ctx.tensors), 256)]
-    results = text_span_heads(ctx.model, batches, toy_text_pool(), components=[f"L{L - 1}"], n_texts=3, rank=None)
+    results = text_span_heads(ctx.model, batches, toy_text_pool(), components=layers, n_texts=n_texts, rank=None)
     rows = [
         [label, "; ".join(r.texts), f"{100 * r.explained_fraction[-1].item():.0f}%"] for label, r in results.items()
     ]
+    pointed = ", ".join(f"{a}: {h}" for a, h in ctx.cache.get("best_heads", {}).items())
     return Section(
         "TextSpan: texts that span each head",
         [
-            f"For every head of the last layer, TextSpan greedily picks texts from a pool of {len(toy_text_pool())} toy-world "
+            f"For every head of the last two layers ({L - 2} and {L - 1}: the layers the probes and PCLens point to"
+            + (f"; best probe heads {pointed}" if pointed else "")
+            + f"), TextSpan greedily picks {n_texts} texts per head from a pool of {len(toy_text_pool())} toy-world "
             "descriptions and distractor words whose span explains the most variance of the head's direct contribution "
-            "(hookedclip.methods.textspan; statistics streamed, never stored)."
+            "(hookedclip.methods.textspan; statistics streamed, never stored).",
         ],
-        tables=[(["head", "top texts, in selection order", "variance explained"], rows)],
+        tables=[(["head", f"top {n_texts} texts, in selection order", "variance explained"], rows)],
     )
 
 
@@ -47,21 +52,54 @@ def _pclens_result(ctx: DemoContext):
 
 
 def section_pclens(ctx: DemoContext) -> Section:
-    from hookedclip.methods import pclens
-    from hookedclip.methods.pclens.debias import debias_sweep, toy_task
-    from hookedclip.zeroshot import embed_images
-
     phase = tqdm(total=3, desc="PCLens: fit", disable=not ctx.progress, leave=False)
     result = _pclens_result(ctx)
     phase.update()
     phase.set_description("PCLens: top images")
+    strengths = _pclens_strengths(ctx, result)
+    pc_text, pc_figures, label_table = _pclens_pc(ctx, result)
+    phase.update()
+    phase.set_description("PCLens: debias sweep")
+    debias_text, debias_tables = _pclens_debias(ctx, result)
+    phase.update()
+    phase.close()
+    return Section(
+        "PCLens: principal components of each head, labelled with text",
+        [
+            f"PCLens (hookedclip.methods.pclens) takes each head's direct contribution to the image embedding over "
+            f"the {len(ctx.images)} images, keeps the principal components covering 99% of its singular values "
+            f"({result.n_pcs} PCs over {len(result)} heads) and labels each PC with the texts of the toy pool most "
+            "aligned with it, at both ends.",
+            *pc_text,
+            *debias_text,
+        ],
+        figures=[
+            (
+                "pclens_strengths.png",
+                f"Relative strength of the first PCs of {', '.join(strengths)} (share of each head's retained "
+                "variance).",
+            ),
+            *pc_figures,
+            (
+                "pclens_debias.png",
+                "Test worst-group and average accuracy (bold, shaded: 95% intervals) and each group's accuracy "
+                "(thin) of circle vs square as the texture PCs are removed (K per concept); dotted red: the "
+                "validation worst group, on which K is picked; dashed horizontal lines: the original model's "
+                "worst group and average; dotted vertical line: the pick.",
+            ),
+        ],
+        tables=[label_table, *debias_tables],
+    )
+
+
+def _pclens_strengths(ctx: DemoContext, result) -> list[str]:
+    """Draw the strength curves of the heads the page points to (the last layer's and the best
+    probe heads); returns their labels."""
     steps = max(min(8, p.k) for p in result.heads.values())
     last = f"L{ctx.model.cfg.vision.layers - 1}"
-    curves = {
-        label: (p.strength_rel[:steps] / 100).tolist()
-        for label, p in result.heads.items()
-        if label.startswith(last) or label in ("L2H0", "L2H1")
-    }
+    pointed = set(ctx.cache.get("best_heads", {}).values())
+    heads = [label for label in result.heads if label.startswith(last) or label in pointed]
+    curves = {label: (result[label].strength_rel[:steps] / 100).tolist() for label in heads}
     plotting.line_curves(
         curves,
         [str(i) for i in range(steps)],
@@ -70,26 +108,81 @@ def section_pclens(ctx: DemoContext) -> Section:
         "principal component",
         ylabel="strength (%)",
     )
-    # The PC that the text query ranks first for the texture: its labels and images.
-    task = toy_task(ctx.model, n=max(200, min(1000, 2 * len(ctx.images))), seed=ctx.seed + 1)  # not the fit images
-    first = pclens.QuerySystem(result, ctx.model).query_text(task.concepts[0], top_k=1).entries[0]
+    return heads
+
+
+def _pclens_pc(ctx: DemoContext, result):
+    """The PC the texture query ranks first: its labels (cosines, weak ones marked) and two
+    image rankings (full embedding, the head's own coordinate)."""
+    from hookedclip.methods import pclens
+    from hookedclip.methods.pclens.confidence import toy_known_words
+    from hookedclip.methods.pclens.spurious import toy_concepts
+    from hookedclip.report.pclens import head_contributions
+    from hookedclip.zeroshot import embed_images
+
+    concept = toy_concepts()[0]
+    first = pclens.QuerySystem(result, ctx.model).query_text(concept, top_k=1).entries[0]
     pca = result[first.head]
-    top, bottom = pclens.top_images(pca, first.pc, embed_images(ctx.model, ctx.tensors.split(256)), n=6)
-    idx = torch.cat([top, bottom]).tolist()
-    attrs = [ctx.attributes[i] for i in idx]  # ground truth, not the partial training captions
-    captions = [
-        f"{'top' if j < len(top) else 'bottom'}: {a.color} {a.shape}, {a.texture}, {a.background}"
-        for j, a in enumerate(attrs)
-    ]
-    plotting.image_grid(ctx.images[idx], captions, ctx.out_dir / "pclens_pc.png", cols=len(top))
-    lab = pca.label_of(first.pc, 3)
-    label_rows = [
-        ["positive" if sign == "+" else "negative", "; ".join(f"{t} ({c:+.2f})" for t, c in items)]
-        for sign, items in lab.sides()
+    batches = ctx.tensors.split(256)
+    rankings = {
+        "pclens_pc.png": pclens.image_scores(pca, embed_images(ctx.model, batches))[:, first.pc],
+        "pclens_pc_head.png": pclens.head_scores(pca, head_contributions(ctx.model, result, batches)[first.head])[
+            :, first.pc
+        ],
+    }
+    tops, bottoms = {}, {}
+    for name, scores in rankings.items():
+        top, bottom = pclens.extremes(scores, 6)
+        tops[name], bottoms[name] = set(top.tolist()), set(bottom.tolist())
+        idx = torch.cat([top, bottom]).tolist()
+        captions = [
+            f"{'top' if j < len(top) else 'bottom'}: {a.color} {a.shape}, {a.texture}, {a.background}"
+            for j, a in enumerate(ctx.attributes[i] for i in idx)  # ground truth, not the partial captions
+        ]
+        plotting.image_grid(ctx.images[idx], captions, ctx.out_dir / name, cols=len(top))
+    shared = len(tops["pclens_pc.png"] & tops["pclens_pc_head.png"])
+    shared_bottom = len(bottoms["pclens_pc.png"] & bottoms["pclens_pc_head.png"])
+    known = toy_known_words()
+    rows = [
+        [
+            "positive" if sign == "+" else "negative",
+            "; ".join(pclens.label_text(t, c, pclens.LOW_COSINE, known) for t, c in items),
+        ]
+        for sign, items in pca.label_of(first.pc, 3).sides()
     ]  # the stronger side first
-    # Remove the texture PCs and watch the spurious split's worst group.
-    phase.update()
-    phase.set_description("PCLens: debias sweep")
+    strength = pclens.format_strength(float(pca.strength_rel[first.pc]))
+    text = [
+        f'The query "{concept}" ranks {first.head} PC {first.pc} ({strength}% of the head\'s retained variance) '
+        "first. Its labels (table below) and the images that score highest and lowest on it, captioned with "
+        "their true attributes, show what it encodes. " + pclens.confidence_note(pclens.LOW_COSINE, known),
+        f"Two image rankings: by the cosine of the full unit embedding with the PC (⟨ê, v⟩, the reference's "
+        f"score) and by the head's own centred coordinate ((φ_h − μ)·v). They share {shared} of their 6 top "
+        f"images and {shared_bottom} of their 6 bottom images"
+        + (
+            "; where they differ, ⟨ê, v⟩ also reads what other heads write along v."
+            if min(shared, shared_bottom) < 6
+            else "."
+        ),
+    ]
+    figures = [
+        ("pclens_pc.png", f"{first.head} PC {first.pc} ranked by ⟨ê, v⟩: top row the highest, bottom row the lowest."),
+        (
+            "pclens_pc_head.png",
+            f"{first.head} PC {first.pc} ranked by the head's own centred coordinate: top row the highest, "
+            "bottom row the lowest.",
+        ),
+    ]
+    return text, figures, (["side", f"{first.head} PC {first.pc} texts (cosine)"], rows)
+
+
+def _pclens_debias(ctx: DemoContext, result):
+    """The debiasing sweep (K chosen on the validation set, reported on the test set) and its
+    controls: as many random PCs, and texture / shape accuracy with the picked PCs removed."""
+    from hookedclip.methods.pclens.debias import debias_sweep, removal_accuracy, toy_attribute_data, toy_task
+    from hookedclip.zeroshot import accuracy_text
+
+    task = toy_task(ctx.model, n=ctx.canonical_n("spurious"))
+    validation = toy_task(ctx.model, n=ctx.canonical_n("spurious", validation=True), split="validation")
     sweep = debias_sweep(
         ctx.model,
         result,
@@ -101,64 +194,77 @@ def section_pclens(ctx: DemoContext) -> Section:
         ks=(1, 2, 3, 5, 10, 20),
         margin=0.01,
         group_names=task.group_names,
+        validation=validation,
+        random_draws=5,
     )
-    phase.update()
-    phase.close()
+    ctx.cache["debias"] = sweep
     sweep.plot(ctx.out_dir / "pclens_debias.png")
+    b, c = sweep.baseline, sweep.chosen
     rows = [
-        [str(p.k), str(p.n_removed), f"{100 * p.average:.1f}%", f"{100 * p.worst_group:.1f}%"]
-        + [f"{100 * p.groups[g]:.1f}%" for g in task.group_names]
-        for p in sweep.points
+        [str(p.k), str(p.n_removed), v.text(), p.text("average"), p.text()]
+        for p, v in zip(sweep.points, sweep.validation)
     ]
-    return Section(
-        "PCLens: principal components of each head, labelled with text",
-        [
-            f"PCLens (hookedclip.methods.pclens) takes each head's direct contribution to the image embedding over "
-            f"the {len(ctx.images)} images, keeps the principal components covering 99% of its singular values "
-            f"({result.n_pcs} PCs over {len(result)} heads) and labels each PC with the texts of the toy pool most "
-            "aligned with it, at both ends.",
-            f'The query "{task.concepts[0]}" ranks {first.head} PC {first.pc} first. Its labels and the images '
-            "that score highest and lowest on it (⟨ê, v⟩, captioned with their true attributes) agree on what it "
-            "encodes (table and image strip below).",
-            f'Removing the PCs of "{task.concepts[0]}" and "{task.concepts[1]}" from every head (top K per '
-            f"concept) fixes the toy's planted shortcut: on {sweep.n_images} group-balanced spurious-split images the "
-            f"worst group goes from {100 * sweep.baseline.worst_group:.1f}% to {100 * sweep.chosen.worst_group:.1f}% "
-            f"at K = {sweep.chosen.k}, while the average goes from {100 * sweep.baseline.average:.1f}% to "
-            f"{100 * sweep.chosen.average:.1f}% ({100 * (sweep.chosen.average - sweep.baseline.average):+.1f} points). "
-            f"The pick is the K with the best worst group among those that raise the worst group and keep the average "
-            f"above the original's minus {100 * sweep.margin:g} point(s).",
-        ],
-        figures=[
-            (
-                "pclens_strengths.png",
-                "Relative strength of the first PCs (last layer and the two layer-2 heads that read the background).",
-            ),
-            ("pclens_pc.png", f"{first.head} PC {first.pc}: top row the highest ⟨ê, v⟩, bottom row the lowest."),
-            (
-                "pclens_debias.png",
-                "Worst-group and average accuracy (bold) and each group's accuracy (thin) "
-                "of circle vs square as the texture PCs are removed (K per concept); dashed "
-                "horizontal lines: the original model's worst group and average; dotted "
-                "vertical line: the pick.",
-            ),
-        ],
-        tables=[
-            (["side", f"{first.head} PC {first.pc} texts (cosine)"], label_rows),
-            (["K", "PCs removed", "average", "worst group"] + task.group_names, rows),
-        ],
-    )
+    groups = [[g, b.text(g), c.text(g)] for g in sweep.group_names]
+    controls = [
+        [f"{c.n_removed} random PCs, draw {i + 1}", p.text("average"), p.text()]
+        for i, p in enumerate(sweep.random_control)
+    ]
+    attribute_rows, texture = [], None
+    if c.k:
+        images, targets = toy_attribute_data(ctx.model, ("texture", "shape"), n=ctx.canonical_n("world"))
+        measured = removal_accuracy(ctx.model, result, images.split(256), targets, c.removed)
+        for attribute, (before, after, n) in measured.items():
+            attribute_rows.append([attribute, accuracy_text(before, n), accuracy_text(after, n)])
+        texture = (*measured["texture"][:2], 1 / len(targets["texture"][0].classnames))
+    random_wga = [p.worst_group for p in sweep.random_control]
+    text = [
+        f'Removing the PCs of "{sweep.concepts[0]}" and "{sweep.concepts[1]}" from every head (top K per concept) '
+        f"fixes the toy's planted shortcut. K is chosen on the canonical validation set ({sweep.n_validation} "
+        f"images) and reported on the canonical spurious test set ({sweep.n_images} images, the same images as "
+        f"the zero-shot section): the worst group goes from {b.text()} to {c.text()} at K = {c.k} "
+        f"({c.n_removed} PCs), the average from {b.text('average')} to {c.text('average')}. The pick is the K "
+        "with the best validation worst group among those that raise it and keep the validation average above "
+        f"the original's minus {100 * sweep.margin:g} point(s). Brackets: 95% Wilson intervals.",
+        (
+            f"Controls: removing {c.n_removed} random PCs instead leaves the worst group at "
+            f"{100 * min(random_wga):.1f}-{100 * max(random_wga):.1f}% over {len(random_wga)} draws (table below). "
+            "On the world test set (all shapes and textures), texture accuracy goes from "
+            f"{attribute_rows[0][1]} to {attribute_rows[0][2]} with the picked PCs removed (chance 25%): "
+            f"{_blindness(texture)}; shape goes from {attribute_rows[1][1]} to {attribute_rows[1][2]}."
+        )
+        if random_wga
+        else "No K qualified on the validation set, so there is nothing to control.",
+    ]
+    tables = [
+        (["K", "PCs removed", "validation worst group", "test average", "test worst group"], rows),
+        (["spurious-split group (test)", "original", f"K = {c.k} removed"], groups),
+        (["control (test)", "average", "worst group"], controls),
+        (["attribute (world test set)", "original", f"the {c.n_removed} picked PCs removed"], attribute_rows),
+    ]
+    return text, tables
+
+
+def _blindness(texture: tuple[float, float, float]) -> str:
+    """In words: how much texture the model keeps, from ``(before, after, chance)``."""
+    before, after, chance = texture
+    if after < chance + 0.1:
+        return "the model becomes close to texture-blind"
+    if after > before - 0.05:
+        return "the model keeps reading the texture"
+    return "the model loses much of the texture, not all of it"
 
 
 def section_segmentation(ctx: DemoContext) -> Section:
     from hookedclip.methods.segmentation import evaluate_toy, save_overlays
-    from hookedclip.toy.world import ToyWorld, class_prompts, render_batch
+    from hookedclip.toy.splits import CANONICAL_SEED, test_set
+    from hookedclip.toy.world import class_prompts, render_batch
     from hookedclip.zeroshot import ZeroShotClassifier
 
     n = min(200, len(ctx.images))
     L = ctx.model.cfg.vision.layers
     runs = {"predicted": {}, "true": {"use_labels": True}, "late": {"components": [f"L{L - 2}", f"L{L - 1}"]}}
     done = {
-        name: evaluate_toy(ctx.model, n=n, seed=ctx.seed, **kw)
+        name: evaluate_toy(ctx.model, n=n, seed=CANONICAL_SEED, **kw)  # the world test set's first n
         for name, kw in progress_steps(ctx, runs.items(), "segmentation")
     }
     metrics, true_class, late = done["predicted"], done["true"]["model"], done["late"]["model"]
@@ -174,7 +280,7 @@ def section_segmentation(ctx: DemoContext) -> Section:
     ]
     gain = {k: 100 * (metrics["model"][k] - metrics["blob"][k]) for k in ("pixel_accuracy", "miou", "map")}
     size = ctx.model.cfg.vision.image_size
-    world = ToyWorld(8, seed=ctx.seed, split="test", image_size=size)  # 2 rows of 4 pairs: panels big enough to read
+    world = test_set("world", 8, image_size=size)  # 2 rows of 4 pairs: panels big enough to read
     pixels, masks = render_batch(world.attributes(), size)
     classifier = ZeroShotClassifier.from_prompts(ctx.model, class_prompts("shape"))
     save_overlays(
@@ -186,13 +292,17 @@ def section_segmentation(ctx: DemoContext) -> Section:
         cols=4,
         labels=[a.labels()["shape"] for a in world.attributes()],
     )
+    grid, patch = ctx.model.cfg.vision.grid_size, ctx.model.cfg.vision.patch_size
+    beats = all(gain[k] > 0 for k in gain)
+    verdict = "better than a centred blob" if beats else "no better than a centred blob"
     return Section(
-        "Zero-shot segmentation",
+        f"Zero-shot segmentation ({grid} x {grid} maps; {verdict})",
         [
             "Each patch token's contribution to the predicted shape's logit, summed over the heads "
             "(hookedclip.methods.segmentation), gives a heat map; thresholded at its mean it is a foreground mask. "
-            f"On {n} held-out images with exact masks it is compared with a centred Gaussian blob, the baseline "
-            "that knows only that objects tend to be in the middle. With 8-pixel patches the maps are 4 x 4.",
+            f"On the first {n} images of the canonical world test set, with exact masks, it is compared with a centred Gaussian blob, the baseline "
+            f"that knows only that objects tend to be in the middle. With {patch}-pixel patches the maps are "
+            f"{grid} x {grid}.",
             f"Here the predicted-shape maps differ from the blob by {gain['pixel_accuracy']:+.1f} points of pixel "
             f"accuracy, {gain['miou']:+.1f} of mIoU and {gain['map']:+.1f} of mAP: on shapes this centred and this "
             "coarse a grid, the blob is a strong baseline. Maps from the heads "
@@ -206,7 +316,7 @@ def section_segmentation(ctx: DemoContext) -> Section:
                 "predicted shape, binarised contour dashed cyan.",
             )
         ],
-        tables=[(["map", "pixel accuracy", "mIoU", "mAP"], rows)],
+        tables=[(["map (means over the images)", "pixel accuracy", "mIoU", "mAP"], rows)],
     )
 
 
