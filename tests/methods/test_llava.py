@@ -1,0 +1,142 @@
+"""LLaVA encoder probing on a tiny random LlavaForConditionalGeneration (CPU, fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from tests.conftest import randomize_
+
+from hookedclip import HookedCLIP, ablation
+from hookedclip.methods import llava
+
+N_IMAGE_TOKENS = 16  # 16 px images, patch 4, class token dropped
+IMAGE_TOKEN = 120
+
+
+def tiny_llava(feature_layer=-2, strategy="default", vision=None, seed=5):
+    torch.manual_seed(seed)
+    config = tf.LlavaConfig(
+        vision_config=vision
+        or tf.CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=4,
+            hidden_act="quick_gelu",
+        ),
+        text_config=tf.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=64,
+            vocab_size=128,
+        ),
+        image_token_index=IMAGE_TOKEN,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+    )
+    return randomize_(tf.LlavaForConditionalGeneration(config), seed).eval()
+
+
+def inputs(llava, n=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n_tokens = N_IMAGE_TOKENS + (llava.config.vision_feature_select_strategy == "full")
+    text = torch.randint(0, 100, (n, 5), generator=gen)
+    ids = torch.cat([text[:, :2], torch.full((n, n_tokens), IMAGE_TOKEN), text[:, 2:]], dim=1)
+    images = torch.randn(n, 3, 16, 16, generator=gen)
+    return {"input_ids": ids, "pixel_values": images, "attention_mask": torch.ones_like(ids)}
+
+
+def logits(llava, batch):
+    with torch.no_grad():
+        return llava(**batch).logits
+
+
+@pytest.mark.parametrize(
+    "feature_layer,strategy", [(-2, "default"), (-1, "full"), (1, "default"), ([1, -1], "default")]
+)
+def test_hooked_tower_is_the_identity(feature_layer, strategy):
+    model = tiny_llava(feature_layer, strategy)
+    batch = inputs(model)
+    plain = logits(model, batch)
+    with llava.hooked_vision_tower(model) as hooked:
+        assert isinstance(hooked, HookedCLIP)
+        hooked_logits = logits(model, batch)
+    assert (hooked_logits - plain).abs().max() < 1e-5
+    assert type(model.model.vision_tower).__name__ == "CLIPVisionModel"  # restored on exit
+    assert torch.equal(logits(model, batch), plain)
+
+
+def test_generate_runs_inside_and_matches():
+    model = tiny_llava()
+    batch = inputs(model, n=1)
+    with torch.no_grad():
+        plain = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        with llava.hooked_vision_tower(model):
+            ours = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert torch.equal(plain, ours)
+
+
+def test_ablating_everything_changes_logits_and_nothing_changes_nothing():
+    model = tiny_llava()
+    batch = inputs(model)
+    plain = logits(model, batch)
+    with llava.hooked_vision_tower(model) as hooked:
+        with ablation.zero_ablate(hooked, [], mode="total"):
+            assert (logits(model, batch) - plain).abs().max() < 1e-5
+        with ablation.zero_ablate(hooked, "all", mode="total"):
+            changed = logits(model, batch)
+    assert (changed - plain).abs().max() > 1e-2
+
+
+def test_hooks_on_the_hooked_model_see_the_llava_run():
+    model = tiny_llava(feature_layer=-2)
+    batch = inputs(model)
+    seen = []
+    with llava.hooked_vision_tower(model) as hooked:
+        with hooked.hooks(fwd_hooks=[("visual.blocks.1.hook_resid_post", lambda x, hook: seen.append(x.shape))]):
+            logits(model, batch)
+    assert seen == [torch.Size([2, 17, 32])]
+
+
+def test_a_given_hooked_model_is_checked_and_used():
+    model = tiny_llava()
+    batch = inputs(model)
+    hooked = HookedCLIP.from_hf(model)
+    with llava.hooked_vision_tower(model, hooked) as used:
+        assert used is hooked
+    with pytest.raises(llava.LlavaTowerError, match="other weights.*first difference"):
+        with llava.hooked_vision_tower(model, HookedCLIP.from_hf(tiny_llava(seed=6))):
+            pass
+    with pytest.raises(llava.LlavaTowerError, match="HookedCLIP"):
+        with llava.hooked_vision_tower(model, torch.nn.Linear(2, 2)):
+            pass
+    assert torch.equal(logits(model, batch), logits(model, batch))
+
+
+def test_bad_input_is_refused_before_any_work():
+    siglip = tf.SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=4
+    )
+    with pytest.raises(llava.LlavaTowerError, match="SiglipVisionModel, not a CLIP ViT"):
+        with llava.hooked_vision_tower(tiny_llava(vision=siglip)):
+            pass
+    with pytest.raises(llava.LlavaTowerError, match="vision_feature_layer -5 is out of range.*3 layers"):
+        with llava.hooked_vision_tower(tiny_llava(feature_layer=-5)):
+            pass
+    with pytest.raises(llava.LlavaTowerError, match="LlavaForConditionalGeneration.*Linear"):
+        with llava.hooked_vision_tower(torch.nn.Linear(2, 2)):
+            pass
+
+
+def test_direct_mode_edits_are_refused_inside():
+    model = tiny_llava()
+    batch = inputs(model)
+    with llava.hooked_vision_tower(model) as hooked:
+        with ablation.intervene(hooked, ["L0H0"], lambda x, c: x, mode="direct"):
+            with pytest.raises(llava.LlavaTowerError, match="mode='total'"):
+                logits(model, batch)
