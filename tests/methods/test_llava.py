@@ -140,3 +140,59 @@ def test_direct_mode_edits_are_refused_inside():
         with ablation.intervene(hooked, ["L0H0"], lambda x, c: x, mode="direct"):
             with pytest.raises(llava.LlavaTowerError, match="mode='total'"):
                 logits(model, batch)
+
+
+# ---------------------------------------------------------------------------- decomposition
+@pytest.mark.parametrize("feature_layer", [-2, 3, 0])
+def test_feature_rows_sum_to_the_hidden_state_llava_reads(feature_layer):
+    model = tiny_llava(feature_layer)
+    hooked = HookedCLIP.from_hf(model)
+    images = inputs(model)["pixel_values"]
+    stack = llava.decompose_features(hooked, images)
+    index = feature_layer % 4
+    assert stack.tensor.shape == (1 + index * 5, 2, 17, 32)
+    assert stack.labels[:3] == ["embed", "L0H0", "L0H1"][: len(stack.labels[:3])]
+    with torch.no_grad():
+        truth = model.model.vision_tower(pixel_values=images, output_hidden_states=True).hidden_states[feature_layer]
+    assert (stack.sum() - truth).abs().max() < 1e-5
+
+
+def test_feature_layer_needs_a_llava_or_a_layer():
+    from tests.conftest import tiny_open_clip
+
+    plain = HookedCLIP.from_open_clip(tiny_open_clip())
+    with pytest.raises(ValueError, match="pass layer="):
+        llava.decompose_features(plain, torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="layer 7 is out of range"):
+        llava.decompose_features(plain, torch.randn(1, 3, 16, 16), layer=7)
+
+
+def test_projector_rows_are_exact_for_the_linear_part_and_sum_to_the_output():
+    model = tiny_llava()
+    hooked = HookedCLIP.from_hf(model)
+    images = inputs(model)["pixel_values"]
+    stack = llava.decompose_features(hooked, images)
+    patches = type(stack)(stack.tensor[:, :, 1:], stack.labels, stack.bias, stack.components)
+    projector = model.model.multi_modal_projector
+    projected = llava.through_projector(patches, projector)
+    features = patches.sum()
+    with torch.no_grad():
+        assert (projected.pre.sum(0) + projector.linear_1.bias - projector.linear_1(features)).abs().max() < 1e-5
+        assert (projected.rows.sum(0) + projected.bias - projector(features)).abs().max() < 1e-5
+    assert 0 <= projected.sum_error < 1 and 0 <= projected.row_error < 1
+    assert "tangent" in projected.summary()
+
+
+def test_norm_shares_table_and_figure(tmp_path):
+    model = tiny_llava()
+    hooked = HookedCLIP.from_hf(model)
+    stack = llava.decompose_features(hooked, inputs(model)["pixel_values"])
+    shares = llava.norm_shares(stack)
+    header, rows = shares._table()
+    assert header[:2] == ["layer", "token"] and len(rows) == 2 + 2 * 2  # embed + 2 layers x (patch, cls)
+    assert (shares.mean > 0).all() and shares.dominant("patch") in ("attn", "mlp")
+    assert shares.to_csv().count("\n") == len(rows) + 1
+    shares.plot(tmp_path / "shares.png")
+    assert (tmp_path / "shares.png").stat().st_size > 1000
+    loaded = llava.NormShares.load(shares.save(tmp_path / "saved"))
+    assert torch.equal(loaded.mean, shares.mean)

@@ -86,3 +86,16 @@ def test_ablating_shape_heads_changes_shape_answers_more_than_colour(toy):
     shape_drop, colour_drop = clean["shape"] - ablated["shape"], clean["color"] - ablated["color"]
     se = math.sqrt(sum(p * (1 - p) / n for p in (*clean.values(), *ablated.values())))
     assert shape_drop - colour_drop > 3 * se, (shape_heads, clean, ablated)
+
+
+def test_attention_and_mlp_shares_on_the_toy(toy, held_out):
+    """Measured, not assumed: on the toy, the class token's stream is written mostly by attention
+    (its summed attention share is more than twice its MLP share), while the patch tokens LLaVA
+    reads are written about equally, MLPs slightly ahead; the MLPs' weight relative to attention
+    is far larger for patch tokens than for the class token, the direction of the paper's finding."""
+    stack = llava.decompose_features(toy.clip, held_out[0][:128], layer=-2)
+    shares = llava.norm_shares(stack, layer=3)
+    patch, cls = shares.total("patch"), shares.total("cls")
+    assert shares.dominant("cls") == "attn" and cls["attn"] > 2 * cls["mlp"]
+    assert shares.dominant("patch") == "mlp"
+    assert patch["mlp"] / patch["attn"] > 2 * cls["mlp"] / cls["attn"]

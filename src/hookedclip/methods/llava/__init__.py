@@ -3,9 +3,19 @@ on its answers.
 
 - :func:`hooked_vision_tower`: a context under which a ``transformers`` LLaVA takes its image
   features from a :class:`~hookedclip.HookedCLIP` (same weights), for ``forward`` and ``generate``.
+- :func:`decompose_features`, :func:`through_projector`: the features LLaVA reads split into
+  one row per component, in the tower's width and through the projector.
+- :func:`norm_shares`: attention vs MLP norm shares per layer, patch tokens against the class token.
 - :func:`toy`: the shipped toy LLaVA (the toy CLIP's tower, a projector, a tiny Llama).
 """
 
+from hookedclip.methods.llava.features import (
+    ProjectedFeatures,
+    decompose_features,
+    feature_layer_of,
+    through_projector,
+)
+from hookedclip.methods.llava.shares import NormShares, norm_shares
 from hookedclip.methods.llava.tower import LlavaTowerError, feature_layers, hidden_states, hooked_vision_tower
 from hookedclip.methods.llava.toy_model import ANSWERS, QUESTIONS, ToyLlava, WordTokenizer, toy
 
@@ -13,10 +23,16 @@ __all__ = [
     "ANSWERS",
     "QUESTIONS",
     "LlavaTowerError",
+    "NormShares",
+    "ProjectedFeatures",
     "ToyLlava",
     "WordTokenizer",
+    "decompose_features",
+    "feature_layer_of",
     "feature_layers",
     "hidden_states",
     "hooked_vision_tower",
+    "norm_shares",
+    "through_projector",
     "toy",
 ]
