@@ -196,3 +196,43 @@ def test_norm_shares_table_and_figure(tmp_path):
     assert (tmp_path / "shares.png").stat().st_size > 1000
     loaded = llava.NormShares.load(shares.save(tmp_path / "saved"))
     assert torch.equal(loaded.mean, shares.mean)
+
+
+# ---------------------------------------------------------------------------- effect on the answers
+def _answer_fn(model, batch_ids):
+    """Answers = the argmax over 5 fixed vocabulary ids at the last position."""
+    words = torch.tensor([3, 7, 11, 13, 17])
+
+    def answer(images):
+        ids = batch_ids[: images.shape[0]]
+        with torch.no_grad():
+            logp = model(input_ids=ids, pixel_values=images).logits[:, -1].log_softmax(-1)[:, words]
+        return logp.argmax(-1), logp
+
+    return answer
+
+
+def test_layer_selections():
+    sel = llava.layer_selections(3, [0, 2], kinds=("attn", "both"))
+    assert sel == {"attn<0": [], "attn<2": ["L0", "L1"], "both<0": [], "both<2": ["L0", "L1", "mlp0", "mlp1"]}
+    with pytest.raises(ValueError, match="out of range"):
+        llava.layer_selections(3, [4])
+    with pytest.raises(ValueError, match="unknown kinds"):
+        llava.layer_selections(3, [1], kinds=("heads",))
+
+
+def test_ablation_effects_none_is_clean_and_everything_changes(tmp_path):
+    model = tiny_llava()
+    hooked = HookedCLIP.from_hf(model)
+    batch = inputs(model, n=8)
+    answer = _answer_fn(model, batch["input_ids"])
+    labels = answer(batch["pixel_values"])[0]  # the clean answers: clean accuracy is 1
+    reference = inputs(model, n=8, seed=1)["pixel_values"]
+    effects = llava.layer_sweep(model, hooked, answer, batch["pixel_values"], labels, [0, 2], reference=reference)
+    assert effects.row("none")["llm_accuracy"] == 1.0 and effects.row("attn<0")["logp_change"] == 0.0
+    assert effects.row("both<2")["logp_change"] != 0.0
+    assert torch.isnan(effects.clip_accuracy).all()  # no classifier given
+    effects.plot(tmp_path / "sweep.png")
+    assert "llm_accuracy" in effects.to_csv()
+    with pytest.raises(ValueError, match="means=.*reference="):
+        llava.ablation_effects(model, hooked, answer, batch["pixel_values"], labels, {"x": ["L0H0"]})

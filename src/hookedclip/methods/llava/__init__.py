@@ -6,9 +6,12 @@ on its answers.
 - :func:`decompose_features`, :func:`through_projector`: the features LLaVA reads split into
   one row per component, in the tower's width and through the projector.
 - :func:`norm_shares`: attention vs MLP norm shares per layer, patch tokens against the class token.
+- :func:`ablation_effects`, :func:`layer_sweep`: mean-ablate components (total mode, per-position
+  means) and measure the LLaVA's answers next to CLIP's zero-shot accuracy on the same stream.
 - :func:`toy`: the shipped toy LLaVA (the toy CLIP's tower, a projector, a tiny Llama).
 """
 
+from hookedclip.methods.llava.effect import AblationEffects, ablation_effects, layer_selections, layer_sweep
 from hookedclip.methods.llava.features import (
     ProjectedFeatures,
     decompose_features,
@@ -20,6 +23,7 @@ from hookedclip.methods.llava.tower import LlavaTowerError, feature_layers, hidd
 from hookedclip.methods.llava.toy_model import ANSWERS, QUESTIONS, ToyLlava, WordTokenizer, toy
 
 __all__ = [
+    "AblationEffects",
     "ANSWERS",
     "QUESTIONS",
     "LlavaTowerError",
@@ -27,11 +31,14 @@ __all__ = [
     "ProjectedFeatures",
     "ToyLlava",
     "WordTokenizer",
+    "ablation_effects",
     "decompose_features",
     "feature_layer_of",
     "feature_layers",
     "hidden_states",
     "hooked_vision_tower",
+    "layer_selections",
+    "layer_sweep",
     "norm_shares",
     "through_projector",
     "toy",

@@ -195,6 +195,20 @@ class ToyLlava:
         index[~(top[:, None] == answer_ids[None]).any(-1)] = -1
         return index, logp[:, answer_ids]
 
+    def classifier(self, attribute: str):
+        """CLIP's zero-shot classifier for ``attribute`` on the toy CLIP, classes in ``ANSWERS`` order."""
+        from hookedclip.toy.world import class_prompts
+        from hookedclip.zeroshot import ZeroShotClassifier
+
+        _check_attribute(attribute)
+        prompts = class_prompts(attribute)
+        return ZeroShotClassifier.from_prompts(self.clip, {a: prompts[a] for a in ANSWERS[attribute]})
+
+    def answer_fn(self, attribute: str):
+        """``images -> (answer index, log p of each answer)`` for :func:`~hookedclip.methods.llava.ablation_effects`."""
+        _check_attribute(attribute)
+        return lambda images: self.answer(images, attribute)
+
 
 def _check_attribute(attribute: str) -> None:
     if attribute not in QUESTIONS:
