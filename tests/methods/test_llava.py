@@ -236,3 +236,29 @@ def test_ablation_effects_none_is_clean_and_everything_changes(tmp_path):
     assert "llm_accuracy" in effects.to_csv()
     with pytest.raises(ValueError, match="means=.*reference="):
         llava.ablation_effects(model, hooked, answer, batch["pixel_values"], labels, {"x": ["L0H0"]})
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cli_decompose_on_a_saved_llava_folder(tmp_path, capsys):
+    from hookedclip.cli import main
+
+    tiny_llava().save_pretrained(tmp_path / "llava")
+    out = tmp_path / "out"
+    assert main(["llava", "decompose", "--model", f"hf:{tmp_path / 'llava'}", "--n", "4", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"shares.csv", "shares.png", "summary.txt"}
+    text = (out / "summary.txt").read_text()
+    assert "hidden_states[2]" in text and "projector: linear part exact" in text
+    assert main(["llava", "decompose", "--model", f"hf:{tmp_path / 'llava'}", "--layer", "1", "--n", "4",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "projector" not in (out / "summary.txt").read_text()  # LLaVA's projector reads another layer
+
+
+def test_cli_ablate_on_the_toy(tmp_path):
+    from hookedclip.cli import main
+
+    out = tmp_path / "out"
+    argv = ["llava", "ablate", "--n", "40", "--n-reference", "20", "--layers", "0,2", "--kinds", "attn", "--out"]
+    assert main([*argv, str(out)]) == 0
+    csv = (out / "effects.csv").read_text()
+    assert csv.startswith("ablated,llm_accuracy") and "attn<2" in csv
+    assert (out / "effects.png").stat().st_size > 1000
