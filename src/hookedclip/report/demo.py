@@ -24,6 +24,7 @@ from hookedclip.report.sections.core import (
     section_samples,
     section_zero_shot,
 )
+from hookedclip.report.sections.llava import section_llava
 from hookedclip.report.sections.methods import section_pclens, section_segmentation, section_textspan
 from hookedclip.report.viz import Section
 
@@ -36,6 +37,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     section_textspan,
     section_pclens,
     section_segmentation,
+    section_llava,
 ]
 
 

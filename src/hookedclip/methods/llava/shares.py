@@ -46,6 +46,8 @@ class NormShares(Result):
 
     def total(self, token: str = "patch") -> dict[str, float]:
         """Summed shares over layers per kind: ``{"attn": ..., "mlp": ...}``."""
+        if token not in TOKENS:
+            raise ValueError(f"token must be one of {TOKENS}, got {token!r}")
         i = TOKENS.index(token)
         return {"attn": float(self.mean[i, 0].sum()), "mlp": float(self.mean[i, 1].sum())}
 

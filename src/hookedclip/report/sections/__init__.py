@@ -3,5 +3,5 @@
 
 ``context`` (what every section shares) <- ``core`` (the toy world and the core analyses:
 zero-shot accuracy, layer shares, head probes, mean-ablation) and ``methods`` (TextSpan,
-PCLens, segmentation). The modules never import this package or ``demo``.
+PCLens, segmentation) and ``llava`` (the toy LLaVA). The modules never import this package or ``demo``.
 """
