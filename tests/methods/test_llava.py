@@ -262,3 +262,52 @@ def test_cli_ablate_on_the_toy(tmp_path):
     csv = (out / "effects.csv").read_text()
     assert csv.startswith("ablated,llm_accuracy") and "attn<2" in csv
     assert (out / "effects.png").stat().st_size > 1000
+
+
+def test_means_from_a_store_equal_the_batch_means(tmp_path):
+    from hookedclip.data.extract import extract
+
+    model = tiny_llava()
+    hooked = HookedCLIP.from_hf(model)
+    images = inputs(model, n=6, seed=3)["pixel_values"]
+    dataset = [{"image": image, "label": 0} for image in images]
+    targets = ["visual.blocks.0.attn.hook_z", "visual.blocks.1.hook_mlp_out"]
+    store = extract(hooked, dataset, targets, tmp_path / "store", batch_size=3, moments="mean", progress=False)
+    means = llava.means_from_store(store, hooked, ["L0H2", "mlp1"])
+    direct = ablation.component_means(hooked, images, components=["L0H2", "mlp1"], mode="total")
+    for label in ("L0H2", "mlp1"):
+        assert means[label].shape == direct[label].shape
+        assert (means[label] - direct[label]).abs().max() < 1e-5
+    with pytest.raises(KeyError, match="visual.blocks.0.hook_mlp_out.*extract it"):
+        llava.means_from_store(store, hooked, ["mlp0"])
+
+
+def test_feature_layer_0_runs_inside_the_hooked_tower():
+    """transformers asks the tower for ``output_hidden_states=0`` there (falsy): the stand-in still
+    returns the embeddings after pre_layrnorm, and LLaVA projects them."""
+    model = tiny_llava(feature_layer=0)
+    batch = inputs(model)
+    seen = []
+    handle = model.model.multi_modal_projector.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    try:
+        with llava.hooked_vision_tower(model):
+            logits(model, batch)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        truth = model.model.vision_tower(pixel_values=batch["pixel_values"], output_hidden_states=True).hidden_states[0]
+    assert (seen[0] - truth[:, 1:]).abs().max() < 1e-5
+
+
+def test_per_component_selections_make_a_table():
+    model = tiny_llava()
+    hooked = HookedCLIP.from_hf(model)
+    batch = inputs(model, n=8)
+    answer = _answer_fn(model, batch["input_ids"])
+    labels = answer(batch["pixel_values"])[0]
+    means = ablation.component_means(hooked, inputs(model, n=8, seed=1)["pixel_values"], mode="total")
+    selections = {"L0H1": ["L0H1"], "mlp1": ["mlp1"], "all heads": ["heads"]}
+    effects = llava.ablation_effects(model, hooked, answer, batch["pixel_values"], labels, selections, means=means)
+    assert effects.names == ["none", "L0H1", "mlp1", "all heads"]
+    assert effects.kinds == [None] * 4 and effects.row("none")["logp_change"] == 0.0
+    assert effects.row("all heads")["logp_change"] != 0.0

@@ -18,6 +18,7 @@ from hookedclip.methods.llava.features import (
     feature_layer_of,
     through_projector,
 )
+from hookedclip.methods.llava.means import means_from_store
 from hookedclip.methods.llava.shares import NormShares, norm_shares
 from hookedclip.methods.llava.tower import LlavaTowerError, feature_layers, hidden_states, hooked_vision_tower
 from hookedclip.methods.llava.toy_model import ANSWERS, QUESTIONS, ToyLlava, WordTokenizer, toy
@@ -39,6 +40,7 @@ __all__ = [
     "hooked_vision_tower",
     "layer_selections",
     "layer_sweep",
+    "means_from_store",
     "norm_shares",
     "through_projector",
     "toy",

@@ -147,7 +147,7 @@ def ablation_effects(
         images, labels: the evaluation set; ``labels`` index the answers (and the classifier's classes).
         selections: ``{name: component labels}``, e.g. :func:`layer_selections`, ``{"L2H3": ["L2H3"]}``.
         means: per-position means ``{label: [pos, d]}`` from ``ablation.component_means(hooked,
-            batches, mode="total")``, or ``reference`` batches to compute them from (images other
+            batches, mode="total")`` or :func:`~hookedclip.methods.llava.means_from_store`, or ``reference`` batches to compute them from (images other
             than the evaluation set).
         classifier: CLIP's zero-shot classifier over the same classes (``None``: CLIP not measured).
     """
