@@ -299,15 +299,23 @@ def test_feature_layer_0_runs_inside_the_hooked_tower():
     assert (seen[0] - truth[:, 1:]).abs().max() < 1e-5
 
 
-def test_per_component_selections_make_a_table():
+def test_per_component_selections_make_a_table(tmp_path):
     model = tiny_llava()
     hooked = HookedCLIP.from_hf(model)
     batch = inputs(model, n=8)
     answer = _answer_fn(model, batch["input_ids"])
     labels = answer(batch["pixel_values"])[0]
     means = ablation.component_means(hooked, inputs(model, n=8, seed=1)["pixel_values"], mode="total")
-    selections = {"L0H1": ["L0H1"], "mlp1": ["mlp1"], "all heads": ["heads"]}
+    selections = {
+        "L0H1": ["L0H1"],
+        "mlp1": ["mlp1"],
+        "all heads": ["heads"],
+        "zero L1": lambda m: ablation.zero_ablate(m, ["L1"], mode="total"),
+    }
     effects = llava.ablation_effects(model, hooked, answer, batch["pixel_values"], labels, selections, means=means)
-    assert effects.names == ["none", "L0H1", "mlp1", "all heads"]
-    assert effects.kinds == [None] * 4 and effects.row("none")["logp_change"] == 0.0
+    assert effects.names == ["none", "L0H1", "mlp1", "all heads", "zero L1"]
+    assert effects.row("zero L1")["logp_change"] != 0.0
+    assert effects.kinds == [None] * 5 and effects.row("none")["logp_change"] == 0.0
     assert effects.row("all heads")["logp_change"] != 0.0
+    loaded = llava.AblationEffects.load(effects.save(tmp_path / "effects"))
+    assert loaded.names == effects.names and torch.equal(loaded.llm_accuracy, effects.llm_accuracy)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def ablation_effects(
     answer: AnswerFn,
     images: Float[Tensor, "n channel height width"],
     labels: Int[Tensor, " n"],
-    selections: Mapping[str, Sequence[str]],
+    selections: Mapping[str, Sequence[str] | Callable[[object], AbstractContextManager]],
     means: Mapping[str, Tensor] | None = None,
     reference=None,
     classifier: ZeroShotClassifier | None = None,
@@ -145,7 +146,9 @@ def ablation_effects(
         hooked: the :class:`HookedCLIP` with its tower's weights (the toy CLIP for the toy LLaVA).
         answer: ``images -> (answer index [batch], log p of each possible answer [batch, n_answers])``.
         images, labels: the evaluation set; ``labels`` index the answers (and the classifier's classes).
-        selections: ``{name: component labels}``, e.g. :func:`layer_selections`, ``{"L2H3": ["L2H3"]}``.
+        selections: ``{name: component labels}``, e.g. :func:`layer_selections`, ``{"L2H3": ["L2H3"]}``
+            (mean-ablated), or ``{name: hooked -> context}`` for any other total-mode engine context
+            (a PCLens or SITH edit, ``lambda m: ablation.zero_ablate(m, ["L2"])``).
         means: per-position means ``{label: [pos, d]}`` from ``ablation.component_means(hooked,
             batches, mode="total")`` or :func:`~hookedclip.methods.llava.means_from_store`, or ``reference`` batches to compute them from (images other
             than the evaluation set).
@@ -154,22 +157,24 @@ def ablation_effects(
     labels = torch.as_tensor(labels)
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    wanted = sorted({str(c) for parts in selections.values() for c in select(hooked, list(parts))})
+    listed = [list(parts) for parts in selections.values() if not callable(parts)]
+    wanted = sorted({str(c) for parts in listed for c in select(hooked, parts)})
     if means is None:
         if reference is None:
             raise ValueError(
                 "give means= (ablation.component_means(hooked, batches, mode='total')) or reference= batches"
             )
         means = ablation.component_means(hooked, reference, components=wanted, mode="total") if wanted else {}
-    rows = {"none": []} | {name: list(parts) for name, parts in selections.items() if name != "none"}
+    rows = {"none": []} | {name: parts for name, parts in selections.items() if name != "none"}
     with hooked_vision_tower(llava_model, hooked):
         clean = _measure(hooked, answer, images, labels, classifier, batch_size)
         results = {}
         for name, parts in rows.items():
-            if not parts:
+            if not callable(parts) and not parts:
                 results[name] = clean
                 continue
-            with ablation.mean_ablate(hooked, parts, means, mode="total"):
+            edit = parts(hooked) if callable(parts) else ablation.mean_ablate(hooked, list(parts), means, mode="total")
+            with edit:
                 results[name] = _measure(hooked, answer, images, labels, classifier, batch_size)
     return _effects(results, clean, labels, selections)
 

@@ -84,7 +84,7 @@ def check_same_weights(hooked: HookedCLIP, llava: nn.Module) -> None:
                 f"the hooked model does not match this LLaVA's vision tower: {name} is {got}, the tower's has "
                 f"shape {tuple(theirs.shape)}; build it with HookedCLIP.from_hf(llava) (or pass hooked=None)"
             )
-        if not torch.equal(mine.detach().cpu().to(theirs.dtype), theirs.detach().cpu()):
+        if not torch.equal(mine.detach().to(theirs.device, theirs.dtype), theirs.detach()):
             raise LlavaTowerError(
                 f"the hooked model has other weights than this LLaVA's vision tower (first difference: {name}); "
                 "build it with HookedCLIP.from_hf(llava) without weight processing (or pass hooked=None)"
@@ -142,7 +142,9 @@ class _HookedTower(nn.Module):
                 f"a direct-mode edit is in force ({direct[0]}): it changes only CLIP's joint embedding, which "
                 "LLaVA does not read; use mode='total' so the edit reaches the features LLaVA reads"
             )
-        states = hidden_states(self.hooked, pixel_values.to(self.hooked.dtype), self.wanted(output_hidden_states))
+        images = pixel_values.to(self.hooked.device, self.hooked.dtype)
+        states = hidden_states(self.hooked, images, self.wanted(output_hidden_states))
+        states = {i: x.to(pixel_values.device) for i, x in states.items()}  # where LLaVA's projector expects them
         n = self.hooked.cfg.vision.layers + 1
         return BaseModelOutputWithPooling(last_hidden_state=states[max(states)], hidden_states=_HiddenStates(states, n))
 
