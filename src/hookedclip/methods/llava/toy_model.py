@@ -133,19 +133,20 @@ def build_llava(clip: HookedCLIP, tokenizer: WordTokenizer, seed: int = 0) -> nn
     tiny Llama language model (seeded)."""
     import transformers as tf
 
-    torch.manual_seed(seed)
-    tower = to_hf_vision_tower(clip)
-    config = tf.LlavaConfig(
-        vision_config=tower.config,
-        text_config=tf.LlamaConfig(
-            vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **LM_CONFIG
-        ),
-        image_token_index=tokenizer.id("<image>"),
-        vision_feature_layer=FEATURE_LAYER,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-    )
-    llava = tf.LlavaForConditionalGeneration(config)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's RNG is left as it was
+        torch.manual_seed(seed)
+        tower = to_hf_vision_tower(clip)
+        config = tf.LlavaConfig(
+            vision_config=tower.config,
+            text_config=tf.LlamaConfig(
+                vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **LM_CONFIG
+            ),
+            image_token_index=tokenizer.id("<image>"),
+            vision_feature_layer=FEATURE_LAYER,
+            vision_feature_select_strategy="default",
+            projector_hidden_act="gelu",
+        )
+        llava = tf.LlavaForConditionalGeneration(config)
     owner = llava.model if hasattr(llava.model, "vision_tower") else llava
     owner.vision_tower.load_state_dict(tower.state_dict())
     llava.requires_grad_(False)
