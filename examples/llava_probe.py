@@ -44,7 +44,8 @@ def main() -> None:
         generated = toy.model.generate(input_ids=prompt, pixel_values=images[:1], max_new_tokens=1, do_sample=False)
     print(f"max |logit difference| hooked vs plain: {(plain - hooked).abs().max():.2e}")
     print(
-        f"image 0: {toy.tokenizer.decode(generated[0, prompt.shape[1] :])!r} (truth: {getattr(attributes[0], args.attribute)})"
+        f"image 0: {toy.tokenizer.decode(generated[0, prompt.shape[1] :])!r} "
+        f"(truth: {getattr(attributes[0], args.attribute)})"
     )
 
     # 2. The features LLaVA reads, per token, split into heads and MLPs; then through the projector.

@@ -91,7 +91,11 @@ BAD = {
         "hookedclip llava ablate",
         ["--layers '1,x'", "comma-separated non-negative integers"],
     ),
-    "llava ablate --kinds": (["llava", "ablate", "--kinds", "heads"], "hookedclip llava ablate", ["--kinds", "attn,mlp"]),
+    "llava ablate --kinds": (
+        ["llava", "ablate", "--kinds", "heads"],
+        "hookedclip llava ablate",
+        ["--kinds", "attn,mlp"],
+    ),
     "llava ablate --model": (
         ["llava", "ablate", "--model", "ViT-B-32"],
         "hookedclip llava ablate",

@@ -150,8 +150,8 @@ def ablation_effects(
             (mean-ablated), or ``{name: hooked -> context}`` for any other total-mode engine context
             (a PCLens or SITH edit, ``lambda m: ablation.zero_ablate(m, ["L2"])``).
         means: per-position means ``{label: [pos, d]}`` from ``ablation.component_means(hooked,
-            batches, mode="total")`` or :func:`~hookedclip.methods.llava.means_from_store`, or ``reference`` batches to compute them from (images other
-            than the evaluation set).
+            batches, mode="total")`` or :func:`~hookedclip.methods.llava.means_from_store`, or
+            ``reference`` batches to compute them from (images other than the evaluation set).
         classifier: CLIP's zero-shot classifier over the same classes (``None``: CLIP not measured).
     """
     labels = torch.as_tensor(labels)

@@ -55,7 +55,7 @@ def section_llava(ctx: DemoContext) -> Section:
             "matter more to the LLaVA than to CLIP.",
         ],
         figures=[
-            ("llava_shares.png", "Attention vs MLP norm shares per layer: patch tokens (solid, ± std) vs class token."),
+            ("llava_shares.png", "Attention vs MLP norm shares per layer: patch tokens (solid, ± std), class token."),
             ("llava_ablation.png", "LLaVA answer accuracy (solid, 95% interval) and CLIP zero-shot (dashed)."),
         ],
         tables=[
