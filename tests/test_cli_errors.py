@@ -101,6 +101,42 @@ BAD = {
         "hookedclip pclens debias",
         ["--ks '1,two'", "comma-separated positive integers"],
     ),
+    "llava without subcommand": (["llava"], "hookedclip llava", ["required: {decompose,ablate}"]),
+    "llava ablate --layers": (
+        ["llava", "ablate", "--layers", "1,x"],
+        "hookedclip llava ablate",
+        ["--layers '1,x'", "comma-separated non-negative integers"],
+    ),
+    "llava ablate --kinds": (
+        ["llava", "ablate", "--kinds", "heads"],
+        "hookedclip llava ablate",
+        ["--kinds", "attn,mlp"],
+    ),
+    "llava ablate --model": (
+        ["llava", "ablate", "--model", "ViT-B-32"],
+        "hookedclip llava ablate",
+        ["ViT-B-32", "--model toy", "ablation_effects"],
+    ),
+    "llava ablate --layers 9": (
+        ["llava", "ablate", "--layers", "0,9"],
+        "hookedclip llava ablate",
+        ["--layers 0,9", "4 layers", "0..4"],
+    ),
+    "llava decompose --model": (
+        ["llava", "decompose", "--model", "ViT-B-32"],
+        "hookedclip llava decompose",
+        ["'toy' or hf:DIR"],
+    ),
+    "llava decompose hf: missing": (
+        ["llava", "decompose", "--model", "hf:./missing-folder"],
+        "hookedclip llava decompose",
+        ["./missing-folder", "no Hugging Face model folder"],
+    ),
+    "llava decompose --layer 9": (
+        ["llava", "decompose", "--layer", "9", "--n", "4"],
+        "hookedclip llava decompose",
+        ["--layer 9", "4 layers", "--layer -5 to 4"],
+    ),
     "toy evaluate --weights": (
         ["toy", "evaluate", "--weights", "no-such-run"],
         "hookedclip toy evaluate",

@@ -33,6 +33,8 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "head_shares.png",
         "attention.png",
         "pclens_pc_head.png",
+        "llava_shares.png",
+        "llava_ablation.png",
     } <= set(figures)
     # Every figure written is shown, and none is blank.
     assert sorted(figures) == sorted(p.name for p in out.glob("*.png"))
@@ -53,10 +55,11 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         headings[7],
         "Sparse-autoencoder latents, labelled",
         "SITH: what each head writes, read from its weights",
+        "LLaVA: the patch tokens a language model reads",
     ]
     assert re.fullmatch(r"Zero-shot segmentation \(4 x 4 maps; (no )?better than a centred blob\)", headings[7])
     assert len(headings) == len(SECTIONS)
-    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot", "3 texts per head"):
+    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot", "3 texts per head", "hooked_vision_tower"):
         assert phrase in html
     # One set of numbers: the spurious-split baseline of the zero-shot section is the K = 0 row
     # of the PCLens sweep (the same canonical test images), every accuracy with its interval.

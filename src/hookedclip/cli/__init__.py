@@ -1,6 +1,6 @@
 """The ``hookedclip`` command line. Each job is a subcommand; all run offline.
 
-One module per command group (``info``, ``demo``, ``cache``, ``pclens``, ``sith``, ``toy``, ``sae``), each with an
+One module per command group (``info``, ``demo``, ``cache``, ``pclens``, ``sith``, ``toy``, ``sae``, ``llava``), each with an
 ``add_*_command(s)`` that registers its subparser; this module only dispatches. Errors are one
 line on stderr with exit status 2 (``_common.run_command``).
 """
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hookedclip.cli.cache import add_cache_command
     from hookedclip.cli.demo import add_demo_command
     from hookedclip.cli.info import add_info_command
+    from hookedclip.cli.llava import add_llava_commands
     from hookedclip.cli.pclens import add_pclens_commands
     from hookedclip.cli.sae import add_sae_commands
     from hookedclip.cli.sith import add_sith_commands
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pclens_commands(sub)
     add_sae_commands(sub)
     add_sith_commands(sub)
+    add_llava_commands(sub)
     sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing command is then named by its choices
     return parser
 

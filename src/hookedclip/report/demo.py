@@ -24,6 +24,7 @@ from hookedclip.report.sections.core import (
     section_samples,
     section_zero_shot,
 )
+from hookedclip.report.sections.llava import section_llava
 from hookedclip.report.sections.methods import section_pclens, section_segmentation, section_textspan
 from hookedclip.report.sections.sae_labels import section_sae_labels
 from hookedclip.report.sections.sith import section_sith
@@ -40,6 +41,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     section_segmentation,
     section_sae_labels,
     section_sith,
+    section_llava,
 ]
 
 

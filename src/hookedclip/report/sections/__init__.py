@@ -3,5 +3,6 @@
 
 ``context`` (what every section shares) <- ``core`` (the toy world and the core analyses:
 zero-shot accuracy, layer shares, head probes, mean-ablation), ``methods`` (TextSpan,
-PCLens, segmentation) and ``sith`` (SITH). The modules never import this package or ``demo``.
+PCLens, segmentation), ``sith`` (SITH), ``sae_labels`` (autoencoder latents) and ``llava`` (the
+toy LLaVA). The modules never import this package or ``demo``.
 """
