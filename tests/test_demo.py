@@ -59,7 +59,14 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
     ]
     assert re.fullmatch(r"Zero-shot segmentation \(4 x 4 maps; (no )?better than a centred blob\)", headings[7])
     assert len(headings) == len(SECTIONS)
-    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot", "3 texts per head", "hooked_vision_tower"):
+    for phrase in (
+        "worst group",
+        "centred blob",
+        "majority-class",
+        "embedding slot",
+        "3 texts per head",
+        "hooked_vision_tower",
+    ):
         assert phrase in html
     # One set of numbers: the spurious-split baseline of the zero-shot section is the K = 0 row
     # of the PCLens sweep (the same canonical test images), every accuracy with its interval.
