@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     study.plot(args.out / "sith_fidelity.png")
     print(study.to_csv())
 
-    task = toy_task(model, n=1000)
+    task = toy_task(model)  # the canonical spurious test set (2000 images)
     vectors = sith.vectors_by_concept(results, task.concepts)
     found = sith.suppress(model, vectors, task)
     found.plot(args.out / "sith_suppression.png")

@@ -8,7 +8,7 @@ concept is one of the spurious split's textures are then removed (their singular
 zero, through the intervention engine) and worst-group accuracy is compared before and after.
 No image is needed except for the image mean and the evaluation.
 
-Run: python examples/sith.py [--layers 3] [--k 3] [--n 1000]
+Run: python examples/sith.py [--layers 3] [--k 3] [--n N]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     )
     parser.add_argument("--k", type=int, default=3, help="concepts per singular vector (default: %(default)s)")
     parser.add_argument(
-        "--n", type=int, default=1000, help="spurious-split images to evaluate on (default: %(default)s)"
+        "--n", type=int, default=None, help="spurious test images (default: the canonical 2000; fewer: the first N)"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)

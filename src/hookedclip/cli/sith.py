@@ -230,8 +230,12 @@ def add_sith_commands(subparsers) -> argparse.ArgumentParser:
     ed.add_argument("--waterbirds", default=None, metavar="DIR", help="Waterbirds folder instead of the toy split")
     ed.add_argument("--split", default="test", help="Waterbirds split")
     ed.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
-    ed.add_argument("--n", type=positive, default=1000, help="toy spurious-split images")
-    ed.add_argument("--eval-seed", type=int, default=12345, help="toy spurious split seed (as `toy evaluate`)")
+    ed.add_argument(
+        "--n", type=positive, default=None, help="toy spurious test images (default: the canonical 2000; fewer: the first N)"
+    )
+    ed.add_argument(
+        "--eval-seed", type=int, default=None, help="draw a fresh toy spurious test sample (default: the canonical set)"
+    )
     ed.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     ed.add_argument("--save-model", default=None, metavar="DIR", help="also save the edited model (weights) here")
     ed.add_argument("--out", default="sith-edit", help="output folder")

@@ -7,7 +7,6 @@ from hookedclip.report.sections.context import DemoContext
 from hookedclip.report.viz import Section
 
 #: Spurious-split images the suppression is measured on (the section stays a few seconds).
-N_SPURIOUS = 400
 
 
 def section_sith(ctx: DemoContext) -> Section:
@@ -29,7 +28,7 @@ def section_sith(ctx: DemoContext) -> Section:
         for h, label in enumerate(last.labels)
         for i in range(2)
     ]
-    task = toy_task(model, n=N_SPURIOUS, seed=ctx.seed + 2)
+    task = toy_task(model, n=ctx.canonical_n("spurious"))  # the canonical test set, as every section
     vectors = sith.vectors_by_concept(results, task.concepts)
     found = sith.suppress(model, vectors, task)
     found.plot(ctx.out_dir / "sith_suppression.png")
@@ -45,7 +44,7 @@ def section_sith(ctx: DemoContext) -> Section:
             f"last layer is {float(last.fidelity.mean()):.2f}.",
             f"Removing every vector of layers {layers[0]}-{layers[-1]} whose top concept is one of the spurious "
             f'split\'s textures ("{task.concepts[0]}", "{task.concepts[1]}"; {len(vectors)} of '
-            f"{sum(r.n_heads * r.rank for r in results)} vectors) changes the worst group on {N_SPURIOUS} "
+            f"{sum(r.n_heads * r.rank for r in results)} vectors) changes the worst group on {len(task.labels)} "
             f"group-balanced images from {100 * before:.1f}% [{100 * lo_b:.1f}, {100 * hi_b:.1f}] to "
             f"{100 * after:.1f}% [{100 * lo_a:.1f}, {100 * hi_a:.1f}] (95% intervals), and the average from "
             f"{100 * found.average('before'):.1f}% to {100 * found.average('after'):.1f}%.",
@@ -58,4 +57,4 @@ def section_sith(ctx: DemoContext) -> Section:
     )
 
 
-__all__ = ["N_SPURIOUS", "section_sith"]
+__all__ = ["section_sith"]
