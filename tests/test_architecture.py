@@ -97,6 +97,8 @@ def all_imports(src: Path = SRC, package: str = PACKAGE) -> list[Import]:
 # ---------------------------------------------------------------------------- the rule
 def layer(module: str) -> str:
     parts = module.split(".")
+    if parts[1:] == ["__main__"]:  # ``python -m hookedclip``: an entry point, like the console script
+        return "cli"
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "core"
 
 

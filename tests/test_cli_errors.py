@@ -452,3 +452,11 @@ def test_sae_gallery_refuses_an_autoencoder_of_another_model(toy_cls_store, tmp_
     argv = ["sae", "gallery", "--sae", str(tmp_path / "sae"), "--store", str(store), "--out", str(tmp_path / "g")]
     assert main(argv) == 2
     assert_one_error_line(capsys.readouterr().err, "hookedclip sae gallery", "this autoencoder", "toy")
+
+
+@pytest.mark.parametrize("module", ["hookedclip", "hookedclip.cli"])
+def test_python_dash_m_runs_the_command(module):
+    done = subprocess.run([sys.executable, "-m", module, "toy"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("hookedclip toy: error: "), done.stderr
+    assert "Traceback" not in done.stderr
