@@ -231,7 +231,10 @@ def add_sith_commands(subparsers) -> argparse.ArgumentParser:
     ed.add_argument("--split", default="test", help="Waterbirds split")
     ed.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
     ed.add_argument(
-        "--n", type=positive, default=None, help="toy spurious test images (default: the canonical 2000; fewer: the first N)"
+        "--n",
+        type=positive,
+        default=None,
+        help="toy spurious test images (default: the canonical 2000; fewer: the first N)",
     )
     ed.add_argument(
         "--eval-seed", type=int, default=None, help="draw a fresh toy spurious test sample (default: the canonical set)"
