@@ -11,6 +11,9 @@ Modules, importing each other in one direction: ``model`` <- ``reference``, ``sp
 from hookedclip.methods.sae.model import SPLICE_MODES, SAEConfig, TopKSAE, densify
 from hookedclip.methods.sae.reference import fold_reference, from_reference, read_reference_state
 from hookedclip.methods.sae.splice import splice, splice_site
+from hookedclip.methods.sae.train import TrainingDiverged, train
+from hookedclip.methods.sae.train_config import TrainConfig
+from hookedclip.methods.sae.train_log import TrainLog, cosine_loss
 
 TopKSAE.from_reference = staticmethod(from_reference)
 
@@ -24,4 +27,9 @@ __all__ = [
     "read_reference_state",
     "splice",
     "splice_site",
+    "TrainConfig",
+    "TrainLog",
+    "TrainingDiverged",
+    "cosine_loss",
+    "train",
 ]
