@@ -97,7 +97,9 @@ def train(
     cfg = cfg or TrainConfig()
     rank, world = _distributed()
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes: use a multiple of {world}")
+        raise ValueError(
+            f"batch_size {cfg.batch_size} does not split over {world} processes: use a multiple of {world}"
+        )
     data, site, identity, n_layers = _open_source(source, target, cfg, model)
     device = torch.device(device) if device is not None else _default_device(source)
     sae = _prepare_sae(sae, cfg, site, identity, n_layers, device)
@@ -141,7 +143,9 @@ def train(
             last_good = done
         if logging:
             log.append(done, metrics.seen, schedule.get_last_lr()[0], metrics.line(reduce))
-            bar.set_postfix(loss=f"{log.loss[-1]:.4f}", cos=f"{log.cosine[-1]:.3f}", dead=f"{log.dead_fraction[-1]:.2f}")
+            bar.set_postfix(
+                loss=f"{log.loss[-1]:.4f}", cos=f"{log.cosine[-1]:.3f}", dead=f"{log.dead_fraction[-1]:.2f}"
+            )
         if saving:
             log.seconds += time.perf_counter() - began
             began = time.perf_counter()
