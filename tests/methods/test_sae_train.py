@@ -201,3 +201,34 @@ def test_training_from_a_running_model_streams_patch_tokens_and_resumes(model, s
     assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), resumed.state_dict().values()))
     with pytest.raises(ValueError, match="ran out"):
         S.train((model, iter(batches)), cfg=cfg)
+
+
+# ---------------------------------------------------------------------------- several processes
+DDP_CFG = dict(steps=12, **{**SMALL, "checkpoint_every": 0})
+
+
+def _rank_train(rank: int, world: int, init: str, store_path: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        S.train(store_path, CLS, S.TrainConfig(**DDP_CFG), out=out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process(store, tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_rank_train, args=(2, init, str(store.path), str(tmp_path / "two")), nprocs=2, join=True)
+    two = S.TopKSAE.load(tmp_path / "two")
+    one, one_log = S.train(store, CLS, S.TrainConfig(**DDP_CFG))
+    for name, tensor in one.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(two.W_enc, S.train(store, CLS, S.TrainConfig(**{**DDP_CFG, "seed": 1}))[0].W_enc)
+    two_log = S.TrainLog.load(tmp_path / "two" / "train_log.json")
+    assert two_log.samples == one_log.samples
+    assert two_log.loss == pytest.approx(one_log.loss, rel=1e-4)
+    assert two_log.dead_fraction == pytest.approx(one_log.dead_fraction)

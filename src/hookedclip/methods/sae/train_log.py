@@ -49,7 +49,7 @@ class Metrics:
         self._zero(device)
 
     def _zero(self, device) -> None:
-        self.sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, cos, fvu num, den, negatives, rows
+        self.sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss·rows, cos, fvu num, den, negatives, rows
         self.steps = 0
 
     def update(self, loss: Tensor, recons: Tensor, h: Tensor, values: Tensor, indices: Tensor, seen: int) -> None:
@@ -58,7 +58,9 @@ class Metrics:
             cos = F.cosine_similarity(recons.float(), h.float(), dim=-1).sum()
             num, den = ln_fvu_terms(recons, h)
             negatives = (values < 0).sum()
-            step = torch.stack([loss.detach().double(), cos.double(), num.double(), den.double(), negatives.double()])
+            step = torch.stack(
+                [loss.detach().double() * h.shape[0], cos.double(), num.double(), den.double(), negatives.double()]
+            )
             self.sums[:5] += step
             self.sums[5] += h.shape[0]
             self.last_fired.index_fill_(0, indices.reshape(-1), seen)
@@ -77,13 +79,13 @@ class Metrics:
 
     def line(self, reduce=None) -> dict[str, float]:
         """This interval's means (``reduce`` all-reduces the sums over processes first) and reset."""
-        sums, last = self.sums.clone(), self.last_fired
+        sums = self.sums.clone()
         if reduce is not None:
             reduce(sums, "sum")
-            reduce(last, "max")
+            reduce(self.last_fired, "max")  # global vector counts: the latest firing on any process
         loss, cos, num, den, negatives, rows = sums.tolist()
         out = {
-            "loss": loss / max(self.steps, 1),
+            "loss": loss / max(rows, 1),
             "cosine": cos / max(rows, 1),
             "fvu": num / den if den else float("nan"),
             "dead_fraction": self.dead_fraction(),
