@@ -124,11 +124,14 @@ def test_atoms_are_unit_norm_after_every_step(store, tmp_path_factory, lr, seed)
         assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(sae.d_sae), atol=1e-6), step
 
 
-def test_an_interrupted_run_resumed_is_bit_identical(store, tmp_path):
-    cfg = S.TrainConfig(steps=20, **SMALL)
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stop=st.integers(1, 19), every=st.integers(0, 8))
+def test_an_interrupted_run_resumed_is_bit_identical(store, tmp_path_factory, stop, every):
+    tmp_path = tmp_path_factory.mktemp("resume")
+    cfg = S.TrainConfig(steps=20, **{**SMALL, "checkpoint_every": every})
     whole, whole_log = S.train(store, CLS, cfg, out=tmp_path / "whole")
-    S.train(store, CLS, cfg, out=tmp_path / "parts", stop_after=10)
-    assert torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)["step"] == 10
+    S.train(store, CLS, cfg, out=tmp_path / "parts", stop_after=stop)
+    assert torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)["step"] == stop
     resumed, resumed_log = S.train(store, CLS, cfg, out=tmp_path / "parts", resume=True)
     for name, tensor in whole.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name

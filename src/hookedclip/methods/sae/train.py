@@ -136,9 +136,9 @@ def train(
         done = step + 1
         metrics.update(loss, recons, h, values, indices, metrics.seen + h.shape[0] * world)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), done, first_bad)
-        logging = done == stop or (cfg.log_every and done % cfg.log_every == 0)
+        logging = done == cfg.steps or (cfg.log_every and done % cfg.log_every == 0)
         saving = out is not None and (done == stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0))
-        if logging or saving:
+        if logging or saving or done == stop:
             _check_finite(first_bad, sae, done, last_good, out, reduce)
             last_good = done
         if logging:

@@ -68,11 +68,12 @@ class Metrics:
         self.seen = seen
 
     def state(self) -> dict:
-        return {"last_fired": self.last_fired.cpu(), "seen": self.seen}
+        return {"last_fired": self.last_fired.cpu(), "seen": self.seen, "sums": self.sums.cpu(), "steps": self.steps}
 
     def load_state(self, state: dict) -> None:
         self.last_fired.copy_(state["last_fired"])
-        self.seen = state["seen"]
+        self.seen, self.steps = state["seen"], state["steps"]
+        self.sums.copy_(state["sums"])  # a line interrupted half-way continues
 
     def dead_fraction(self) -> float:
         return (self.last_fired <= max(self.seen - self.window, 0)).double().mean().item()
