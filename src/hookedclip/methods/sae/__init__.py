@@ -5,10 +5,13 @@ latents and decodes it as a sum of unit-norm atoms; :func:`splice` puts it into 
 pass as an engine context; :func:`from_reference` reads the published weight-normalised
 checkpoints.
 
-Modules, importing each other in one direction: ``model`` <- ``reference``, ``splice``.
+Modules, importing each other in one direction: ``model`` <- ``reference``, ``splice``;
+``train_config``, ``train_data``, ``train_log`` <- ``train`` <- ``pretrained`` (the shipped toy autoencoder).
 """
 
 from hookedclip.methods.sae.model import SPLICE_MODES, SAEConfig, TopKSAE, densify
+from hookedclip.methods.sae.pretrained import attribute_purity, toy
+from hookedclip.methods.sae.pretrained import from_pretrained as _from_pretrained
 from hookedclip.methods.sae.reference import fold_reference, from_reference, read_reference_state
 from hookedclip.methods.sae.splice import splice, splice_site
 from hookedclip.methods.sae.train import TrainingDiverged, train
@@ -16,6 +19,7 @@ from hookedclip.methods.sae.train_config import TrainConfig
 from hookedclip.methods.sae.train_log import TrainLog, cosine_loss
 
 TopKSAE.from_reference = staticmethod(from_reference)
+TopKSAE.from_pretrained = staticmethod(_from_pretrained)
 
 __all__ = [
     "SPLICE_MODES",
@@ -32,4 +36,6 @@ __all__ = [
     "TrainingDiverged",
     "cosine_loss",
     "train",
+    "attribute_purity",
+    "toy",
 ]
