@@ -96,6 +96,16 @@ def test_spatial_rows_are_every_patch_token(store):
     assert sae.cfg.token == "spatial" and log.samples[-1] == 3 * 16 * 16
 
 
+def test_memory_mapped_rows_equal_rows_read_into_memory(store):
+    from hookedclip.methods.sae.train_data import ShardedRows
+
+    mapped, loaded = ShardedRows(store, TOKENS, max_memory=0), ShardedRows(store, TOKENS)
+    assert mapped.loaded is None and loaded.loaded is not None
+    index = torch.tensor([191, 0, 64, 63, 5, 5, 130])  # across the three shards, repeats, any order
+    assert torch.equal(mapped.gather(index), loaded.gather(index))
+    assert torch.equal(mapped.gather(index), store.rows(TOKENS)[index])
+
+
 def test_the_data_order_covers_every_row_once_per_epoch():
     order = StoreOrder(10, seed=3)
     first, second = order.rows(0, 10), order.rows(10, 20)

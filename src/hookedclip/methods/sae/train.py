@@ -107,7 +107,7 @@ def train(
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
-    optimiser = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    optimiser = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, cfg.milestone_steps(), gamma=cfg.gamma)
     autocast_dtype = _autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)

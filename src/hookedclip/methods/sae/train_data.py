@@ -61,14 +61,18 @@ def tokens_of(rows: Tensor, token: str) -> Float[Tensor, "n d"]:
 
 
 class ShardedRows:
-    """Random access by row index to one target of a store: every shard's tensor is
-    memory-mapped (the safetensors layout is a JSON header, then raw little-endian data), so a
-    batch reads only its own rows and memory stays flat however large the store."""
+    """Random access by row index to one target of a store. A target of at most ``max_memory``
+    bytes is read into memory once; a larger one stays memory-mapped shard by shard (the
+    safetensors layout is a JSON header, then raw little-endian data), so a batch reads only its
+    own rows and memory stays flat however large the store."""
 
-    def __init__(self, store: ActivationStore, target: str) -> None:
+    def __init__(self, store: ActivationStore, target: str, max_memory: int = 2 << 30) -> None:
         self.target, self.offsets = target, store._offsets
         self.dtype = store.targets[target].torch_dtype
         self.arrays = [self._map(store.path / entry["file"], target) for entry in store.shards]
+        # a target that fits is read once into memory: indexing a tensor costs far less per batch
+        size = sum(a.nbytes for a in self.arrays)
+        self.loaded = store.rows(target) if size <= max_memory else None
 
     @staticmethod
     def _map(file: Path, key: str) -> np.ndarray:
@@ -87,6 +91,8 @@ class ShardedRows:
 
     def gather(self, index: Int[Tensor, " n"]) -> Tensor:
         """Rows ``index`` (any order, repeats allowed), in that order."""
+        if self.loaded is not None:
+            return self.loaded[index]
         shard = torch.searchsorted(self.offsets, index, right=True) - 1
         out = None
         for k in shard.unique().tolist():
