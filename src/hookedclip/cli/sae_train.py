@@ -89,8 +89,8 @@ def describe(path: str) -> str:
         f"encoder bias: mean {sae.b_enc.mean():.4g}, std {sae.b_enc.std():.4g}",
         f"atom norms: min {atoms.min():.6f}, max {atoms.max():.6f}",
     ]
-    log_file = folder / "train_log.json"
-    if log_file.exists():
+    log_file = next((f for f in (folder / "train_log.json", folder / "sae_train_log.json") if f.exists()), None)
+    if log_file is not None:
         from hookedclip.methods.sae import TrainLog
 
         log = TrainLog.load(log_file)

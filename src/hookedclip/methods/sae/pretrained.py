@@ -3,7 +3,7 @@
 ``toy()`` loads it (``TopKSAE.from_pretrained("toy")`` too); :func:`train_toy` is its recipe
 (``python -m hookedclip.methods.sae.make_toy``): it extracts the class-token residual after the
 last block for the toy world's training images into a store, trains from the store, measures the
-autoencoder on held-out (test-split) images and rewrites ``toy/weights/sae.*``, ``sae_card.json`` and ``SAE_CARD.md``.
+autoencoder on held-out (test-split) images and rewrites ``toy/weights/sae.*``, ``sae_card.json``, ``sae_train_log.json`` and ``SAE_CARD.md``.
 
 :func:`attribute_purity` is the check that its latents mean something: for each latent, the
 images that activate it most, and how many of them share one value of one attribute (shape,
@@ -29,7 +29,7 @@ from hookedclip.methods.sae.train_config import TrainConfig
 from hookedclip.methods.sae.train_log import ln_fvu_terms
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "toy" / "weights"
-CARD_JSON, CARD_MD = "sae_card.json", "SAE_CARD.md"
+CARD_JSON, CARD_MD, LOG_JSON = "sae_card.json", "SAE_CARD.md", "sae_train_log.json"
 ATTRIBUTES = ("shape", "color", "texture", "background")
 RECIPE = {
     "images": 4096,
@@ -123,7 +123,7 @@ def train_toy(out: str | Path = WEIGHTS, progress: bool = True) -> tuple[TopKSAE
 
     model = HookedCLIP.from_pretrained("toy").eval()
     target = act_name("resid_post", model.cfg.n_layers - 1) + "@0"
-    cfg = TrainConfig(**RECIPE["config"], log_every=100, checkpoint_every=0, progress=progress)
+    cfg = TrainConfig(**RECIPE["config"], log_every=50, checkpoint_every=0, progress=progress)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         dataset = toy_dataset(RECIPE["images"], seed=RECIPE["seed"], split="train")
@@ -144,6 +144,7 @@ def train_toy(out: str | Path = WEIGHTS, progress: bool = True) -> tuple[TopKSAE
     }
     out = Path(out)
     sae.save(out)
+    log.save(out / LOG_JSON)
     (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
     (out / CARD_MD).write_text(card_markdown(card))
     return sae, card
