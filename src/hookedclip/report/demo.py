@@ -25,6 +25,7 @@ from hookedclip.report.sections.core import (
     section_zero_shot,
 )
 from hookedclip.report.sections.methods import section_pclens, section_segmentation, section_textspan
+from hookedclip.report.sections.sae import section_sae
 from hookedclip.report.viz import Section
 
 SECTIONS: list[Callable[[DemoContext], Section]] = [
@@ -36,6 +37,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     section_textspan,
     section_pclens,
     section_segmentation,
+    section_sae,
 ]
 
 

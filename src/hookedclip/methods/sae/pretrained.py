@@ -76,10 +76,13 @@ def class_tokens(model, world, batch_size: int = 512) -> Float[Tensor, "n d_mode
 
 
 def attribute_purity(codes: Float[Tensor, "n d_sae"], world, top_n: int = 16, seed: int = 0) -> dict:
-    """For every latent that fires on at least ``top_n`` images: its ``top_n`` most activating
+    """``world``: a toy world or a list of its images' attributes, one per row of ``codes``.
+
+    For every latent that fires on at least ``top_n`` images: its ``top_n`` most activating
     images, the attribute value most of them share (``attribute``, ``value``) and that share
     (``purity``); ``chance``: the same share for random sets of ``top_n`` images, averaged."""
-    table = {a: np.array([getattr(x, a) for x in world.attributes()]) for a in ATTRIBUTES}
+    attributes = world.attributes() if hasattr(world, "attributes") else list(world)
+    table = {a: np.array([getattr(x, a) for x in attributes]) for a in ATTRIBUTES}
 
     def best(indices: np.ndarray) -> tuple[str, str, float]:
         scores = []
@@ -91,12 +94,12 @@ def attribute_purity(codes: Float[Tensor, "n d_sae"], world, top_n: int = 16, se
 
     latents = []
     fired = (codes != 0).sum(0)
-    top = codes.topk(top_n, dim=0).indices.T.numpy()  # [d_sae, top_n]
+    top = codes.detach().topk(top_n, dim=0).indices.T.numpy()  # [d_sae, top_n]
     for j in torch.nonzero(fired >= top_n).squeeze(1).tolist():
         attribute, value, share = best(top[j])
         latents.append({"latent": j, "attribute": attribute, "value": value, "purity": share})
     rng = np.random.default_rng(seed)
-    chance = float(np.mean([best(rng.choice(len(world), top_n, replace=False))[2] for _ in range(200)]))
+    chance = float(np.mean([best(rng.choice(len(attributes), top_n, replace=False))[2] for _ in range(200)]))
     return {"latents": latents, "chance": chance, "top_n": top_n}
 
 
