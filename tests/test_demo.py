@@ -44,9 +44,10 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "TextSpan: texts that span each head",
         "PCLens: principal components of each head, labelled with text",
         "Zero-shot segmentation",
+        "Sparse autoencoder: latents of the last-layer class token",
     ]
     assert len(headings) == len(SECTIONS)
-    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot"):
+    for phrase in ("worst group", "centred blob", "majority-class", "embedding slot", "identity in value"):
         assert phrase in html
 
 

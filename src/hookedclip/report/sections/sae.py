@@ -32,7 +32,7 @@ def section_sae(ctx: DemoContext) -> Section:
     rows = [[str(x["latent"]), f"{x['attribute']} = {x['value']}", f"{100 * x['purity']:.0f}%"] for x in latents[:10]]
     mean = 100 * sum(shares) / max(len(shares), 1)
     return Section(
-        "Sparse autoencoder: latents of the last layer's class token",
+        "Sparse autoencoder: latents of the last-layer class token",
         [
             f"The shipped toy autoencoder (hookedclip.methods.sae.toy(): {sae.d_sae} latents, k = {sae.k}, trained "
             "from an activation store with the cosine reconstruction loss) reads the class token after the last "
