@@ -137,6 +137,32 @@ BAD = {
         "hookedclip llava decompose",
         ["--layer 9", "4 layers", "--layer -5 to 4"],
     ),
+    "sae train without --store": (["sae", "train", "--out", "x"], "hookedclip sae train", ["--store"]),
+    "sae train --k 0": (
+        ["sae", "train", "--store", "s", "--out", "x", "--k", "0"],
+        "hookedclip sae train",
+        ["--k", "not a positive integer"],
+    ),
+    "sae train --lr -1": (
+        ["sae", "train", "--store", "s", "--out", "x", "--lr", "-1"],
+        "hookedclip sae train",
+        ["--lr", "not a positive number"],
+    ),
+    "sae train --k above --latents": (
+        ["sae", "train", "--store", "s", "--out", "x", "--latents", "8", "--k", "9"],
+        "hookedclip sae train",
+        ["k = 9", "d_sae = 8", "1 <= k <= d_sae"],
+    ),
+    "sae train missing store": (
+        ["sae", "train", "--store", "no-such-store", "--out", "x"],
+        "hookedclip sae train",
+        ["no-such-store", "hookedclip cache"],
+    ),
+    "sae info missing folder": (
+        ["sae", "info", "no-such-sae"],
+        "hookedclip sae info",
+        ["no-such-sae", "TopKSAE.save"],
+    ),
     "toy evaluate --weights": (
         ["toy", "evaluate", "--weights", "no-such-run"],
         "hookedclip toy evaluate",

@@ -53,6 +53,7 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "TextSpan: texts that span each head",
         "PCLens: principal components of each head, labelled with text",
         headings[7],
+        "Sparse autoencoder: latents of the last-layer class token",
         "Sparse-autoencoder latents, labelled",
         "SITH: what each head writes, read from its weights",
         "LLaVA: the patch tokens a language model reads",
@@ -66,6 +67,7 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "embedding slot",
         "3 texts per head",
         "hooked_vision_tower",
+        "identity in value",
     ):
         assert phrase in html
     # One set of numbers: the spurious-split baseline of the zero-shot section is the K = 0 row

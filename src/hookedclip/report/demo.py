@@ -26,6 +26,7 @@ from hookedclip.report.sections.core import (
 )
 from hookedclip.report.sections.llava import section_llava
 from hookedclip.report.sections.methods import section_pclens, section_segmentation, section_textspan
+from hookedclip.report.sections.sae import section_sae
 from hookedclip.report.sections.sae_labels import section_sae_labels
 from hookedclip.report.sections.sith import section_sith
 from hookedclip.report.viz import Section
@@ -39,6 +40,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     section_textspan,
     section_pclens,
     section_segmentation,
+    section_sae,
     section_sae_labels,
     section_sith,
     section_llava,

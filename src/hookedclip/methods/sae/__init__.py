@@ -7,7 +7,8 @@ checkpoints.
 
 Modules, importing each other in one direction: ``model`` <- ``reference``, ``splice``;
 ``splice`` <- ``gallery`` (top-activating samples) <- ``labels`` (latent embeddings, alignment
-with a vocabulary, clarity).
+with a vocabulary, clarity); ``train_config``, ``train_data``, ``train_log`` <- ``train`` <-
+``pretrained`` (the shipped toy autoencoder).
 """
 
 from hookedclip.methods.sae.gallery import (
@@ -30,10 +31,16 @@ from hookedclip.methods.sae.labels import (
     toy_image_inputs,
 )
 from hookedclip.methods.sae.model import SPLICE_MODES, SAEConfig, TopKSAE, densify
+from hookedclip.methods.sae.pretrained import attribute_purity, toy
+from hookedclip.methods.sae.pretrained import from_pretrained as _from_pretrained
 from hookedclip.methods.sae.reference import fold_reference, from_reference, read_reference_state
 from hookedclip.methods.sae.splice import splice, splice_site
+from hookedclip.methods.sae.train import TrainingDiverged, train
+from hookedclip.methods.sae.train_config import TrainConfig
+from hookedclip.methods.sae.train_log import TrainLog, cosine_loss
 
 TopKSAE.from_reference = staticmethod(from_reference)
+TopKSAE.from_pretrained = staticmethod(_from_pretrained)
 
 __all__ = [
     "SPLICE_MODES",
@@ -60,4 +67,11 @@ __all__ = [
     "model_image_embedder",
     "text_side",
     "toy_image_inputs",
+    "TrainConfig",
+    "TrainLog",
+    "TrainingDiverged",
+    "cosine_loss",
+    "train",
+    "attribute_purity",
+    "toy",
 ]
