@@ -94,9 +94,7 @@ def attribute(
     check_reaches_output(model, sae)
     labels = check_labels(labels, sae.d_sae)
     head = output_head(model, texts, text_embeddings, classifier, output, text_model)
-    closed = method == "closed_form" or (
-        method == "auto" and before_readout(model, sae) and not ablation.active(model)
-    )
+    closed = method == "closed_form" or (method == "auto" and before_readout(model, sae) and not ablation.active(model))
     if closed and not before_readout(model, sae):
         raise ValueError(
             "the closed form needs a class-token autoencoder right before ln_post (layer -1, token 'cls'); "
@@ -110,7 +108,11 @@ def attribute(
     n = (residuals if residuals is not None else images).shape[0]
     for start in range(0, n, batch_size):
         if closed:
-            h = residuals[start : start + batch_size] if residuals is not None else cls_residual(model, sae, images[start : start + batch_size])
+            h = (
+                residuals[start : start + batch_size]
+                if residuals is not None
+                else cls_residual(model, sae, images[start : start + batch_size])
+            )
             parts.append(closed_form(model, sae, h, head, splice))
         else:
             parts.append(autograd_path(model, sae, images[start : start + batch_size], head, splice, prompt_chunk))
@@ -135,7 +137,9 @@ def layer_norm_state(model, h: Float[Tensor, "batch d"]) -> tuple[Tensor, Tensor
     return centred / sigma, sigma
 
 
-def embedding_jacobian(model, u: Tensor, sigma: Tensor, vectors: Float[Tensor, "batch m d"]) -> Float[Tensor, "batch m e"]:
+def embedding_jacobian(
+    model, u: Tensor, sigma: Tensor, vectors: Float[Tensor, "batch m d"]
+) -> Float[Tensor, "batch m e"]:
     """``J v`` for each vector, with ``J = ∂e/∂h = Pᵀ diag(γ) (I − 11ᵀ/D − uuᵀ/D) / σ``."""
     d = vectors.shape[-1]
     along_u = (vectors @ u.unsqueeze(-1)) / d  # [batch, m, 1]
@@ -201,19 +205,21 @@ def autograd_path(model, sae: TopKSAE, images: Tensor, head: OutputHead, splice:
             grad_a, grad_h = torch.autograd.grad(outputs.sum(), [saved["acts"], saved["delta"]])
         a = saved["acts"].detach()
 
-        def per_image(x: Tensor) -> Tensor:  # [c·batch, tokens, ...] -> [batch, c, ...], summed over the tokens read
-            return x.view(c, n_images, *x.shape[1:]).sum(2).transpose(0, 1)
-
         if latents is None:  # the code is the same in every chunk
             code = a.view(c, n_images, *a.shape[1:])[0]  # [batch, tokens, H]
             latents, active = active_latents((code != 0).any(1))
             activations = code.sum(1).gather(-1, latents) * active
             R = torch.zeros(n_images, n_out, latents.shape[1], dtype=a.dtype, device=a.device)
-        R[:, chunk] = per_image(a * grad_a).gather(-1, latents.unsqueeze(1).expand(-1, c, -1)) * active.unsqueeze(1)
+        R[:, chunk] = _per_image(a * grad_a, c).gather(-1, latents.unsqueeze(1).expand(-1, c, -1)) * active.unsqueeze(1)
         if splice == "error_kept":
-            R_error[:, chunk] = per_image((saved["error"] * grad_h).sum(-1))
+            R_error[:, chunk] = _per_image((saved["error"] * grad_h).sum(-1), c)
         y[:, chunk] = outputs.detach().T
     return AttributionPart(R, latents, active, activations, R_error, y)
+
+
+def _per_image(x: Tensor, c: int) -> Tensor:
+    """``[c·batch, tokens, ...] -> [batch, c, ...]``, summed over the tokens the autoencoder read."""
+    return x.view(c, -1, *x.shape[1:]).sum(2).transpose(0, 1)
 
 
 def _leaf_hooks(saved: dict[str, Tensor]) -> list:
@@ -244,4 +250,3 @@ def scaled_ablation_effect(
 
 
 __all__ = ["ATTRIBUTION_SPLICES", "Attribution", "attribute", "closed_form", "autograd_path", "cls_residual"]
-

@@ -101,7 +101,9 @@ class Attribution(Result):
     @property
     def R(self) -> Float[Tensor, "batch n d_sae"]:
         """The dense attributions, exactly zero at every inactive latent."""
-        dense = torch.zeros(*self.R_active.shape[:2], self.d_sae, dtype=self.R_active.dtype, device=self.R_active.device)
+        dense = torch.zeros(
+            *self.R_active.shape[:2], self.d_sae, dtype=self.R_active.dtype, device=self.R_active.device
+        )
         index = self.latents.unsqueeze(1).expand_as(self.R_active)
         return dense.scatter_add(-1, index, self.R_active * self.active.unsqueeze(1))
 
@@ -152,7 +154,12 @@ class Attribution(Result):
         return header, [[row[h] for h in header] for row in self.top(5)]
 
     def _repr_sizes(self) -> dict:
-        return {"images": self.n_images, "outputs": len(self.texts), "d_sae": self.d_sae, "max_active": self.latents.shape[1]}
+        return {
+            "images": self.n_images,
+            "outputs": len(self.texts),
+            "d_sae": self.d_sae,
+            "max_active": self.latents.shape[1],
+        }
 
     def plot(self, path: str | Path | None = None, image: int = 0, text: int = 0, n: int = 10):
         """The ``n`` largest attributions by magnitude for one (image, output), and the error node."""

@@ -84,7 +84,9 @@ def output_head(
     if classifier is not None and (texts is not None or text_embeddings is not None):
         raise ValueError("give prompts (texts / text_embeddings) or a classifier, not both")
     if classifier is None and texts is None and text_embeddings is None:
-        raise ValueError("nothing to attribute to: pass texts=, text_embeddings= (with texts= to name them) or classifier=")
+        raise ValueError(
+            "nothing to attribute to: pass texts=, text_embeddings= (with texts= to name them) or classifier="
+        )
     d_out = _embedding_width(model)
     if classifier is not None:
         W, b, names = _classifier_columns(classifier, d_out)
