@@ -66,8 +66,10 @@ def faithfulness(
             (the spliced model re-run per step).
         ablation: ``"zero"`` or ``"mean"`` (``means [d_sae]``, default: the mean activation over
             the given images). splice: ``"recon_only"`` (the error dropped) or ``"error_kept"``.
-        steps: ``n`` (latent counts ``0..n``) or fractions of each image's active set.
-        by_magnitude: order by ``|score|``. active_only: rank only the image's active latents.
+        steps: ``n`` (latent counts ``0..n``) or fractions of each image's active set (which
+            rank only the active latents).
+        by_magnitude: order by ``|score|``. active_only: rank only the image's active latents
+            (by default every latent is ranked, as the reference protocol does).
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
@@ -97,6 +99,7 @@ def faithfulness(
         means = a.mean(0)
     if ablation == "zero":
         means = torch.zeros_like(means)
+    active_only = active_only or not isinstance(steps, int)  # a fraction of the active set counts active latents
     counts, xs = step_counts(steps, (a != 0).sum(-1), sae.d_sae, active_only)
     curves = []
     for s in scores.values():
