@@ -151,3 +151,22 @@ def test_latent_augmentation_lowers_the_probes_reliance_on_the_shortcut(toy):
     ]
     drop = per_image[0] - per_image[1]  # on the "circle" logit, paired over the same test images
     assert per_image[0].mean() > 0 and drop.mean() > 4 * drop.std() / N_IMAGES**0.5
+
+
+def test_the_commands_write_their_files(toy, tmp_path, capsys):
+    from hookedclip.cli import main
+
+    _, sae, _, _, _, labels = toy
+    sae.save(tmp_path / "sae")
+    (tmp_path / "labels.txt").write_text("\n".join(label or "unlabelled" for label in labels))
+    common = ["--sae", str(tmp_path / "sae"), "--threads", "1"]
+    assert main(["sae", "attribute", *common, "--n", "2", "--out", str(tmp_path / "a")]) == 0
+    assert {"index.html", "top.csv", "bars_0.png", "image_1.png"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    assert main(["sae", "faithfulness", *common, "--n", "32", "--steps", "3", "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "curves.csv").read_text().startswith("method,auc,auc_stderr,step_0")
+    reliance = ["sae", "reliance", *common, "--n", "64", "--labels", str(tmp_path / "labels.txt")]
+    assert main([*reliance, "--min-share", "0.05", "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "reliance.csv").exists()
+    (tmp_path / "short.txt").write_text("one\ntwo")
+    assert main([*reliance[:-1], str(tmp_path / "short.txt"), "--out", str(tmp_path / "r2")]) == 2
+    assert "2 lines for 256 latents" in capsys.readouterr().err
