@@ -26,6 +26,7 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "pclens_pc.png",
         "pclens_debias.png",
         "segmentation_overlays.png",
+        "sae_deletion.png",
     } <= set(figures)
     # Every figure written is shown, and none is blank.
     assert sorted(figures) == sorted(p.name for p in out.glob("*.png"))
@@ -44,6 +45,7 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "TextSpan: texts that span each head",
         "PCLens: principal components of each head, labelled with text",
         "Zero-shot segmentation",
+        "Attribution to autoencoder latents",
     ]
     assert len(headings) == len(SECTIONS)
     for phrase in ("worst group", "centred blob", "majority-class", "embedding slot"):

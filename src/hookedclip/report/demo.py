@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hookedclip.report import viz
+from hookedclip.report.sections.attribution import section_sae_attribution
 from hookedclip.report.sections.context import DemoContext
 from hookedclip.report.sections.core import (
     section_ablation_curve,
@@ -36,6 +37,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     section_textspan,
     section_pclens,
     section_segmentation,
+    section_sae_attribution,
 ]
 
 
