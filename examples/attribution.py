@@ -71,10 +71,10 @@ def name_latents(sae: S.TopKSAE, h: torch.Tensor, world: ToyWorld) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sae", default=None, help="an autoencoder folder (default: fit one here)")
-    parser.add_argument("--n", type=int, default=512, help="toy images")
-    parser.add_argument("--out", default="attribution-example", help="output folder")
+    parser.add_argument("--n", type=int, default=512, help="toy images (default: 512)")
+    parser.add_argument("--out", default="attribution-example", help="output folder (default: attribution-example)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
