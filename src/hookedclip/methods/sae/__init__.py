@@ -10,8 +10,8 @@ reliance, latent augmentation) lives in ``attribution``, ``baselines``, ``faithf
 ``reliance`` and ``augmentation``.
 
 Modules, importing each other in one direction: ``model`` <- ``reference``, ``splice``;
-``readout`` <- ``attribution_result`` <- ``attribution`` <- ``baselines``; ``faithfulness_result``
-<- ``faithfulness``; ``reliance``; ``augmentation``.
+``model``, ``splice``, ``readout``, ``attribution_result`` <- ``attribution`` <- ``baselines``;
+``faithfulness_result`` <- ``faithfulness``; ``attribution_result`` <- ``reliance``; ``augmentation``.
 """
 
 from hookedclip.methods.sae.attribution import attribute
