@@ -94,7 +94,7 @@ def faithfulness(
     targets = torch.zeros(n, dtype=torch.long) if targets is None else torch.as_tensor(targets, dtype=torch.long)
     if targets.shape != (n,) or (n and (targets.min() < 0 or targets.max() >= len(head))):
         raise ValueError(f"targets must be [{n}] indices into the head's {len(head)} outputs")
-    a = code(model, sae, residuals, images)
+    a = code(model, sae, residuals, images, batch_size)
     if means is None:
         means = a.mean(0)
     if ablation == "zero":
@@ -120,17 +120,18 @@ def faithfulness(
 
 
 @torch.no_grad()
-def code(model, sae: TopKSAE, residuals: Tensor | None, images: Tensor | None) -> Float[Tensor, "batch d_sae"]:
+def code(
+    model, sae: TopKSAE, residuals: Tensor | None, images: Tensor | None, batch_size: int = 256
+) -> Float[Tensor, "batch d_sae"]:
     """Each image's code (class token), or its code summed over the patch tokens (spatial)."""
     if residuals is not None:
         return sae.encode(residuals.to(sae.W_dec))
     saved = []
-    with (
-        splice_context(model, sae, "off"),
-        sae.hooks(fwd_hooks=[("hook_sae_acts_post", lambda a, hook: saved.append(a))]),
-    ):
-        model.encode_image(images)
-    return saved[0].sum(1)
+    record = [("hook_sae_acts_post", lambda a, hook: saved.append(a.sum(1)))]
+    with splice_context(model, sae, "off"), sae.hooks(fwd_hooks=record):
+        for start in range(0, images.shape[0], batch_size):
+            model.encode_image(images[start : start + batch_size])
+    return torch.cat(saved)
 
 
 def ranking(

@@ -50,14 +50,6 @@ class OutputHead:
     def to(self, like: Tensor) -> OutputHead:
         return OutputHead(self.kind, self.W.to(like), self.b.to(like), self.names)
 
-    def select(self, columns: Sequence[int]) -> OutputHead:
-        """The head restricted to some outputs (a probability keeps the softmax over all of them,
-        so it is not restricted: callers chunk only cosines and logits)."""
-        if self.kind == "probability":
-            return self
-        cols = list(columns)
-        return OutputHead(self.kind, self.W[:, cols], self.b[cols], [self.names[c] for c in cols])
-
     def __len__(self) -> int:
         return self.W.shape[1]
 
