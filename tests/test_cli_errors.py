@@ -163,6 +163,27 @@ BAD = {
         "hookedclip sae info",
         ["no-such-sae", "TopKSAE.save"],
     ),
+    "sae attribute without --sae": (["sae", "attribute"], "hookedclip sae attribute", ["--sae"]),
+    "sae attribute --sae missing": (
+        ["sae", "attribute", "--sae", "missing-sae"],
+        "hookedclip sae attribute",
+        ["--sae missing-sae", "TopKSAE.save"],
+    ),
+    "sae faithfulness --data": (
+        ["sae", "faithfulness", "--sae", "x", "--data", "imagenet"],
+        "hookedclip sae faithfulness",
+        ["--data 'imagenet'", "--data toy"],
+    ),
+    "sae faithfulness --steps 0": (
+        ["sae", "faithfulness", "--sae", "x", "--steps", "0"],
+        "hookedclip sae faithfulness",
+        ["--steps", "positive"],
+    ),
+    "sae reliance without --labels": (
+        ["sae", "reliance", "--sae", "x"],
+        "hookedclip sae reliance",
+        ["--labels is required", "one label per latent"],
+    ),
     "toy evaluate --weights": (
         ["toy", "evaluate", "--weights", "no-such-run"],
         "hookedclip toy evaluate",

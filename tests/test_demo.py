@@ -35,6 +35,7 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "pclens_pc_head.png",
         "llava_shares.png",
         "llava_ablation.png",
+        "sae_deletion.png",
     } <= set(figures)
     # Every figure written is shown, and none is blank.
     assert sorted(figures) == sorted(p.name for p in out.glob("*.png"))
@@ -55,6 +56,7 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         headings[7],
         "Sparse autoencoder: latents of the last-layer class token",
         "Sparse-autoencoder latents, labelled",
+        "Attribution to autoencoder latents",
         "SITH: what each head writes, read from its weights",
         "LLaVA: the patch tokens a language model reads",
     ]

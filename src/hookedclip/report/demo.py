@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hookedclip.report import viz
+from hookedclip.report.sections.attribution import section_sae_attribution
 from hookedclip.report.sections.context import DemoContext
 from hookedclip.report.sections.core import (
     section_ablation_curve,
@@ -42,6 +43,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     section_segmentation,
     section_sae,
     section_sae_labels,
+    section_sae_attribution,
     section_sith,
     section_llava,
 ]

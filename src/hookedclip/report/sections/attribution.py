@@ -1,0 +1,93 @@
+"""The demo report's section on attribution to autoencoder latents: a small autoencoder trained
+in seconds on the demo images' last-layer class token, Act×Grad of the shape prompts, and the
+deletion curves of Act×Grad against its baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hookedclip.report.sections.context import DemoContext
+from hookedclip.report.viz import Section
+from hookedclip.toy.attributes import BACKGROUNDS, COLORS, SHAPES, TEXTURES
+
+ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "texture": TEXTURES, "background": BACKGROUNDS}
+
+
+def _train_demo_sae(model, residuals: torch.Tensor, seed: int, steps: int = 200):
+    """A TopK autoencoder fitted with a plain loop (cosine reconstruction loss); a few seconds."""
+    from hookedclip.methods import sae as S
+
+    torch.manual_seed(seed)
+    sae = S.TopKSAE(S.SAEConfig(model.cfg.d_model, 128, 6, layer=-1, token="cls"), model=model).to(residuals)
+    optimiser = torch.optim.AdamW(sae.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = residuals[torch.randint(0, len(residuals), (64,), generator=order)]
+        loss = 100 * (F.normalize(sae(batch, mode="recon_only"), dim=-1) - F.normalize(batch, dim=-1)).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        sae.normalize_decoder_()
+    return sae.eval().requires_grad_(False)
+
+
+def _attribute_labels(a: np.ndarray, ctx: DemoContext) -> list[str]:
+    """Each latent named by the attribute value whose images activate it most above the rest."""
+    labels = []
+    for j in range(a.shape[1]):
+        col = a[:, j]
+        if (col != 0).sum() < 3:
+            labels.append("(rarely active)")
+            continue
+        best, gap = "", -np.inf
+        for attribute, names in ATTRIBUTES.items():
+            values = ctx.labels(attribute)
+            for v in set(values.tolist()):
+                g = (col[values == v].mean() - col[values != v].mean()) / (col.std() + 1e-9)
+                if g > gap:
+                    best, gap = names[v], g
+        labels.append(best)
+    return labels
+
+
+def section_sae_attribution(ctx: DemoContext) -> Section:
+    from hookedclip.methods import sae as S
+
+    model = ctx.model
+    with torch.no_grad():
+        h = model.encode_image(ctx.tensors, stop_at_layer=model.cfg.n_layers)[:, 0]
+    sae = _train_demo_sae(model, h, ctx.seed)
+    labels = _attribute_labels(sae.encode(h).numpy(), ctx)
+    texts = [f"a photo of a {s}." for s in SHAPES]
+    targets = torch.as_tensor(ctx.labels("shape"))
+    attribution = S.attribute(model, sae, residuals=h, texts=texts, labels=labels)
+    head = S.output_head(model, texts=texts)
+    scores = S.method_scores(model, sae, h, head, targets)
+    curves = S.faithfulness(model, sae, scores, head, targets, residuals=h, steps=6)
+    curves.plot(ctx.out_dir / "sae_deletion.png", title="Deleting latents in the order of each score")
+    rows = []
+    for b in range(3):
+        for row in attribution.top(3, images=[b], texts=[int(targets[b])]):
+            rows.append([str(b), row["text"], str(row["latent"]), row["label"], f"{row['R']:+.4f}"])
+    auc = curves.auc()
+    return Section(
+        "Attribution to autoencoder latents",
+        [
+            f"A TopK autoencoder ({sae.d_sae} latents, k = {sae.k}) fitted in seconds on these images' last-layer class "
+            "token; each latent is named here by the attribute value it separates best. Act×Grad attributes each "
+            "image's cosine to its shape prompt to the active latents (hookedclip.methods.sae.attribute, the closed "
+            "form: no ViT pass per prompt).",
+            "Deletion curves zero each image's top latents by score and read the cosine again from the cached residual "
+            f"(the error dropped). Area under the curve, lower is better: Act×Grad {auc['Act×Grad'][0]:.1f}, "
+            f"logit lens {auc['LogitLens'][0]:.1f}, random {auc['Random'][0]:.1f}, activation × logit lens "
+            f"{auc['Act×LogitLens'][0]:.1f}. Once several latents are gone, the reconstruction is far from the "
+            "image where Act×Grad's first-order estimate holds, and the curves' order can change.",
+        ],
+        figures=[("sae_deletion.png", "100·cos to the true shape prompt, mean ± one standard error over images")],
+        tables=[(["image", "prompt", "latent", "named", "R"], rows)],
+    )
+
+
+__all__ = ["section_sae_attribution"]
