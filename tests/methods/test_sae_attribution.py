@@ -174,16 +174,15 @@ def test_scaling_a_latent_down_changes_the_output_by_minus_s_R(model, images, pr
 
 
 def _scaled_output(model, sae, images, head, latent, s, splice):
-    """The spliced model's outputs with latent ``latent`` scaled by ``1 − s`` (the error node kept at its clean value)."""
-    change = {}
+    """The spliced model's outputs with latent ``latent`` scaled by ``1 − s`` (the error node keeps
+    the error of the unedited code)."""
 
     def scale(a, hook):
         edited = a.clone()
         edited[..., latent] *= 1 - s
-        change["delta"] = (edited - a) @ sae.W_dec.T
         return edited
 
-    hooks = [("hook_sae_acts_post", scale), ("hook_sae_error", lambda err, hook: err + change["delta"])]
+    hooks = [("hook_sae_acts_post", scale)]
     with torch.no_grad(), S.splice(model, sae, splice), sae.hooks(fwd_hooks=hooks):
         return head(model.encode_image(images))
 

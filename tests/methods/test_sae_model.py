@@ -297,3 +297,24 @@ def test_reference_checkpoints_fold_into_the_same_forward(tmp_path, parametrizat
 def test_a_checkpoint_without_autoencoder_weights_is_named():
     with pytest.raises(KeyError, match="encoder"):
         S.from_reference({"visual.proj": torch.zeros(2)}, k=1)
+
+
+def test_under_error_kept_an_edit_of_the_code_reaches_the_output():
+    """The error node holds the error of the unedited code, so editing a latent moves h' by
+    exactly W_dec Δa, as with the error dropped."""
+    sae = make_sae(k=6)
+    h = torch.randn(4, WIDTH, dtype=torch.float64)
+    a = sae.encode(h)
+    latent = int(a[0].abs().argmax())
+
+    def zero_latent(x, hook):
+        x[..., latent] = 0
+        return x
+
+    for mode in ("error_kept", "recon_only"):
+        clean = sae(h, mode=mode)
+        with sae.hooks(fwd_hooks=[("hook_sae_acts_post", zero_latent)]):
+            edited = sae(h, mode=mode)
+        delta = torch.zeros_like(a)
+        delta[:, latent] = -a[:, latent]
+        torch.testing.assert_close(edited - clean, sae.decode(delta))

@@ -193,7 +193,7 @@ def _cached_curves(model, sae, residuals, a, order, counts, head, targets, mode,
 
 def _forward_curves(model, sae, images, a, order, counts, head, targets, mode, means, splice, batch_size):
     """The same curves by re-running the spliced model once per step with the code edited (the
-    error node keeps the clean error: the edit is added back to it)."""
+    error node keeps the error of the unedited code, so the edit reaches the output)."""
     head = head.to(sae.W_dec)
     columns = []
     for step in range(counts.shape[1]):
@@ -211,18 +211,11 @@ def _forward_curves(model, sae, images, a, order, counts, head, targets, mode, m
 
 
 def _edit_hooks(sae: TopKSAE, chosen: Tensor, means: Tensor, mode: Mode) -> list:
-    edit: dict[str, Tensor] = {}
-
     def edit_code(a, hook):  # a [batch, tokens, d_sae]
         pick = chosen.unsqueeze(1) if mode == "deletion" else ~chosen.unsqueeze(1)
-        edited = torch.where(pick & (a != 0), means.to(a).expand_as(a), a)
-        edit["delta"] = (edited - a) @ sae.W_dec.T
-        return edited
+        return torch.where(pick & (a != 0), means.to(a).expand_as(a), a)
 
-    def keep_clean_error(err, hook):  # ε = h − x̂ of the unedited code
-        return err + edit["delta"]
-
-    return [("hook_sae_acts_post", edit_code), ("hook_sae_error", keep_clean_error)]
+    return [("hook_sae_acts_post", edit_code)]
 
 
 __all__ = ["CURVE_SPLICES", "Faithfulness", "faithfulness", "ranking", "step_counts"]

@@ -156,7 +156,9 @@ class TopKSAE(HookedRootModule):
         """What a splice writes back in place of ``h``:
 
         * ``"error_kept"``: ``h' = x̂ + stopgrad(h − x̂)``, equal to ``h`` in value, with gradients
-          flowing into the code (and the encoder) and the error a constant;
+          flowing into the code (and the encoder) and the error a constant. The error is always
+          that of the unedited code, so an edit of the code (``hook_sae_acts_post``) or of the
+          reconstruction (``hook_sae_recons``) reaches ``h'`` as it would with the error dropped;
         * ``"recon_only"``: ``h' = x̂``, the error dropped;
         * ``"off"``: ``h' = h``; the autoencoder only observes (its hook points still fire).
         """
@@ -165,11 +167,12 @@ class TopKSAE(HookedRootModule):
         h = self.hook_sae_input(h)
         values, indices = self.select(self.hook_sae_acts_pre(self.encode_pre(h)))
         dense = densify(values, indices, self.d_sae)
+        clean = self.decode_sparse(values, indices)
         a = self.hook_sae_acts_post(dense)
         # The gather is exact only while no hook can replace or edit the code, or read its gradient.
         untouched = a is dense and not self.hook_sae_acts_post.has_hooks()
-        recons = self.hook_sae_recons(self.decode_sparse(values, indices) if untouched else self.decode(a))
-        error = self.hook_sae_error(h - recons)
+        recons = self.hook_sae_recons(clean if untouched else self.decode(a))
+        error = self.hook_sae_error(h - clean)
         if mode == "error_kept":
             out = recons + error.detach()
         elif mode == "recon_only":
