@@ -318,3 +318,37 @@ def test_under_error_kept_an_edit_of_the_code_reaches_the_output():
         delta = torch.zeros_like(a)
         delta[:, latent] = -a[:, latent]
         torch.testing.assert_close(edited - clean, sae.decode(delta))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000))
+def test_with_a_linear_readout_act_times_grad_is_exact(seed):
+    """For y = wᵀh' under error_kept, a_j ∂y/∂a_j equals y(a) − y(a with a_j = 0) exactly, and the
+    latents' shares plus the error's (wᵀε) add up to y."""
+    sae = make_sae(k=5, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    h = torch.randn(3, WIDTH, generator=generator, dtype=torch.float64)
+    w = torch.randn(WIDTH, generator=generator, dtype=torch.float64)
+    saved = {}
+
+    def leaf(a, hook):
+        saved["a"] = a.detach().requires_grad_(True)
+        return saved["a"]
+
+    with sae.hooks(fwd_hooks=[("hook_sae_acts_post", leaf)]):
+        y = sae(h, mode="error_kept") @ w
+    (grad,) = torch.autograd.grad(y.sum(), saved["a"])
+    a = saved["a"].detach()
+    R = a * grad
+    for j in a[0].nonzero().flatten().tolist():
+
+        def drop(x, hook, j=j):
+            x = x.clone()
+            x[..., j] = 0
+            return x
+
+        with sae.hooks(fwd_hooks=[("hook_sae_acts_post", drop)]):
+            y_without = sae(h, mode="error_kept") @ w
+        torch.testing.assert_close(R[:, j], (y - y_without).detach())
+    error = h - sae.decode(a)
+    torch.testing.assert_close(R.sum(-1) + error @ w, y.detach())
