@@ -1,36 +1,17 @@
-"""The demo report's section on attribution to autoencoder latents: a small autoencoder trained
-in seconds on the demo images' last-layer class token, Act×Grad of the shape prompts, and the
-deletion curves of Act×Grad against its baselines."""
+"""The demo report's section on attribution to autoencoder latents: the shipped toy autoencoder on
+the last-layer class token, Act×Grad of the shape prompts, and the deletion curves of Act×Grad
+against its baselines."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hookedclip.report.sections.context import DemoContext
 from hookedclip.report.viz import Section
 from hookedclip.toy.attributes import BACKGROUNDS, COLORS, SHAPES, TEXTURES
 
 ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "texture": TEXTURES, "background": BACKGROUNDS}
-
-
-def _train_demo_sae(model, residuals: torch.Tensor, seed: int, steps: int = 200):
-    """A TopK autoencoder fitted with a plain loop (cosine reconstruction loss); a few seconds."""
-    from hookedclip.methods import sae as S
-
-    torch.manual_seed(seed)
-    sae = S.TopKSAE(S.SAEConfig(model.cfg.d_model, 128, 6, layer=-1, token="cls"), model=model).to(residuals)
-    optimiser = torch.optim.AdamW(sae.parameters(), lr=3e-3)
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        batch = residuals[torch.randint(0, len(residuals), (64,), generator=order)]
-        loss = 100 * (F.normalize(sae(batch, mode="recon_only"), dim=-1) - F.normalize(batch, dim=-1)).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        sae.normalize_decoder_()
-    return sae.eval().requires_grad_(False)
 
 
 def _attribute_labels(a: np.ndarray, ctx: DemoContext) -> list[str]:
@@ -58,7 +39,7 @@ def section_sae_attribution(ctx: DemoContext) -> Section:
     model = ctx.model
     with torch.no_grad():
         h = model.encode_image(ctx.tensors, stop_at_layer=model.cfg.n_layers)[:, 0]
-    sae = _train_demo_sae(model, h, ctx.seed)
+    sae = S.toy(model).to(h).requires_grad_(False)  # the shipped toy autoencoder
     labels = _attribute_labels(sae.encode(h).numpy(), ctx)
     texts = [f"a photo of a {s}." for s in SHAPES]
     targets = torch.as_tensor(ctx.labels("shape"))
@@ -75,8 +56,8 @@ def section_sae_attribution(ctx: DemoContext) -> Section:
     return Section(
         "Attribution to autoencoder latents",
         [
-            f"A TopK autoencoder ({sae.d_sae} latents, k = {sae.k}) fitted in seconds on these images' last-layer class "
-            "token; each latent is named here by the attribute value it separates best. Act×Grad attributes each "
+            f"The shipped toy autoencoder ({sae.d_sae} latents, k = {sae.k}; hookedclip.methods.sae.toy()) on the "
+            "last-layer class token; each latent is named here by the attribute value it separates best. Act×Grad attributes each "
             "image's cosine to its shape prompt to the active latents (hookedclip.methods.sae.attribute, the closed "
             "form: no ViT pass per prompt).",
             "Deletion curves zero each image's top latents by score and read the cosine again from the cached residual "

@@ -1,5 +1,5 @@
-"""The demo report's section on sparse-autoencoder latents: a small autoencoder on the toy model's
-last-layer class token, each latent's top held-out images, its text label and its clarity.
+"""The demo report's section on sparse-autoencoder latents: the shipped toy autoencoder on the toy
+model's last-layer class token, each latent's top held-out images, its text label and its clarity.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def section_sae_labels(ctx: DemoContext) -> Section:
     from hookedclip.methods import sae as S
     from hookedclip.toy.model import images_to_tensor
 
-    sae, _ = toy_autoencoder(ctx.model, seed=ctx.seed % 1000)
+    sae = S.toy(ctx.model).to(ctx.model.device, ctx.model.dtype)  # the shipped toy autoencoder
     top = S.top_activations(ctx.model, sae, ctx.tensors.split(256), n=20)
     mean, std = tuple(ctx.model.cfg.image_mean), tuple(ctx.model.cfg.image_std)
     labels = S.label_with_model(
@@ -120,8 +120,8 @@ def section_sae_labels(ctx: DemoContext) -> Section:
     return Section(
         "Sparse-autoencoder latents, labelled",
         [
-            f"A TopK sparse autoencoder ({sae.d_sae} latents, {sae.k} active per image; hookedclip.methods.sae) trained "
-            f"in seconds on the last layer's class-token residual of 1024 training images. On the {len(ctx.images)} "
+            f"The shipped toy TopK sparse autoencoder ({sae.d_sae} latents, {sae.k} active per image; "
+            "hookedclip.methods.sae.toy()), trained on the last layer's class-token residual of training images. On the {len(ctx.images)} "
             f"held-out images, {live} latents fire; each is labelled with the text of the toy pool closest to the mean "
             "embedding of its top 20 images, minus the empty text's closeness (alignment s, at most 2), and its "
             "clarity is the mean pairwise cosine of those images (1: alike).",
