@@ -128,6 +128,36 @@ def positive(text: str) -> int:
     return value
 
 
+def int_list(text: str, flag: str, minimum: int = 0, what: str = "", example: str = "0,1,2,3") -> list[int]:
+    """A comma-separated list of integers >= ``minimum`` (0 or 1) given to ``flag``, or a
+    ``CommandError`` naming the flag and an example; ``what``: what the integers count, e.g. ``"PCs per concept"``."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < minimum:
+        kind = "positive" if minimum >= 1 else "non-negative"
+        what = f"{what} as " if what else ""
+        raise CommandError(f"{flag} {text!r}: give {what}comma-separated {kind} integers, e.g. {flag} {example}")
+    return values
+
+
+# ------------------------------------------------------------------------- canonical test sets
+def add_canonical_set_arguments(
+    parser: argparse.ArgumentParser, seed_flag: str = "--eval-seed", every_set: bool = False
+) -> None:
+    """``--n`` and ``seed_flag``: evaluate on the first N images of the canonical toy test set
+    (the spurious split, or each set with ``every_set``), or on a fresh sample drawn with a seed."""
+    if every_set:
+        n_help = "images of each canonical test set (default: all 2000; fewer: its first N)"
+        seed_help = "draw a fresh test sample with this seed (default: the canonical sets)"
+    else:
+        n_help = "toy spurious test images (default: the canonical 2000; fewer: the first N)"
+        seed_help = "draw a fresh toy spurious test sample (default: the canonical set)"
+    parser.add_argument("--n", type=positive, default=None, help=n_help)
+    parser.add_argument(seed_flag, type=int, default=None, help=seed_help)
+
+
 # ------------------------------------------------------------------------- pretrained weights
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """``--pretrained`` and ``--download``: which weights a command's model loads, and whether

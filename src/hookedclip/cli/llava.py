@@ -16,20 +16,10 @@ from pathlib import Path
 
 import torch
 
-from hookedclip.cli._common import CommandError, positive, step
+from hookedclip.cli._common import CommandError, int_list, positive, step
 
 DECOMPOSE, ABLATE = "hookedclip llava decompose", "hookedclip llava ablate"
 ATTRIBUTES = ("shape", "color", "texture", "background")
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise CommandError(f"{flag} {text!r}: give comma-separated non-negative integers, e.g. {flag} 0,1,2,3")
-    return values
 
 
 def _kinds(text: str) -> list[str]:
@@ -123,7 +113,7 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
     from hookedclip.methods.llava.toy_model import labels_of, toy_images
     from hookedclip.toy.world import ToyWorld
 
-    layers = _int_list(args.layers, "--layers")
+    layers = int_list(args.layers, "--layers")
     kinds = _kinds(args.kinds)
     if args.model != "toy":
         raise CommandError(

@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hookedclip.cli._common import CommandError, add_weights_arguments, check_pretrained_available, positive, step
+from hookedclip.cli._common import (
+    CommandError,
+    add_canonical_set_arguments,
+    add_weights_arguments,
+    check_pretrained_available,
+    int_list,
+    positive,
+    step,
+)
 from hookedclip.methods.pclens import PCLensResult
 from hookedclip.methods.pclens.confidence import LOW_COSINE
 from hookedclip.model.resolve import load_model
@@ -100,22 +108,12 @@ def _fit_images(model, args: argparse.Namespace, task):
     return x.split(args.batch_size)
 
 
-def _parse_ks(text: str) -> list[int]:
-    try:
-        ks = [int(k) for k in text.split(",")]
-    except ValueError:
-        ks = []
-    if not ks or min(ks) < 1:
-        raise CommandError(f"--ks {text!r}: give PCs per concept as comma-separated positive integers, e.g. --ks 1,2,5")
-    return ks
-
-
 def _cmd_debias(args: argparse.Namespace) -> None:
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool, vocabulary
     from hookedclip.methods import pclens
     from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
 
-    ks = _parse_ks(args.ks)
+    ks = int_list(args.ks, "--ks", minimum=1, what="PCs per concept", example="1,2,5")
     check_pretrained_available(args.model, args.pretrained, args.download)
     torch.set_num_threads(max(1, args.threads))
     with step(DEBIAS, f"loading {args.model}"):
@@ -217,15 +215,7 @@ def _add_debias(sub) -> None:
         help="Waterbirds split K is chosen on ('none': choose on --split itself); the toy uses its validation set",
     )
     deb.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
-    deb.add_argument(
-        "--n",
-        type=positive,
-        default=None,
-        help="toy spurious test images (default: the canonical 2000; fewer: the first N)",
-    )
-    deb.add_argument(
-        "--eval-seed", type=int, default=None, help="draw a fresh toy spurious test sample (default: the canonical set)"
-    )
+    add_canonical_set_arguments(deb)
     deb.add_argument("--random-draws", type=int, default=5, help="random-PC controls (as many PCs as the pick)")
     deb.add_argument("--n-fit", type=positive, default=1024, help="held-out toy images PCLens is fitted on")
     deb.add_argument("--seed", type=int, default=11, help="seed of the toy fit images")

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import torch
 
-from hookedclip.cli._common import CommandError, add_weights_arguments, check_pretrained_available, positive, step
+from hookedclip.cli._common import (
+    CommandError,
+    add_canonical_set_arguments,
+    add_weights_arguments,
+    check_pretrained_available,
+    positive,
+    step,
+)
 from hookedclip.methods.sith.decompose import check_arguments
 from hookedclip.model.resolve import load_model
 
@@ -230,15 +237,7 @@ def add_sith_commands(subparsers) -> argparse.ArgumentParser:
     ed.add_argument("--waterbirds", default=None, metavar="DIR", help="Waterbirds folder instead of the toy split")
     ed.add_argument("--split", default="test", help="Waterbirds split")
     ed.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
-    ed.add_argument(
-        "--n",
-        type=positive,
-        default=None,
-        help="toy spurious test images (default: the canonical 2000; fewer: the first N)",
-    )
-    ed.add_argument(
-        "--eval-seed", type=int, default=None, help="draw a fresh toy spurious test sample (default: the canonical set)"
-    )
+    add_canonical_set_arguments(ed)
     ed.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     ed.add_argument("--save-model", default=None, metavar="DIR", help="also save the edited model (weights) here")
     ed.add_argument("--out", default="sith-edit", help="output folder")
