@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hookedclip.cli._common import CommandError, int_list, positive, step
+from hookedclip.cli._common import CommandError, add_held_out_arguments, int_list, positive, step
 
 DECOMPOSE, ABLATE = "hookedclip llava decompose", "hookedclip llava ablate"
 ATTRIBUTES = ("shape", "color", "texture", "background")
@@ -157,8 +157,7 @@ def add_llava_commands(subparsers) -> argparse.ArgumentParser:
     dec = sub.add_parser("decompose", help="attention vs MLP norm shares of the features LLaVA reads")
     dec.add_argument("--model", default="toy", help="toy (the toy LLaVA) | hf:DIR (a local LLaVA folder)")
     dec.add_argument("--layer", type=int, default=None, help="hidden_states index (default: the LLaVA's own)")
-    dec.add_argument("--n", type=positive, default=128, help="held-out toy images")
-    dec.add_argument("--seed", type=int, default=11, help="seed of the held-out images")
+    add_held_out_arguments(dec, 128)
     dec.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     dec.add_argument("--out", default="llava-decompose", help="output folder")
     dec.set_defaults(func=_cmd_decompose)
@@ -167,9 +166,8 @@ def add_llava_commands(subparsers) -> argparse.ArgumentParser:
     abl.add_argument("--attribute", choices=ATTRIBUTES, default="color", help="the question asked")
     abl.add_argument("--layers", default="0,1,2,3", help="values of l (comma list; blocks 0..l-1 are ablated)")
     abl.add_argument("--kinds", default="attn,mlp,both", help="what is ablated (comma list of attn, mlp, both)")
-    abl.add_argument("--n", type=positive, default=500, help="held-out toy images")
+    add_held_out_arguments(abl, 500)
     abl.add_argument("--n-reference", type=positive, default=300, help="other toy images the means come from")
-    abl.add_argument("--seed", type=int, default=11, help="seed of the held-out images")
     abl.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     abl.add_argument("--out", default="llava-ablate", help="output folder")
     abl.set_defaults(func=_cmd_ablate)

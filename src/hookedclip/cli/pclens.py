@@ -15,11 +15,14 @@ import numpy as np
 import torch
 
 from hookedclip.cli._common import (
+    MODEL_HELP,
     CommandError,
     add_canonical_set_arguments,
-    add_weights_arguments,
-    check_pretrained_available,
+    add_held_out_arguments,
+    add_model_arguments,
     int_list,
+    last_layers,
+    load_command_model,
     positive,
     step,
 )
@@ -42,10 +45,8 @@ def _toy_data(model, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
 
 def _analysed_heads(model, layers: int) -> list[str]:
     """The heads of the last ``layers`` layers, e.g. ``["L2-3"]``; a bad count names the range."""
-    L = model.cfg.vision.layers
-    if not 1 <= layers <= L:
-        raise CommandError(f"--layers {layers}: this model has {L} layers; use --layers 1 to {L}")
-    return [f"L{L - layers}-{L - 1}"]
+    indices = last_layers(model, layers)
+    return [f"L{indices[0]}-{indices[-1]}"]
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -114,10 +115,8 @@ def _cmd_debias(args: argparse.Namespace) -> None:
     from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
 
     ks = int_list(args.ks, "--ks", minimum=1, what="PCs per concept", example="1,2,5")
-    check_pretrained_available(args.model, args.pretrained, args.download)
     torch.set_num_threads(max(1, args.threads))
-    with step(DEBIAS, f"loading {args.model}"):
-        model = load_model(args.model, args.pretrained)
+    model = load_command_model(args, DEBIAS)
     components = _analysed_heads(model, args.layers)
     with step(DEBIAS, "preparing the test and validation images and the classifier"):
         if args.waterbirds:
@@ -200,8 +199,7 @@ def _attribute_control(model, result, sweep, batch_size: int) -> str:
 
 def _add_debias(sub) -> None:
     deb = sub.add_parser("debias", help="remove a spurious concept's PCs: worst-group / average accuracy vs K")
-    deb.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
-    add_weights_arguments(deb)
+    add_model_arguments(deb)
     deb.add_argument(
         "--waterbirds",
         default=None,
@@ -244,10 +242,9 @@ def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
     group = subparsers.add_parser("pclens", help="PCLens: per-head principal components labelled with text")
     sub = group.add_subparsers(dest="pclens_command", required=True, metavar="{report,debias}")
     rep = sub.add_parser("report", help="HTML page per analysed head: PCs, text labels, image strips, strengths")
-    rep.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
+    rep.add_argument("--model", default="toy", help=MODEL_HELP)
     rep.add_argument("--data", default="toy", help="image source (only 'toy' for now)")
-    rep.add_argument("--n", type=positive, default=1024, help="held-out images")
-    rep.add_argument("--seed", type=int, default=11, help="seed of the held-out images")
+    add_held_out_arguments(rep, 1024, n_help="held-out images")
     rep.add_argument("--layers", type=positive, default=4, help="analyse the heads of the last N layers")
     rep.add_argument("--max-pcs", type=positive, default=80, help="cap on PCs per head")
     rep.add_argument("--texts", type=positive, default=3, help="texts per side of each PC")
