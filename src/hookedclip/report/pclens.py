@@ -256,11 +256,7 @@ def write_pclens_report(
     )
     meta = f"model {result.model or 'not recorded'}"
     path = viz.write_report(out, "PCLens report", [overview], meta=meta)
-    html = path.read_text()
-    for p in heads:  # link the head names of the overview table to their pages
-        html = html.replace(f"<td>{p.label}</td>", f"<td><a href='{p.label}/index.html'>{p.label}</a></td>", 1)
-    path.write_text(html)
-    return path
+    return viz.link_head_pages(path, [p.label for p in heads])
 
 
 __all__ = ["head_contributions", "head_page", "strength_plot", "write_pclens_report", "MIN_STRENGTH"]

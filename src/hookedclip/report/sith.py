@@ -93,11 +93,7 @@ def write_sith_report(results: SithResult | Sequence[SithResult], out: str | Pat
         [(header, rows)],
     )
     path = viz.write_report(out, "SITH report", [overview], meta=f"model {first.model or 'not recorded'}")
-    html = path.read_text()
-    for label in labels:  # link the head names of the overview table to their pages
-        html = html.replace(f"<td>{label}</td>", f"<td><a href='{label}/index.html'>{label}</a></td>", 1)
-    path.write_text(html)
-    return path
+    return viz.link_head_pages(path, labels)
 
 
 __all__ = ["head_page", "write_sith_report"]
