@@ -128,6 +128,50 @@ def positive(text: str) -> int:
     return value
 
 
+def int_list(text: str, flag: str, minimum: int = 0, what: str = "", example: str = "0,1,2,3") -> list[int]:
+    """A comma-separated list of integers >= ``minimum`` (0 or 1) given to ``flag``, or a
+    ``CommandError`` naming the flag and an example; ``what``: what the integers count, e.g. ``"PCs per concept"``."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < minimum:
+        kind = "positive" if minimum >= 1 else "non-negative"
+        what = f"{what} as " if what else ""
+        raise CommandError(f"{flag} {text!r}: give {what}comma-separated {kind} integers, e.g. {flag} {example}")
+    return values
+
+
+# ------------------------------------------------------------------------- held-out images
+def add_held_out_arguments(
+    parser: argparse.ArgumentParser,
+    n: int,
+    seed: int = 11,
+    n_help: str = "held-out toy images",
+    n_type: Callable[[str], int] = positive,
+) -> None:
+    """``--n`` (default ``n``) and ``--seed`` (default ``seed``): the held-out toy images a command
+    draws (``n_type=int`` where the command checks ``--n`` itself, with a better message)."""
+    parser.add_argument("--n", type=n_type, default=n, help=n_help)
+    parser.add_argument("--seed", type=int, default=seed, help="seed of the held-out images")
+
+
+# ------------------------------------------------------------------------- canonical test sets
+def add_canonical_set_arguments(
+    parser: argparse.ArgumentParser, seed_flag: str = "--eval-seed", every_set: bool = False
+) -> None:
+    """``--n`` and ``seed_flag``: evaluate on the first N images of the canonical toy test set
+    (the spurious split, or each set with ``every_set``), or on a fresh sample drawn with a seed."""
+    if every_set:
+        n_help = "images of each canonical test set (default: all 2000; fewer: its first N)"
+        seed_help = "draw a fresh test sample with this seed (default: the canonical sets)"
+    else:
+        n_help = "toy spurious test images (default: the canonical 2000; fewer: the first N)"
+        seed_help = "draw a fresh toy spurious test sample (default: the canonical set)"
+    parser.add_argument("--n", type=positive, default=None, help=n_help)
+    parser.add_argument(seed_flag, type=int, default=None, help=seed_help)
+
+
 # ------------------------------------------------------------------------- pretrained weights
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """``--pretrained`` and ``--download``: which weights a command's model loads, and whether
@@ -138,6 +182,34 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let open_clip download pretrained weights missing on this machine (needs network)",
     )
+
+
+MODEL_HELP = "toy | saved HookedCLIP dir | hf:DIR | open_clip name"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (default ``toy``) with ``--pretrained`` and ``--download``: the model a command loads
+    with :func:`load_command_model`."""
+    parser.add_argument("--model", default="toy", help=MODEL_HELP)
+    add_weights_arguments(parser)
+
+
+def load_command_model(args: argparse.Namespace, name: str):
+    """The model of :func:`add_model_arguments`' options, after failing at once on weights that
+    would need a download; ``name``: the command, for the progress line."""
+    from hookedclip.model.resolve import load_model
+
+    check_pretrained_available(args.model, args.pretrained, args.download)
+    with step(name, f"loading {args.model}"):
+        return load_model(args.model, args.pretrained)
+
+
+def last_layers(model, count: int) -> list[int]:
+    """The image tower's last ``count`` block indices (``--layers``), or a ``CommandError`` naming the range."""
+    n = model.cfg.vision.layers
+    if not 1 <= count <= n:
+        raise CommandError(f"--layers {count}: this model has {n} layers; use --layers 1 to {n}")
+    return list(range(n - count, n))
 
 
 def check_pretrained_available(model: str, pretrained: str | None, download: bool) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hookedclip.cli._common import add_held_out_arguments
+
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hookedclip.cli._common import CommandError
@@ -24,8 +26,7 @@ def add_demo_command(subparsers) -> argparse.ArgumentParser:
     """Register ``hookedclip demo`` on the ``hookedclip`` command's subparsers."""
     demo = subparsers.add_parser("demo", help="write the HTML report on the toy model (the main job)")
     demo.add_argument("--out", default="hookedclip-demo", help="report folder")
-    demo.add_argument("--n", type=int, default=512, help="held-out toy images to analyse (at least 64)")
-    demo.add_argument("--seed", type=int, default=2024, help="seed of the held-out images")
+    add_held_out_arguments(demo, 512, seed=2024, n_help="held-out toy images to analyse (at least 64)", n_type=int)
     demo.add_argument(
         "--n-test",
         type=int,

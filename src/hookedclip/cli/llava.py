@@ -16,20 +16,10 @@ from pathlib import Path
 
 import torch
 
-from hookedclip.cli._common import CommandError, positive, step
+from hookedclip.cli._common import CommandError, add_held_out_arguments, int_list, positive, step
 
 DECOMPOSE, ABLATE = "hookedclip llava decompose", "hookedclip llava ablate"
 ATTRIBUTES = ("shape", "color", "texture", "background")
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise CommandError(f"{flag} {text!r}: give comma-separated non-negative integers, e.g. {flag} 0,1,2,3")
-    return values
 
 
 def _kinds(text: str) -> list[str]:
@@ -123,7 +113,7 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
     from hookedclip.methods.llava.toy_model import labels_of, toy_images
     from hookedclip.toy.world import ToyWorld
 
-    layers = _int_list(args.layers, "--layers")
+    layers = int_list(args.layers, "--layers")
     kinds = _kinds(args.kinds)
     if args.model != "toy":
         raise CommandError(
@@ -167,8 +157,7 @@ def add_llava_commands(subparsers) -> argparse.ArgumentParser:
     dec = sub.add_parser("decompose", help="attention vs MLP norm shares of the features LLaVA reads")
     dec.add_argument("--model", default="toy", help="toy (the toy LLaVA) | hf:DIR (a local LLaVA folder)")
     dec.add_argument("--layer", type=int, default=None, help="hidden_states index (default: the LLaVA's own)")
-    dec.add_argument("--n", type=positive, default=128, help="held-out toy images")
-    dec.add_argument("--seed", type=int, default=11, help="seed of the held-out images")
+    add_held_out_arguments(dec, 128)
     dec.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     dec.add_argument("--out", default="llava-decompose", help="output folder")
     dec.set_defaults(func=_cmd_decompose)
@@ -177,9 +166,8 @@ def add_llava_commands(subparsers) -> argparse.ArgumentParser:
     abl.add_argument("--attribute", choices=ATTRIBUTES, default="color", help="the question asked")
     abl.add_argument("--layers", default="0,1,2,3", help="values of l (comma list; blocks 0..l-1 are ablated)")
     abl.add_argument("--kinds", default="attn,mlp,both", help="what is ablated (comma list of attn, mlp, both)")
-    abl.add_argument("--n", type=positive, default=500, help="held-out toy images")
+    add_held_out_arguments(abl, 500)
     abl.add_argument("--n-reference", type=positive, default=300, help="other toy images the means come from")
-    abl.add_argument("--seed", type=int, default=11, help="seed of the held-out images")
     abl.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     abl.add_argument("--out", default="llava-ablate", help="output folder")
     abl.set_defaults(func=_cmd_ablate)

@@ -14,7 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hookedclip.cli._common import CommandError, add_weights_arguments, check_pretrained_available, positive, step
+from hookedclip.cli._common import (
+    MODEL_HELP,
+    CommandError,
+    add_canonical_set_arguments,
+    add_held_out_arguments,
+    add_model_arguments,
+    int_list,
+    last_layers,
+    load_command_model,
+    positive,
+    step,
+)
 from hookedclip.methods.pclens import PCLensResult
 from hookedclip.methods.pclens.confidence import LOW_COSINE
 from hookedclip.model.resolve import load_model
@@ -34,10 +45,8 @@ def _toy_data(model, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
 
 def _analysed_heads(model, layers: int) -> list[str]:
     """The heads of the last ``layers`` layers, e.g. ``["L2-3"]``; a bad count names the range."""
-    L = model.cfg.vision.layers
-    if not 1 <= layers <= L:
-        raise CommandError(f"--layers {layers}: this model has {L} layers; use --layers 1 to {L}")
-    return [f"L{L - layers}-{L - 1}"]
+    indices = last_layers(model, layers)
+    return [f"L{indices[0]}-{indices[-1]}"]
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -100,26 +109,14 @@ def _fit_images(model, args: argparse.Namespace, task):
     return x.split(args.batch_size)
 
 
-def _parse_ks(text: str) -> list[int]:
-    try:
-        ks = [int(k) for k in text.split(",")]
-    except ValueError:
-        ks = []
-    if not ks or min(ks) < 1:
-        raise CommandError(f"--ks {text!r}: give PCs per concept as comma-separated positive integers, e.g. --ks 1,2,5")
-    return ks
-
-
 def _cmd_debias(args: argparse.Namespace) -> None:
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool, vocabulary
     from hookedclip.methods import pclens
     from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
 
-    ks = _parse_ks(args.ks)
-    check_pretrained_available(args.model, args.pretrained, args.download)
+    ks = int_list(args.ks, "--ks", minimum=1, what="PCs per concept", example="1,2,5")
     torch.set_num_threads(max(1, args.threads))
-    with step(DEBIAS, f"loading {args.model}"):
-        model = load_model(args.model, args.pretrained)
+    model = load_command_model(args, DEBIAS)
     components = _analysed_heads(model, args.layers)
     with step(DEBIAS, "preparing the test and validation images and the classifier"):
         if args.waterbirds:
@@ -202,8 +199,7 @@ def _attribute_control(model, result, sweep, batch_size: int) -> str:
 
 def _add_debias(sub) -> None:
     deb = sub.add_parser("debias", help="remove a spurious concept's PCs: worst-group / average accuracy vs K")
-    deb.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
-    add_weights_arguments(deb)
+    add_model_arguments(deb)
     deb.add_argument(
         "--waterbirds",
         default=None,
@@ -217,15 +213,7 @@ def _add_debias(sub) -> None:
         help="Waterbirds split K is chosen on ('none': choose on --split itself); the toy uses its validation set",
     )
     deb.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
-    deb.add_argument(
-        "--n",
-        type=positive,
-        default=None,
-        help="toy spurious test images (default: the canonical 2000; fewer: the first N)",
-    )
-    deb.add_argument(
-        "--eval-seed", type=int, default=None, help="draw a fresh toy spurious test sample (default: the canonical set)"
-    )
+    add_canonical_set_arguments(deb)
     deb.add_argument("--random-draws", type=int, default=5, help="random-PC controls (as many PCs as the pick)")
     deb.add_argument("--n-fit", type=positive, default=1024, help="held-out toy images PCLens is fitted on")
     deb.add_argument("--seed", type=int, default=11, help="seed of the toy fit images")
@@ -254,10 +242,9 @@ def add_pclens_commands(subparsers) -> argparse.ArgumentParser:
     group = subparsers.add_parser("pclens", help="PCLens: per-head principal components labelled with text")
     sub = group.add_subparsers(dest="pclens_command", required=True, metavar="{report,debias}")
     rep = sub.add_parser("report", help="HTML page per analysed head: PCs, text labels, image strips, strengths")
-    rep.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
+    rep.add_argument("--model", default="toy", help=MODEL_HELP)
     rep.add_argument("--data", default="toy", help="image source (only 'toy' for now)")
-    rep.add_argument("--n", type=positive, default=1024, help="held-out images")
-    rep.add_argument("--seed", type=int, default=11, help="seed of the held-out images")
+    add_held_out_arguments(rep, 1024, n_help="held-out images")
     rep.add_argument("--layers", type=positive, default=4, help="analyse the heads of the last N layers")
     rep.add_argument("--max-pcs", type=positive, default=80, help="cap on PCs per head")
     rep.add_argument("--texts", type=positive, default=3, help="texts per side of each PC")

@@ -16,9 +16,16 @@ from pathlib import Path
 
 import torch
 
-from hookedclip.cli._common import CommandError, add_weights_arguments, check_pretrained_available, positive, step
+from hookedclip.cli._common import (
+    CommandError,
+    add_canonical_set_arguments,
+    add_model_arguments,
+    last_layers,
+    load_command_model,
+    positive,
+    step,
+)
 from hookedclip.methods.sith.decompose import check_arguments
-from hookedclip.model.resolve import load_model
 
 DECOMPOSE, REPORT, EDIT = "hookedclip sith decompose", "hookedclip sith report", "hookedclip sith edit"
 
@@ -28,13 +35,6 @@ def _parse_sides(text: str) -> list[str]:
     if not sides or any(s not in ("right", "left") for s in sides) or len(set(sides)) != len(sides):
         raise CommandError(f"--sides {text!r}: give right, left or right,left")
     return sides
-
-
-def _layers(model, count: int) -> list[int]:
-    n = model.cfg.vision.layers
-    if not 1 <= count <= n:
-        raise CommandError(f"--layers {count}: this model has {n} layers; use --layers 1 to {n}")
-    return list(range(n - count, n))
 
 
 def _image_mean(model, spec: str, name: str):
@@ -67,19 +67,17 @@ def _decompose(args: argparse.Namespace, name: str) -> tuple[object, list]:
     from hookedclip.methods import sith
 
     sides = _parse_sides(args.sides)
-    check_pretrained_available(args.model, args.pretrained, args.download)
     torch.set_num_threads(max(1, args.threads))
-    with step(name, f"loading {args.model}"):
-        model = load_model(args.model, args.pretrained)
-    layers = _layers(model, args.layers)
-    source = args.dictionary or ("toy" if args.model == "toy" else "english")
+    model = load_command_model(args, name)
+    layers = last_layers(model, args.layers)
+    source = _or_toy_default(args, "--dictionary")
     with step(name, f"embedding the dictionary {source}"):
         dictionary = sith.dictionary(model, source)
     for layer in layers:  # every check before any work
         check_arguments(model, layer, dictionary, args.k, args.method, sides, args.lam)
     for concept in getattr(args, "concept", None) or []:
         dictionary.index(concept)  # a concept to edit by must be one the vectors can be explained with
-    mean = _image_mean(model, args.image_mean or ("toy" if args.model == "toy" else "none"), name)
+    mean = _image_mean(model, _or_toy_default(args, "--image-mean"), name)
     results = []
     for layer in layers:
         with step(name, f"layer {layer}: {args.method} (k={args.k}) over {len(dictionary)} concepts"):
@@ -117,9 +115,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from hookedclip.report.sith import write_sith_report
 
     if args.source:
-        check_pretrained_available(args.model, args.pretrained, args.download)
-        with step(REPORT, f"loading {args.model}"):
-            model = load_model(args.model, args.pretrained)
+        model = load_command_model(args, REPORT)
         results = _load_results(args.source, model)
     else:
         _, results = _decompose(args, REPORT)
@@ -145,9 +141,7 @@ def _cmd_edit(args: argparse.Namespace) -> None:
         raise CommandError("give --vector or --concept, not both")
     model, results = (None, []) if vectors else _decompose(args, EDIT)
     if model is None:
-        check_pretrained_available(args.model, args.pretrained, args.download)
-        with step(EDIT, f"loading {args.model}"):
-            model = load_model(args.model, args.pretrained)
+        model = load_command_model(args, EDIT)
         sith.edit(model, {v: args.multiplier for v in vectors})  # checks every vector, changes nothing yet
     with step(EDIT, "preparing the evaluation images and the classifier"):
         if args.waterbirds:
@@ -175,26 +169,32 @@ def _cmd_edit(args: argparse.Namespace) -> None:
     )
 
 
+# Options whose default follows --model: "toy" for the toy model, else this.
+_OTHER_MODELS_DEFAULT = {"--dictionary": "english", "--image-mean": "none"}
+
+
+def _add_toy_default(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    otherwise = _OTHER_MODELS_DEFAULT[flag]
+    p.add_argument(flag, default=None, help=f"{what} (default: toy for the toy model, else {otherwise})")
+
+
+def _or_toy_default(args: argparse.Namespace, flag: str) -> str:
+    """The value of ``flag``, or its default for ``--model``."""
+    given = getattr(args, flag.lstrip("-").replace("-", "_"))
+    return given or ("toy" if args.model == "toy" else _OTHER_MODELS_DEFAULT[flag])
+
+
 def _add_model_and_dictionary(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", help="toy | saved HookedCLIP dir | hf:DIR | open_clip name")
-    add_weights_arguments(p)
+    add_model_arguments(p)
     p.add_argument("--layers", type=positive, default=4, help="explain the heads of the last N layers")
-    p.add_argument(
-        "--dictionary",
-        default=None,
-        help="concepts: a file (one per line) or a built-in vocabulary (toy, english, imagenet, ...); "
-        "default: toy for the toy model, else english",
+    _add_toy_default(
+        p, "--dictionary", "concepts: a file (one per line) or a built-in vocabulary (toy, english, imagenet, ...)"
     )
     p.add_argument("--k", type=positive, default=5, help="concepts per singular vector")
     p.add_argument("--lam", type=float, default=0.3, help="COMP's coherence weight (lasso: its l1 penalty)")
     p.add_argument("--method", default="comp", choices=["comp", "nnomp", "mp", "top_k", "lasso"], help="pursuit")
     p.add_argument("--sides", default="right,left", help="which singular vectors: right (write), left (read)")
-    p.add_argument(
-        "--image-mean",
-        default=None,
-        help="image mean subtracted in the joint space: toy, none, or a folder of images "
-        "(default: toy for the toy model, else none)",
-    )
+    _add_toy_default(p, "--image-mean", "image mean subtracted in the joint space: toy, none, or a folder of images")
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
 
 
@@ -230,15 +230,7 @@ def add_sith_commands(subparsers) -> argparse.ArgumentParser:
     ed.add_argument("--waterbirds", default=None, metavar="DIR", help="Waterbirds folder instead of the toy split")
     ed.add_argument("--split", default="test", help="Waterbirds split")
     ed.add_argument("--limit", type=positive, default=None, help="use only the first N Waterbirds images")
-    ed.add_argument(
-        "--n",
-        type=positive,
-        default=None,
-        help="toy spurious test images (default: the canonical 2000; fewer: the first N)",
-    )
-    ed.add_argument(
-        "--eval-seed", type=int, default=None, help="draw a fresh toy spurious test sample (default: the canonical set)"
-    )
+    add_canonical_set_arguments(ed)
     ed.add_argument("--batch-size", type=positive, default=256, help="images per forward pass")
     ed.add_argument("--save-model", default=None, metavar="DIR", help="also save the edited model (weights) here")
     ed.add_argument("--out", default="sith-edit", help="output folder")

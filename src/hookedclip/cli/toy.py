@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hookedclip.cli._common import positive
+from hookedclip.cli._common import add_canonical_set_arguments, positive
 from hookedclip.toy.train import DEFAULTS
 
 
@@ -85,15 +85,7 @@ def add_toy_commands(subparsers) -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="zero-shot accuracy per attribute and spurious-split WGA")
-    ev.add_argument(
-        "--n",
-        type=positive,
-        default=None,
-        help="images of each canonical test set (default: all 2000; fewer: its first N)",
-    )
-    ev.add_argument(
-        "--seed", type=int, default=None, help="draw a fresh test sample with this seed (default: the canonical sets)"
-    )
+    add_canonical_set_arguments(ev, seed_flag="--seed", every_set=True)
     ev.add_argument("--weights", default=None, help="directory written by `toy train` (default: shipped weights)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(func=_cmd_evaluate)

@@ -85,16 +85,6 @@ def _projector_text(pca: HeadPCA) -> str:
     )
 
 
-def _nav(labels: list[str], i: int) -> str:
-    """Links of a head page: back to the overview, previous and next head."""
-    links = ["<a href='../index.html'>↑ overview</a>"]
-    if i > 0:
-        links.append(f"<a href='../{labels[i - 1]}/index.html'>← {labels[i - 1]}</a>")
-    if i + 1 < len(labels):
-        links.append(f"<a href='../{labels[i + 1]}/index.html'>{labels[i + 1]} →</a>")
-    return "<p class='nav'>" + " · ".join(links) + "</p>"
-
-
 def head_page(
     pca: HeadPCA,
     out_dir: Path,
@@ -229,7 +219,7 @@ def write_pclens_report(
             n_pcs,
             n_images,
             n_texts,
-            _nav(labels, i),
+            viz.head_nav(labels, i),
             min_strength,
             own,
             known_words,
@@ -266,11 +256,7 @@ def write_pclens_report(
     )
     meta = f"model {result.model or 'not recorded'}"
     path = viz.write_report(out, "PCLens report", [overview], meta=meta)
-    html = path.read_text()
-    for p in heads:  # link the head names of the overview table to their pages
-        html = html.replace(f"<td>{p.label}</td>", f"<td><a href='{p.label}/index.html'>{p.label}</a></td>", 1)
-    path.write_text(html)
-    return path
+    return viz.link_head_pages(path, [p.label for p in heads])
 
 
 __all__ = ["head_contributions", "head_page", "strength_plot", "write_pclens_report", "MIN_STRENGTH"]

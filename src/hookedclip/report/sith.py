@@ -19,15 +19,6 @@ def _concepts(result: SithResult, h: int, i: int, side: str) -> str:
     return "; ".join(f"{c} ({w:.2f})" for c, w in result.explanation(h, i, side)) or "(none)"
 
 
-def _nav(labels: list[str], i: int) -> str:
-    links = ["<a href='../index.html'>↑ overview</a>"]
-    if i > 0:
-        links.append(f"<a href='../{labels[i - 1]}/index.html'>← {labels[i - 1]}</a>")
-    if i + 1 < len(labels):
-        links.append(f"<a href='../{labels[i + 1]}/index.html'>{labels[i + 1]} →</a>")
-    return "<p class='nav'>" + " · ".join(links) + "</p>"
-
-
 def head_page(result: SithResult, h: int, out_dir: Path, n_bars: int = 12, nav: str = "") -> Path:
     """One head's page: singular-value bars labelled with each vector's concepts (one figure
     per side) and a table of every vector."""
@@ -77,7 +68,7 @@ def write_sith_report(results: SithResult | Sequence[SithResult], out: str | Pat
     heads = [(r, h) for r in results for h in range(r.n_heads)]
     labels = [r.labels[h] for r, h in heads]
     for i, (r, h) in enumerate(heads):
-        head_page(r, h, out / labels[i], n_bars, _nav(labels, i))
+        head_page(r, h, out / labels[i], n_bars, viz.head_nav(labels, i))
     figures = []
     for r in results:
         name = f"fidelity_L{r.layer}.png"
@@ -102,11 +93,7 @@ def write_sith_report(results: SithResult | Sequence[SithResult], out: str | Pat
         [(header, rows)],
     )
     path = viz.write_report(out, "SITH report", [overview], meta=f"model {first.model or 'not recorded'}")
-    html = path.read_text()
-    for label in labels:  # link the head names of the overview table to their pages
-        html = html.replace(f"<td>{label}</td>", f"<td><a href='{label}/index.html'>{label}</a></td>", 1)
-    path.write_text(html)
-    return path
+    return viz.link_head_pages(path, labels)
 
 
 __all__ = ["head_page", "write_sith_report"]

@@ -39,6 +39,27 @@ def _cell(text: str) -> str:
     return f"<td class='num'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
 
 
+def head_nav(labels: Sequence[str], i: int) -> str:
+    """Links of the page of ``labels[i]`` in a report with one sub-folder per head: back to the
+    overview, previous and next head."""
+    links = ["<a href='../index.html'>↑ overview</a>"]
+    if i > 0:
+        links.append(f"<a href='../{labels[i - 1]}/index.html'>← {labels[i - 1]}</a>")
+    if i + 1 < len(labels):
+        links.append(f"<a href='../{labels[i + 1]}/index.html'>{labels[i + 1]} →</a>")
+    return "<p class='nav'>" + " · ".join(links) + "</p>"
+
+
+def link_head_pages(index: Path, labels: Sequence[str]) -> Path:
+    """Make each head name of the overview table in ``index`` a link to that head's page
+    (``<label>/index.html``, as :func:`head_nav` expects); the first cell of each name only."""
+    html = index.read_text()
+    for label in labels:
+        html = html.replace(f"<td>{label}</td>", f"<td><a href='{label}/index.html'>{label}</a></td>", 1)
+    index.write_text(html)
+    return index
+
+
 def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], meta: str = "", nav: str = "") -> Path:
     """Write ``index.html`` into ``out_dir`` (figures must already be there); ``nav``: HTML
     (e.g. links to other pages) placed as is under the title."""

@@ -19,13 +19,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hookedclip.identity import ModelIdentity
+from hookedclip.methods.sith._layer_heads import LayerHeads
 from hookedclip.results import Result, finish_figure, new_figure
 
 SIDES = ("right", "left")
 
 
 @dataclass(repr=False)
-class SithResult(Result):
+class SithResult(LayerHeads, Result):
     """One layer's heads, each singular vector explained by ``k`` concepts.
 
     Attributes:
@@ -57,21 +58,8 @@ class SithResult(Result):
     model: ModelIdentity | None = None
 
     @property
-    def n_heads(self) -> int:
-        return self.S.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.S.shape[1]
-
-    @property
     def k(self) -> int:
         return self.indices.shape[-1]
-
-    @property
-    def labels(self) -> list[str]:
-        """``["L{layer}H0", ...]``, one per head."""
-        return [f"L{self.layer}H{h}" for h in range(self.n_heads)]
 
     def _side(self, side: str) -> int:
         if side not in self.sides:

@@ -35,12 +35,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hookedclip.identity import ModelIdentity, model_identity
+from hookedclip.methods.sith._layer_heads import LayerHeads
 from hookedclip.model.factored import FactoredMatrix
 from hookedclip.results import Result, finish_figure, new_figure
 
 
 @dataclass(repr=False)
-class HeadSVD(Result):
+class HeadSVD(LayerHeads, Result):
     """The singular value decomposition of every head's ``VO_h`` in one layer of the image tower.
 
     Attributes:
@@ -63,19 +64,6 @@ class HeadSVD(Result):
     fold_ln: bool = True
     center: bool = True
     model: ModelIdentity | None = None
-
-    @property
-    def n_heads(self) -> int:
-        return self.S.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.S.shape[1]
-
-    @property
-    def labels(self) -> list[str]:
-        """``["L{layer}H0", ...]``, one per head."""
-        return [f"L{self.layer}H{h}" for h in range(self.n_heads)]
 
     def vectors(self, side: str = "right") -> Float[Tensor, "head r d_model"]:
         """The write directions ``v_i`` (``side="right"``, rows of ``Vh``) or the read directions
