@@ -54,8 +54,14 @@ def build(args):
     )
     model = tf.LlavaForConditionalGeneration(config).eval().to(args.device)
     n_image = (args.image // args.patch) ** 2
-    ids = torch.cat([torch.ones(args.batch, 2, dtype=torch.long), torch.full((args.batch, n_image), 999),
-                     torch.randint(3, 900, (args.batch, 12))], dim=1).to(args.device)  # fmt: skip
+    ids = torch.cat(
+        [
+            torch.ones(args.batch, 2, dtype=torch.long),
+            torch.full((args.batch, n_image), 999),
+            torch.randint(3, 900, (args.batch, 12)),
+        ],
+        dim=1,
+    ).to(args.device)
     images = torch.randn(args.batch, 3, args.image, args.image, device=args.device)
     return model, {"input_ids": ids, "pixel_values": images}
 
@@ -128,8 +134,10 @@ def main() -> None:
         args.repeats,
         args.device,
     )
-    print(f"tower {args.layers}x{args.width}, {args.image}px/{args.patch}, LM {args.lm_layers}x{args.lm_width}, "
-          f"batch {args.batch}, {args.device}, hidden_states[{layer}], median of {args.repeats}")  # fmt: skip
+    print(
+        f"tower {args.layers}x{args.width}, {args.image}px/{args.patch}, LM {args.lm_layers}x{args.lm_width}, "
+        f"batch {args.batch}, {args.device}, hidden_states[{layer}], median of {args.repeats}"
+    )
     print(f"{'variant':<22}{'s/call':>10}{'ratio':>9}")
     for name, t in forward.items():
         print(f"{'forward ' + name:<22}{t:>10.4f}{t / forward['plain']:>9.3f}")

@@ -112,9 +112,15 @@ def main() -> None:
     spurious = S.attribute(model, sae, residuals=class_token(model, split), texts=[f"a photo of a {c}." for c in names])
     alignment = torch.tensor([[float(label == c) for c in names] for label in labels])
     report = S.unexpected_reliance(
-        spurious, classes, alignment, labels=labels, class_names=names, min_share=0.05, max_alignment=0.5,
+        spurious,
+        classes,
+        alignment,
+        labels=labels,
+        class_names=names,
+        min_share=0.05,
+        max_alignment=0.5,
         test="absolute",
-    )  # fmt: skip
+    )
     print(report.summary())
     report.to_csv(out / "reliance.csv")
     print(f"written to {out}")

@@ -249,3 +249,16 @@ def test_checker_resolves_relative_local_and_type_checking_imports(tmp_path):
 def test_find_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_formatter_escapes():
+    """ruff formats everything; a ``fmt: skip``/``fmt: off`` marker would let one block drift."""
+    root = Path(__file__).resolve().parents[1]
+    marked = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("src", "tests", "examples", "benchmarks", "docs")
+        for path in (root / folder).rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "# fmt: " + "skip" in line or "# fmt: " + "off" in line
+    ]
+    assert not marked, marked

@@ -248,8 +248,12 @@ def test_cli_decompose_on_a_saved_llava_folder(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"shares.csv", "shares.png", "summary.txt"}
     text = (out / "summary.txt").read_text()
     assert "hidden_states[2]" in text and "projector: linear part exact" in text
-    assert main(["llava", "decompose", "--model", f"hf:{tmp_path / 'llava'}", "--layer", "1", "--n", "4",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            ["llava", "decompose", "--model", f"hf:{tmp_path / 'llava'}", "--layer", "1", "--n", "4", "--out", str(out)]
+        )
+        == 0
+    )
     assert "projector" not in (out / "summary.txt").read_text()  # LLaVA's projector reads another layer
 
 

@@ -108,9 +108,41 @@ def test_attention_ablation_spares_llava_colour_answers_but_not_clip(toy, held_o
     images, attrs = held_out
     reference = toy_images(ToyWorld(200, seed=32, split="train").images())
     effects = llava.layer_sweep(
-        toy.model, toy.clip, toy.answer_fn("color"), images, labels_of(attrs, "color"), [3], kinds=("attn",),
-        reference=reference, classifier=toy.classifier("color"),
-    )  # fmt: skip
+        toy.model,
+        toy.clip,
+        toy.answer_fn("color"),
+        images,
+        labels_of(attrs, "color"),
+        [3],
+        kinds=("attn",),
+        reference=reference,
+        classifier=toy.classifier("color"),
+    )
     ablated = effects.row("attn<3")
     assert ablated["llm_low"] > ablated["clip_high"]  # intervals apart
     assert effects.row("none")["clip_accuracy"] > 0.9
+
+
+def test_a_sith_edit_is_a_selection_like_any_other(toy, held_out):
+    """Any engine context can be a row of the table: here SITH's suppression of every head's two
+    strongest singular channels in blocks 0-2, measured on the LLaVA's shape answers and CLIP's
+    shape readout of the same stream; the row equals answering inside the context by hand."""
+    from hookedclip.methods import sith
+
+    images, attrs = held_out
+    labels = labels_of(attrs, "shape")
+    channels = {(f"L{layer}H{head}", i): 0.0 for layer in range(3) for head in range(4) for i in range(2)}
+    effects = llava.ablation_effects(
+        toy.model,
+        toy.clip,
+        toy.answer_fn("shape"),
+        images,
+        labels,
+        {"sith": lambda hooked: sith.edit(hooked, channels)},
+        means={},
+        classifier=toy.classifier("shape"),
+    )
+    with llava.hooked_vision_tower(toy.model, toy.clip) as hooked, sith.edit(hooked, channels):
+        by_hand = accuracy(toy, images, attrs, "shape")
+    assert effects.row("sith")["llm_accuracy"] == pytest.approx(by_hand)
+    assert effects.row("sith")["llm_accuracy"] < effects.row("none")["llm_accuracy"]

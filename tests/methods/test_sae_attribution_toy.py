@@ -116,9 +116,14 @@ def test_the_reliance_report_flags_the_planted_background_textures(spurious):
     attribution, classes, labels = spurious
     alignment = torch.tensor([[float(label == c) for c in ("circle", "square")] for label in labels])
     report = S.unexpected_reliance(
-        attribution, classes, alignment, class_names=["circle", "square"], min_share=0.05, max_alignment=0.5,
+        attribution,
+        classes,
+        alignment,
+        class_names=["circle", "square"],
+        min_share=0.05,
+        max_alignment=0.5,
         test="absolute",
-    )  # fmt: skip
+    )
     flagged = {c: {labels[j] for _, j in report.flagged(c)} for c in ("circle", "square")}
     assert "striped" in flagged["circle"] and "dotted" in flagged["square"]
     assert "square" not in flagged["square"]  # the class's own shape latents are expected

@@ -71,9 +71,17 @@ def test_inserting_everything_gives_the_spliced_output(model, images, head, spli
     sae = make_sae(model)
     h = residuals(model, images)
     curves = S.faithfulness(
-        model, sae, random_scores(6, 64), head, TARGETS, residuals=h, mode="insertion", splice=splice,
-        ablation=ablation, steps=[0.0, 0.5, 1.0],
-    )  # fmt: skip
+        model,
+        sae,
+        random_scores(6, 64),
+        head,
+        TARGETS,
+        residuals=h,
+        mode="insertion",
+        splice=splice,
+        ablation=ablation,
+        steps=[0.0, 0.5, 1.0],
+    )
     with torch.no_grad(), S.splice(model, sae, splice):
         clean = 100 * head(model.encode_image(images))[torch.arange(6), TARGETS]
     torch.testing.assert_close(curves.curves[0, :, -1], clean)

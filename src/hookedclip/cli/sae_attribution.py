@@ -144,9 +144,17 @@ def _cmd_faithfulness(args: argparse.Namespace) -> None:
         h = torch.cat([cls_residual(model, sae, part) for part in x.split(256)])
         scores = S.method_scores(model, sae, h, head, targets, splice=args.splice)
         curves = S.faithfulness(
-            model, sae, scores, head, targets, residuals=h, mode=args.mode, ablation=args.ablation,
-            splice=args.splice, steps=args.steps,
-        )  # fmt: skip
+            model,
+            sae,
+            scores,
+            head,
+            targets,
+            residuals=h,
+            mode=args.mode,
+            ablation=args.ablation,
+            splice=args.splice,
+            steps=args.steps,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "curves.csv")
@@ -174,9 +182,15 @@ def _cmd_reliance(args: argparse.Namespace) -> None:
         if alignment is None:
             alignment = S.label_alignment(embed_texts(model, labels), embed_texts(model, texts))
     report = S.unexpected_reliance(
-        result, classes, alignment, class_names=names, min_share=args.min_share, max_alignment=args.max_alignment,
-        max_z=args.max_z, test=args.test,
-    )  # fmt: skip
+        result,
+        classes,
+        alignment,
+        class_names=names,
+        min_share=args.min_share,
+        max_alignment=args.max_alignment,
+        max_z=args.max_z,
+        test=args.test,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report.to_csv(out / "reliance.csv")

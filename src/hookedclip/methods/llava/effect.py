@@ -95,8 +95,15 @@ class AblationEffects(Result):
             ax.plot(x, llm, "-", marker="o", markersize=3.5, color=colours[kind], label=f"LLaVA, {kind}")
             ax.fill_between(x, low, high, color=colours[kind], alpha=0.15, linewidth=0)
             if not torch.isnan(self.clip_accuracy[idx]).all():
-                ax.plot(x, 100 * self.clip_accuracy[idx], "--", marker="s", markersize=3, color=colours[kind],
-                        label=f"CLIP zero-shot, {kind}")  # fmt: skip
+                ax.plot(
+                    x,
+                    100 * self.clip_accuracy[idx],
+                    "--",
+                    marker="s",
+                    markersize=3,
+                    color=colours[kind],
+                    label=f"CLIP zero-shot, {kind}",
+                )
         ax.set_xticks(sorted({l for l in self.layers if l is not None}))
         ax.set_xlabel("l (blocks 0 .. l-1 mean-ablated)")
         ax.set_ylabel("accuracy (%)")

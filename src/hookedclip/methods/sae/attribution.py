@@ -117,9 +117,15 @@ def attribute(
         else:
             parts.append(autograd_path(model, sae, images[start : start + batch_size], head, splice, prompt_chunk))
     return Attribution.concat(
-        parts, texts=head.names, labels=labels, output=output, splice=splice,
-        method="closed_form" if closed else "autograd", d_sae=sae.d_sae, model=model_identity(model),
-    )  # fmt: skip
+        parts,
+        texts=head.names,
+        labels=labels,
+        output=output,
+        splice=splice,
+        method="closed_form" if closed else "autograd",
+        d_sae=sae.d_sae,
+        model=model_identity(model),
+    )
 
 
 @torch.no_grad()

@@ -114,9 +114,15 @@ def faithfulness(
             )
         curves.append(curve * (100.0 if head.kind == "cosine" else 1.0))
     return Faithfulness(
-        curves=torch.stack(curves).cpu(), methods=list(scores), steps=xs, mode=mode, ablation=ablation,
-        splice=splice, output=head.kind, model=model_identity(model),
-    )  # fmt: skip
+        curves=torch.stack(curves).cpu(),
+        methods=list(scores),
+        steps=xs,
+        mode=mode,
+        ablation=ablation,
+        splice=splice,
+        output=head.kind,
+        model=model_identity(model),
+    )
 
 
 @torch.no_grad()

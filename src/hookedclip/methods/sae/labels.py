@@ -265,9 +265,13 @@ class LatentLabels(Result):
         ax.scatter(self.clarity[live], self.score[live], s=10, alpha=0.6, label="latents")
         outliers = self.semantic_outliers(min_clarity=min_clarity)
         ax.scatter(
-            self.clarity[outliers], self.score[outliers], s=60, facecolors="none", edgecolors="C3",
+            self.clarity[outliers],
+            self.score[outliers],
+            s=60,
+            facecolors="none",
+            edgecolors="C3",
             label=f"semantic outliers (clarity > {min_clarity:g}, least aligned)",
-        )  # fmt: skip
+        )
         ax.axvline(min_clarity, color="0.6", lw=0.8, ls="--")
         ax.set_xlabel("clarity (mean pairwise cosine of the top images)")
         ax.set_ylabel('alignment max_t [cos(ϑ, T(t)) − cos(ϑ, T(""))]')

@@ -36,11 +36,15 @@ def section_llava(ctx: DemoContext) -> Section:
         for name, token, t in (("patch tokens", "patch", patch), ("class token", "cls", cls))
     ]
     ablated = [
-        [name, f"{100 * r['llm_accuracy']:.1f}%", f"{r['logp_change']:+.2f} ± {r['logp_pm']:.2f}",
-         f"{100 * r['clip_accuracy']:.1f}%"]
+        [
+            name,
+            f"{100 * r['llm_accuracy']:.1f}%",
+            f"{r['logp_change']:+.2f} ± {r['logp_pm']:.2f}",
+            f"{100 * r['clip_accuracy']:.1f}%",
+        ]
         for name in ("none", f"attn<{layer}", f"mlp<{layer}", f"both<{layer}")
         for r in [effects.row(name)]
-    ]  # fmt: skip
+    ]
     return Section(
         "LLaVA: the patch tokens a language model reads",
         [
