@@ -36,7 +36,10 @@ NAMES = {"shape": "shape", "color": "colour"}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--n", type=int, default=None, help="images of the canonical world test set (default: all 2000; fewer: the first N)"
+        "--n",
+        type=int,
+        default=None,
+        help="images of the canonical world test set (default: all 2000; fewer: the first N)",
     )
     parser.add_argument(
         "--layers", type=int, default=2, help="analyse the heads of the last N layers (default: %(default)s)"
