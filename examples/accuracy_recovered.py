@@ -6,7 +6,11 @@ layers are each rebuilt from their first K PCs / TextSpan texts, all earlier hea
 mean-ablated, MLPs are kept. One decomposition per batch serves every K. Writes
 ``accuracy_recovered_{attribute}.png`` and ``.csv`` for each attribute.
 
-Run: python examples/accuracy_recovered.py [--n 1000] [--layers 2] [--out accuracy_recovered_out]
+Every accuracy is measured on the canonical held-out test set of the toy world
+(``hookedclip.toy.splits.test_set("world")``, 2000 images, or its first ``--n``) and printed and
+drawn with its 95% Wilson interval.
+
+Run: python examples/accuracy_recovered.py [--n 2000] [--layers 2] [--out accuracy_recovered_out]
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods.pclens.recovered import accuracy_recovered
 from hookedclip.toy.model import images_to_tensor
-from hookedclip.toy.world import ToyWorld, class_prompts
+from hookedclip.toy.splits import TEST_SIZES, test_set
+from hookedclip.toy.world import class_prompts
 from hookedclip.zeroshot import ZeroShotClassifier, embed_texts
 
 NAMES = {"shape": "shape", "color": "colour"}
@@ -30,7 +35,12 @@ NAMES = {"shape": "shape", "color": "colour"}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=1000, help="held-out toy images (default: %(default)s)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="images of the canonical world test set (default: all 2000; fewer: the first N)",
+    )
     parser.add_argument(
         "--layers", type=int, default=2, help="analyse the heads of the last N layers (default: %(default)s)"
     )
@@ -51,13 +61,14 @@ def main() -> None:
     start = time.perf_counter()
 
     model = HookedCLIP.from_pretrained("toy")
-    world = ToyWorld(args.n, seed=11, split="test", image_size=model.cfg.vision.image_size)
+    world = test_set("world", args.n, image_size=model.cfg.vision.image_size)
+    n = args.n or TEST_SIZES["world"]
     x = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     texts = toy_text_pool()
     pool = embed_texts(model, texts)
     L = model.cfg.vision.layers
     heads = f"L{L - args.layers}-{L - 1}"
-    print(f"toy CLIP, {args.n} held-out images, analysed heads {heads}, text pool of {len(texts)}")
+    print(f"toy CLIP, {n} images of the canonical world test set, analysed heads {heads}, text pool of {len(texts)}")
     for attribute in ("shape", "color"):
         labels = torch.tensor([a.labels()[attribute] for a in world.attributes()])
         classifier = ZeroShotClassifier.from_prompts(model, class_prompts(attribute))

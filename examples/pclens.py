@@ -1,8 +1,10 @@
 """PCLens on the toy CLIP: principal components of each head, labelled with text; the PCs
 that carry a concept; and what happens to zero-shot accuracy when they are kept or removed.
 
-One streaming pass over held-out toy images gives each head's mean and covariance; the PCs,
-their labels and the text projector come from those statistics only.
+One streaming pass over the first ``--n`` images of the canonical world test set
+(``hookedclip.toy.splits.test_set("world")``) gives each head's mean and covariance; the PCs,
+their labels and the text projector come from those statistics only. Accuracies are printed
+with their 95% Wilson intervals.
 
 Run: python examples/pclens.py [--layers 4] [--n 512] [--concept colour]
 """
@@ -17,8 +19,9 @@ from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import pclens
 from hookedclip.toy.model import images_to_tensor
-from hookedclip.toy.world import ATTRIBUTE_WORDS, ToyWorld, class_prompts
-from hookedclip.zeroshot import ZeroShotClassifier, accuracy
+from hookedclip.toy.splits import test_set
+from hookedclip.toy.world import ATTRIBUTE_WORDS, class_prompts
+from hookedclip.zeroshot import ZeroShotClassifier, accuracy, accuracy_text
 
 CONCEPTS = {"colour": ("color", "a {} shape"), "shape": ("shape", "a {}")}
 
@@ -34,7 +37,12 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, default=4, help="analyse the heads of the last N layers (default: %(default)s)"
     )
-    parser.add_argument("--n", type=int, default=512, help="held-out toy images (default: %(default)s)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=512,
+        help="first N images of the canonical world test set (default: %(default)s; at most 2000)",
+    )
     parser.add_argument(
         "--concept",
         choices=list(CONCEPTS),
@@ -46,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     model = HookedCLIP.from_pretrained("toy")
-    world = ToyWorld(args.n, seed=11, split="test", image_size=model.cfg.vision.image_size)
+    world = test_set("world", args.n, image_size=model.cfg.vision.image_size)
     x = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     L = model.cfg.vision.layers
     result = pclens.fit(
@@ -77,9 +85,10 @@ def main() -> None:
         rows[f"keep only {args.concept} PCs"] = zero_shot(model, x, classifiers, labels)
     with pclens.keep(model, result, []):
         rows["mean-ablate analysed heads"] = zero_shot(model, x, classifiers, labels)
-    print(f"{'zero-shot accuracy':<28} {'colour':>7} {'shape':>7}")
+    print(f"zero-shot accuracy on the first {args.n} canonical test images [95% Wilson interval]")
+    print(f"{'intervention':<28} {'colour':>19} {'shape':>19}")
     for name, acc in rows.items():
-        print(f"{name:<28} {100 * acc['color']:6.1f}% {100 * acc['shape']:6.1f}%")
+        print(f"{name:<28} {accuracy_text(acc['color'], args.n):>19} {accuracy_text(acc['shape'], args.n):>19}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import pclens
 from hookedclip.methods.neighbours import embedding_space, head_space, nearest_images, selection_space
-from hookedclip.methods.segmentation import evaluate, evaluate_toy, resize_mask, save_overlays
+from hookedclip.methods.segmentation import evaluate, evaluate_toy, metric_text, resize_mask, save_overlays
 from hookedclip.plotting import neighbour_grid
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import SHAPES, ToyWorld, class_prompts, render_batch
@@ -34,10 +34,9 @@ from hookedclip.zeroshot import ZeroShotClassifier
 
 
 def report(name: str, metrics: dict) -> None:
-    print(
-        f"  {name:<26} pixel acc {100 * metrics['pixel_accuracy']:5.1f}   mIoU {100 * metrics['miou']:5.1f}"
-        f"   mAP {100 * metrics['map']:5.1f}   ({metrics['n_images']} images)"
-    )
+    """One line of metrics (%), each with its 95% bootstrap interval over images in brackets."""
+    pixel, miou, ap = (metric_text(metrics, k) for k in ("pixel_accuracy", "miou", "map"))
+    print(f"  {name:<24} pixel acc {pixel:<18} mIoU {miou:<18} mAP {ap:<18} ({metrics['n_images']} images)")
 
 
 def imagenet_segmentation(args) -> None:
@@ -69,7 +68,12 @@ def imagenet_segmentation(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=200, help="held-out toy images to score (default: %(default)s)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=200,
+        help="first N images of the canonical world test set to score (default: %(default)s)",
+    )
     parser.add_argument("--out", default="segmentation_out", help="folder for the PNG figures (default: %(default)s)")
     parser.add_argument("--head", default=None, help="head for the neighbour search (default: last layer, head 0)")
     parser.add_argument(
@@ -108,7 +112,10 @@ def main() -> None:
         f"({cfg.image_size // cfg.patch_size}x{cfg.image_size // cfg.patch_size} grid), {cfg.layers}x{cfg.heads} heads"
     )
 
-    print(f"segmentation on {args.n} held-out toy images (shape classifier):")
+    print(
+        f"segmentation on the first {args.n} images of the canonical world test set (shape classifier; "
+        "[95% percentile-bootstrap interval over images])"
+    )
     predicted = evaluate_toy(model, n=args.n)
     labelled = evaluate_toy(model, n=args.n, use_labels=True)
     report("heads, predicted class", predicted["model"])

@@ -1,7 +1,8 @@
 """TextSpan on the toy CLIP: for each head of the last layers, the texts that span its
 direct contribution to the image embedding (Gandelsman et al., ICLR 2024).
 
-One streaming pass over held-out toy images accumulates each head's mean and covariance;
+One streaming pass over the first ``--n`` images of the canonical world test set
+(``hookedclip.toy.splits.test_set("world")``) accumulates each head's mean and covariance;
 the greedy text selection then runs on those statistics only.
 
 Run: python examples/textspan.py [--layers 2] [--texts 5] [--n 1024]
@@ -15,7 +16,7 @@ from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods.textspan import text_span_heads
 from hookedclip.toy.model import images_to_tensor
-from hookedclip.toy.world import ToyWorld
+from hookedclip.toy.splits import test_set
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,11 +25,13 @@ def main(argv: list[str] | None = None) -> None:
         "--layers", type=int, default=2, help="analyse the heads of the last N layers (default: %(default)s)"
     )
     parser.add_argument("--texts", type=int, default=5, help="texts per head (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=1024, help="held-out toy images (default: %(default)s)")
+    parser.add_argument(
+        "--n", type=int, default=1024, help="first N canonical world test images (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     model = HookedCLIP.from_pretrained("toy")
-    world = ToyWorld(args.n, seed=11, split="test")
+    world = test_set("world", args.n)
     batches = (
         images_to_tensor(world.images(range(i, min(i + 256, args.n))), model.cfg.image_mean, model.cfg.image_std)
         for i in range(0, args.n, 256)

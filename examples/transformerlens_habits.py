@@ -18,13 +18,15 @@ import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.toy.model import images_to_tensor
+from hookedclip.toy.splits import test_set
 from hookedclip.toy.world import ToyWorld, class_prompts
 from hookedclip.zeroshot import ZeroShotClassifier, accuracy, accuracy_interval
 
 
-def shape_task(model: HookedCLIP, n: int, seed: int = 7):
-    """Held-out toy images, their shape labels and the shape classifier (7 classes)."""
-    world = ToyWorld(n, seed=seed, split="test")
+def shape_task(model: HookedCLIP, n: int, seed: int | None = None):
+    """The first ``n`` images of the canonical world test set (``seed``: a fresh test sample
+    instead), their shape labels and the shape classifier (7 classes)."""
+    world = test_set("world", n) if seed is None else ToyWorld(n, seed=seed, split="test")
     images = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     labels = torch.tensor([a.labels()["shape"] for a in world.attributes()])
     return images, labels, ZeroShotClassifier.from_prompts(model, class_prompts("shape"))
@@ -126,7 +128,7 @@ def plot(lens: dict, attribution: torch.Tensor, names: list[str], path: Path) ->
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=400, help="held-out toy images (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=400, help="first N canonical world test images (default: %(default)s)")
     parser.add_argument(
         "--out", type=Path, default=Path("transformerlens_out"), help="folder for the figure (default: %(default)s)"
     )
@@ -145,7 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
         layer, head = int(args.head[1:].split("H")[0]), int(args.head.split("H")[1])
         path_share = path_patch_values(model, images, images[partner], direction, layer, head)
 
-    print(f"logit lens on {args.n} held-out toy images (shape, 7 classes, chance 14.3%):")
+    print(
+        f"logit lens on the first {args.n} canonical world test images (shape, 7 classes, chance 14.3%; "
+        "[95% Wilson interval]):"
+    )
     for name, (acc, (low, high)) in lens.items():
         print(f"  {name:>10}: {100 * acc:5.1f}%  [{100 * low:.1f}, {100 * high:.1f}]")
     print("heads with the largest direct share of the (true − mean other) shape score:")

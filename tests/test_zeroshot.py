@@ -68,3 +68,18 @@ def test_imagenet_classifier_uses_open_clip_names_and_the_chosen_templates(bpe_m
     assert seen["templates"][0]("goldfish").endswith("goldfish.")
     with pytest.raises(ValueError, match=r"unknown template set 'opanai'; choose one of \['openai', 'simple'\]"):
         imagenet_classifier(bpe_model, templates="opanai")
+
+
+def test_mean_interval_is_mean_plus_minus_1_96_standard_errors():
+    from hookedclip.zeroshot import mean_interval, mean_text
+
+    values = [0.2, 0.4, 0.6, 0.8]
+    se = torch.tensor(values, dtype=torch.float64).std().item() / 2
+    mean, low, high = mean_interval(values)
+    assert mean == pytest.approx(0.5)
+    assert (low, high) == pytest.approx((0.5 - 1.959964 * se, 0.5 + 1.959964 * se), abs=1e-6)
+    assert mean_interval([0.3]) == (0.3, 0.3, 0.3)
+    assert mean_text(values) == f"50.0 [{100 * low:.1f}, {100 * high:.1f}]"
+    assert mean_text([-0.1, -0.3], signed=True).startswith("-20.0 [")
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_interval([])

@@ -98,6 +98,31 @@ def accuracy_text(value: float, n: int, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}% [{100 * low:.{digits}f}, {100 * high:.{digits}f}]"
 
 
+def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """The mean of per-item ``values`` with its normal-approximation interval, ``mean ± z·SE``
+    (``z = 1.96`` at 95%, ``SE = sample std / sqrt(n)``): ``(mean, low, high)``.
+
+    For metrics that are means over images (a per-image IoU, a paired difference in correctness);
+    a single value has a zero-width interval."""
+    from scipy.stats import norm
+
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if x.numel() == 0:
+        raise ValueError("a mean interval needs at least one value")
+    mean = float(x.mean())
+    se = float(x.std(unbiased=True)) / x.numel() ** 0.5 if x.numel() > 1 else 0.0
+    half = float(norm.ppf(0.5 + level / 2)) * se
+    return mean, mean - half, mean + half
+
+
+def mean_text(values, digits: int = 1, percent: bool = True, signed: bool = False) -> str:
+    """The mean of ``values`` with its 95% interval (:func:`mean_interval`), e.g. ``"57.3 [55.1, 59.5]"``
+    (values in [0, 1] are shown as percentages unless ``percent=False``; ``signed`` adds a ``+``)."""
+    mean, low, high = (100 * v if percent else v for v in mean_interval(values))
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
 def group_accuracies(
     predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"], groups: Int[Tensor, " n"]
 ) -> dict[int, float]:

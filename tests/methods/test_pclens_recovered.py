@@ -149,5 +149,10 @@ def test_csv_and_plot(setup, tmp_path):
     out.plot(tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "baseline" in out.summary()
+    from hookedclip.zeroshot import accuracy_text
+
+    # every accuracy in the summary carries its 95% Wilson interval on the n images
+    assert f"full model {accuracy_text(out.full, out.n)}" in out.summary()
+    assert accuracy_text(out.curves["PCLens"][1], out.n) in out.summary()
     with pytest.warns(DeprecationWarning, match=r"summary\(\)"):
         assert out.table() == out.summary()

@@ -17,6 +17,7 @@ from hookedclip.methods.segmentation import (
     SegmentationMetrics,
     centre_blob,
     heatmaps,
+    metric_text,
     patch_scores,
     resize_mask,
     token_map,
@@ -135,6 +136,32 @@ def test_merge_equals_one_pass():
     a.update(res[:2], gt[:2])
     b.update(res[2:], gt[2:])
     assert a.merge(b).compute() == metrics_of(res, gt)
+
+
+@SETTINGS
+@given(masks_and_maps(min_images=2))
+def test_bootstrap_intervals_bracket_the_metrics_and_are_recomputed_from_per_image_counts(case):
+    res, gt = case
+    acc = SegmentationMetrics()
+    acc.update(res, gt)
+    intervals = acc.intervals(n_boot=300)
+    for name in ("pixel_accuracy", "miou", "map"):
+        low, high = intervals[name]
+        assert 0 <= low <= high <= 1
+    # with every image resampled the same, the interval of a pooled count collapses to the value
+    same = SegmentationMetrics()
+    same.update(res[:1].expand(3, -1, -1), gt[:1].expand(3, -1, -1))
+    low, high = same.intervals(n_boot=50)["pixel_accuracy"]
+    assert low == pytest.approx(same.compute()["pixel_accuracy"]) == pytest.approx(high)
+    assert len(acc.per_image) == len(res) and acc.per_image[0][1] == gt[0].numel()
+
+
+def test_intervals_need_per_image_counts_and_text_shows_them():
+    with pytest.raises(ValueError, match="per-image counts"):
+        SegmentationMetrics().intervals()
+    metrics = {"miou": 0.5731, "intervals": {"miou": (0.55, 0.596)}}
+    assert metric_text(metrics, "miou") == "57.3 [55.0, 59.6]"
+    assert metric_text({"miou": 0.5731}, "miou") == "57.3"
 
 
 def test_shape_mismatch_is_an_error():

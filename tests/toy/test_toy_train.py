@@ -176,16 +176,22 @@ def _limits(card: dict) -> str:
 def test_model_card_quality_bar_follows_the_accuracies():
     card = toy_model.read_card()
     shipped = _limits(card)
-    assert "colour (98.7%) and texture (99.2%)\n  reach it; shape does not (81.8%)" in shipped
-    assert "What limits shape is the training budget" in shipped and "(its largest figure)" in shipped
+    flat_shipped = shipped.replace("\n  ", " ")  # each figure with its 95% Wilson interval on the test set
+    assert (
+        "colour (98.7% [98.0, 99.1]) and texture (99.2% [98.7, 99.5]) reach it; shape does not (81.8% [80.0, 83.4])"
+        in (flat_shipped)
+    )
+    assert "What limits shape is the training budget" in flat_shipped and "(its largest figure)" in flat_shipped
     assert "hookedclip toy train --eval-every 250 --threads 1" in model_card_markdown(card)
     # All three at the bar: nothing limits them.
     passing = _limits({**card, "accuracy": {**card["accuracy"], "shape": 0.95}})
-    assert "shape (95.0%), colour (98.7%) and texture (99.2%) reach it." in passing.replace("\n  ", " ")
+    assert "shape (95.0% [94.0, 95.9]), colour (98.7% [98.0, 99.1]) and texture (99.2% [98.7, 99.5]) reach it." in (
+        passing.replace("\n  ", " ")
+    )
     assert "What limits" not in passing
     # A figure below the curve's best is named with its step; a falling curve is said to be falling.
     curve = [{**e, "color": 0.97} for e in card["training_curve"]]
     worse = _limits({**card, "accuracy": {**card["accuracy"], "color": 0.5}, "training_curve": curve})
     flat = worse.replace("\n  ", " ")
-    assert "colour does not (50.0%)" in flat and "What limits shape and colour" in flat
+    assert "colour does not (50.0% [47.8, 52.2])" in flat and "What limits shape and colour" in flat
     assert "its largest figure: 97.0% at step 250" in flat and "no longer rising" in flat

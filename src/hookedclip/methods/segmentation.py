@@ -189,12 +189,13 @@ class SegmentationMetrics(Result):
 
     ``update(res, gt)`` takes heat maps ``Res ∈ [0, 1]`` and boolean ground truth; only
     counts and one AP per image are kept, so memory does not grow with image size.
-    ``model``: the identity of the model whose maps were scored, when it is recorded.
+    ``per_image``: each image's ``[correct, labelled, ∩bg, ∪bg, ∩fg, ∪fg]`` pixel counts, for
+    :meth:`intervals`. ``model``: the identity of the model whose maps were scored, when it is recorded.
     """
 
     _kind = "segmentation"
     _tensor_fields = ("intersection", "union")
-    _json_fields = ("correct", "labeled", "ap")
+    _json_fields = ("correct", "labeled", "ap", "per_image")
 
     correct: int = 0
     labeled: int = 0
@@ -202,6 +203,7 @@ class SegmentationMetrics(Result):
     union: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))
     ap: list[float] = field(default_factory=list)
     model: ModelIdentity | None = None
+    per_image: list[list[int]] = field(default_factory=list)
 
     # ---- the Result protocol: one row, the dataset's metrics
     def _title(self) -> str:
@@ -227,8 +229,12 @@ class SegmentationMetrics(Result):
         for cls, (p, g) in enumerate(((~pred, ~gt), (pred, gt))):
             self.intersection[cls] += int((p & g).sum())
             self.union[cls] += int((p | g).sum())
-        for r, g in zip(res, gt):
+        for r, g, p in zip(res, gt, pred):
             self.ap.append(image_ap(r, g))
+            counts = [int((p == g).sum()), g.numel()]
+            for q, h in ((~p, ~g), (p, g)):
+                counts += [int((q & h).sum()), int((q | h).sum())]
+            self.per_image.append(counts)
 
     def merge(self, other: SegmentationMetrics) -> SegmentationMetrics:
         """Combined counts of two accumulators (e.g. shards)."""
@@ -239,6 +245,7 @@ class SegmentationMetrics(Result):
             self.union + other.union,
             self.ap + other.ap,
             model=self.model or other.model,
+            per_image=self.per_image + other.per_image,
         )
 
     def compute(self) -> dict[str, float]:
@@ -250,6 +257,36 @@ class SegmentationMetrics(Result):
             "map": float(np.mean(self.ap)) if self.ap else float("nan"),
             "n_images": len(self.ap),
         }
+
+    def intervals(self, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Percentile-bootstrap intervals over images of ``pixel_accuracy``, ``miou`` and ``map``.
+
+        The images are resampled with replacement ``n_boot`` times and each metric recomputed as
+        :meth:`compute` does (pooled pixel counts for pixel accuracy and mIoU, the mean AP), so the
+        interval says how much the dataset's number would move with another sample of images.
+        Needs the per-image counts (accumulators saved before they were recorded have none)."""
+        if not self.per_image:
+            raise ValueError("no per-image counts recorded: score the images again with update() to get intervals")
+        counts = np.asarray(self.per_image, dtype=np.float64)  # [n, 6]
+        ap = np.asarray(self.ap, dtype=np.float64)
+        idx = np.random.default_rng(seed).integers(0, len(counts), size=(n_boot, len(counts)))
+        sums = counts[idx].sum(1)  # [n_boot, 6]
+        eps = np.spacing(1)
+        samples = {
+            "pixel_accuracy": sums[:, 0] / (eps + sums[:, 1]),
+            "miou": (sums[:, 2] / (eps + sums[:, 3]) + sums[:, 4] / (eps + sums[:, 5])) / 2,
+            "map": ap[idx].mean(1),
+        }
+        tail = 100 * (1 - level) / 2
+        return {k: tuple(float(q) for q in np.percentile(v, [tail, 100 - tail])) for k, v in samples.items()}
+
+
+def metric_text(metrics: dict, name: str, digits: int = 1) -> str:
+    """``metrics[name]`` in % with its 95% bootstrap interval when ``metrics`` has ``"intervals"``
+    (as :func:`evaluate` returns), e.g. ``"57.3 [55.0, 59.6]"``."""
+    low_high = metrics.get("intervals", {}).get(name)
+    text = f"{100 * metrics[name]:.{digits}f}"
+    return text if low_high is None else f"{text} [{100 * low_high[0]:.{digits}f}, {100 * low_high[1]:.{digits}f}]"
 
 
 def image_ap(res: Float[Tensor, "height width"], gt: Bool[Tensor, "height width"]) -> float:
@@ -272,7 +309,8 @@ def evaluate(
     transform: RowTransform | None = None,
     blob_sigma: float = 0.25,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the model's heat maps and of the centred-blob baseline.
+    """Metrics of the model's heat maps and of the centred-blob baseline, each dict with an
+    ``"intervals"`` entry: 95% percentile-bootstrap intervals over images (:meth:`SegmentationMetrics.intervals`).
 
     ``batches`` yields ``(images [B, C, H, W], masks bool [B, H, W])``, optionally with a
     third entry ``targets [B]`` (class to map; default the prediction ``ĉ``). Masks must
@@ -282,7 +320,7 @@ def evaluate(
     for images, masks, target in iter_labelled(batches, model, names=("masks", "targets")):
         ours.update(heatmaps(model, images, classifier, components, transform, target).float(), masks)
         blob.update(centre_blob(*masks.shape[-2:], sigma=blob_sigma, batch=masks.shape[0]), masks)
-    return {"model": ours.compute(), "blob": blob.compute()}
+    return {name: acc.compute() | {"intervals": acc.intervals()} for name, acc in (("model", ours), ("blob", blob))}
 
 
 def toy_batches(
@@ -308,20 +346,25 @@ def toy_batches(
 def evaluate_toy(
     model,
     n: int = 200,
-    seed: int = 7,
+    seed: int | None = None,
     attribute: str = "shape",
     use_labels: bool = False,
     components=ALL_HEADS,
     transform: RowTransform | None = None,
     batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
-    """:func:`evaluate` on ``n`` held-out toy images (masks known exactly), with the
-    zero-shot classifier of ``attribute``. ``use_labels``: map the true class, not ``ĉ``."""
+    """:func:`evaluate` on the first ``n`` images of the canonical world test set
+    (:func:`hookedclip.toy.splits.test_set`; masks known exactly), with the zero-shot classifier
+    of ``attribute``. ``seed``: a fresh test sample instead. ``use_labels``: map the true class, not ``ĉ``."""
+    from hookedclip.toy.splits import test_set
     from hookedclip.toy.world import ToyWorld, class_prompts
     from hookedclip.zeroshot import ZeroShotClassifier
 
     classifier = ZeroShotClassifier.from_prompts(model, class_prompts(attribute))
-    world = ToyWorld(n, seed=seed, split="test", image_size=model.visual.cfg.image_size)
+    size = model.visual.cfg.image_size
+    world = (
+        test_set("world", n, image_size=size) if seed is None else ToyWorld(n, seed=seed, split="test", image_size=size)
+    )
     batches = toy_batches(model, world, batch_size, attribute if use_labels else None, classifier.classnames)
     return evaluate(model, batches, classifier, components, transform)
 
@@ -373,6 +416,7 @@ __all__ = [
     "evaluate_toy",
     "heatmaps",
     "image_ap",
+    "metric_text",
     "minmax",
     "patch_grid",
     "patch_scores",

@@ -8,14 +8,18 @@ import textwrap
 
 import numpy as np
 
+from hookedclip.zeroshot import accuracy_text
+
 
 def model_card_markdown(card: dict) -> str:
     """The human-readable model card from ``card.json`` (every statement derived from it)."""
     arch, rec = card["config"], card["recipe"]
     v, t = arch["vision_cfg"], arch["text_cfg"]
-    acc, sp = card["accuracy"], card["spurious"]
-    rows = "\n".join(f"| {a} | {acc[a] * 100:.1f}% | {card['chance'][a] * 100:.1f}% |" for a in acc)
-    groups = "\n".join(f"| {g} | {x * 100:.1f}% |" for g, x in sp["groups"].items())
+    acc, sp, n = card["accuracy"], card["spurious"], card["eval"]["n"]
+    rows = "\n".join(f"| {a} | {accuracy_text(acc[a], n)} | {card['chance'][a] * 100:.1f}% |" for a in acc)
+    group_n = sp.get("group_n") or {g: sp["n"] // len(sp["groups"]) for g in sp["groups"]}
+    groups = "\n".join(f"| {g} | {accuracy_text(x, group_n[g])} |" for g, x in sp["groups"].items())
+    worst_n = sp.get("worst_group_n", min(group_n.values()))
     keep = ", ".join(f"{k} {p:g}" for k, p in rec["caption_keep"].items())
     return f"""# Toy CLIP (`HookedCLIP.from_pretrained("toy")`)
 
@@ -49,22 +53,22 @@ Checkpoint `{card["checkpoint_id"]}` (sha256 of `toy_clip.safetensors`: `{card["
 - seed {card["seed"]}; training took {card["train_time_s"] / 60:.1f} min ({card["train_time_s"] / card["steps"]:.2f} s per step) with {_threads(card)} on {card["train_machine"]}; final loss {card["final_loss"]}
 - {_command(card)}
 
-## Zero-shot accuracy (held-out test split, n = {card["eval"]["n"]}, seed {card["eval"]["seed"]})
+## Zero-shot accuracy (canonical world test set `test_set("world")`, n = {n}, seed {card["eval"]["seed"]})
 
 One `ZeroShotClassifier.from_prompts(model, class_prompts(attribute))` per attribute
-(`hookedclip.toy.evaluate.evaluate`, `hookedclip toy evaluate`).
+(`hookedclip.toy.evaluate.evaluate`, `hookedclip toy evaluate`). Brackets: 95% Wilson intervals.
 
-| attribute | accuracy | chance |
+| attribute | accuracy [95% interval] | chance |
 |---|---|---|
 {rows}
 
-## Spurious split (circle vs square, group-balanced test set, n = {sp["n"]})
+## Spurious split (circle vs square, canonical group-balanced test set `test_set("spurious")`, n = {sp["n"]})
 
-| group | accuracy |
+| group | accuracy [95% interval] |
 |---|---|
 {groups}
 
-Average {sp["average"] * 100:.1f}%, worst-group accuracy {sp["worst_group"] * 100:.1f}% (gap
+Average {accuracy_text(sp["average"], sp["n"])}, worst-group accuracy {accuracy_text(sp["worst_group"], worst_n)} (gap
 {sp["gap"] * 100:.1f} points): the shape classifier partly relies on the background texture,
 which debiasing methods should remove.
 
@@ -129,12 +133,13 @@ def _quality_bar(card: dict) -> str:
     acc, chance, curve = card["accuracy"], card["chance"], card.get("training_curve") or []
     word = lambda a: _ATTRIBUTE_WORDS.get(a, a)  # noqa: E731
     bar = [a for a in QUALITY_BAR_ATTRIBUTES if a in acc]
-    reached = [f"{word(a)} ({_pct(acc[a])})" for a in bar if acc[a] >= QUALITY_BAR]
+    n = card["eval"]["n"]
+    reached = [f"{word(a)} ({accuracy_text(acc[a], n)})" for a in bar if acc[a] >= QUALITY_BAR]
     missed = [a for a in bar if acc[a] < QUALITY_BAR]
     text = f"- Quality bar (>= {100 * QUALITY_BAR:.0f}% zero-shot for {_and([word(a) for a in bar])}): "
     text += f"{_and(reached)} reach{'es' * (len(reached) == 1)} it" if reached else "none reaches it"
     if missed:
-        text += "; " + "; ".join(f"{word(a)} does not ({_pct(acc[a])})" for a in missed)
+        text += "; " + "; ".join(f"{word(a)} does not ({accuracy_text(acc[a], n)})" for a in missed)
         text += (
             f". What limits {_and([word(a) for a in missed])} is the training budget: the recipe is sized to "
             f"the target of about 20 minutes on 2 CPU cores ({card['steps']:,} steps; this run took "
@@ -151,7 +156,7 @@ def _quality_bar(card: dict) -> str:
     lines = [text + "."]
     keep = card["recipe"]["caption_keep"]
     lines += [
-        f"- {word(a).capitalize()} is learned less well ({_pct(acc[a])}, chance {_pct(chance[a])}); captions "
+        f"- {word(a).capitalize()} is learned less well ({accuracy_text(acc[a], n)}, chance {_pct(chance[a])}); captions "
         f"mention it in {100 * keep.get(a, 0):.0f}% of training images."
         for a in acc
         if a not in bar and acc[a] < QUALITY_BAR
@@ -170,7 +175,8 @@ def _still_rising(card: dict, attribute: str) -> str:
     slope = np.polyfit([s for s, _ in late], [x for _, x in late], 1)[0] if len(late) > 1 else float("nan")
     text = f"{_ATTRIBUTE_WORDS.get(attribute, attribute)} was at "
     text += ", ".join(f"{_pct(x)} after {s:,} steps" for s, x in shown)
-    text += f" and {_pct(card['accuracy'][attribute])} at the end"
+    text += " (monitoring on validation images, whose number `card.json` does not record: no interval)"
+    text += f" and {accuracy_text(card['accuracy'][attribute], card['eval']['n'])} on the test set at the end"
     best_text = "" if best_step == steps else f": {_pct(best)} at step {best_step:,}"
     text += f" (its largest figure{best_text})"
     if np.isfinite(slope):

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookedclip.identity import ModelIdentity
-from hookedclip.plotting import finish_figure, new_figure
+from hookedclip.plotting import finish_figure, new_figure, wilson
 from hookedclip.results import Result, deprecated_alias, format_table
+from hookedclip.zeroshot import accuracy_text
 
 
 @dataclass(repr=False)
@@ -38,11 +39,15 @@ class AccuracyRecovered(Result):
     model: ModelIdentity | None = None
 
     # ---- the Result protocol
+    def _accuracy(self, value: float) -> str:
+        """``value`` in %, with its 95% Wilson interval when ``n`` is known."""
+        return accuracy_text(value, self.n) if self.n else f"{100 * value:.1f}%"
+
     def _title(self) -> str:
         return (
             f"Accuracy recovered on {self.model or 'no recorded model'} ({self.n} images, "
-            f"{len(self.heads)} analysed heads): mean-ablation baseline {100 * self.baseline:.1f}%, "
-            f"full model {100 * self.full:.1f}%"
+            f"{len(self.heads)} analysed heads; [95% Wilson interval]): mean-ablation baseline "
+            f"{self._accuracy(self.baseline)}, full model {self._accuracy(self.full)}"
         )
 
     def _table(self) -> tuple[list[str], list[list]]:
@@ -52,9 +57,9 @@ class AccuracyRecovered(Result):
         return ["method", "budget", "accuracy"], rows
 
     def summary(self) -> str:
-        """The title, then accuracy (%) per budget with one column per method."""
+        """The title, then accuracy (%) with its 95% interval per budget, one column per method."""
         header = ["K", *self.curves]
-        rows = [[k, *(f"{100 * v[i]:.1f}%" for v in self.curves.values())] for i, k in enumerate(self.budgets)]
+        rows = [[k, *(self._accuracy(v[i]) for v in self.curves.values())] for i, k in enumerate(self.budgets)]
         return "\n".join([self._title(), *format_table(header, rows)])
 
     def _repr_sizes(self) -> dict:
@@ -67,11 +72,15 @@ class AccuracyRecovered(Result):
 
     def plot(self, path: str | Path | None = None, title: str = "Accuracy recovered (direct)"):
         """Accuracy against ``K`` (one curve per method), the baseline and the full model as
-        horizontal lines (a matplotlib ``Figure``; written to ``path`` when given)."""
+        horizontal lines, each curve with its 95% Wilson band when ``n`` is known (a matplotlib
+        ``Figure``; written to ``path`` when given)."""
         fig, ax = new_figure(5.2, 3.6)
         x = range(len(self.budgets))  # even spacing: budgets are roughly geometric
         for method, values in self.curves.items():
-            ax.plot(x, [100 * v for v in values], marker="o", markersize=4, label=method)
+            (line,) = ax.plot(x, [100 * v for v in values], marker="o", markersize=4, label=method)
+            if self.n:
+                low, high = zip(*(wilson(v, self.n) for v in values))
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.axhline(
             100 * self.baseline,
             color="gray",
@@ -88,5 +97,5 @@ class AccuracyRecovered(Result):
         ax.set_ylim(0, 102)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower right", title="shaded: 95% interval" if self.n else None, title_fontsize=7)
         return finish_figure(fig, path)

@@ -205,8 +205,10 @@ def section_head_probes(ctx: DemoContext) -> Section:
         figures=[
             (
                 "head_probes.png",
-                f"Held-out probe accuracy (%) per head (rows: layers, columns: heads), each on {n_test} images; "
-                f"every cell's 95% interval is at most {100 * widest:.1f} points wide.",
+                f"Held-out probe accuracy (%) per head (rows: layers, columns: heads), each on the {n_test} held-out "
+                "analysed images (probes need training images, so not the canonical test set). The cells do not "
+                "show their own intervals (they would not fit); every cell's 95% Wilson interval is at most "
+                f"{100 * widest:.1f} points wide, and the table gives the best head's.",
             ),
             (
                 "attention.png",
@@ -244,19 +246,24 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
     from hookedclip.ablation import component_means
     from hookedclip.ablation_curve import mean_ablation_curve
     from hookedclip.toy.evaluate import binomial_se
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.splits import test_set
     from hookedclip.toy.world import class_prompts
     from hookedclip.zeroshot import ZeroShotClassifier
 
     L = ctx.model.cfg.vision.layers
     order = ["embed"] + [part for l in range(L) for part in (f"L{l}", f"mlp{l}")]
-    half = len(ctx.tensors) // 2  # means from one half, accuracy on the other
-    fit = [ctx.tensors[:half]]
+    # means from the analysed images, accuracy on the canonical world test set (or its first n_test)
+    means = component_means(ctx.model, [ctx.tensors], order, mode="direct")
+    world = test_set("world", ctx.canonical_n("world"), image_size=ctx.model.cfg.vision.image_size)
+    test_images = images_to_tensor(world.images(), ctx.model.cfg.image_mean, ctx.model.cfg.image_std)
+    test_images = test_images.to(ctx.model.device, ctx.model.dtype)
     curves, chance = {}, {}
-    means = component_means(ctx.model, fit, order, mode="direct")
     for attribute in progress_steps(ctx, ("shape", "color", "texture"), "ablation curves"):
         prompts = class_prompts(attribute)
         classifier = ZeroShotClassifier.from_prompts(ctx.model, prompts)
-        data = [(ctx.tensors[half:], torch.as_tensor(ctx.labels(attribute)[half:]))]
+        labels = torch.tensor([a.labels()[attribute] for a in world.attributes()])
+        data = list(zip(test_images.split(500), labels.split(500)))
         curves[attribute] = mean_ablation_curve(ctx.model, data, classifier, order, means=means).accuracy
         chance[attribute] = 1 / len(prompts)
     labels = ["none"] + [
@@ -269,9 +276,9 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
         "Accumulated mean-ablation (direct mode)",
         "mean-ablated up to and including (embed: the embedding slot)",
         chance=chance,
-        n=len(ctx.tensors) - half,
+        n=len(world),
     )
-    n_test = len(ctx.tensors) - half
+    n_test = len(world)
     below = [
         f"{a} falls to {100 * min(c):.1f}% after {labels[int(np.argmin(c))]}, below its chance of "
         f"{100 * chance[a]:.1f}%"
@@ -291,14 +298,15 @@ def section_ablation_curve(ctx: DemoContext) -> Section:
         [
             "Components are replaced by their mean contribution one after another, from the embedding slot to "
             "the last layer, in the direct mode of TextSpan (only each component's direct path into the embedding "
-            "changes; ln_post statistics frozen). Means come from one half of the images, accuracy from the other. "
+            "changes; ln_post statistics frozen). Means come from the analysed images, accuracy from the canonical "
+            "world test set. "
             'Where a curve drops, the layers just ablated carry that attribute into the embedding. "embed" is the '
             "embedding slot (patch, class and position embeddings after ln_pre)." + below_text
         ],
         figures=[
             (
                 "ablation_curve.png",
-                f"Zero-shot accuracy per attribute on {n_test} images as more components "
+                f"Zero-shot accuracy per attribute on {n_test} images of the canonical world test set as more components "
                 "are mean-ablated, left to right; shaded: 95% intervals; dotted: chance.",
             )
         ],
