@@ -146,3 +146,17 @@ def test_a_sith_edit_is_a_selection_like_any_other(toy, held_out):
         by_hand = accuracy(toy, images, attrs, "shape")
     assert effects.row("sith")["llm_accuracy"] == pytest.approx(by_hand)
     assert effects.row("sith")["llm_accuracy"] < effects.row("none")["llm_accuracy"]
+
+
+def test_the_shipped_card_is_generated_and_every_accuracy_has_its_interval():
+    import json
+    import re
+    from pathlib import Path
+
+    from hookedclip.methods.llava import toy_train
+
+    weights = Path(toy_train.__file__).parent / "weights"
+    card = (weights / "MODEL_CARD.md").read_text()
+    assert card == toy_train.model_card(json.loads((weights / "card.json").read_text()))
+    accuracies = re.findall(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]", card)
+    assert len(accuracies) == 5  # four questions and the shape probe

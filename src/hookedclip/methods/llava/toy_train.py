@@ -149,8 +149,10 @@ def train_toy_llava(out: str | Path | None = None, recipe: dict | None = None, l
 
 def model_card(card: dict) -> str:
     """``MODEL_CARD.md`` from ``card.json``."""
-    acc = card["accuracy"]
-    rows = "\n".join(f"| {a} | {QUESTIONS[a]} | {acc[a]:.3f} |" for a in QUESTIONS)
+    from hookedclip.zeroshot import accuracy_text
+
+    acc, n = card["accuracy"], card["n_test"]
+    rows = "\n".join(f"| {a} | {QUESTIONS[a]} | {accuracy_text(acc[a], n)} |" for a in QUESTIONS)
     lm = card["language_model"]
     return f"""# The toy LLaVA
 
@@ -171,12 +173,14 @@ width {lm["hidden_size"]}, MLP {lm["intermediate_size"]}, a word-level vocabular
 
 ## Answer accuracy on {card["n_test"]} held-out images (`ToyWorld(split="test")`)
 
-| attribute | question | accuracy |
+| attribute | question | accuracy (95% Wilson interval) |
 |---|---|---|
 {rows}
 
-A logistic-regression probe on the same patch features (all 16 tokens, flattened) reads the
-shape with accuracy {card["shape_probe_accuracy"]:.3f}.
+These images are the recipe's own held-out sample (world seed {card["recipe"]["world_seed"]}), drawn
+before the toy world's canonical test sets existed. A logistic-regression probe on the same patch
+features (all 16 tokens, flattened) reads the shape with accuracy
+{accuracy_text(card["shape_probe_accuracy"], n)}.
 """
 
 
