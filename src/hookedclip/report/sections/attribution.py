@@ -33,6 +33,11 @@ def _attribute_labels(a: np.ndarray, ctx: DemoContext) -> list[str]:
     return labels
 
 
+def _auc(auc: dict, method: str) -> str:
+    value, error = auc[method][:2]
+    return f"{value:.1f} ± {error:.1f}"
+
+
 def section_sae_attribution(ctx: DemoContext) -> Section:
     from hookedclip.methods import sae as S
 
@@ -61,9 +66,9 @@ def section_sae_attribution(ctx: DemoContext) -> Section:
             "image's cosine to its shape prompt to the active latents (hookedclip.methods.sae.attribute, the closed "
             "form: no ViT pass per prompt).",
             "Deletion curves zero each image's top latents by score and read the cosine again from the cached residual "
-            f"(the error dropped). Area under the curve, lower is better: Act×Grad {auc['Act×Grad'][0]:.1f}, "
-            f"logit lens {auc['LogitLens'][0]:.1f}, random {auc['Random'][0]:.1f}, activation × logit lens "
-            f"{auc['Act×LogitLens'][0]:.1f}. Once several latents are gone, the reconstruction is far from the "
+            f"(the error dropped). Area under the curve (± one standard error over images), lower is better: "
+            f"Act×Grad {_auc(auc, 'Act×Grad')}, logit lens {_auc(auc, 'LogitLens')}, random {_auc(auc, 'Random')}, "
+            f"activation × logit lens {_auc(auc, 'Act×LogitLens')}. Once several latents are gone, the reconstruction is far from the "
             "image where Act×Grad's first-order estimate holds, and the curves' order can change.",
         ],
         figures=[("sae_deletion.png", "100·cos to the true shape prompt, mean ± one standard error over images")],

@@ -121,7 +121,7 @@ def section_sae_labels(ctx: DemoContext) -> Section:
         "Sparse-autoencoder latents, labelled",
         [
             f"The shipped toy TopK sparse autoencoder ({sae.d_sae} latents, {sae.k} active per image; "
-            "hookedclip.methods.sae.toy()), trained on the last layer's class-token residual of training images. On the {len(ctx.images)} "
+            f"hookedclip.methods.sae.toy()), trained on the last layer's class-token residual of training images. On the {len(ctx.images)} "
             f"held-out images, {live} latents fire; each is labelled with the text of the toy pool closest to the mean "
             "embedding of its top 20 images, minus the empty text's closeness (alignment s, at most 2), and its "
             "clarity is the mean pairwise cosine of those images (1: alike).",

@@ -6,7 +6,15 @@ from __future__ import annotations
 from hookedclip.report.sections.context import DemoContext
 from hookedclip.report.viz import Section
 
-#: Spurious-split images the suppression is measured on (the section stays a few seconds).
+
+def _image_mean_images(model):
+    """The 512 images docs/sith.md takes the image mean from, so the demo picks the same vectors
+    and shows the same numbers as the docs."""
+    from hookedclip.toy.model import images_to_tensor
+    from hookedclip.toy.world import ToyWorld
+
+    world = ToyWorld(512, seed=11, split="test", image_size=model.cfg.vision.image_size)
+    return images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
 
 
 def section_sith(ctx: DemoContext) -> Section:
@@ -16,7 +24,7 @@ def section_sith(ctx: DemoContext) -> Section:
     model = ctx.model
     L = model.cfg.vision.layers
     dictionary = sith.dictionary(model, "toy")
-    mean = sith.image_mean(model, ctx.tensors.split(256))
+    mean = sith.image_mean(model, _image_mean_images(model).split(256))
     layers = list(range(max(0, L - 3), L))
     results = [sith.decompose(model, layer, dictionary, k=3, image_mean=mean, sides=["right"]) for layer in layers]
     last = results[-1]
