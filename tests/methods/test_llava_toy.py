@@ -50,7 +50,7 @@ def test_held_out_accuracy_meets_the_card(toy, held_out):
     images, attrs = held_out
     for attribute in ("color", "texture", "background"):
         assert accuracy(toy, images, attrs, attribute) >= 0.9, attribute
-    # shape: within a few points of a linear probe on the same patch features (card: 0.869 vs 0.839)
+    # shape: within a few points of a linear probe on the same patch features (card, canonical test set: 0.880 vs 0.828)
     assert accuracy(toy, images, attrs, "shape") >= toy.card["shape_probe_accuracy"] - 0.05
     assert set(toy.card["accuracy"]) == set(QUESTIONS)
 

@@ -41,7 +41,6 @@ from hookedclip.toy.world import ToyWorld
 
 RECIPE = {
     "n_train": 8000,
-    "n_test": 1000,
     "steps": 300,
     "batch_size": 128,
     "lr": 3e-3,
@@ -88,8 +87,7 @@ def train_toy_llava(out: str | Path | None = None, recipe: dict | None = None, l
     tokenizer = WordTokenizer.default()
     toy = ToyLlava(build_llava(clip, tokenizer, seed=recipe["seed"]), tokenizer, clip)
     train = ToyWorld(recipe["n_train"], seed=recipe["world_seed"], split="train")
-    test = ToyWorld(recipe["n_test"], seed=recipe["world_seed"], split="test")
-    train_attrs, test_attrs = train.attributes(), test.attributes()
+    train_attrs = train.attributes()
     features = patch_features(toy.model, clip, toy_images(train.images()))
     labels = {a: labels_of(train_attrs, a) for a in QUESTIONS}
     answer_tokens = {a: toy.answer_ids(a) for a in QUESTIONS}
@@ -117,11 +115,7 @@ def train_toy_llava(out: str | Path | None = None, recipe: dict | None = None, l
         p.requires_grad_(False)
     toy.model.eval()
     train_s = time.time() - start
-    test_images = toy_images(test.images())
-    accuracy = evaluate(toy, test_images, test_attrs)
-    probe = shape_probe(
-        features, labels["shape"], patch_features(toy.model, clip, test_images), labels_of(test_attrs, "shape")
-    )
+    held_out = held_out_scores(toy, clip, features, labels["shape"])
     card = {
         "name": "toy_llava",
         "recipe": recipe,
@@ -130,9 +124,7 @@ def train_toy_llava(out: str | Path | None = None, recipe: dict | None = None, l
         "vision_feature_select_strategy": "default",
         "vocabulary": tokenizer.words,
         "questions": QUESTIONS,
-        "accuracy": accuracy,
-        "shape_probe_accuracy": probe,
-        "n_test": recipe["n_test"],
+        **held_out,
         "train_time_s": round(train_s, 1),
         "train_machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "training_curve": curve,
@@ -145,6 +137,17 @@ def train_toy_llava(out: str | Path | None = None, recipe: dict | None = None, l
         (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (out / "MODEL_CARD.md").write_text(model_card(card))
     return toy, card
+
+
+def held_out_scores(toy: ToyLlava, clip: HookedCLIP, train_features: Tensor, train_shapes: Tensor) -> dict:
+    """``accuracy`` per question and ``shape_probe_accuracy`` on the toy world's canonical test set
+    (:func:`hookedclip.toy.splits.test_set`, the images every toy accuracy is reported on), and its size."""
+    from hookedclip.toy.splits import test_set
+
+    test = test_set("world")
+    images, attrs = toy_images(test.images()), test.attributes()
+    probe = shape_probe(train_features, train_shapes, patch_features(toy.model, clip, images), labels_of(attrs, "shape"))
+    return {"accuracy": evaluate(toy, images, attrs), "shape_probe_accuracy": probe, "n_test": len(test)}
 
 
 def model_card(card: dict) -> str:
@@ -171,16 +174,14 @@ width {lm["hidden_size"]}, MLP {lm["intermediate_size"]}, a word-level vocabular
 {card["recipe"]["n_train"]} toy-world training images, {card["train_time_s"]:.0f} s on {card["train_machine"]}
   (`hookedclip.methods.llava.toy_train.train_toy_llava`, recipe in `card.json`).
 
-## Answer accuracy on {card["n_test"]} held-out images (`ToyWorld(split="test")`)
+## Answer accuracy on the canonical world test set ({card["n_test"]} images, `hookedclip.toy.splits.test_set("world")`)
 
 | attribute | question | accuracy (95% Wilson interval) |
 |---|---|---|
 {rows}
 
-These images are the recipe's own held-out sample (world seed {card["recipe"]["world_seed"]}), drawn
-before the toy world's canonical test sets existed. A logistic-regression probe on the same patch
-features (all 16 tokens, flattened) reads the shape with accuracy
-{accuracy_text(card["shape_probe_accuracy"], n)}.
+A logistic-regression probe on the same patch features (all 16 tokens, flattened; fitted on the
+training images) reads the shape with accuracy {accuracy_text(card["shape_probe_accuracy"], n)}.
 """
 
 
