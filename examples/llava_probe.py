@@ -17,6 +17,7 @@ import torch
 
 from hookedclip.methods import llava
 from hookedclip.methods.llava.toy_model import ANSWERS, labels_of, toy_images
+from hookedclip.toy.splits import test_set
 from hookedclip.toy.world import ToyWorld
 
 
@@ -25,7 +26,9 @@ def main() -> None:
     parser.add_argument(
         "--attribute", choices=list(ANSWERS), default="color", help="the question asked (default: %(default)s)"
     )
-    parser.add_argument("--n", type=int, default=300, help="held-out toy images (default: %(default)s)")
+    parser.add_argument(
+        "--n", type=int, default=300, help="the first N images of the canonical world test set (default: %(default)s)"
+    )
     parser.add_argument("--out", default=".", help="folder for the figures (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -33,7 +36,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     toy = llava.toy()  # a transformers LlavaForConditionalGeneration on the toy CLIP's tower
-    world = ToyWorld(args.n, seed=11, split="test")
+    world = test_set("world", args.n)  # the toy world's canonical test set (its first N images)
     images, attributes = toy_images(world.images()), world.attributes()
 
     # 1. The hooked tower inside the LLaVA: the same logits, and generate works inside.
