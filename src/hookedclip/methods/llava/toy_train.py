@@ -146,7 +146,9 @@ def held_out_scores(toy: ToyLlava, clip: HookedCLIP, train_features: Tensor, tra
 
     test = test_set("world")
     images, attrs = toy_images(test.images()), test.attributes()
-    probe = shape_probe(train_features, train_shapes, patch_features(toy.model, clip, images), labels_of(attrs, "shape"))
+    probe = shape_probe(
+        train_features, train_shapes, patch_features(toy.model, clip, images), labels_of(attrs, "shape")
+    )
     return {"accuracy": evaluate(toy, images, attrs), "shape_probe_accuracy": probe, "n_test": len(test)}
 
 
