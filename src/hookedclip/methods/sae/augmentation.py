@@ -63,8 +63,12 @@ def augment_residuals(
     """``h̃ = h + (ã − a_{j*}(h)) d_{j*}``."""
     with torch.no_grad():
         h = residuals.to(sae.W_dec)
-        current = sae.encode(h)[:, latent]
-        return h + (values.to(h) - current).unsqueeze(-1) * sae.W_dec[:, latent]
+        return _shifted(sae, h, latent, sae.encode(h)[:, latent], values)
+
+
+def _shifted(sae: TopKSAE, h: Tensor, latent: int, current: Tensor, values: Tensor) -> Tensor:
+    """``h`` moved along the atom ``d_latent`` from the activation ``current`` to ``values``."""
+    return h + (values.to(h) - current).unsqueeze(-1) * sae.W_dec[:, latent]
 
 
 def augmented_embeddings(
@@ -81,9 +85,10 @@ def augmented_embeddings(
     require_before_readout(model, sae, "latent augmentation")
     _check_latent(sae, latent)
     with torch.no_grad():
-        a = sae.encode(residuals.to(sae.W_dec))[:, latent]
+        h = residuals.to(sae.W_dec)
+        a = sae.encode(h)[:, latent]  # encoded once: it is both the resampling pool and the shift's start
         values = resample_values(a, labels, source, seed) if values is None else values
-        return head_readout(model, augment_residuals(sae, residuals, latent, values)), values
+        return head_readout(model, _shifted(sae, h, latent, a, values)), values
 
 
 def train_probe(
