@@ -228,6 +228,7 @@ def toy_images(images: np.ndarray) -> Tensor:
 
 
 def weights_dir() -> Path:
+    """The folder of the shipped toy LLaVA's weights and cards."""
     return Path(str(resources.files("hookedclip.methods.llava") / "weights"))
 
 

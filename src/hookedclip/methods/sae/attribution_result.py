@@ -42,6 +42,7 @@ def active_latents(mask: Bool[Tensor, "batch d_sae"]) -> tuple[Int[Tensor, "batc
 
 
 def check_labels(labels: Sequence[str] | None, d_sae: int) -> list[str] | None:
+    """``labels`` as strings, one per latent (``d_sae`` of them), or ``None``; another count raises."""
     if labels is None:
         return None
     labels = [str(x) for x in labels]

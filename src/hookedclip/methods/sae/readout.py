@@ -198,6 +198,8 @@ def before_readout(model, sae) -> bool:
 
 
 def require_before_readout(model, sae, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` unless :func:`before_readout` holds (the closed form
+    and the cached-residual paths need it)."""
     if not before_readout(model, sae):
         raise ValueError(
             f"{what} needs a class-token autoencoder right before ln_post (layer -1, token 'cls', a "
