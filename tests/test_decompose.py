@@ -276,7 +276,10 @@ def test_max_memory_sets_the_chunks_and_keeps_the_result(monkeypatch):
     plans = []
     for per_pass, heads in [(5, 4), (5, 2), (5, 1), (2, 1), (1, 1)]:
         bound = output + per_pass * (per_image + heads * per_head)
-        assert dec.plan_chunks(model, 5, "all", ["L0-1", "mlp1"], bound) == (per_pass, heads)
+        assert dec.plan_chunks(model, 5, positions="all", components=["L0-1", "mlp1"], max_memory=bound) == (
+            per_pass,
+            heads,
+        )
         assert dec.estimate_memory(model, 5, "all", ["L0-1", "mlp1"], per_pass=per_pass, head_chunk=heads) <= bound
         heads_seen.clear()
         passes: list[int] = []

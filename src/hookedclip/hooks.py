@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from hookedclip.hook_point import Direction, HookFn, HookPoint
 
@@ -24,6 +25,18 @@ NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookSpec = tuple[str | Callable[[str], bool], HookFn]
 #: Hook points that make attention run on per-head inputs while active (left out of "every hook").
 SPLIT_INPUT_HOOKS = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+
+
+class CachingOptions(TypedDict, total=False):
+    """The keyword options every caching method shares (:meth:`HookedRootModule.get_caching_hooks`
+    documents them): what is stored, where, and which slice of it."""
+
+    incl_bwd: bool
+    device: torch.device | str | None
+    remove_batch_dim: bool
+    cache: dict | None
+    pos_slice: PosSlice
+    dtype: torch.dtype | None
 
 
 class HookedRootModule(nn.Module):
@@ -164,19 +177,11 @@ class HookedRootModule(nn.Module):
         return store, fwd, bwd
 
     def add_caching_hooks(
-        self,
-        names_filter: NameFilter = None,
-        incl_bwd: bool = False,
-        device: torch.device | str | None = None,
-        remove_batch_dim: bool = False,
-        cache: dict | None = None,
-        pos_slice: PosSlice = None,
-        dtype: torch.dtype | None = None,
+        self, names_filter: NameFilter = None, **options: Unpack[CachingOptions]
     ) -> dict[str, Tensor]:
-        """Attach caching hooks until :meth:`reset_hooks`; returns the dict they fill."""
-        store, fwd, bwd = self.get_caching_hooks(
-            names_filter, incl_bwd, device, remove_batch_dim, cache, pos_slice, dtype
-        )
+        """Attach the hooks of :meth:`get_caching_hooks` (same options) until :meth:`reset_hooks`;
+        returns the dict they fill."""
+        store, fwd, bwd = self.get_caching_hooks(names_filter, **options)
         self._add_all(fwd, bwd)
         return store
 
@@ -186,29 +191,16 @@ class HookedRootModule(nn.Module):
                 self.add_hook(name, fn, dir=dir)
 
     @contextlib.contextmanager
-    def cache(
-        self,
-        names_filter: NameFilter = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        incl_bwd: bool = False,
-        remove_batch_dim: bool = False,
-        pos_slice: PosSlice = None,
-    ) -> Iterator[ActivationCache]:
-        """Yield an :class:`ActivationCache` that fills with whatever runs inside.
-
-        Forward values are stored detached, optionally moved to ``device`` / ``dtype``.
-        With ``incl_bwd=True`` the gradients reaching each hook point during a backward
-        pass inside the block are stored too, under ``name + "_grad"``.
-        ``remove_batch_dim`` and ``pos_slice`` as in :meth:`get_caching_hooks`.
-        """
+    def cache(self, names_filter: NameFilter = None, **options: Unpack[CachingOptions]) -> Iterator[ActivationCache]:
+        """Yield an :class:`ActivationCache` that fills with whatever runs inside, with the options of
+        :meth:`get_caching_hooks`: forward values stored detached, optionally moved to ``device`` /
+        ``dtype``; with ``incl_bwd=True`` the gradients reaching each hook point during a backward
+        pass inside the block too, under ``name + "_grad"``."""
         from hookedclip.cache import ActivationCache
 
-        store, fwd, bwd = self.get_caching_hooks(
-            names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice, dtype=dtype
-        )
+        store, fwd, bwd = self.get_caching_hooks(names_filter, **options)
         with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
-            yield ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+            yield ActivationCache(store, self, has_batch_dim=not options.get("remove_batch_dim", False))
 
     def run_with_hooks(
         self,
@@ -272,4 +264,13 @@ class HookedRootModule(nn.Module):
         return out, (cache if return_cache_object else dict(cache.items()))
 
 
-__all__ = ["SPLIT_INPUT_HOOKS", "Direction", "HookFn", "HookPoint", "HookSpec", "HookedRootModule", "NameFilter"]
+__all__ = [
+    "SPLIT_INPUT_HOOKS",
+    "CachingOptions",
+    "Direction",
+    "HookFn",
+    "HookPoint",
+    "HookSpec",
+    "HookedRootModule",
+    "NameFilter",
+]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from typing_extensions import Unpack
 
 from hookedclip._compat import renamed_arguments
+from hookedclip._options import completed
 from hookedclip.components import (
     ALL_COMPONENTS,
     MLP,
@@ -79,7 +82,9 @@ def decompose_image(
         if max_memory is not None:
             _check_memory(model, images.shape[0], positions, components, target, max_memory)
         return _identified(_decompose_resid(model, images, target, positions, components, head_chunk), model)
-    per_pass, head_chunk = plan_chunks(model, images.shape[0], positions, components, max_memory, head_chunk)
+    per_pass, head_chunk = plan_chunks(
+        model, images.shape[0], max_memory=max_memory, positions=positions, components=components, head_chunk=head_chunk
+    )
     return _identified(
         _decompose_embed(model, "visual", images, positions, components, ln_mode, normalize, head_chunk, per_pass),
         model,
@@ -92,25 +97,26 @@ def _identified(stack: ComponentStack, model) -> ComponentStack:
     return stack
 
 
+class TextDecomposeOptions(TypedDict, total=False):
+    """The options :func:`decompose_text` shares with :func:`decompose_image` (same meaning, same defaults)."""
+
+    positions: Positions
+    components: ComponentLike | Sequence[ComponentLike]
+    ln_mode: LnMode
+    normalize: bool
+    head_chunk: int
+
+
 @torch.no_grad()
-def decompose_text(
-    model,
-    tokens: Int[Tensor, "batch seq"],
-    positions: Positions = "cls",
-    components: ComponentLike | Sequence[ComponentLike] = ALL_COMPONENTS,
-    ln_mode: LnMode = "reference",
-    normalize: bool = True,
-    head_chunk: int = 8,
-) -> ComponentStack:
+def decompose_text(model, tokens: Int[Tensor, "batch seq"], **options: Unpack[TextDecomposeOptions]) -> ComponentStack:
     """Direct contributions of the text tower's components to the text embedding, with the
-    same conventions as :func:`decompose_image` (the pooled position is the EOT token, or
+    options and conventions of :func:`decompose_image` (the pooled position is the EOT token, or
     whatever the tower pools). ``positions="all"``: per source token."""
     if model.text is None:
         raise ValueError("this model has no text tower")
-    check_ln_mode(ln_mode)
-    return _identified(
-        _decompose_embed(model, "text", tokens, positions, components, ln_mode, normalize, head_chunk), model
-    )
+    options = completed(decompose_image, TextDecomposeOptions, options, "decompose_text")
+    check_ln_mode(options["ln_mode"])
+    return _identified(_decompose_embed(model, "text", tokens, **options), model)
 
 
 def _decompose_embed(

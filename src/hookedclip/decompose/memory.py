@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
+from typing_extensions import Unpack
 
 from hookedclip._compat import renamed_arguments
+from hookedclip._options import completed
 from hookedclip.components import ALL_COMPONENTS, Head
 from hookedclip.decompose.capture import _selection
 from hookedclip.decompose.readout import Positions, _pattern_rows
@@ -34,14 +38,18 @@ def _memory_parts(model, batch: int, positions: Positions, components) -> tuple[
     return itemsize * output, itemsize * (cached + forward), itemsize * per_head
 
 
+class ChunkOptions(TypedDict, total=False):
+    """What a decomposition computes, as :func:`estimate_memory` takes it (same defaults):
+    ``positions``, ``components`` and the most heads per step, ``head_chunk``."""
+
+    positions: Positions
+    components: object
+    head_chunk: int
+
+
 @renamed_arguments(tokens="positions")
 def plan_chunks(
-    model,
-    batch: int,
-    positions: Positions = "cls",
-    components=ALL_COMPONENTS,
-    max_memory: int | None = None,
-    head_chunk: int = 8,
+    model, batch: int, *, max_memory: int | None = None, **options: Unpack[ChunkOptions]
 ) -> tuple[int, int]:
     """(images per forward pass, heads per step) for a :func:`decompose_image` call that
     stays under ``max_memory`` bytes (:func:`estimate_memory`): the whole batch and
@@ -49,6 +57,8 @@ def plan_chunks(
 
     Raises ``MemoryError`` when the output alone, or one image with one head at a time,
     would exceed ``max_memory``."""
+    options = completed(estimate_memory, ChunkOptions, options, "plan_chunks")
+    positions, components, head_chunk = options["positions"], options["components"], options["head_chunk"]
     heads = min(head_chunk, model.visual.cfg.heads)
     if max_memory is None:
         return batch, heads

@@ -21,6 +21,13 @@ from torch import Tensor, nn
 from hookedclip.config import TransformerConfig
 from hookedclip.hook_point import HookPoint
 
+#: The residual stream (the width ``d_model`` at every position).
+Resid = Float[Tensor, "batch pos d_model"]
+#: One input of the residual-stream width per head (the split-input path).
+PerHeadInput = Float[Tensor, "batch pos head d_model"]
+#: Queries, keys or values: ``d_head`` per head.
+PerHead = Float[Tensor, "batch pos head d_head"]
+
 
 def add_hook_points(module: nn.Module, *names: str) -> None:
     """Give ``module`` one :class:`HookPoint` attribute per name, in this (forward) order."""
@@ -119,18 +126,13 @@ class Attention(nn.Module):
         self._packed = None  # .to() / .half() give the weights new storage: re-pack on the next forward
         return super()._apply(fn, recurse)
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Resid) -> Resid:
         batch, pos, _ = x.shape
         weight, bias = self._packed_qkv()
         qkv = F.linear(x, weight, bias).view(batch, pos, 3, self.n_heads, self.d_head)
         return self.attend(*qkv.unbind(2))
 
-    def forward_split(
-        self,
-        q_input: Float[Tensor, "batch pos head d_model"],
-        k_input: Float[Tensor, "batch pos head d_model"],
-        v_input: Float[Tensor, "batch pos head d_model"],
-    ) -> Float[Tensor, "batch pos d_model"]:
+    def forward_split(self, q_input: PerHeadInput, k_input: PerHeadInput, v_input: PerHeadInput) -> Resid:
         """Attention from separate (already normalised) inputs per head, for path patching."""
         q, k, v = (
             torch.einsum("bphm,hme->bphe", x, W) + b
@@ -138,12 +140,7 @@ class Attention(nn.Module):
         )
         return self.attend(q, k, v)
 
-    def attend(
-        self,
-        q: Float[Tensor, "batch pos head d_head"],
-        k: Float[Tensor, "batch pos head d_head"],
-        v: Float[Tensor, "batch pos head d_head"],
-    ) -> Float[Tensor, "batch pos d_model"]:
+    def attend(self, q: PerHead, k: PerHead, v: PerHead) -> Resid:
         """The attention from queries, keys and values on: patterns, ``z`` and the output."""
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.hook_attn_scores.is_active() or self.hook_pattern.is_active():
@@ -185,7 +182,7 @@ class MLP(nn.Module):
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Resid) -> Resid:
         pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))
         post = self.hook_post(self.act(pre))
         return F.linear(post, self.W_out.T, self.b_out)
@@ -224,7 +221,7 @@ class TransformerBlock(nn.Module):
             "hook_resid_post",
         )
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Resid) -> Resid:
         resid_pre = self.hook_resid_pre(x)
         inputs = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
         if any(hook.is_active() for hook in inputs):

@@ -65,7 +65,9 @@ def fit_from_moments(
     image_mean = None if embedding_moments is None else embedding_moments.mean.to(torch.float64)
     result = PCLensResult(heads, model_id, embedding, image_mean=image_mean, settings=settings)
     if texts is not None:
-        result.label_with(text_embeddings, texts, n_texts, center_texts, use_projector)
+        result.label_with(
+            text_embeddings, texts, n_texts=n_texts, center_texts=center_texts, use_projector=use_projector
+        )
     return result
 
 

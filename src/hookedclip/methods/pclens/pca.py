@@ -25,12 +25,14 @@ so N images never sit in memory).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypedDict
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from typing_extensions import Unpack
 
+from hookedclip._options import completed
 from hookedclip.data.stats import RunningMoments
 from hookedclip.methods.pclens.head import HeadPCA
 
@@ -115,17 +117,22 @@ def pca_from_data(
     return _finish(label, mean, vh, s, x.shape[0], threshold, max_pcs, energy, sign)
 
 
-def pca_from_moments(
-    moments: RunningMoments,
-    label: str = "head",
-    threshold: float = 0.99,
-    max_pcs: int | None = 80,
-    energy: Energy = "singular",
-    sign: Sign = "canonical",
-) -> HeadPCA:
+class RankOptions(TypedDict, total=False):
+    """How many PCs a head keeps and how they are signed: :func:`pca_from_data`'s options (and
+    defaults), shared by :func:`pca_from_moments`."""
+
+    threshold: float
+    max_pcs: int | None
+    energy: Energy
+    sign: Sign
+
+
+def pca_from_moments(moments: RunningMoments, label: str = "head", **options: Unpack[RankOptions]) -> HeadPCA:
     """PCA from streaming statistics of one head (``mean [d']``, scatter ``M2 [d', d']``):
     since ``M2 = X_cᵀ X_c``, ``eigh(M2)`` gives ``S²`` and ``V`` of the centred data matrix.
-    Eigenvalues below ``10 · d' · eps · λ_max`` are round-off and count as zero."""
+    Eigenvalues below ``10 · d' · eps · λ_max`` are round-off and count as zero. ``options``:
+    those of :func:`pca_from_data`."""
+    options = completed(pca_from_data, RankOptions, options, "pca_from_moments")
     if moments.m2 is None:
         raise ValueError(f"{label}: the moments were accumulated without covariance")
     if moments.mean.ndim != 1:
@@ -139,7 +146,7 @@ def pca_from_moments(
     evals, evecs = evals.flip(0), evecs.flip(1)  # descending
     tol = _EIG_RTOL * m2.shape[0] * torch.finfo(torch.float64).eps * float(evals[0].clamp_min(0))
     s = torch.where(evals > tol, evals, torch.zeros_like(evals)).sqrt()
-    return _finish(label, moments.mean.to(torch.float64), evecs.T, s, moments.n, threshold, max_pcs, energy, sign)
+    return _finish(label, moments.mean.to(torch.float64), evecs.T, s, moments.n, **options)
 
 
 # --------------------------------------------------------------------------------------
@@ -176,6 +183,15 @@ def projector(p_t: Float[Tensor, "k k"]) -> Float[Tensor, "k k"]:
     tol = max(p_t.shape) * torch.finfo(p_t.dtype).eps * float(sv[0])
     w = wh[sv > tol]
     return w.T @ w
+
+
+class LabelOptions(TypedDict, total=False):
+    """How PCs are labelled: :func:`label_pcs`'s options (and defaults), shared by
+    :meth:`PCLensResult.label_with <hookedclip.methods.pclens.PCLensResult.label_with>`."""
+
+    n_texts: int
+    center_texts: bool
+    use_projector: bool
 
 
 def label_pcs(
@@ -248,6 +264,8 @@ __all__ = [
     "choose_rank",
     "pca_from_data",
     "pca_from_moments",
+    "RankOptions",
+    "LabelOptions",
     "text_coordinates",
     "projector",
     "label_pcs",

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from typing_extensions import Unpack
 
+from hookedclip._options import completed
 from hookedclip.identity import ModelIdentity
 from hookedclip.methods.pclens.head import HeadPCA
-from hookedclip.methods.pclens.pca import label_pcs
+from hookedclip.methods.pclens.pca import LabelOptions, label_pcs
 from hookedclip.plotting import colormap, finish_figure, new_figure
 from hookedclip.results import Result
 
@@ -76,20 +78,17 @@ class PCLensResult(Result):
         return [(label, i) for label, h in self.heads.items() for i in range(h.k)]
 
     def label_with(
-        self,
-        text_embeddings: Float[Tensor, "m d"],
-        texts: Sequence[str],
-        n_texts: int = 5,
-        center_texts: bool = True,
-        use_projector: bool = True,
+        self, text_embeddings: Float[Tensor, "m d"], texts: Sequence[str], **options: Unpack[LabelOptions]
     ) -> PCLensResult:
-        """(Re)label every head and the embedding against a vocabulary; rebuilds each ``Π``."""
+        """(Re)label every head and the embedding against a vocabulary with :func:`label_pcs`
+        (its options and defaults); rebuilds each ``Π``."""
+        options = completed(label_pcs, LabelOptions, options, "label_with")
         texts = list(texts)
         for pca in self._all():
-            label_pcs(pca, text_embeddings, texts, n_texts, center_texts, use_projector)
+            label_pcs(pca, text_embeddings, texts, **options)
         self.texts = texts
         self.text_mean = text_embeddings.to(torch.float64).mean(0).to(self._device())
-        self.settings.update(n_texts=n_texts, center_texts=center_texts, use_projector=use_projector)
+        self.settings.update(options)
         return self
 
     def _all(self) -> list[HeadPCA]:
