@@ -110,10 +110,9 @@ def _fit_images(model, args: argparse.Namespace, task):
 
 
 def _cmd_debias(args: argparse.Namespace) -> None:
-    from hookedclip.data.spurious import toy_task, waterbirds_task
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool, vocabulary
     from hookedclip.methods import pclens
-    from hookedclip.methods.pclens.debias import debias_sweep
+    from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
 
     ks = int_list(args.ks, "--ks", minimum=1, what="PCs per concept", example="1,2,5")
     torch.set_num_threads(max(1, args.threads))
@@ -172,7 +171,7 @@ def _cmd_debias(args: argparse.Namespace) -> None:
 def _waterbirds_validation(model, args: argparse.Namespace):
     """The Waterbirds split K is chosen on, or None (then K is chosen on the evaluation split,
     and the summary says so)."""
-    from hookedclip.data.spurious import waterbirds_task
+    from hookedclip.methods.pclens.debias import waterbirds_task
 
     if args.validation_split == "none" or args.validation_split == args.split:
         return None
@@ -186,8 +185,7 @@ def _waterbirds_validation(model, args: argparse.Namespace):
 def _attribute_control(model, result, sweep, batch_size: int) -> str:
     """Texture and shape accuracy before and after removing the picked PCs: does the model
     become blind to the texture, and what does the shape lose?"""
-    from hookedclip.data.spurious import toy_attribute_data
-    from hookedclip.methods.pclens.debias import removal_accuracy
+    from hookedclip.methods.pclens.debias import removal_accuracy, toy_attribute_data
     from hookedclip.zeroshot import accuracy_text
 
     images, targets = toy_attribute_data(model, ("texture", "shape"))

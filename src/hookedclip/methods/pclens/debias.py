@@ -19,9 +19,9 @@ per-head selection formula in closed form
 which is what :func:`~hookedclip.methods.pclens.selection.remove` does inside a forward pass
 (tested equal), without re-running the model per ``K``.
 
-The result (:class:`SweepPoint`, :class:`DebiasSweep`) lives in ``sweep_result`` (importable
-from here too) and the tasks (:class:`SpuriousTask`, :func:`toy_task`, :func:`waterbirds_task`)
-in :mod:`hookedclip.data.spurious`.
+The result (:class:`SweepPoint`, :class:`DebiasSweep`) lives in ``sweep_result`` and the tasks
+(:class:`SpuriousTask`, :func:`toy_task`, :func:`waterbirds_task`) in ``spurious``; both are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -34,11 +34,18 @@ from torch import Tensor
 
 from hookedclip._compat import renamed_arguments
 from hookedclip.data.batches import iter_images, iter_labelled
-from hookedclip.data.spurious import SpuriousTask
 from hookedclip.decompose import ComponentStack, decompose_image
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
 from hookedclip.methods.pclens.result import PCLensResult
 from hookedclip.methods.pclens.selection import PCSelection, selection_embeddings
+from hookedclip.methods.pclens.spurious import (
+    WATERBIRDS_CONCEPTS,
+    SpuriousTask,
+    toy_attribute_data,
+    toy_concepts,
+    toy_task,
+    waterbirds_task,
+)
 from hookedclip.methods.pclens.sweep_result import DebiasSweep, SweepPoint
 from hookedclip.zeroshot import accuracy, group_accuracies
 
@@ -315,4 +322,10 @@ __all__ = [
     "RemovalEmbeddings",
     "concept_rankings",
     "DEFAULT_KS",
+    "SpuriousTask",
+    "toy_attribute_data",
+    "toy_concepts",
+    "toy_task",
+    "waterbirds_task",
+    "WATERBIRDS_CONCEPTS",
 ]

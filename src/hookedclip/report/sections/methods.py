@@ -178,8 +178,7 @@ def _pclens_pc(ctx: DemoContext, result):
 def _pclens_debias(ctx: DemoContext, result):
     """The debiasing sweep (K chosen on the validation set, reported on the test set) and its
     controls: as many random PCs, and texture / shape accuracy with the picked PCs removed."""
-    from hookedclip.data.spurious import toy_attribute_data, toy_task
-    from hookedclip.methods.pclens.debias import debias_sweep, removal_accuracy
+    from hookedclip.methods.pclens.debias import debias_sweep, removal_accuracy, toy_attribute_data, toy_task
     from hookedclip.zeroshot import accuracy_text
 
     task = toy_task(ctx.model, n=ctx.canonical_n("spurious"))
