@@ -106,7 +106,7 @@ def test_closed_form_matches_finite_differences_with_an_outlier_dimension(model,
             plus = head(S.head_readout(model, h[b] + step * atom))
             minus = head(S.head_readout(model, h[b] - step * atom))
             expected = part.activations[b, i] * (plus - minus) / (2 * step)
-            torch.testing.assert_close(part.R[b, :, i], expected, rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(part.R_active[b, :, i], expected, rtol=1e-6, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------- what LN invariance implies
@@ -128,8 +128,16 @@ def test_h_dot_gradient_is_of_order_eps_over_variance(model, images, prompts):
     part = closed_form(model, sae, h, S.output_head(model, text_embeddings=prompts))
     _, sigma = layer_norm_state(model, h)
     bound = model.visual.ln_post.eps / sigma.squeeze(-1).pow(2)  # eps / (var + eps)
-    h_dot_g = part.R.sum(-1) + part.R_error
-    assert (h_dot_g.abs() <= 10 * bound.unsqueeze(-1) * part.R.abs().amax((-1, -2)).unsqueeze(-1)).all()
+    h_dot_g = part.R_active.sum(-1) + part.R_error
+    assert (h_dot_g.abs() <= 10 * bound.unsqueeze(-1) * part.R_active.abs().amax((-1, -2)).unsqueeze(-1)).all()
+
+
+def test_a_part_keeps_R_as_a_deprecated_name_of_R_active(model, images, prompts):
+    part = closed_form(model, make_sae(model), residuals(model, images), S.output_head(model, text_embeddings=prompts))
+    with pytest.warns(DeprecationWarning, match="R_active"):
+        assert torch.equal(part.R, part.R_active)
+    result = S.attribute(model, make_sae(model), images, text_embeddings=prompts)
+    assert result.R.shape[-1] == result.d_sae  # on the result, R stays the dense tensor
 
 
 @SETTINGS

@@ -69,6 +69,17 @@ def test_duplicate_texts_score_identically_and_the_label_is_the_argmax(seed, cop
     assert all(labels.label_of(j) != labels.runner_up_of(j) for j in range(6))  # another text, not a copy
 
 
+def test_the_runner_up_is_the_best_other_text_or_the_label_when_there_is_none():
+    scores = torch.tensor([[0.1, 0.9, 0.9, 0.5], [0.3, 0.2, 0.2, 0.1]])
+    choice = S.LabelChoice.best_two(scores, ["a", "b", "b", "c"])  # "b" twice: its copy is no runner-up
+    assert choice.label.tolist() == [1, 0] and choice.runner_up.tolist() == [3, 1]
+    assert choice.score.tolist() == pytest.approx([0.9, 0.3])
+    assert choice.runner_up_score.tolist() == pytest.approx([0.5, 0.2])
+    assert [choice.label_of(j) for j in range(2)] == ["b", "a"] and len(choice) == 2
+    alone = S.LabelChoice.best_two(torch.tensor([[0.4, 0.7]]), ["x", "x"])
+    assert alone.label.tolist() == alone.runner_up.tolist() == [1]
+
+
 def test_alignment_refuses_embeddings_of_another_width():
     with pytest.raises(ValueError, match="same model"):
         S.alignment(torch.ones(2, 4), torch.ones(3, 5), torch.ones(5))

@@ -143,25 +143,9 @@ def _cmd_faithfulness(args: argparse.Namespace) -> None:
     with step(name, f"scoring and deleting on {args.n} images"):
         h = torch.cat([cls_residual(model, sae, part) for part in x.split(256)])
         scores = S.method_scores(model, sae, h, head, targets, splice=args.splice)
-        curves = S.faithfulness(
-            model,
-            sae,
-            scores,
-            head,
-            targets,
-            residuals=h,
-            mode=args.mode,
-            ablation=args.ablation,
-            splice=args.splice,
-            steps=args.steps,
-        )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(out / "curves.csv")
-    curves.plot(out / "curves.png")
-    (out / "summary.txt").write_text(curves.summary() + "\n")
-    print(curves.summary())
-    print(f"curves written to {out}")
+        options = _options(args, "mode", "ablation", "splice", "steps")
+        curves = S.faithfulness(model, sae, scores, head, targets, residuals=h, **options)
+    _write(curves, args.out, "curves", plot=True)
 
 
 def _cmd_reliance(args: argparse.Namespace) -> None:
@@ -181,22 +165,27 @@ def _cmd_reliance(args: argparse.Namespace) -> None:
         result = S.attribute(model, sae, x, texts=texts, output=args.output, splice=args.splice, labels=labels)
         if alignment is None:
             alignment = S.label_alignment(embed_texts(model, labels), embed_texts(model, texts))
-    report = S.unexpected_reliance(
-        result,
-        classes,
-        alignment,
-        class_names=names,
-        min_share=args.min_share,
-        max_alignment=args.max_alignment,
-        max_z=args.max_z,
-        test=args.test,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report.to_csv(out / "reliance.csv")
-    (out / "summary.txt").write_text(report.summary() + "\n")
-    print(report.summary())
-    print(f"report written to {out}")
+    options = _options(args, "min_share", "max_alignment", "max_z", "test")
+    report = S.unexpected_reliance(result, classes, alignment, class_names=names, **options)
+    _write(report, args.out, "reliance")
+
+
+def _options(args: argparse.Namespace, *names: str) -> dict:
+    """The options ``names`` as keyword arguments: each option is named after the argument it sets."""
+    return {name: getattr(args, name) for name in names}
+
+
+def _write(result, out: str, stem: str, plot: bool = False) -> None:
+    """``{stem}.csv`` (and ``{stem}.png`` with ``plot``) and ``summary.txt`` in the folder ``out``;
+    the summary printed."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.to_csv(folder / f"{stem}.csv")
+    if plot:
+        result.plot(folder / f"{stem}.png")
+    (folder / "summary.txt").write_text(result.summary() + "\n")
+    print(result.summary())
+    print(f"results written to {folder}")
 
 
 def _alignment(path: str | None, d_sae: int, n_classes: int) -> torch.Tensor | None:

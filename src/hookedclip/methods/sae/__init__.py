@@ -39,18 +39,8 @@ from hookedclip.methods.sae.gallery import (
     top_activations,
     top_activations_from_store,
 )
-from hookedclip.methods.sae.labels import (
-    LatentLabels,
-    alignment,
-    clarity,
-    dataset_image_inputs,
-    label_latents,
-    label_with_model,
-    latent_embeddings,
-    model_image_embedder,
-    text_side,
-    toy_image_inputs,
-)
+from hookedclip.methods.sae.labels import *  # noqa: F403 (the names are labels.__all__, re-exported below)
+from hookedclip.methods.sae.labels import __all__ as _labels_names
 from hookedclip.methods.sae.model import SPLICE_MODES, SAEConfig, TopKSAE, densify
 from hookedclip.methods.sae.pretrained import attribute_purity, toy
 from hookedclip.methods.sae.pretrained import from_pretrained as _from_pretrained
@@ -104,16 +94,7 @@ __all__ = [
     "latent_statistic",
     "top_activations",
     "top_activations_from_store",
-    "LatentLabels",
-    "alignment",
-    "clarity",
-    "dataset_image_inputs",
-    "label_latents",
-    "label_with_model",
-    "latent_embeddings",
-    "model_image_embedder",
-    "text_side",
-    "toy_image_inputs",
+    *_labels_names,
     "TrainConfig",
     "TrainLog",
     "TrainingDiverged",

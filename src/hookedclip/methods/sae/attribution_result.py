@@ -9,6 +9,8 @@ tensor, exactly zero at inactive latents.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +25,24 @@ from hookedclip.results import Result, finish_figure, new_figure
 
 @dataclass
 class AttributionPart:
-    """One batch of images: ``R [batch, n, m]`` at ``latents [batch, m]`` (``active`` marks real
-    entries), their ``activations [batch, m]``, ``R_error`` and ``y [batch, n]``."""
+    """Attributions over each image's active latents, without names or settings: what one batch
+    of images gives (:class:`Attribution` adds them). ``R_active [batch, n, m]`` at ``latents
+    [batch, m]`` (``active`` marks real entries), their ``activations [batch, m]``, ``R_error`` and
+    ``y [batch, n]``; these are the tensors an :class:`Attribution` saves."""
 
-    R: Float[Tensor, "batch n m"]
+    R_active: Float[Tensor, "batch n m"]
     latents: Int[Tensor, "batch m"]
     active: Bool[Tensor, "batch m"]
     activations: Float[Tensor, "batch m"]
     R_error: Float[Tensor, "batch n"]
     y: Float[Tensor, "batch n"]
+
+    @property
+    def R(self) -> Float[Tensor, "batch n m"]:
+        """Deprecated: ``R_active``, the attributions at the active latents (on an
+        :class:`Attribution`, ``R`` is the dense ``[batch, n, d_sae]`` tensor)."""
+        warnings.warn("AttributionPart.R is now AttributionPart.R_active", DeprecationWarning, stacklevel=2)
+        return self.R_active
 
 
 def active_latents(mask: Bool[Tensor, "batch d_sae"]) -> tuple[Int[Tensor, "batch m"], Bool[Tensor, "batch m"]]:
@@ -57,7 +68,7 @@ def _pad(x: Tensor, m: int, value=0) -> Tensor:
 
 
 @dataclass(repr=False)
-class Attribution(Result):
+class Attribution(Result, AttributionPart):
     """Act×Grad attributions of ``n`` outputs (prompts or classes) of ``batch`` images.
 
     ``R_active [batch, n, m]`` at ``latents [batch, m]`` (``active`` marks real entries; the
@@ -68,15 +79,9 @@ class Attribution(Result):
     """
 
     _kind = "sae_attribution"
-    _tensor_fields = ("R_active", "latents", "active", "activations", "R_error", "y")
+    _tensor_fields = tuple(f.name for f in dataclasses.fields(AttributionPart))
     _json_fields = ("texts", "labels", "output", "splice", "method", "d_sae")
 
-    R_active: Float[Tensor, "batch n m"]
-    latents: Int[Tensor, "batch m"]
-    active: Bool[Tensor, "batch m"]
-    activations: Float[Tensor, "batch m"]
-    R_error: Float[Tensor, "batch n"]
-    y: Float[Tensor, "batch n"]
     texts: list[str]
     labels: list[str] | None
     output: str
@@ -89,7 +94,7 @@ class Attribution(Result):
     def concat(cls, parts: Sequence[AttributionPart], **fields) -> Attribution:
         m = max(p.latents.shape[-1] for p in parts)
         return cls(
-            R_active=torch.cat([_pad(p.R, m) for p in parts]),
+            R_active=torch.cat([_pad(p.R_active, m) for p in parts]),
             latents=torch.cat([_pad(p.latents, m) for p in parts]),
             active=torch.cat([_pad(p.active, m, False) for p in parts]),
             activations=torch.cat([_pad(p.activations, m) for p in parts]),

@@ -65,8 +65,8 @@ def method_scores(
     before ``ln_post``: ``{"Act×Grad", "Act×LogitLens", "LogitLens", "Energy", "Random"}``."""
     part = closed_form(model, sae, residuals, head, splice)
     rows = torch.arange(residuals.shape[0])
-    dense = torch.zeros(residuals.shape[0], sae.d_sae, dtype=part.R.dtype)
-    act_grad = dense.scatter_add(-1, part.latents, part.R[rows, targets] * part.active)
+    dense = torch.zeros(residuals.shape[0], sae.d_sae, dtype=part.R_active.dtype)
+    act_grad = dense.scatter_add(-1, part.latents, part.R_active[rows, targets] * part.active)
     a = sae.encode(residuals.to(sae.W_dec))
     lens = logit_lens(model, sae, head)[targets]  # [batch, d_sae]
     return {

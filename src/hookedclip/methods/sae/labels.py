@@ -19,7 +19,7 @@ A latent that is clear (its top images alike) but aligned with no text of the vo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
 import torch
@@ -135,23 +135,56 @@ def text_side(model, concepts: Sequence[str], cache_dir=None) -> tuple[Float[Ten
     return emb[:-1], emb[-1]
 
 
-# ---------------------------------------------------------------------------- the result
-@dataclass(repr=False)
-class LatentLabels(Result):
-    """Labels of every latent (module docstring).
-
-    Per latent ``j``: ``label[j]`` and ``runner_up[j]`` (indices into ``concepts``) with their
-    alignments ``score[j]`` and ``runner_up_score[j]``; ``clarity[j]``; ``mean_activation[j]``
-    (of its top ``n`` samples) and ``mean_activation_all[j]`` (of all kept ones); its top
-    ``n`` samples ``top_indices [n, h]`` and statistics ``top_values [n, h]``.
-    ``settings``: ``n``, the embedding model, the autoencoder's layer, token and pooling.
-    """
+# ---------------------------------------------------------------------------- the choice
+@dataclass
+class LabelChoice:
+    """Each latent's label and runner-up among ``concepts``: ``label[j]`` and ``runner_up[j]``
+    index ``concepts``; ``score[j]`` and ``runner_up_score[j]`` are their alignments ``s_j(t)``."""
 
     concepts: list[str]
     label: Int[Tensor, " h"]
     score: Float[Tensor, " h"]
     runner_up: Int[Tensor, " h"]
     runner_up_score: Float[Tensor, " h"]
+
+    @classmethod
+    def best_two(cls, scores: Float[Tensor, "h l"], concepts: Sequence[str]) -> LabelChoice:
+        """The label (the first concept with the largest score) and the runner-up (the best
+        concept whose text differs from the label's; the label itself when there is none)."""
+        label = scores.argmax(1)  # the first of equal maxima
+        ids = {text: i for i, text in reversed(list(enumerate(concepts)))}
+        text_id = torch.tensor([ids[t] for t in concepts], device=scores.device)
+        same_text = text_id[None, :] == text_id[label][:, None]
+        others = scores.masked_fill(same_text, float("-inf"))
+        runner_up = torch.where(same_text.all(1), label, others.argmax(1))
+        return cls(list(concepts), label, _score_of(scores, label), runner_up, _score_of(scores, runner_up))
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def label_of(self, latent: int) -> str:
+        return self.concepts[int(self.label[latent])]
+
+    def runner_up_of(self, latent: int) -> str:
+        return self.concepts[int(self.runner_up[latent])]
+
+
+def _score_of(scores: Float[Tensor, "h l"], chosen: Int[Tensor, " h"]) -> Float[Tensor, " h"]:
+    return scores.gather(1, chosen[:, None])[:, 0]
+
+
+# ---------------------------------------------------------------------------- the result
+@dataclass(repr=False)
+class LatentLabels(Result, LabelChoice):
+    """Labels of every latent (module docstring): the :class:`LabelChoice` (``concepts``,
+    ``label``, ``score``, ``runner_up``, ``runner_up_score``) and the evidence behind it.
+
+    Per latent ``j``: ``clarity[j]``; ``mean_activation[j]`` (of its top ``n`` samples) and
+    ``mean_activation_all[j]`` (of all kept ones); its top ``n`` samples ``top_indices [n, h]``
+    and statistics ``top_values [n, h]``. ``settings``: ``n``, the embedding model, the
+    autoencoder's layer, token and pooling.
+    """
+
     clarity: Float[Tensor, " h"]
     mean_activation: Float[Tensor, " h"]
     mean_activation_all: Float[Tensor, " h"]
@@ -176,15 +209,6 @@ class LatentLabels(Result):
 
     def __post_init__(self) -> None:
         self.model = as_identity(self.model)  # a model or its identity
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-    def label_of(self, latent: int) -> str:
-        return self.concepts[int(self.label[latent])]
-
-    def runner_up_of(self, latent: int) -> str:
-        return self.concepts[int(self.runner_up[latent])]
 
     # ---- choosing latents
     def candidates(
@@ -280,20 +304,6 @@ class LatentLabels(Result):
 
 
 # ---------------------------------------------------------------------------- labelling
-def best_two(
-    scores: Float[Tensor, "h l"], concepts: Sequence[str]
-) -> tuple[Int[Tensor, " h"], Float[Tensor, " h"], Int[Tensor, " h"], Float[Tensor, " h"]]:
-    """The label (the first concept with the largest score) and the runner-up (the best concept
-    whose text differs from the label's; the label itself when there is none), with scores."""
-    label = scores.argmax(1)  # the first of equal maxima
-    ids = {text: i for i, text in reversed(list(enumerate(concepts)))}
-    text_id = torch.tensor([ids[t] for t in concepts], device=scores.device)
-    same_text = text_id[None, :] == text_id[label][:, None]
-    others = scores.masked_fill(same_text, float("-inf"))
-    runner_up = torch.where(same_text.all(1), label, others.argmax(1))
-    return label, scores.gather(1, label[:, None])[:, 0], runner_up, scores.gather(1, runner_up[:, None])[:, 0]
-
-
 def label_latents(
     top: TopActivations,
     embed: ImageEmbedder,
@@ -315,15 +325,10 @@ def label_latents(
         raise ValueError(f"the top activations keep {top.n} sample(s) per latent; need at least 2")
     values, indices = top.values[:n], top.indices[:n]
     theta, clear = latent_embeddings(indices, embed)
-    scores = alignment(theta, texts, empty)
-    label, score, runner_up, runner_score = best_two(scores, concepts)
+    choice = LabelChoice.best_two(alignment(theta, texts, empty), concepts)
     settings = {**{k: top.settings.get(k) for k in ("layer", "token", "pool", "samples")}, "n": n, "embedder": embedder}
     return LatentLabels(
-        concepts=list(concepts),
-        label=label,
-        score=score,
-        runner_up=runner_up,
-        runner_up_score=runner_score,
+        **{f.name: getattr(choice, f.name) for f in fields(LabelChoice)},
         clarity=clear,
         mean_activation=values.mean(0),
         mean_activation_all=top.mean_top(),
@@ -357,6 +362,7 @@ def label_with_model(
 
 __all__ = [
     "DEFAULT_N",
+    "LabelChoice",
     "LatentLabels",
     "alignment",
     "clarity",
