@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from hookedclip.axis_size import axis_size
 from hookedclip.components import MLP, Embed, Head
 from hookedclip.decompose import ComponentStack
 from hookedclip.identity import ModelIdentity
@@ -40,9 +41,7 @@ class NormShares(Result):
     layer: int  # the hidden_states index decomposed
     model: ModelIdentity | None = None
 
-    @property
-    def n_layers(self) -> int:
-        return self.mean.shape[-1]
+    n_layers = axis_size("mean", -1, "How many blocks.")
 
     def total(self, token: str = "patch") -> dict[str, float]:
         """Summed shares over layers per kind: ``{"attn": ..., "mlp": ...}``."""

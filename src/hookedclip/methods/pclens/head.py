@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip.axis_size import axis_size
 from hookedclip.identity import ModelIdentity
 from hookedclip.methods.pclens.confidence import label_text
 from hookedclip.plotting import finish_figure, new_figure
@@ -120,9 +121,7 @@ class HeadPCA(Result):
     texts: list[str] | None = field(default=None, repr=False)
     model: ModelIdentity | None = None
 
-    @property
-    def k(self) -> int:
-        return self.components.shape[0]
+    k = axis_size("components", 0, "How many PCs are kept.")
 
     # ---- the Result protocol
     def _title(self) -> str:

@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from hookedclip.axis_size import axis_size
 from hookedclip.identity import ModelIdentity
 from hookedclip.results import Result, finish_figure, new_figure
 
@@ -119,9 +120,7 @@ class Attribution(Result, AttributionPart):
         dense = torch.zeros(self.latents.shape[0], self.d_sae, dtype=self.activations.dtype)
         return dense.to(self.activations.device).scatter_add(-1, self.latents, self.activations * self.active)
 
-    @property
-    def n_images(self) -> int:
-        return self.y.shape[0]
+    n_images = axis_size("y", 0, "How many images.")
 
     # ---- top latents
     def top(self, n: int = 5, images: Sequence[int] | None = None, texts: Sequence[int] | None = None) -> list[dict]:

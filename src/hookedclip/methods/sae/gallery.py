@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip.axis_size import axis_size
 from hookedclip.data.batches import iter_images
 from hookedclip.identity import ModelIdentity, as_identity, describe_mismatch, same_model
 from hookedclip.methods.sae.model import TopKSAE
@@ -105,13 +106,8 @@ class TopActivations(Result):
     def __post_init__(self) -> None:
         self.model = as_identity(self.model)  # a model or its identity
 
-    @property
-    def n(self) -> int:
-        return self.values.shape[0]
-
-    @property
-    def d_sae(self) -> int:
-        return self.values.shape[1]
+    n = axis_size("values", 0, "How many top samples per latent (``N``).")
+    d_sae = axis_size("values", 1, "How many latents.")
 
     def top(self, latent: int, n: int | None = None) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"]]:
         """Latent ``latent``'s top ``n`` (default all kept) statistics and sample indices."""

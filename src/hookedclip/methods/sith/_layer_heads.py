@@ -3,17 +3,14 @@ and its ``layer``: how many heads, their rank and their labels."""
 
 from __future__ import annotations
 
+from hookedclip.axis_size import axis_size
+
 
 class LayerHeads:
     """Mixin for a result with ``S: [head, r]`` and ``layer: int`` fields."""
 
-    @property
-    def n_heads(self) -> int:
-        return self.S.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.S.shape[1]
+    n_heads = axis_size("S", 0, "How many heads.")
+    rank = axis_size("S", 1, "Singular vectors kept per head.")
 
     @property
     def labels(self) -> list[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from jaxtyping import Float
 from torch import Tensor
 
+from hookedclip.axis_size import axis_size
 from hookedclip.identity import ModelIdentity, check_same_model, model_identity
 from hookedclip.methods.sith.pursuit import prepare_dictionary
 from hookedclip.results import Result
@@ -55,9 +56,7 @@ class Dictionary(Result):
     def __len__(self) -> int:
         return self.embeddings.shape[0]
 
-    @property
-    def width(self) -> int:
-        return self.embeddings.shape[1]
+    width = axis_size("embeddings", 1, "The width of the embeddings (the joint space's).")
 
     @property
     def atoms(self) -> Float[Tensor, "n_concepts d"]:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip.axis_size import axis_size
 from hookedclip.identity import ModelIdentity
 from hookedclip.methods.sith.nnls import nnls_gram
 from hookedclip.methods.sith.screen import best_atoms
@@ -73,9 +74,7 @@ class Pursuit(Result):
     concepts: list[str] | None = None
     model: ModelIdentity | None = None
 
-    @property
-    def k(self) -> int:
-        return self.indices.shape[-1]
+    k = axis_size("indices", -1, "Atoms per target.")
 
     def dense(self, n_atoms: int) -> Float[Tensor, "... n_atoms"]:
         """The codes as dense ``[..., n_atoms]`` rows (zero off the chosen atoms)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hookedclip.axis_size import axis_size
 from hookedclip.identity import ModelIdentity
 from hookedclip.methods.sith._layer_heads import LayerHeads
 from hookedclip.results import Result, finish_figure, new_figure
@@ -57,9 +58,7 @@ class SithResult(LayerHeads, Result):
     center: bool = True
     model: ModelIdentity | None = None
 
-    @property
-    def k(self) -> int:
-        return self.indices.shape[-1]
+    k = axis_size("indices", -1, "Concepts per vector.")
 
     def _side(self, side: str) -> int:
         if side not in self.sides:
