@@ -203,7 +203,9 @@ def test_paired_difference_recovers_a_planted_shift_and_excludes_zero():
     diff = paired_difference(_from_counts(better, ap + 0.05), _from_counts(counts, ap))
     assert diff["pixel_accuracy"][0] == pytest.approx(0.08)
     assert diff["map"][0] == pytest.approx(0.05)
-    assert diff["miou"][0] == pytest.approx(_from_counts(better, ap).compute()["miou"] - _from_counts(counts, ap).compute()["miou"])
+    assert diff["miou"][0] == pytest.approx(
+        _from_counts(better, ap).compute()["miou"] - _from_counts(counts, ap).compute()["miou"]
+    )
     for name, (value, low, high) in diff.items():
         assert 0 < low <= value <= high, (name, diff[name])
     # the same shift inside the noise: an interval that straddles 0

@@ -322,7 +322,12 @@ def section_segmentation(ctx: DemoContext) -> Section:
                 rows,
             ),
             (
-                ["map minus the centred blob (points; [95% paired bootstrap interval])", "pixel accuracy", "mIoU", "mAP"],
+                [
+                    "map minus the centred blob (points; [95% paired bootstrap interval])",
+                    "pixel accuracy",
+                    "mIoU",
+                    "mAP",
+                ],
                 differences,
             ),
         ],
