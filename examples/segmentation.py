@@ -26,7 +26,14 @@ from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import pclens
 from hookedclip.methods.neighbours import embedding_space, head_space, nearest_images, selection_space
-from hookedclip.methods.segmentation import evaluate, evaluate_toy, metric_text, resize_mask, save_overlays
+from hookedclip.methods.segmentation import (
+    difference_text,
+    evaluate,
+    evaluate_toy,
+    metric_text,
+    resize_mask,
+    save_overlays,
+)
 from hookedclip.plotting import neighbour_grid
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import SHAPES, ToyWorld, class_prompts, render_batch
@@ -37,6 +44,9 @@ def report(name: str, metrics: dict) -> None:
     """One line of metrics (%), each with its 95% bootstrap interval over images in brackets."""
     pixel, miou, ap = (metric_text(metrics, k) for k in ("pixel_accuracy", "miou", "map"))
     print(f"  {name:<24} pixel acc {pixel:<18} mIoU {miou:<18} mAP {ap:<18} ({metrics['n_images']} images)")
+    if "vs_blob" in metrics:  # the same images, so a paired bootstrap interval of the difference
+        pixel, miou, ap = (difference_text(metrics["vs_blob"][k]) for k in ("pixel_accuracy", "miou", "map"))
+        print(f"  {'  minus the blob':<24} pixel acc {pixel:<18} mIoU {miou:<18} mAP {ap:<18} (paired)")
 
 
 def imagenet_segmentation(args) -> None:

@@ -60,7 +60,8 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
         "SITH: what each head writes, read from its weights",
         "LLaVA: the patch tokens a language model reads",
     ]
-    assert re.fullmatch(r"Zero-shot segmentation \(4 x 4 maps; (no )?better than a centred blob\)", headings[7])
+    verdict = r"((better|worse) than a centred blob( on [a-zA-Z ,]+)?|not distinguishable from a centred blob)"
+    assert re.fullmatch(rf"Zero-shot segmentation \(4 x 4 maps; {verdict}\)", headings[7]), headings[7]
     assert len(headings) == len(SECTIONS)
     for phrase in (
         "worst group",
@@ -85,6 +86,27 @@ def test_demo_writes_report_with_all_figures(tmp_path, capsys):
     controls = "random PCs" in html and "attribute (world test set)" in html
     assert controls or "No K qualified on the validation set" in html
     assert "⚠" in html  # weak PCLens labels are marked
+    # The segmentation's differences from the blob carry paired intervals; the probe cells their own.
+    blob = next(c for c, t in zip(cells, tables) if "paired bootstrap interval" in t)
+    signed = r"[+-]\d+\.\d"
+    assert len(blob) == 3 * 4 and all(
+        re.fullmatch(rf"{signed} \[{signed}, {signed}\]", c) for i, c in enumerate(blob) if i % 4
+    ), blob
+    assert "accuracy ± half the width of its 95% Wilson interval" in html
+
+
+def test_blob_verdict_counts_a_metric_only_where_its_interval_excludes_zero():
+    from hookedclip.report.sections.methods import blob_verdict
+
+    clear, noise, below = (0.02, 0.01, 0.03), (0.02, -0.001, 0.04), (-0.02, -0.03, -0.01)
+    assert blob_verdict({"pixel_accuracy": clear, "miou": clear, "map": clear}) == "better than a centred blob"
+    assert blob_verdict({"pixel_accuracy": noise, "miou": noise, "map": noise}) == (
+        "not distinguishable from a centred blob"
+    )
+    assert blob_verdict({"pixel_accuracy": below, "miou": below, "map": below}) == "worse than a centred blob"
+    assert blob_verdict({"pixel_accuracy": clear, "miou": noise, "map": below}) == (
+        "better than a centred blob on pixel accuracy, worse on mAP, within noise on mIoU"
+    )
 
 
 def test_info_lists_hook_patterns(capsys):

@@ -144,10 +144,13 @@ def head_heatmaps(
     vmax: float = 1.0,
     value_label: str = "probe accuracy (%)",
     digits: int = 0,
+    half_widths: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """One ``[layer, head]`` heatmap per key, the value (%, ``digits`` decimals) written in each
     cell; ``baseline`` (e.g. the majority-class rate) is named in each panel's title as
-    ``baseline_label``; the colour scale runs from ``vmin`` to ``vmax`` (fractions)."""
+    ``baseline_label``; the colour scale runs from ``vmin`` to ``vmax`` (fractions).
+    ``half_widths``: per key, a ``[layer, head]`` array of each value's uncertainty (fractions, e.g.
+    half a 95% interval's width), written after the value as ``"93 ±2"``."""
     n = len(scores)
     first = next(iter(scores.values()))
     fig = _figure(1.4 + 0.95 * first.shape[1] * n + 0.7 * n, 0.75 * first.shape[0] + 1.9)
@@ -156,10 +159,13 @@ def head_heatmaps(
         im = ax.imshow(100 * grid, vmin=100 * vmin, vmax=100 * vmax, cmap="viridis", aspect="auto")
         for (i, j), val in np.ndenumerate(grid):
             light = (val - vmin) / max(vmax - vmin, 1e-12) >= 0.7  # dark text on the bright end of viridis
+            text = f"{100 * val:.{digits}f}"
+            if half_widths is not None:
+                text += f" ±{100 * half_widths[name][i, j]:.{digits}f}"
             ax.text(
                 j,
                 i,
-                f"{100 * val:.{digits}f}",
+                text,
                 ha="center",
                 va="center",
                 fontsize=10,

@@ -15,6 +15,7 @@ import torch
 
 from hookedclip.cli.toy import add_toy_commands
 from hookedclip.toy import model as toy_model
+from hookedclip.toy.splits import CANONICAL_SEED
 from hookedclip.toy.train import (
     CAPTION_KEEP,
     CHECKPOINT_FILE,
@@ -25,6 +26,7 @@ from hookedclip.toy.train import (
     train,
 )
 from hookedclip.toy.world import SHAPES, SpuriousSpec, ToyWorld
+from hookedclip.zeroshot import accuracy_text
 
 TINY = dict(
     embed_dim=16,
@@ -40,15 +42,37 @@ def _params(out_dir) -> dict[str, torch.Tensor]:
 
 def test_loss_goes_down_and_export_loads(tmp_path):
     result = train(
-        tmp_path, steps=40, batch_size=32, lr=3e-3, seed=0, warmup=5, ckpt_every=20, final_eval_n=40, **TINY, **QUIET
+        tmp_path,
+        steps=40,
+        batch_size=32,
+        lr=3e-3,
+        seed=0,
+        warmup=5,
+        ckpt_every=20,
+        final_eval_n=40,
+        eval_every=20,
+        eval_n=40,
+        **TINY,
+        **QUIET,
     )
     losses = result["losses"]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-8:]) < np.mean(losses[:4]) - 0.3, losses
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["steps"] == 40 and set(card["accuracy"]) >= {"shape", "color", "texture"}
-    assert (tmp_path / "MODEL_CARD.md").read_text() == model_card_markdown(card)
+    card_text = (tmp_path / "MODEL_CARD.md").read_text()
+    assert card_text == model_card_markdown(card)
     assert card["train_threads"] == torch.get_num_threads()
+    # The monitoring run at step 20 records the size of its canonical validation sets, for the card's intervals.
+    assert [e["step"] for e in card["training_curve"]] == [20]
+    assert card["training_curve_eval"] == {
+        "n": 40,
+        "n_spurious": 40,
+        "spurious_group_n": 10,
+        "split": "val",
+        "seed": CANONICAL_SEED,
+    }
+    assert '40 held-out images of `ToyWorld(split="val"' in card_text
     # The exported (sparse-embedding) file rebuilds exactly the trained parameters.
     source, _ = toy_model.load_open_clip_toy(tmp_path)
     trained = _params(tmp_path)
@@ -194,4 +218,27 @@ def test_model_card_quality_bar_follows_the_accuracies():
     worse = _limits({**card, "accuracy": {**card["accuracy"], "color": 0.5}, "training_curve": curve})
     flat = worse.replace("\n  ", " ")
     assert "colour does not (50.0% [47.8, 52.2])" in flat and "What limits shape and colour" in flat
-    assert "its largest figure: 97.0% at step 250" in flat and "no longer rising" in flat
+    assert f"its largest figure: {accuracy_text(0.97, 400)} at step 250" in flat and "no longer rising" in flat
+
+
+def test_model_card_states_the_training_curve_size_and_every_point_interval():
+    """The shipped card records how many images each training-curve accuracy was measured on, the
+    figures are whole counts of it, and MODEL_CARD.md shows every point with its Wilson interval."""
+    card = toy_model.read_card()
+    sizes = card["training_curve_eval"]
+    assert (sizes["n"], sizes["n_spurious"], sizes["spurious_group_n"]) == (400, 400, 100)
+    text = model_card_markdown(card)
+    assert "400 held-out images" in text and "100 per group" in text
+    columns = {"sp_avg": sizes["n_spurious"], "sp_wga": sizes["spurious_group_n"]}
+    for entry in card["training_curve"]:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {entry['step']:,} |"))
+        for key, value in entry.items():
+            if key in ("step", "time_s", "loss"):
+                continue
+            n = columns.get(key, sizes["n"])
+            assert round(round(value * n) / n, 4) == value, (entry["step"], key, value, n)  # a whole count of n
+            assert f" {accuracy_text(value, n)} |" in row, (entry["step"], key)
+    assert "monitoring images, whose number" not in text
+    # A card without the sizes says so instead of showing intervals it cannot have.
+    bare = model_card_markdown({k: v for k, v in card.items() if k != "training_curve_eval"})
+    assert "does not record, so the figures carry no interval" in bare and "| 250 | 2.671 | 26.2% |" in bare

@@ -12,7 +12,9 @@ image (``Res``). The foreground is ``Res > mean(Res)``.
 
 Metrics (:class:`SegmentationMetrics`) follow the reference: pixel accuracy and mIoU from
 counts summed over the dataset, mAP as the mean over images of sklearn's average precision
-of the one-hot ground truth against ``[1 − Res, Res]``.
+of the one-hot ground truth against ``[1 − Res, Res]``. Each metric has a bootstrap interval
+over images, and :func:`paired_difference` gives the difference of two maps scored on the same
+images (e.g. a method and the centred-blob baseline) with a paired bootstrap interval.
 """
 
 from __future__ import annotations
@@ -265,20 +267,73 @@ class SegmentationMetrics(Result):
         :meth:`compute` does (pooled pixel counts for pixel accuracy and mIoU, the mean AP), so the
         interval says how much the dataset's number would move with another sample of images.
         Needs the per-image counts (accumulators saved before they were recorded have none)."""
+        self._check_per_image()
+        idx = np.random.default_rng(seed).integers(0, len(self.per_image), size=(n_boot, len(self.per_image)))
+        return {k: _percentiles(v, level) for k, v in self._resampled(idx).items()}
+
+    def _check_per_image(self) -> None:
         if not self.per_image:
             raise ValueError("no per-image counts recorded: score the images again with update() to get intervals")
+
+    def _resampled(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Each metric recomputed on every row of image indices ``idx [n_boot, n]``: ``{name: [n_boot]}``."""
         counts = np.asarray(self.per_image, dtype=np.float64)  # [n, 6]
-        ap = np.asarray(self.ap, dtype=np.float64)
-        idx = np.random.default_rng(seed).integers(0, len(counts), size=(n_boot, len(counts)))
         sums = counts[idx].sum(1)  # [n_boot, 6]
         eps = np.spacing(1)
-        samples = {
+        return {
             "pixel_accuracy": sums[:, 0] / (eps + sums[:, 1]),
             "miou": (sums[:, 2] / (eps + sums[:, 3]) + sums[:, 4] / (eps + sums[:, 5])) / 2,
-            "map": ap[idx].mean(1),
+            "map": np.asarray(self.ap, dtype=np.float64)[idx].mean(1),
         }
-        tail = 100 * (1 - level) / 2
-        return {k: tuple(float(q) for q in np.percentile(v, [tail, 100 - tail])) for k, v in samples.items()}
+
+
+METRIC_NAMES = ("pixel_accuracy", "miou", "map")
+
+
+def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
+    return tuple(float(q) for q in np.percentile(samples, [tail, 100 - tail]))
+
+
+def paired_difference(
+    a: SegmentationMetrics,
+    b: SegmentationMetrics,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    paired: bool = True,
+) -> dict[str, tuple[float, float, float]]:
+    """``a − b`` of each metric with its percentile-bootstrap interval over images:
+    ``{"pixel_accuracy" | "miou" | "map": (difference, low, high)}``, fractions.
+
+    ``a`` and ``b`` must have scored the same images in the same order (e.g. a method's maps and
+    the centred blob's, as :func:`evaluate` does). Paired: each resample draws one set of images and
+    recomputes both metrics on it, so what the two share (an image that is easy for every map)
+    cancels and the interval is that of the difference itself. ``paired=False`` resamples the two
+    independently, as if they had been measured on different images (wider when they agree per image).
+    The difference is ``a.compute()[k] − b.compute()[k]``, the figure a reader sees."""
+    a._check_per_image()
+    b._check_per_image()
+    n = len(a.per_image)
+    if paired and len(b.per_image) != n:
+        raise ValueError(
+            f"a paired difference needs the same images: {n} vs {len(b.per_image)} scored; "
+            "score both maps on the same batches (or pass paired=False)"
+        )
+    rng = np.random.default_rng(seed)
+    idx_a = rng.integers(0, n, size=(n_boot, n))
+    idx_b = idx_a if paired else rng.integers(0, len(b.per_image), size=(n_boot, len(b.per_image)))
+    samples_a, samples_b = a._resampled(idx_a), b._resampled(idx_b)
+    point_a, point_b = a.compute(), b.compute()
+    return {
+        k: (float(point_a[k] - point_b[k]), *_percentiles(samples_a[k] - samples_b[k], level)) for k in METRIC_NAMES
+    }
+
+
+def difference_text(difference: tuple[float, float, float], digits: int = 1) -> str:
+    """A :func:`paired_difference` entry in points with its interval, e.g. ``"+1.2 [+0.3, +2.1]"``."""
+    value, low, high = (100 * v for v in difference)
+    return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def metric_text(metrics: dict, name: str, digits: int = 1) -> str:
@@ -311,6 +366,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics of the model's heat maps and of the centred-blob baseline, each dict with an
     ``"intervals"`` entry: 95% percentile-bootstrap intervals over images (:meth:`SegmentationMetrics.intervals`).
+    The model's dict also has ``"vs_blob"``: its difference from the blob on the same images with a paired
+    95% bootstrap interval, ``{metric: (difference, low, high)}`` (:func:`paired_difference`).
 
     ``batches`` yields ``(images [B, C, H, W], masks bool [B, H, W])``, optionally with a
     third entry ``targets [B]`` (class to map; default the prediction ``ĉ``). Masks must
@@ -320,7 +377,9 @@ def evaluate(
     for images, masks, target in iter_labelled(batches, model, names=("masks", "targets")):
         ours.update(heatmaps(model, images, classifier, components, transform, target).float(), masks)
         blob.update(centre_blob(*masks.shape[-2:], sigma=blob_sigma, batch=masks.shape[0]), masks)
-    return {name: acc.compute() | {"intervals": acc.intervals()} for name, acc in (("model", ours), ("blob", blob))}
+    metrics = {name: acc.compute() | {"intervals": acc.intervals()} for name, acc in (("model", ours), ("blob", blob))}
+    metrics["model"]["vs_blob"] = paired_difference(ours, blob)
+    return metrics
 
 
 def toy_batches(
@@ -408,16 +467,19 @@ def save_overlays(
 
 
 __all__ = [
+    "METRIC_NAMES",
     "RowTransform",
     "SegmentationMetrics",
     "binarize",
     "centre_blob",
+    "difference_text",
     "evaluate",
     "evaluate_toy",
     "heatmaps",
     "image_ap",
     "metric_text",
     "minmax",
+    "paired_difference",
     "patch_grid",
     "patch_scores",
     "resize_mask",

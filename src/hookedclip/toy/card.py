@@ -72,6 +72,7 @@ Average {accuracy_text(sp["average"], sp["n"])}, worst-group accuracy {accuracy_
 {sp["gap"] * 100:.1f} points): the shape classifier partly relies on the background texture,
 which debiasing methods should remove.
 
+{_curve_table(card)}
 ## Stored weights
 
 `toy_clip.safetensors` holds the open_clip state dict except the token embedding, of which
@@ -86,6 +87,61 @@ seeded initialisation and are regenerated at load time (checked against
   random embedding row.
 - Accuracies are for the 32 px toy world only; it has not seen any other kind of image.
 {_quality_bar(card)}"""
+
+
+_CURVE_COLUMNS = {"sp_avg": "spurious average", "sp_wga": "spurious worst group"}
+
+
+def curve_sizes(card: dict) -> dict | None:
+    """``card["training_curve_eval"]``: how many images each training-curve accuracy was measured
+    on (``"n"`` per attribute, ``"n_spurious"`` for the spurious average, ``"spurious_group_n"`` per
+    group), or None for a card that does not record it."""
+    return card.get("training_curve_eval")
+
+
+def _curve_n(sizes: dict, column: str) -> int:
+    return {"sp_avg": sizes["n_spurious"], "sp_wga": sizes["spurious_group_n"]}.get(column, sizes["n"])
+
+
+def _curve_point(card: dict, column: str, value: float) -> str:
+    """A training-curve accuracy with its 95% Wilson interval, or bare where the size is unknown."""
+    sizes = curve_sizes(card)
+    return _pct(value) if sizes is None else accuracy_text(value, _curve_n(sizes, column))
+
+
+def _curve_table(card: dict) -> str:
+    """The ``## Training curve`` section: every evaluation during training, each accuracy with its
+    interval (on the sizes of ``training_curve_eval``); empty for a run without one."""
+    curve = card.get("training_curve") or []
+    if not curve:
+        return ""
+    columns = [c for c in curve[0] if c not in ("step", "time_s", "loss")]
+    names = [_CURVE_COLUMNS.get(c, c) for c in columns]
+    sizes = curve_sizes(card)
+    if sizes is None:
+        where = "Held-out images whose number `card.json` does not record, so the figures carry no interval."
+    else:
+        where = (
+            f'{sizes["n"]} held-out images of `ToyWorld(split="{sizes["split"]}", seed={sizes["seed"]})` per '
+            f"attribute and {sizes['n_spurious']} of its group-balanced spurious split ({sizes['spurious_group_n']} "
+            "per group, so the worst group's interval is the widest), not the test set reported above; "
+            "brackets: 95% Wilson intervals."
+        )
+        if sizes.get("note"):
+            where += f" {sizes['note']}"
+    rows = "\n".join(
+        f"| {e['step']:,} | {e['loss']:.3f} | " + " | ".join(_curve_point(card, c, e[c]) for c in columns) + " |"
+        for e in curve
+    )
+    return f"""## Training curve (`training_curve` in `card.json`)
+
+Zero-shot accuracy during training (`hookedclip toy train --eval-every`), measured on
+{textwrap.fill(where, 100, break_on_hyphens=False)}
+
+| step | loss | {" | ".join(names)} |
+|---|---|{"---|" * len(names)}
+{rows}
+"""
 
 
 QUALITY_BAR = 0.9
@@ -173,11 +229,18 @@ def _still_rising(card: dict, attribute: str) -> str:
     best_step, best = max(points, key=lambda p: p[1])
     late = [(s, x) for s, x in points if s >= steps * 5 / 6 - 1]
     slope = np.polyfit([s for s, _ in late], [x for _, x in late], 1)[0] if len(late) > 1 else float("nan")
+    test_n = card["eval"]["n"]  # the last point is the test-set figure, the others are on the monitoring images
+    point = lambda s, x: accuracy_text(x, test_n) if s == steps else _curve_point(card, attribute, x)  # noqa: E731
     text = f"{_ATTRIBUTE_WORDS.get(attribute, attribute)} was at "
-    text += ", ".join(f"{_pct(x)} after {s:,} steps" for s, x in shown)
-    text += " (monitoring on validation images, whose number `card.json` does not record: no interval)"
+    text += ", ".join(f"{point(s, x)} after {s:,} steps" for s, x in shown)
+    sizes = curve_sizes(card)
+    text += (
+        " (on held-out monitoring images, whose number `card.json` does not record: no interval)"
+        if sizes is None
+        else f" (on {sizes['n']} held-out monitoring images; see the training curve)"
+    )
     text += f" and {accuracy_text(card['accuracy'][attribute], card['eval']['n'])} on the test set at the end"
-    best_text = "" if best_step == steps else f": {_pct(best)} at step {best_step:,}"
+    best_text = "" if best_step == steps else f": {point(best_step, best)} at step {best_step:,}"
     text += f" (its largest figure{best_text})"
     if np.isfinite(slope):
         trend = "still rising" if slope > 0 else "no longer rising"

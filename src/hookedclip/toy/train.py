@@ -308,6 +308,14 @@ def _record_eval(model, state: dict, n: int, log) -> None:
         "sp_wga": round(res["spurious"]["worst_group"], 4),
     }
     state["evals"].append(entry)
+    # the card states each curve point's interval, so it needs the sizes the accuracies were measured on
+    state["eval_sizes"] = {
+        "n": res["n"],
+        "n_spurious": res["spurious"]["n"],
+        "spurious_group_n": min(res["spurious"]["group_n"].values()),
+        "split": "val",
+        "seed": res["seed"],
+    }
     if log:
         log.write(json.dumps(entry) + "\n")
         log.flush()
@@ -356,6 +364,8 @@ def export_model(model, out: Path, *, seed: int, arch: dict, recipe: dict, state
         "weights_sha256": digest,
         "training_curve": state["evals"],
     }
+    if state["evals"]:
+        card["training_curve_eval"] = state.get("eval_sizes")
     (out / toy_model.CARD_FILE).write_text(json.dumps(card, indent=2))  # loadable before evaluation
     hooked = toy_model.load_toy_model(weights=out)
     res = evaluate(hooked, n=eval_n, seed=EVAL_SEED)

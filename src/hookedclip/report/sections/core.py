@@ -177,19 +177,19 @@ def section_head_probes(ctx: DemoContext) -> Section:
             heads, labels, cfg.layers, cfg.heads, seed=ctx.seed, progress=ctx.progress, desc=f"probes: {attribute}"
         )
         majority[attribute] = np.bincount(labels).max() / len(labels)  # what always guessing the commonest class scores
+    n_test = len(ctx.tensors) - int(len(ctx.tensors) * 0.5)  # the probes' held-out half
+    half_widths = {a: wilson_half_widths(g, n_test) for a, g in grids.items()}
     plotting.head_heatmaps(
         grids,
         ctx.out_dir / "head_probes.png",
         "Held-out linear probe accuracy of each head's CLS output",
         baseline=majority,
         baseline_label="majority class",
+        half_widths=half_widths,
     )
-    n_test = len(ctx.tensors) - int(len(ctx.tensors) * 0.5)  # the probes' held-out half
     best_heads = {a: "L{}H{}".format(*divmod(int(g.argmax()), cfg.heads)) for a, g in grids.items()}
     best = [[a, best_heads[a], accuracy_text(float(g.max()), n_test)] for a, g in grids.items()]
-    widest = max(
-        np.subtract(*reversed(accuracy_interval(round(v * n_test), n_test))) for g in grids.values() for v in g.flat
-    )
+    widest = max(float(h.max()) for h in half_widths.values())
     ctx.cache["best_heads"] = best_heads
     attended = list(dict.fromkeys([*best_heads.values(), *ctx.cache.get("top_share_heads", [])]))
     attention_text = _attention_figure(ctx, attended)
@@ -206,9 +206,9 @@ def section_head_probes(ctx: DemoContext) -> Section:
             (
                 "head_probes.png",
                 f"Held-out probe accuracy (%) per head (rows: layers, columns: heads), each on the {n_test} held-out "
-                "analysed images (probes need training images, so not the canonical test set). The cells do not "
-                "show their own intervals (they would not fit); every cell's 95% Wilson interval is at most "
-                f"{100 * widest:.1f} points wide, and the table gives the best head's.",
+                "analysed images (probes need training images, so not the canonical test set). Each cell reads "
+                "accuracy ± half the width of its 95% Wilson interval, in points (the widest is "
+                f"±{100 * widest:.1f}); the table gives the best head's interval itself.",
             ),
             (
                 "attention.png",
@@ -218,6 +218,12 @@ def section_head_probes(ctx: DemoContext) -> Section:
         ],
         tables=[(["attribute", "best head", "probe accuracy [95% interval]"], best)],
     )
+
+
+def wilson_half_widths(accuracies: np.ndarray, n: int) -> np.ndarray:
+    """Half the width of each accuracy's 95% Wilson interval on ``n`` items (same shape, fractions)."""
+    flat = [np.subtract(*reversed(accuracy_interval(round(v * n), n))) / 2 for v in accuracies.flat]
+    return np.reshape(flat, accuracies.shape)
 
 
 def _attention_figure(ctx: DemoContext, heads: list[str], n_images: int = 4) -> str:

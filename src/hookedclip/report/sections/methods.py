@@ -255,7 +255,7 @@ def _blindness(texture: tuple[float, float, float]) -> str:
 
 
 def section_segmentation(ctx: DemoContext) -> Section:
-    from hookedclip.methods.segmentation import evaluate_toy, metric_text, save_overlays
+    from hookedclip.methods.segmentation import METRIC_NAMES, difference_text, evaluate_toy, metric_text, save_overlays
     from hookedclip.toy.splits import test_set
     from hookedclip.toy.world import class_prompts, render_batch
     from hookedclip.zeroshot import ZeroShotClassifier
@@ -274,8 +274,11 @@ def section_segmentation(ctx: DemoContext) -> Section:
         ("heads of the last two layers only, predicted shape", late),
         ("centred blob (baseline)", metrics["blob"]),
     )
-    rows = [[name, *(metric_text(m, k) for k in ("pixel_accuracy", "miou", "map"))] for name, m in named]
-    gain = {k: 100 * (metrics["model"][k] - metrics["blob"][k]) for k in ("pixel_accuracy", "miou", "map")}
+    rows = [[name, *(metric_text(m, k) for k in METRIC_NAMES)] for name, m in named]
+    # every run scores its own blob on the same first n images: the paired difference of each map
+    differences = [[name, *(difference_text(m["vs_blob"][k]) for k in METRIC_NAMES)] for name, m in named[:3]]
+    gain = {k: difference_text(metrics["model"]["vs_blob"][k]) for k in METRIC_NAMES}
+    late_gain = {k: difference_text(late["vs_blob"][k]) for k in METRIC_NAMES}
     size = ctx.model.cfg.vision.image_size
     world = test_set("world", 8, image_size=size)  # 2 rows of 4 pairs: panels big enough to read
     pixels, masks = render_batch(world.attributes(), size)
@@ -290,21 +293,21 @@ def section_segmentation(ctx: DemoContext) -> Section:
         labels=[a.labels()["shape"] for a in world.attributes()],
     )
     grid, patch = ctx.model.cfg.vision.grid_size, ctx.model.cfg.vision.patch_size
-    beats = all(gain[k] > 0 for k in gain)
-    verdict = "better than a centred blob" if beats else "no better than a centred blob"
     return Section(
-        f"Zero-shot segmentation ({grid} x {grid} maps; {verdict})",
+        f"Zero-shot segmentation ({grid} x {grid} maps; {blob_verdict(metrics['model']['vs_blob'])})",
         [
             "Each patch token's contribution to the predicted shape's logit, summed over the heads "
             "(hookedclip.methods.segmentation), gives a heat map; thresholded at its mean it is a foreground mask. "
-            f"On the first {n} images of the canonical world test set, with exact masks, it is compared with a centred Gaussian blob, the baseline "
-            f"that knows only that objects tend to be in the middle. With {patch}-pixel patches the maps are "
-            f"{grid} x {grid}.",
-            f"Here the predicted-shape maps differ from the blob by {gain['pixel_accuracy']:+.1f} points of pixel "
-            f"accuracy, {gain['miou']:+.1f} of mIoU and {gain['map']:+.1f} of mAP: on shapes this centred and this "
-            "coarse a grid, the blob is a strong baseline. Maps from the heads "
-            f"of the last two layers alone differ from the blob by {100 * (late['pixel_accuracy'] - metrics['blob']['pixel_accuracy']):+.1f} "
-            f"points of pixel accuracy and {100 * (late['miou'] - metrics['blob']['miou']):+.1f} of mIoU.",
+            f"On the first {n} images of the canonical world test set, with exact masks, it is compared with a "
+            "centred Gaussian blob, the baseline that knows only that objects tend to be in the middle. With "
+            f"{patch}-pixel patches the maps are {grid} x {grid}.",
+            f"Here the predicted-shape maps differ from the blob by {gain['pixel_accuracy']} points of pixel "
+            f"accuracy, {gain['miou']} of mIoU and {gain['map']} of mAP (brackets: 95% paired bootstrap intervals "
+            "over images, both maps scored on the same resampled images; the heading's verdict counts a metric as "
+            "better or worse only where its interval excludes 0): on shapes this centred and this coarse a grid, "
+            "the blob is a strong baseline. Maps from the heads of the last two layers alone differ from the blob "
+            f"by {late_gain['pixel_accuracy']} points of pixel accuracy, {late_gain['miou']} of mIoU and "
+            f"{late_gain['map']} of mAP.",
         ],
         figures=[
             (
@@ -317,9 +320,42 @@ def section_segmentation(ctx: DemoContext) -> Section:
             (
                 ["map (% over the images; [95% bootstrap interval over images])", "pixel accuracy", "mIoU", "mAP"],
                 rows,
-            )
+            ),
+            (
+                [
+                    "map minus the centred blob (points; [95% paired bootstrap interval])",
+                    "pixel accuracy",
+                    "mIoU",
+                    "mAP",
+                ],
+                differences,
+            ),
         ],
     )
 
 
-__all__ = ["section_textspan", "section_pclens", "section_segmentation"]
+_METRIC_WORDS = {"pixel_accuracy": "pixel accuracy", "miou": "mIoU", "map": "mAP"}
+
+
+def blob_verdict(vs_blob: dict[str, tuple[float, float, float]]) -> str:
+    """In words, how a map compares with the centred blob, from each metric's paired difference
+    ``(difference, low, high)``: a metric counts as better (worse) only if its interval lies above (below) 0."""
+    better = [_METRIC_WORDS[k] for k, (_, low, _) in vs_blob.items() if low > 0]
+    worse = [_METRIC_WORDS[k] for k, (_, _, high) in vs_blob.items() if high < 0]
+    if len(better) == len(vs_blob):
+        return "better than a centred blob"
+    if len(worse) == len(vs_blob):
+        return "worse than a centred blob"
+    if not better and not worse:
+        return "not distinguishable from a centred blob"
+    tied = [word for word in map(_METRIC_WORDS.get, vs_blob) if word not in better + worse]
+    parts = [f"{verdict} on {_joined(words)}" for verdict, words in (("better", better), ("worse", worse)) if words]
+    parts[0] = parts[0].replace(" on ", " than a centred blob on ", 1)
+    return ", ".join(parts + ([f"within noise on {_joined(tied)}"] if tied else []))
+
+
+def _joined(words: list[str]) -> str:
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + f" and {words[-1]}"
+
+
+__all__ = ["blob_verdict", "section_textspan", "section_pclens", "section_segmentation"]
