@@ -1,6 +1,7 @@
-"""Regenerate the figure of docs/sae_labels.md: docs/figures/sae_labels_gallery.png, the top
-images of six latents of a small autoencoder on the toy model (the demo's recipe): the most
-aligned latent of each of the four best labels, then two semantic outliers. Deterministic.
+"""Regenerate the figure and numbers of docs/sae_labels.md with the shipped toy autoencoder
+(``sae.toy()``): docs/figures/sae_labels_gallery.png, the top images of six latents on held-out
+toy images (the most aligned latent of each of the four best labels, then two semantic
+outliers), and the numbers of the page's "On the toy world" section. Deterministic.
 
 Run: python docs/make_sae_labels_figure.py [--out docs/figures]
 """
@@ -8,29 +9,65 @@ Run: python docs/make_sae_labels_figure.py [--out docs/figures]
 from __future__ import annotations
 
 import argparse
+import collections
 from pathlib import Path
+
+import numpy as np
 
 from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import sae as S
-from hookedclip.report.sections.sae_labels import distinct_labels, gallery_strip, toy_autoencoder
+from hookedclip.plotting import wilson
+from hookedclip.report.sections.sae_labels import distinct_labels, gallery_strip
 from hookedclip.toy.model import images_to_tensor
+from hookedclip.toy.text import ATTRIBUTE_WORDS
 from hookedclip.toy.world import ToyWorld
 
-SEED, N_IMAGES = 2024, 512
+SEED, N_IMAGES, TOP = 2024, 2048, 20
+ATTRIBUTES = ("color", "texture", "background", "shape")
+PURE = 0.8  # an attribute value is "shared" by a latent's top images when at least this share hold it
 
 
-def gallery_figure(path: Path) -> Path:
-    model = HookedCLIP.from_pretrained("toy")
-    sae, _ = toy_autoencoder(model, seed=0)
-    world = ToyWorld(N_IMAGES, seed=SEED, split="test")
-    images = world.images()
-    inputs = images_to_tensor(images, tuple(model.cfg.image_mean), tuple(model.cfg.image_std))
-    top = S.top_activations(model, sae, inputs.split(256), n=20)
-    labels = S.label_with_model(top, model, S.toy_image_inputs(world, model), toy_text_pool(), n=20)
-    most = distinct_labels(labels, 4)
-    outliers = [j for j in labels.semantic_outliers(2).tolist() if j not in most]
-    return gallery_strip(labels, images, most + outliers, path)
+def purity(attributes: list, indices) -> tuple[float, dict[str, str]]:
+    """The largest share of the images holding one value of one attribute, and the values held by
+    at least ``PURE`` of them (attribute -> value)."""
+    best, shared = 0.0, {}
+    for name in ATTRIBUTES:
+        value, count = collections.Counter(getattr(attributes[i], name) for i in indices).most_common(1)[0]
+        best = max(best, count / len(indices))
+        if count / len(indices) >= PURE:
+            shared[name] = value
+    return best, shared
+
+
+def toy_world_numbers(labels, world: ToyWorld, texts: list[str]) -> None:
+    """How alike the top images of the latents are (ground truth), and how often the label names it."""
+    attributes = world.attributes()
+    firing = (labels.top_values > 0).all(0).nonzero().flatten().tolist()
+    shares = [purity(attributes, labels.top_indices[:, j].tolist()) for j in firing]
+    rng = np.random.default_rng(0)
+    chance = np.mean([purity(attributes, rng.choice(len(world), TOP, replace=False))[0] for _ in range(300)])
+    best = np.array([share for share, _ in shares])
+    print(
+        f"{len(firing)} latents fire on all of their top {TOP} images; their largest share of one value: "
+        f"median {100 * np.median(best):.0f}%, mean {100 * best.mean():.0f}%, random {TOP} images "
+        f"{100 * chance:.0f}%; {int((best >= PURE).sum())} of {len(firing)} have a value shared by >= {PURE:.0%}"
+    )
+    hits, random_hits, misses = [], [], collections.Counter()
+    for j, (_, shared) in zip(firing, shares):
+        if shared:
+            words = {ATTRIBUTE_WORDS[a][v] for a, v in shared.items()}
+            hits.append(bool(words & set(labels.label_of(j).split())))
+            random_hits.append(np.mean([bool(words & set(t.split())) for t in texts]))
+            if not hits[-1]:
+                misses["+".join(shared), labels.label_of(j)] += 1
+    low, high = wilson(float(np.mean(hits)), len(hits))
+    print(
+        f"the best label of the {len(texts)}-text vocabulary names a shared value for {sum(hits)} of {len(hits)} "
+        f"({100 * np.mean(hits):.0f}%, 95% Wilson interval {low:.0f}-{high:.0f}%); a random text would for "
+        f"{100 * np.mean(random_hits):.1f}%"
+    )
+    print(f"misses (shared attributes, label): {dict(misses)}")
 
 
 def main() -> None:
@@ -38,7 +75,21 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "figures"))
     out = Path(parser.parse_args().out)
     out.mkdir(parents=True, exist_ok=True)
-    print(gallery_figure(out / "sae_labels_gallery.png"))
+    model = HookedCLIP.from_pretrained("toy")
+    sae = S.toy(model)
+    world = ToyWorld(N_IMAGES, seed=SEED, split="test")
+    images = world.images()
+    inputs = images_to_tensor(images, tuple(model.cfg.image_mean), tuple(model.cfg.image_std))
+    top = S.top_activations(model, sae, inputs.split(256), n=TOP)
+    texts = toy_text_pool()
+    labels = S.label_with_model(top, model, S.toy_image_inputs(world, model), texts, n=TOP)
+    most = distinct_labels(labels, 4)
+    outliers = [j for j in labels.semantic_outliers(2).tolist() if j not in most]
+    for j in most + outliers:
+        shared = purity(world.attributes(), labels.top_indices[:, j].tolist())[1]
+        print(f"latent {j}: {labels.label_of(j)!r} s={float(labels.score[j]):.2f} shared {shared}")
+    print(gallery_strip(labels, images, most + outliers, out / "sae_labels_gallery.png"))
+    toy_world_numbers(labels, world, texts)
 
 
 if __name__ == "__main__":

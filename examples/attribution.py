@@ -1,7 +1,8 @@
 """Attribution to autoencoder latents on the toy model: which latents make an image "a circle"?
 
-1. A TopK autoencoder on the last layer's class token: loaded (``--sae DIR``, written by
-   ``TopKSAE.save``) or fitted here in a few seconds.
+1. A TopK autoencoder on the last layer's class token: the one shipped for the toy model
+   (``sae.toy()``, 256 latents, k = 8), or another loaded with ``--sae DIR`` (written by
+   ``TopKSAE.save``).
 2. Act×Grad of every image's cosine to its shape prompt, the top latents per prediction (each
    latent named by the toy attribute value it separates best), and an HTML page.
 3. Deletion curves of Act×Grad and its baselines (logit lens, activation × logit lens, energy,
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hookedclip import HookedCLIP
 from hookedclip.methods import sae as S
@@ -36,21 +36,6 @@ def class_token(model, world: ToyWorld) -> torch.Tensor:
     x = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
     with torch.no_grad():
         return model.encode_image(x, stop_at_layer=model.cfg.n_layers)[:, 0]
-
-
-def fit_sae(model, h: torch.Tensor, steps: int = 400, seed: int = 0) -> S.TopKSAE:
-    """A quick fit (cosine reconstruction loss, AdamW); a trained autoencoder loads with --sae."""
-    torch.manual_seed(seed)
-    sae = S.TopKSAE(S.SAEConfig(model.cfg.d_model, 256, 8, layer=-1, token="cls"), model=model)
-    optimiser = torch.optim.AdamW(sae.parameters(), lr=2e-3)
-    for _ in range(steps):
-        batch = h[torch.randint(0, len(h), (128,))]
-        loss = 100 * (F.normalize(sae(batch, mode="recon_only"), dim=-1) - F.normalize(batch, dim=-1)).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        sae.normalize_decoder_()
-    return sae.eval().requires_grad_(False)
 
 
 def name_latents(sae: S.TopKSAE, h: torch.Tensor, world: ToyWorld) -> list[str]:
@@ -72,7 +57,7 @@ def name_latents(sae: S.TopKSAE, h: torch.Tensor, world: ToyWorld) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sae", default=None, help="an autoencoder folder (default: fit one here)")
+    parser.add_argument("--sae", default=None, help="an autoencoder folder (default: the shipped toy one, sae.toy())")
     parser.add_argument("--n", type=int, default=512, help="toy images (default: 512)")
     parser.add_argument("--out", default="attribution-example", help="output folder (default: attribution-example)")
     args = parser.parse_args()
@@ -83,7 +68,7 @@ def main() -> None:
     model = HookedCLIP.from_pretrained("toy")
     world = ToyWorld(args.n, seed=0, split="test")
     h = class_token(model, world)
-    sae = S.TopKSAE.load(args.sae, model=model) if args.sae else fit_sae(model, class_token(model, ToyWorld(2048)))
+    sae = (S.TopKSAE.load(args.sae, model=model) if args.sae else S.toy(model)).requires_grad_(False)
     labels = name_latents(sae, h, world)
 
     # 2. Act×Grad to the shape prompts; R[b, t, j] is exactly 0 wherever latent j is inactive.

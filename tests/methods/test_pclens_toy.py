@@ -62,20 +62,26 @@ def task(model):
     return toy_task(model, n=400)
 
 
-@pytest.fixture(scope="module")
-def texture_sweep(model, fitted, task):
+def sweep_task(model, result, task, concepts=None, **options) -> DebiasSweep:
+    """``debias_sweep`` of ``result`` on the task's images, labels and groups, with its group
+    names and its spurious concepts (or ``concepts``); ``options`` go to ``debias_sweep``."""
+    concepts = task.concepts if concepts is None else concepts
     return debias_sweep(
         model,
-        fitted[0],
+        result,
         task.classifier,
-        task.concepts,
+        concepts,
         task.images,
         task.labels,
         task.groups,
-        KS,
-        MARGIN,
-        task.group_names,
+        group_names=task.group_names,
+        **options,
     )
+
+
+@pytest.fixture(scope="module")
+def texture_sweep(model, fitted, task):
+    return sweep_task(model, fitted[0], task, ks=KS, margin=MARGIN)
 
 
 # --------------------------------------------------------------------------------------
@@ -169,18 +175,7 @@ def test_texture_removal_beats_removing_colour_pcs(model, fitted, task, texture_
     """Specificity: the same number of PCs per concept for two colour prompts (top-3 of "a red
     shape", "a blue shape": 6 PCs) raises WGA by 8 points (measured: dropping any PC and the
     1% tail moves it a little), the texture PCs by 28; required: ≥ 10 points more."""
-    control = debias_sweep(
-        model,
-        fitted[0],
-        task.classifier,
-        ["a red shape", "a blue shape"],
-        task.images,
-        task.labels,
-        task.groups,
-        [3],
-        MARGIN,
-        task.group_names,
-    )
+    control = sweep_task(model, fitted[0], task, ["a red shape", "a blue shape"], ks=[3], margin=MARGIN)
     texture = next(p for p in texture_sweep.points if p.k == 3)
     assert texture.worst_group - control.points[1].worst_group >= 0.10, (control.summary(), texture)
 
@@ -392,15 +387,19 @@ def small(model):
     return task, result
 
 
-def test_k_is_chosen_on_the_validation_set_not_the_test_set(model, small):
+@pytest.fixture(scope="module")
+def validation_task(model):
+    """32 images of the spurious task from the validation split, to choose K on."""
+    return toy_task(model, n=32, split="validation")
+
+
+def test_k_is_chosen_on_the_validation_set_not_the_test_set(model, small, validation_task):
     """A validation set planted so that another K wins: the pick follows the validation set,
     and the reported numbers are that K's test numbers."""
     task, result = small
     ks = (1, 3, 10)
-    common = dict(ks=ks, margin=1.0, group_names=task.group_names)  # margin 1: any K may be picked
-    on_test = debias_sweep(
-        model, result, task.classifier, task.concepts, task.images, task.labels, task.groups, **common
-    )
+    common = dict(ks=ks, margin=1.0)  # margin 1: any K may be picked
+    on_test = sweep_task(model, result, task, **common)
     assert on_test.selected_on == "test" and on_test.validation is None
     assert "chosen on the test images themselves" in on_test.summary()
     # Plant: validation labels = the predictions with some other K's PCs removed, so that K is
@@ -415,17 +414,7 @@ def test_k_is_chosen_on_the_validation_set_not_the_test_set(model, small):
         if k != on_test.chosen.k and all(not torch.equal(predictions[k], predictions[o]) for o in ks if o != k)
     )
     validation = (task.images, predictions[planted], task.groups)
-    sweep = debias_sweep(
-        model,
-        result,
-        task.classifier,
-        task.concepts,
-        task.images,
-        task.labels,
-        task.groups,
-        validation=validation,
-        **common,
-    )
+    sweep = sweep_task(model, result, task, validation=validation, **common)
     assert sweep.selected_on == "validation" and sweep.n_validation == 64
     assert sweep.chosen.k == planted != on_test.chosen.k
     picked_val = next(p for p in sweep.validation if p.k == planted)
@@ -434,94 +423,30 @@ def test_k_is_chosen_on_the_validation_set_not_the_test_set(model, small):
     assert sweep.chosen.average == next(p for p in on_test.points if p.k == planted).average
     assert "chosen on 64 validation images" in sweep.summary()
     # the validation set may be a SpuriousTask too
-    val_task = toy_task(model, n=32, split="validation")
-    assert (
-        debias_sweep(
-            model,
-            result,
-            task.classifier,
-            task.concepts,
-            task.images,
-            task.labels,
-            task.groups,
-            validation=val_task,
-            **common,
-        ).n_validation
-        == 32
-    )
+    assert sweep_task(model, result, task, validation=validation_task, **common).n_validation == 32
     with pytest.raises(TypeError, match="validation= takes a SpuriousTask"):
-        debias_sweep(
-            model,
-            result,
-            task.classifier,
-            task.concepts,
-            task.images,
-            task.labels,
-            task.groups,
-            validation=task.images,
-            **common,
-        )
+        sweep_task(model, result, task, validation=task.images, **common)
 
 
 def test_random_pc_control_removes_as_many_random_pcs(model, small):
     task, result = small
-    sweep = debias_sweep(
-        model,
-        result,
-        task.classifier,
-        task.concepts,
-        task.images,
-        task.labels,
-        task.groups,
-        ks=(1, 3),
-        margin=1.0,
-        group_names=task.group_names,
-        random_draws=3,
-        seed=7,
-    )
+    sweep = sweep_task(model, result, task, ks=(1, 3), margin=1.0, random_draws=3, seed=7)
     assert sweep.chosen.k > 0 and len(sweep.random_control) == 3
     every = set(result.pcs())
     for point in sweep.random_control:
         assert point.n_removed == sweep.chosen.n_removed == len(set(point.removed))
         assert set(point.removed) <= every and point.n == 64
     assert len({tuple(p.removed) for p in sweep.random_control}) > 1  # independent draws
-    again = debias_sweep(
-        model,
-        result,
-        task.classifier,
-        task.concepts,
-        task.images,
-        task.labels,
-        task.groups,
-        ks=(1, 3),
-        margin=1.0,
-        group_names=task.group_names,
-        random_draws=3,
-        seed=7,
-    )
+    again = sweep_task(model, result, task, ks=(1, 3), margin=1.0, random_draws=3, seed=7)
     assert [p.removed for p in again.random_control] == [p.removed for p in sweep.random_control]
     assert f"{sweep.chosen.n_removed} random PCs removed (3 draws)" in sweep.summary()
 
 
-def test_sweep_points_carry_intervals_and_round_trip(tmp_path, model, small):
+def test_sweep_points_carry_intervals_and_round_trip(tmp_path, model, small, validation_task):
     from hookedclip.zeroshot import accuracy_interval
 
     task, result = small
-    val = toy_task(model, n=32, split="validation")
-    sweep = debias_sweep(
-        model,
-        result,
-        task.classifier,
-        task.concepts,
-        task.images,
-        task.labels,
-        task.groups,
-        ks=(1, 3),
-        margin=1.0,
-        group_names=task.group_names,
-        validation=val,
-        random_draws=2,
-    )
+    sweep = sweep_task(model, result, task, ks=(1, 3), margin=1.0, validation=validation_task, random_draws=2)
     base = sweep.baseline
     assert base.n == 64 and base.group_n == dict.fromkeys(task.group_names, 16)
     low, high = base.interval("worst group")

@@ -179,6 +179,7 @@ class Attribution(Result, AttributionPart):
         ax.invert_yaxis()
         ax.axvline(0, color="black", lw=0.6)
         ax.set_xlabel(f"R (Act×Grad, {self.output})")
+        ax.set_ylabel("latent (largest |R| first)")
         ax.set_title(f"image {image}, {self.texts[text]!r}: y = {float(self.y[image, text]):.3f}", fontsize=9)
         return finish_figure(fig, path)
 

@@ -98,7 +98,7 @@ class Faithfulness(Result):
             curve = self.curves[self._index(m)].double()
             mean, err = curve.mean(0), curve.std(0) / math.sqrt(max(curve.shape[0], 1))
             auc, auc_err = self.auc(m)
-            ax.plot(self.steps, mean, marker="o", markersize=3, label=f"{m} (AUC {auc:.3g} ± {auc_err:.2g})")
+            ax.plot(self.steps, mean, marker="o", markersize=3, label=f"{m} (AUC {auc:.1f} ± {auc_err:.1f})")
             ax.fill_between(self.steps, mean - err, mean + err, alpha=0.2)
         fractions = any(s != int(s) for s in self.steps)
         verb = "deleted" if self.mode == "deletion" else "inserted"

@@ -7,50 +7,12 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-import torch
 
 from hookedclip import plotting
 from hookedclip.report.sections.context import DemoContext
 from hookedclip.report.viz import Section
 
 ATTRIBUTES = ("color", "texture", "background", "shape")
-
-
-def toy_autoencoder(model, n_images: int = 1024, d_sae: int = 256, k: int = 8, steps: int = 300, seed: int = 0):
-    """A TopK autoencoder (``d_sae`` latents, ``k`` active) on the last layer's class-token residual
-    of ``n_images`` training-split toy images: a plain AdamW loop on the cosine reconstruction
-    loss, atoms renormalised after every step (seconds on a CPU). Returns ``(sae, residuals)``."""
-    import torch.nn.functional as F
-
-    from hookedclip.methods import sae as S
-    from hookedclip.names import act_name
-    from hookedclip.toy.model import images_to_tensor
-    from hookedclip.toy.world import ToyWorld
-
-    world = ToyWorld(n_images, seed=seed, split="train")
-    site = act_name("resid_post", model.cfg.n_layers - 1)
-    with torch.no_grad():
-        x = images_to_tensor(world.images(), tuple(model.cfg.image_mean), tuple(model.cfg.image_std))
-        _, cache = model.run_with_cache(x.to(model.device, model.dtype), names_filter=site)
-    residuals = cache[site][:, 0].float().cpu()
-    generator = torch.Generator().manual_seed(seed)
-    sae = S.TopKSAE(S.SAEConfig(model.cfg.d_model, d_sae, k, layer=-1, token="cls"), model=model)
-    sae.reset_parameters(generator)
-    optimiser = torch.optim.AdamW(sae.parameters(), lr=2e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # [128, 128] matrices: more threads only contend (10x slower on a busy machine)
-    try:
-        for _ in range(steps):
-            batch = residuals[torch.randint(0, len(residuals), (128,), generator=generator)]
-            recons = sae(batch, mode="recon_only")
-            loss = 100 * (F.normalize(recons, dim=-1) - F.normalize(batch, dim=-1)).pow(2).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            sae.normalize_decoder_()
-    finally:
-        torch.set_num_threads(threads)
-    return sae.eval().to(model.device, model.dtype), residuals
 
 
 def shared_attributes(attributes: list, indices: list[int], share: float = 0.8) -> str:
@@ -140,4 +102,4 @@ def section_sae_labels(ctx: DemoContext) -> Section:
     )
 
 
-__all__ = ["distinct_labels", "gallery_strip", "section_sae_labels", "shared_attributes", "toy_autoencoder"]
+__all__ = ["distinct_labels", "gallery_strip", "section_sae_labels", "shared_attributes"]
