@@ -651,6 +651,47 @@ def test_head_results_from_z_equal_cached_results_and_compute_head_results(tiny)
     torch.testing.assert_close(old, full.stack_head_results(pos_slice=0))
 
 
+#: TransformerLens's residual-stack signatures as they were spelled out before the options were
+#: declared once (every flag, its old default), to check that the shared table kept each default.
+_OLD_READOUT = {"apply_ln": False, "pos_slice": None, "return_labels": False, "tower": "visual"}
+_OLD_RESID_DEFAULTS = {
+    "stack_head_results": {**_OLD_READOUT, "incl_remainder": False},
+    "stack_neuron_results": {**_OLD_READOUT, "incl_remainder": False, "neuron_slice": None},
+    "accumulated_resid": {**_OLD_READOUT, "incl_mid": False, "mlp_input": False},
+    "decompose_resid": {**_OLD_READOUT, "mlp_input": False, "mode": "all", "incl_embeds": True},
+    "get_full_resid_decomposition": {**_OLD_READOUT, "mlp_input": False, "expand_neurons": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OLD_RESID_DEFAULTS))
+def test_residual_stack_options_keep_their_defaults(toy, toy_images, name):
+    """The options left out take TL's defaults: no options equals every old default spelled
+    out (and each old default is the one the shared table holds)."""
+    from hookedclip.decompose import residual
+
+    _, cache = toy.run_with_cache(toy_images)
+    old = _OLD_RESID_DEFAULTS[name]
+    assert {option: residual.RESID_DEFAULTS[option] for option in old} == old
+    plain, spelled = getattr(cache, name)(2), getattr(cache, name)(2, **old)
+    torch.testing.assert_close(plain, spelled, rtol=0, atol=0)
+    labelled = getattr(residual, name)(cache, 2, **{**old, "return_labels": True})
+    torch.testing.assert_close(labelled[0], plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(_OLD_RESID_DEFAULTS))
+def test_residual_stack_options_are_keyword_only_and_checked(toy, toy_images, name):
+    """TL users pass the flags by keyword; a positional flag or a misspelt option is a
+    TypeError naming the function (and, for a misspelt one, the names it accepts)."""
+    from hookedclip.decompose import residual
+
+    _, cache = toy.run_with_cache(toy_images)
+    with pytest.raises(TypeError, match=rf"{name}\(\) takes from 1 to 2 positional arguments"):
+        getattr(cache, name)(2, True)
+    with pytest.raises(TypeError, match=rf"{name}\(\) got unexpected option\(s\) \['apply_lm'\]") as error:
+        getattr(residual, name)(cache, 2, apply_lm=True)
+    assert str(error.value).endswith(f"it accepts {sorted(_OLD_RESID_DEFAULTS[name])}")
+
+
 def test_tl_shorthand_aliases_and_batch_helpers(toy, toy_images):
     """TL's aliases (``attn``, ``attn_logits``, ``key``/``query``/``value``, ``scale`` /
     ``normalized`` with an ``"ln2"`` sublayer), ``stack_activation``, ``remove_batch_dim``,

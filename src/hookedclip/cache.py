@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
 if TYPE_CHECKING:
+    from hookedclip.caching import PosSlice
     from hookedclip.model.hooked import HookedCLIP
 
 from hookedclip.decompose import residual
@@ -97,20 +99,10 @@ class ActivationCache(Mapping[str, Tensor]):
         return self.stack_activation(short, -1, tower)
 
     def stack_head_results(
-        self,
-        layer: int = -1,
-        return_labels: bool = False,
-        incl_remainder: bool = False,
-        pos_slice=None,
-        apply_ln: bool = False,
-        tower: str = "visual",
-        pos=None,
-    ):
-        """Every head's output (before ``b_O``) in the blocks before ``layer`` (all with -1):
-        ``[layer * head, batch, *pos, d_model]``, with labels ``"L{l}H{h}"`` when
-        ``return_labels``. Uses cached ``hook_result`` where present, else ``hook_z`` and
-        ``W_O``. ``pos_slice=0`` keeps the class token only (small); ``incl_remainder`` adds
-        the rest of the residual stream; ``apply_ln`` the frozen LayerNorm of ``layer``."""
+        self, layer: int | None = -1, *, pos: PosSlice = None, **options: Unpack[residual.HeadStackOptions]
+    ) -> Tensor | tuple[Tensor, list[str]]:
+        """:func:`hookedclip.decompose.residual.stack_head_results` (every head's output in the
+        blocks before ``layer``; options by keyword), also taking the deprecated ``pos=``."""
         if pos is not None:  # the old signature returned (stack, labels)
             warnings.warn(
                 "stack_head_results(pos=...) is deprecated and will be removed; use pos_slice=... "
@@ -118,28 +110,17 @@ class ActivationCache(Mapping[str, Tensor]):
                 DeprecationWarning,
                 stacklevel=2,
             )
-            pos_slice, return_labels = pos, True
-        return residual.stack_head_results(self, layer, return_labels, incl_remainder, pos_slice, apply_ln, tower)
+            options = {**options, "pos_slice": pos, "return_labels": True}
+        return residual.stack_head_results(self, layer, **options)
 
-    def stack_neuron_results(
-        self,
-        layer: int = -1,
-        neuron_slice=None,
-        pos_slice=None,
-        return_labels: bool = False,
-        incl_remainder: bool = False,
-        apply_ln: bool = False,
-        tower: str = "visual",
-    ):
-        """Every MLP neuron's output in the blocks before ``layer``: ``[layer * neuron, batch,
-        *pos, d_model]``, labels ``"L{l}N{n}"``."""
-        return residual.stack_neuron_results(
-            self, layer, neuron_slice, pos_slice, return_labels, incl_remainder, apply_ln, tower
-        )
-
-    def get_neuron_results(self, layer: int, neuron_slice=None, pos_slice=None, tower: str = "visual") -> Tensor:
-        """Block ``layer``'s neurons' outputs ``[batch, *pos, neuron, d_model]``."""
-        return residual.neuron_results(self, layer, neuron_slice, pos_slice, tower)
+    # The cache is the first parameter of each: the module's functions serve as methods as they are.
+    stack_neuron_results = residual.stack_neuron_results
+    get_neuron_results = residual.neuron_results
+    accumulated_resid = residual.accumulated_resid
+    decompose_resid = residual.decompose_resid
+    get_full_resid_decomposition = residual.get_full_resid_decomposition
+    apply_ln_to_stack = residual.apply_ln_to_stack
+    logit_attrs = residual.logit_attrs
 
     def compute_head_results(self, tower: str = "visual") -> None:
         """Store every block's ``hook_result`` (from ``hook_z`` and ``W_O``) in the cache."""
@@ -147,82 +128,6 @@ class ActivationCache(Mapping[str, Tensor]):
             name = act_name("result", layer, tower)
             if name not in self._store:
                 self._store[name] = residual.head_results(self, layer, tower=tower)
-
-    def accumulated_resid(
-        self,
-        layer: int | None = None,
-        incl_mid: bool = False,
-        apply_ln: bool = False,
-        pos_slice=None,
-        mlp_input: bool = False,
-        return_labels: bool = False,
-        tower: str = "visual",
-    ):
-        """The residual stream entering each block (the logit lens's input); see
-        :func:`hookedclip.decompose.residual.accumulated_resid`."""
-        return residual.accumulated_resid(self, layer, incl_mid, apply_ln, pos_slice, mlp_input, return_labels, tower)
-
-    def decompose_resid(
-        self,
-        layer: int | None = None,
-        mlp_input: bool = False,
-        mode: str = "all",
-        apply_ln: bool = False,
-        pos_slice=None,
-        incl_embeds: bool = True,
-        return_labels: bool = False,
-        tower: str = "visual",
-    ):
-        """The residual stream split into the embedding slot and each block's attention and MLP
-        output; see :func:`hookedclip.decompose.residual.decompose_resid`."""
-        return residual.decompose_resid(
-            self, layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels, tower
-        )
-
-    def get_full_resid_decomposition(
-        self,
-        layer: int | None = None,
-        mlp_input: bool = False,
-        expand_neurons: bool = True,
-        apply_ln: bool = False,
-        pos_slice=None,
-        return_labels: bool = False,
-        tower: str = "visual",
-    ):
-        """Heads, MLPs (or neurons), the embedding slot and the biases, summing to the residual
-        stream; see :func:`hookedclip.decompose.residual.get_full_resid_decomposition`."""
-        return residual.get_full_resid_decomposition(
-            self, layer, mlp_input, expand_neurons, apply_ln, pos_slice, return_labels, tower
-        )
-
-    def apply_ln_to_stack(
-        self,
-        residual_stack: Tensor,
-        layer: int | None = None,
-        mlp_input: bool = False,
-        pos_slice=None,
-        batch_slice=None,
-        has_batch_dim: bool = True,
-        tower: str = "visual",
-    ) -> Tensor:
-        """Centre each row and divide by the LayerNorm scale of the cached forward (``ln_post``
-        for ``layer=None``, pooling first where the model pools before it)."""
-        return residual.apply_ln_to_stack(
-            self, residual_stack, layer, mlp_input, pos_slice, batch_slice, has_batch_dim, tower
-        )
-
-    def logit_attrs(
-        self,
-        residual_stack: Tensor,
-        directions: Tensor,
-        incorrect: Tensor | None = None,
-        pos_slice=None,
-        batch_slice=None,
-        has_batch_dim: bool = True,
-    ) -> Tensor:
-        """Each row's direct contribution to the score ``⟨e, direction⟩`` of a text embedding or
-        a zero-shot class direction (``[d_out]`` or ``[batch, d_out]``): ``[component, batch]``."""
-        return residual.logit_attrs(self, residual_stack, directions, incorrect, pos_slice, batch_slice, has_batch_dim)
 
     # ------------------------------------------------------------------ batch handling
     def remove_batch_dim(self) -> ActivationCache:

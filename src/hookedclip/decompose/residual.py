@@ -14,12 +14,15 @@ contribution of a component computed either way agrees.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from typing_extensions import Unpack
 
+from hookedclip._options import completed
 from hookedclip.caching import PosSlice, slice_positions
 from hookedclip.caching import position_index as _index
 from hookedclip.names import act_name
@@ -153,6 +156,91 @@ def logit_attrs(
     return (joint * target.to(joint)).sum(-1)
 
 
+# ------------------------------------------------------------------ the stacks' keyword options
+#: A stack of residual-stream vectors, one row a component (or a layer).
+Stack = Float[Tensor, "component batch *pos d_model"]
+
+
+class ResidReadout(TypedDict, total=False):
+    """What every stack function here does with its stack at the end (TransformerLens's options,
+    taken by keyword only, with the same defaults everywhere: :data:`RESID_DEFAULTS`).
+
+    ``apply_ln`` (False): pass the stack through the frozen LayerNorm the stream meets at
+    ``layer`` (:func:`apply_ln_to_stack`: ``ln1``, ``ln2`` with ``mlp_input``, ``ln_post`` at the
+    end). ``pos_slice`` (None: every position): keep these token positions (``0``: the class
+    token only, small). ``return_labels`` (False): return ``(stack, labels)``. ``tower``
+    ("visual"): the tower whose stream is read."""
+
+    apply_ln: bool
+    pos_slice: PosSlice
+    return_labels: bool
+    tower: str
+
+
+class HeadStackOptions(ResidReadout, total=False):
+    """:func:`stack_head_results`'s options: ``incl_remainder`` (False) adds one row, the residual
+    stream entering ``layer`` minus the stacked components (``"remainder"``)."""
+
+    incl_remainder: bool
+
+
+class NeuronStackOptions(HeadStackOptions, total=False):
+    """:func:`stack_neuron_results`'s options: ``neuron_slice`` (None: every neuron) keeps these
+    neurons of each block."""
+
+    neuron_slice: PosSlice
+
+
+class BlockInputOptions(ResidReadout, total=False):
+    """Options of the stacks that sum to the stream entering a block: ``mlp_input`` (False) reads
+    the stream entering block ``layer``'s MLP (``resid_mid``) in place of the block's input."""
+
+    mlp_input: bool
+
+
+class AccumulatedOptions(BlockInputOptions, total=False):
+    """:func:`accumulated_resid`'s options: ``incl_mid`` (False) adds each block's ``resid_mid``."""
+
+    incl_mid: bool
+
+
+class DecomposeOptions(BlockInputOptions, total=False):
+    """:func:`decompose_resid`'s options: ``mode`` ("all") keeps the attention and MLP outputs
+    ("all"), or only one kind ("attn", "mlp"); ``incl_embeds`` (True) keeps the embedding slot."""
+
+    mode: Literal["all", "attn", "mlp"]
+    incl_embeds: bool
+
+
+class FullDecompositionOptions(BlockInputOptions, total=False):
+    """:func:`get_full_resid_decomposition`'s options: ``expand_neurons`` (True) gives each MLP
+    neuron a row, else each MLP one row (its output less ``b_out``)."""
+
+    expand_neurons: bool
+
+
+#: The default of every option above, one place for all the functions (TransformerLens's defaults).
+RESID_DEFAULTS = MappingProxyType(
+    {
+        "apply_ln": False,
+        "pos_slice": None,
+        "return_labels": False,
+        "tower": "visual",
+        "incl_remainder": False,
+        "neuron_slice": None,
+        "mlp_input": False,
+        "incl_mid": False,
+        "mode": "all",
+        "incl_embeds": True,
+        "expand_neurons": True,
+    }
+)
+
+
+def _completed(options, options_type: type, caller: str) -> dict:
+    return completed(RESID_DEFAULTS, options_type, options, caller)
+
+
 # ------------------------------------------------------------------ stacks of components
 def _from_cache(cache, short: str, layer: int | None, tower: str, pos_slice: PosSlice, dim: int = -2) -> Tensor:
     return slice_positions(cache[short, layer, tower] if layer is not None else cache[short], pos_slice, dim)
@@ -171,25 +259,24 @@ def head_results(
 
 
 def stack_head_results(
-    cache: ActivationCache,
-    layer: int | None = -1,
-    return_labels: bool = False,
-    incl_remainder: bool = False,
-    pos_slice: PosSlice = None,
-    apply_ln: bool = False,
-    tower: str = "visual",
-):
-    """Every head's output in the blocks before ``layer`` (all with -1 / None), stacked:
-    ``[layer * head, batch, *pos, d_model]``, labels ``"L0H0", ...``; ``incl_remainder`` adds
-    the residual stream entering ``layer`` minus the heads (``"remainder"``)."""
-    n = _layers(cache, layer, tower)
+    cache: ActivationCache, layer: int | None = -1, **options: Unpack[HeadStackOptions]
+) -> Stack | tuple[Stack, list[str]]:
+    """Every head's output (before ``b_O``) in the blocks before ``layer`` (all with -1 / None),
+    stacked: ``[layer * head, batch, *pos, d_model]``, labels ``"L0H0", ...``. Uses cached
+    ``hook_result`` where present, else ``hook_z`` and ``W_O``.
+
+    Options (keyword only): ``incl_remainder`` adds the residual stream entering ``layer``
+    minus the heads (``"remainder"``); ``apply_ln`` the frozen LayerNorm of ``layer``;
+    ``pos_slice=0`` keeps the class token only (small); ``return_labels``; ``tower``
+    (:class:`HeadStackOptions`)."""
+    options = _completed(options, HeadStackOptions, "stack_head_results")
+    n = _layers(cache, layer, options["tower"])
     rows, labels = [], []
     for block in range(n):
-        result = head_results(cache, block, pos_slice, tower)
+        result = head_results(cache, block, options["pos_slice"], options["tower"])
         rows.append(result.movedim(-2, 0))
         labels += [f"L{block}H{h}" for h in range(result.shape[-2])]
-    stack = torch.cat(rows) if rows else None
-    return _finish(cache, stack, labels, n, incl_remainder, pos_slice, apply_ln, return_labels, tower)
+    return _with_remainder(cache, torch.cat(rows) if rows else None, labels, n, options)
 
 
 def neuron_results(
@@ -199,7 +286,8 @@ def neuron_results(
     pos_slice: PosSlice = None,
     tower: str = "visual",
 ) -> Float[Tensor, "batch *pos neuron d_model"]:
-    """Each MLP neuron's output ``post[..., n] * W_out[n]`` (before ``b_out``)."""
+    """Block ``layer``'s MLP neurons' outputs ``post[..., n] * W_out[n]`` (before ``b_out``):
+    ``[batch, *pos, neuron, d_model]``."""
     post = slice_positions(cache["post", layer, tower], pos_slice, -2)
     W_out = _tower(cache, tower).blocks[layer].mlp.W_out.detach()
     post, W_out = slice_positions(post, neuron_slice, -1), slice_positions(W_out, neuron_slice, 0)
@@ -207,29 +295,28 @@ def neuron_results(
 
 
 def stack_neuron_results(
-    cache: ActivationCache,
-    layer: int | None = -1,
-    neuron_slice: PosSlice = None,
-    pos_slice: PosSlice = None,
-    return_labels: bool = False,
-    incl_remainder: bool = False,
-    apply_ln: bool = False,
-    tower: str = "visual",
-):
-    """Every neuron's output in the blocks before ``layer``: ``[layer * neuron, batch, *pos,
-    d_model]``, labels ``"L0N0", ...``. Large: pass ``neuron_slice`` on real models."""
+    cache: ActivationCache, layer: int | None = -1, **options: Unpack[NeuronStackOptions]
+) -> Stack | tuple[Stack, list[str]]:
+    """Every MLP neuron's output in the blocks before ``layer`` (all with -1 / None):
+    ``[layer * neuron, batch, *pos, d_model]``, labels ``"L0N0", ...``. Large: pass
+    ``neuron_slice`` on real models.
+
+    Options (keyword only): ``neuron_slice`` keeps these neurons of each block;
+    ``incl_remainder`` adds the residual stream entering ``layer`` minus the neurons
+    (``"remainder"``); ``apply_ln``, ``pos_slice``, ``return_labels``, ``tower`` as for every
+    stack (:class:`NeuronStackOptions`)."""
+    options = _completed(options, NeuronStackOptions, "stack_neuron_results")
+    neuron_slice, tower = options["neuron_slice"], options["tower"]
     n = _layers(cache, layer, tower)
     rows, labels = [], []
-    d_mlp = _tower(cache, tower).cfg.d_mlp
-    kept = torch.arange(d_mlp)[_index(neuron_slice)].reshape(-1).tolist()
+    kept = torch.arange(_tower(cache, tower).cfg.d_mlp)[_index(neuron_slice)].reshape(-1).tolist()
     for block in range(n):
-        out = neuron_results(cache, block, neuron_slice, pos_slice, tower)
+        out = neuron_results(cache, block, neuron_slice, options["pos_slice"], tower)
         if isinstance(neuron_slice, int):
             out = out.unsqueeze(-2)
         rows.append(out.movedim(-2, 0))
         labels += [f"L{block}N{i}" for i in kept]
-    stack = torch.cat(rows) if rows else None
-    return _finish(cache, stack, labels, n, incl_remainder, pos_slice, apply_ln, return_labels, tower)
+    return _with_remainder(cache, torch.cat(rows) if rows else None, labels, n, options)
 
 
 def _resid_at(cache, layer: int, mlp_input: bool, tower: str, pos_slice: PosSlice) -> Tensor:
@@ -239,52 +326,42 @@ def _resid_at(cache, layer: int, mlp_input: bool, tower: str, pos_slice: PosSlic
     return _from_cache(cache, "resid_mid" if mlp_input else "resid_pre", layer, tower, pos_slice)
 
 
-def _finish(
-    cache, stack, labels, layer, incl_remainder, pos_slice, apply_ln, return_labels, tower, mlp_input: bool = False
-):
-    if incl_remainder:
-        resid = _resid_at(cache, layer, mlp_input, tower, pos_slice)
+def _with_remainder(cache, stack: Tensor | None, labels: list[str], layer: int, options: dict):
+    """A head or neuron stack (``None``: no block before ``layer``) read out, with the
+    ``"remainder"`` row where ``incl_remainder``; these stacks are read at the block's input."""
+    if options["incl_remainder"]:
+        resid = _resid_at(cache, layer, False, options["tower"], options["pos_slice"])
         total = stack.sum(0) if stack is not None else torch.zeros_like(resid)
         remainder = (resid - total).unsqueeze(0)
         stack = remainder if stack is None else torch.cat([stack, remainder])
         labels = [*labels, "remainder"]
     if stack is None:
         raise ValueError("no components before layer 0: pass a later layer or incl_remainder=True")
-    return _returned(cache, stack, labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
+    return _read_out(cache, stack, labels, layer, options, mlp_input=False)
 
 
-def _returned(
-    cache,
-    stack: Tensor,
-    labels: list[str],
-    layer: int,
-    mlp_input: bool,
-    pos_slice: PosSlice,
-    apply_ln: bool,
-    return_labels: bool,
-    tower: str,
-):
-    """TransformerLens's return convention: the stack (through the LayerNorm of ``layer`` when
-    ``apply_ln``), with its labels when ``return_labels``."""
-    if apply_ln:
-        stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice, tower=tower)
-    return (stack, labels) if return_labels else stack
+def _read_out(cache, stack: Tensor, labels: list[str], layer: int, options: dict, mlp_input: bool):
+    """TransformerLens's return convention (:class:`ResidReadout`): the stack (through the
+    LayerNorm of ``layer``, or of its MLP with ``mlp_input``, when ``apply_ln``), with its labels
+    when ``return_labels``."""
+    if options["apply_ln"]:
+        stack = apply_ln_to_stack(cache, stack, layer, mlp_input, options["pos_slice"], tower=options["tower"])
+    return (stack, labels) if options["return_labels"] else stack
 
 
 def accumulated_resid(
-    cache: ActivationCache,
-    layer: int | None = None,
-    incl_mid: bool = False,
-    apply_ln: bool = False,
-    pos_slice: PosSlice = None,
-    mlp_input: bool = False,
-    return_labels: bool = False,
-    tower: str = "visual",
-):
-    """The residual stream entering each block before ``layer`` and ``layer`` itself (its MLP's
-    input too with ``mlp_input``); with ``layer`` ``None`` / ``n_layers``, every block's input
-    and the last block's output. ``[n, batch, *pos, d_model]``, labels ``"0_pre"``,
-    (``"0_mid"``), ..., ``"final_post"``: the logit lens's input."""
+    cache: ActivationCache, layer: int | None = None, **options: Unpack[AccumulatedOptions]
+) -> Stack | tuple[Stack, list[str]]:
+    """The residual stream entering each block before ``layer`` and ``layer`` itself; with
+    ``layer`` ``None`` / ``n_layers``, every block's input and the last block's output.
+    ``[n, batch, *pos, d_model]``, labels ``"0_pre"``, (``"0_mid"``), ..., ``"final_post"``:
+    the logit lens's input.
+
+    Options (keyword only): ``incl_mid`` adds each block's ``resid_mid``; ``mlp_input`` adds
+    the ``resid_mid`` of ``layer`` too (and ``apply_ln`` then uses its ``ln2``); ``apply_ln``,
+    ``pos_slice``, ``return_labels``, ``tower`` as for every stack (:class:`AccumulatedOptions`)."""
+    options = _completed(options, AccumulatedOptions, "accumulated_resid")
+    tower, pos_slice = options["tower"], options["pos_slice"]
     n_layers = len(_tower(cache, tower).blocks)
     layer = _layers(cache, layer, tower)
     rows, labels = [], []
@@ -295,15 +372,15 @@ def accumulated_resid(
 
     for block in range(layer):
         add("resid_pre", block, f"{block}_pre")
-        if incl_mid:
+        if options["incl_mid"]:
             add("resid_mid", block, f"{block}_mid")
     if layer == n_layers:
         add("resid_post", n_layers - 1, "final_post")
     else:
         add("resid_pre", layer, f"{layer}_pre")
-        if mlp_input:
+        if options["mlp_input"]:
             add("resid_mid", layer, f"{layer}_mid")
-    return _returned(cache, torch.stack(rows), labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
+    return _read_out(cache, torch.stack(rows), labels, layer, options, options["mlp_input"])
 
 
 def _embed_rows(cache, tower: str, pos_slice: PosSlice) -> tuple[list[Tensor], list[str]]:
@@ -319,24 +396,22 @@ def _embed_rows(cache, tower: str, pos_slice: PosSlice) -> tuple[list[Tensor], l
 
 
 def decompose_resid(
-    cache: ActivationCache,
-    layer: int | None = None,
-    mlp_input: bool = False,
-    mode: str = "all",
-    apply_ln: bool = False,
-    pos_slice: PosSlice = None,
-    incl_embeds: bool = True,
-    return_labels: bool = False,
-    tower: str = "visual",
-):
-    """The residual stream entering ``layer`` (the MLP of ``layer`` with ``mlp_input``) split into
-    the embedding slot and each block's ``attn_out`` / ``mlp_out`` (``mode`` "all", "attn" or
-    "mlp"): ``[n, batch, *pos, d_model]``, labels ``"embed"``, ``"0_attn_out"``, ...; they sum
-    to the residual stream."""
+    cache: ActivationCache, layer: int | None = None, **options: Unpack[DecomposeOptions]
+) -> Stack | tuple[Stack, list[str]]:
+    """The residual stream entering ``layer`` split into the embedding slot and each block's
+    ``attn_out`` / ``mlp_out``: ``[n, batch, *pos, d_model]``, labels ``"embed"``,
+    ``"0_attn_out"``, ...; they sum to the residual stream.
+
+    Options (keyword only): ``mlp_input`` splits the stream entering the MLP of ``layer``
+    (adding that block's ``attn_out``); ``mode`` "all", "attn" or "mlp" keeps both kinds of
+    output or one; ``incl_embeds`` (default True) keeps the embedding slot; ``apply_ln``,
+    ``pos_slice``, ``return_labels``, ``tower`` as for every stack (:class:`DecomposeOptions`)."""
+    options = _completed(options, DecomposeOptions, "decompose_resid")
+    mode, tower, pos_slice, mlp_input = options["mode"], options["tower"], options["pos_slice"], options["mlp_input"]
     if mode not in ("all", "attn", "mlp"):
         raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
     layer = _layers(cache, layer, tower)
-    rows, labels = _embed_rows(cache, tower, pos_slice) if incl_embeds else ([], [])
+    rows, labels = _embed_rows(cache, tower, pos_slice) if options["incl_embeds"] else ([], [])
     for block in range(layer + int(mlp_input)):
         if mode in ("all", "attn"):
             rows.append(_from_cache(cache, "attn_out", block, tower, pos_slice))
@@ -344,33 +419,36 @@ def decompose_resid(
         if mode in ("all", "mlp") and block < layer:
             rows.append(_from_cache(cache, "mlp_out", block, tower, pos_slice))
             labels.append(f"{block}_mlp_out")
-    return _returned(cache, torch.stack(rows), labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
+    return _read_out(cache, torch.stack(rows), labels, layer, options, mlp_input)
 
 
 def get_full_resid_decomposition(
-    cache: ActivationCache,
-    layer: int | None = None,
-    mlp_input: bool = False,
-    expand_neurons: bool = True,
-    apply_ln: bool = False,
-    pos_slice: PosSlice = None,
-    return_labels: bool = False,
-    tower: str = "visual",
-):
+    cache: ActivationCache, layer: int | None = None, **options: Unpack[FullDecompositionOptions]
+) -> Stack | tuple[Stack, list[str]]:
     """Every head, every MLP (each neuron with ``expand_neurons``), the embedding slot and one
     ``"bias"`` row (the accumulated ``b_O`` and ``b_out``): ``[n, batch, *pos, d_model]``, rows
-    summing to the residual stream entering ``layer``."""
+    summing to the residual stream entering ``layer``.
+
+    Options (keyword only): ``mlp_input`` decomposes the stream entering the MLP of ``layer``
+    (adding that block's heads); ``expand_neurons`` (default True) gives each neuron a row, else
+    each MLP one; ``apply_ln``, ``pos_slice``, ``return_labels``, ``tower`` as for every stack
+    (:class:`FullDecompositionOptions`)."""
+    options = _completed(options, FullDecompositionOptions, "get_full_resid_decomposition")
+    tower, pos_slice, mlp_input = options["tower"], options["pos_slice"], options["mlp_input"]
     module = _tower(cache, tower)
     layer = _layers(cache, layer, tower)
+    upto = layer + int(mlp_input)
     heads, labels = (
-        stack_head_results(cache, layer + int(mlp_input), True, False, pos_slice, tower=tower)
-        if layer + int(mlp_input) > 0
+        stack_head_results(cache, upto, return_labels=True, pos_slice=pos_slice, tower=tower)
+        if upto > 0
         else (None, [])
     )
     rows = [heads] if heads is not None else []
     if layer > 0:
-        if expand_neurons:
-            neurons, neuron_labels = stack_neuron_results(cache, layer, None, pos_slice, True, tower=tower)
+        if options["expand_neurons"]:
+            neurons, neuron_labels = stack_neuron_results(
+                cache, layer, pos_slice=pos_slice, return_labels=True, tower=tower
+            )
             rows.append(neurons)
             labels += neuron_labels
         else:
@@ -388,4 +466,4 @@ def get_full_resid_decomposition(
     bias = module.accumulated_bias(layer, mlp_input).to(reference)
     rows.append(bias.expand_as(reference).unsqueeze(0))
     labels.append("bias")
-    return _returned(cache, torch.cat(rows), labels, layer, mlp_input, pos_slice, apply_ln, return_labels, tower)
+    return _read_out(cache, torch.cat(rows), labels, layer, options, mlp_input)
