@@ -284,6 +284,22 @@ def test_augmenting_with_the_same_activation_is_the_identity(model, images):
     assert checks["identity_error"] == 0.0
 
 
+def test_augmentation_options_keep_their_defaults_and_are_checked(model, images):
+    sae = make_sae(model)
+    h = residuals(model, images)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    latent = int(sae.encode(h)[0].abs().argmax())
+    default, drawn = S.augmented_embeddings(model, sae, h, labels, latent)
+    spelled, drawn_spelled = S.augmented_embeddings(model, sae, h, labels, latent, source="all", seed=0)
+    assert torch.equal(default, spelled) and torch.equal(drawn, drawn_spelled)
+    other, _ = S.augmented_embeddings(model, sae, h, labels, latent, source="other_class", seed=3)
+    assert not torch.equal(default, other)
+    with pytest.raises(TypeError, match=r"train_augmented_probe\(\) got unexpected option\(s\) \['step'\]"):
+        S.train_augmented_probe(model, sae, h, labels, latent, step=5)
+    with pytest.raises(TypeError, match="augmented_embeddings"):
+        S.augmented_embeddings(model, sae, h, labels, latent, steps=5)  # a probe option, not an augmentation one
+
+
 @SETTINGS
 @given(seed=st.integers(0, 10_000), source=st.sampled_from(["all", "other_class"]))
 def test_resampled_values_are_independent_of_the_label(seed, source):

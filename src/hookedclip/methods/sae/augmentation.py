@@ -21,19 +21,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, TypedDict
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from hookedclip import ablation
+from hookedclip._options import completed
 from hookedclip.methods.sae.model import TopKSAE
 from hookedclip.methods.sae.readout import head_readout, require_before_readout
 from hookedclip.methods.sae.splice import splice_site
 
 Source = Literal["all", "other_class"]
+#: The class-token residuals the autoencoder reads, one row per image.
+Residuals = Float[Tensor, "n d"]
+#: One class index per image.
+Labels = Int[Tensor, " n"]
 
 
 def resample_values(
@@ -71,23 +78,43 @@ def _shifted(sae: TopKSAE, h: Tensor, latent: int, current: Tensor, values: Tens
     return h + (values.to(h) - current).unsqueeze(-1) * sae.W_dec[:, latent]
 
 
+class AugmentOptions(TypedDict, total=False):
+    """How the replacement activations ``ã`` are drawn: ``source`` (``"all"``: from the whole set;
+    ``"other_class"``: from the images of the other classes; default ``"all"``) and ``seed`` (0)."""
+
+    source: Source
+    seed: int
+
+
+class ProbeOptions(AugmentOptions, total=False):
+    """:class:`AugmentOptions`, and for the probe: ``keep_original`` (train on the original
+    embeddings too; default ``True``) and ``steps`` (optimiser steps; 300)."""
+
+    keep_original: bool
+    steps: int
+
+
+_DEFAULTS = MappingProxyType({"source": "all", "seed": 0, "keep_original": True, "steps": 300})
+
+
 def augmented_embeddings(
     model,
     sae: TopKSAE,
-    residuals: Float[Tensor, "n d"],
-    labels: Int[Tensor, " n"],
+    residuals: Residuals,
+    labels: Labels,
     latent: int,
-    source: Source = "all",
-    seed: int = 0,
     values: Float[Tensor, " n"] | None = None,
+    **options: Unpack[AugmentOptions],
 ) -> tuple[Float[Tensor, "n e"], Float[Tensor, " n"]]:
-    """``(ẽ, ã)``: the augmented image embeddings and the activations drawn (or ``values``)."""
+    """``(ẽ, ã)``: the augmented image embeddings and the activations drawn (``options``), or
+    ``values`` when given."""
+    options = completed(_DEFAULTS, AugmentOptions, options, "augmented_embeddings")
     require_before_readout(model, sae, "latent augmentation")
     _check_latent(sae, latent)
     with torch.no_grad():
         h = residuals.to(sae.W_dec)
         a = sae.encode(h)[:, latent]  # encoded once: it is both the resampling pool and the shift's start
-        values = resample_values(a, labels, source, seed) if values is None else values
+        values = resample_values(a, labels, **options) if values is None else values
         return head_readout(model, _shifted(sae, h, latent, a, values)), values
 
 
@@ -109,20 +136,14 @@ def train_probe(
 
 
 def train_augmented_probe(
-    model,
-    sae: TopKSAE,
-    residuals: Float[Tensor, "n d"],
-    labels: Int[Tensor, " n"],
-    latent: int,
-    source: Source = "all",
-    keep_original: bool = True,
-    seed: int = 0,
-    steps: int = 300,
+    model, sae: TopKSAE, residuals: Residuals, labels: Labels, latent: int, **options: Unpack[ProbeOptions]
 ) -> nn.Linear:
     """A linear probe on the original embeddings and their augmented copies (``keep_original``;
-    else the copies alone), every copy with its original label."""
+    else the copies alone), every copy with its original label (:class:`ProbeOptions`)."""
+    options = completed(_DEFAULTS, ProbeOptions, options, "train_augmented_probe")
+    keep_original, steps, seed = options.pop("keep_original"), options.pop("steps"), options["seed"]
     labels = torch.as_tensor(labels, dtype=torch.long)
-    augmented, _ = augmented_embeddings(model, sae, residuals, labels, latent, source, seed)
+    augmented, _ = augmented_embeddings(model, sae, residuals, labels, latent, **options)
     if keep_original:
         with torch.no_grad():
             original = head_readout(model, residuals.to(sae.W_dec))
@@ -191,6 +212,8 @@ def mean_latent_attribution(attribution, latent: int, classes: Sequence[int] | N
 
 
 __all__ = [
+    "AugmentOptions",
+    "ProbeOptions",
     "augment_residuals",
     "augmentation_checks",
     "augmented_embeddings",
