@@ -11,6 +11,7 @@ Run: python docs/make_attribution_figures.py [--out docs/figures]
 from __future__ import annotations
 
 import argparse
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -20,46 +21,19 @@ import torch.nn.functional as F
 from hookedclip import HookedCLIP
 from hookedclip.methods import sae as S
 from hookedclip.plotting import wilson
-from hookedclip.toy.attributes import BACKGROUNDS, COLORS, SHAPES, TEXTURES
+from hookedclip.toy.attributes import SHAPES
 from hookedclip.toy.dataset import SpuriousSpec, ToyWorld
-from hookedclip.toy.model import images_to_tensor
 
-NAMES = {"shape": SHAPES, "color": COLORS, "texture": TEXTURES, "background": BACKGROUNDS}
 N_IMAGES = 512
-
-
-def class_token(model, world: ToyWorld) -> torch.Tensor:
-    """The last block's class-token rows: what the autoencoder reads."""
-    x = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
-    with torch.no_grad():
-        return model.encode_image(x, stop_at_layer=model.cfg.n_layers)[:, 0]
-
-
-def name_latents(codes: np.ndarray, world: ToyWorld) -> list[str]:
-    """Each latent named by the attribute value whose images activate it most above the others
-    (in standard deviations of its activation); latents active on fewer than 10 images: "(rarely active)"."""
-    attrs = world.attributes()
-    labels = []
-    for col in codes.T:
-        best, gap = "(rarely active)", -np.inf
-        if (col != 0).sum() >= 10:
-            for attribute, names in NAMES.items():
-                values = np.array([getattr(x, attribute) for x in attrs])
-                for v in names:
-                    if (values == v).any():
-                        g = (col[values == v].mean() - col[values != v].mean()) / (col.std() + 1e-9)
-                        best, gap = (v, g) if g > gap else (best, gap)
-        labels.append(best)
-    return labels
 
 
 def figures(model, sae, out: Path) -> list[str]:
     """The bar chart of image 0 and the deletion and insertion curves, with their areas; the latents' names."""
     world = ToyWorld(N_IMAGES, seed=0, split="test")
-    h = class_token(model, world)
+    h = S.class_tokens(model, world)
     texts = [f"a photo of a {s}." for s in SHAPES]
     targets = torch.tensor([SHAPES.index(a.shape) for a in world.attributes()])
-    labels = name_latents(sae.encode(h).numpy(), world)
+    labels = S.attribute_names(sae.encode(h), world)
     attribution = S.attribute(model, sae, residuals=h, texts=texts, labels=labels)
     attribution.plot(out / "sae_attribution_bars.png", image=0, text=int(targets[0]))
     print(f"image 0 ({world.attributes()[0]}), R_error {float(attribution.R_error[0, targets[0]]):+.4f}:")
@@ -81,23 +55,10 @@ def figures(model, sae, out: Path) -> list[str]:
 
 
 def reliance(model, sae, labels: list[str]) -> None:
-    """The report on the balanced spurious split, alignment from the toy world's ground truth."""
-    split = ToyWorld(N_IMAGES, seed=1, split="test", spurious=SpuriousSpec(), group_balanced=True)
-    classes = torch.as_tensor(split.groups() // 2)
-    names = list(SpuriousSpec().classes)
-    texts = [f"a photo of a {c}." for c in names]
-    attribution = S.attribute(model, sae, residuals=class_token(model, split), texts=texts, labels=labels)
-    alignment = torch.tensor([[float(label == c) for c in names] for label in labels])
-    report = S.unexpected_reliance(
-        attribution,
-        classes,
-        alignment,
-        labels=labels,
-        class_names=names,
-        min_share=0.05,
-        max_alignment=0.5,
-        test="absolute",
-    )
+    """The report on the balanced spurious split, alignment from the toy world's ground truth: the
+    example's step 4 (examples/attribution.py), so the page shows what the example prints."""
+    example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "attribution.py"))
+    attribution, classes, report = example["reliance_report"](model, sae, labels, N_IMAGES)
     print(report.summary())
     share = S.class_relevance(attribution, classes)
     share = share / share.clamp_min(0).sum(-1, keepdim=True)
@@ -105,7 +66,7 @@ def reliance(model, sae, labels: list[str]) -> None:
         mask = torch.tensor([label == texture for label in labels])
         print(
             f"share of positive relevance of the {int(mask.sum())} {texture!r} latents: "
-            + ", ".join(f"{c} {float(share[i, mask].sum()):.2f}" for i, c in enumerate(names))
+            + ", ".join(f"{c} {float(share[i, mask].sum()):.2f}" for i, c in enumerate(SpuriousSpec().classes))
         )
 
 
@@ -123,9 +84,9 @@ def accuracies(model, probe, h: torch.Tensor, y: torch.Tensor, groups: np.ndarra
 def augmentation(model, sae, labels: list[str]) -> None:
     """Resample the striped latent a plain probe relies on most; the checks and the probe's reliance."""
     train = ToyWorld(1024, seed=3, split="train", spurious=SpuriousSpec())
-    h, y = class_token(model, train), torch.tensor(train.groups() // 2)
+    h, y = S.class_tokens(model, train), torch.tensor(train.groups() // 2)
     test = ToyWorld(N_IMAGES, seed=4, split="test", spurious=SpuriousSpec(), group_balanced=True)
-    h_test, y_test = class_token(model, test), torch.tensor(test.groups() // 2)
+    h_test, y_test = S.class_tokens(model, test), torch.tensor(test.groups() // 2)
     plain = S.train_probe(S.head_readout(model, h).detach(), y)
     reliance_on = S.attribute(model, sae, residuals=h, classifier=plain, output="logit").R[:, 0].mean(0)
     striped = [j for j, label in enumerate(labels) if label == "stripes"]

@@ -24,29 +24,16 @@ from hookedclip.toy.text import ATTRIBUTE_WORDS
 from hookedclip.toy.world import ToyWorld
 
 SEED, N_IMAGES, TOP = 2024, 2048, 20
-ATTRIBUTES = ("color", "texture", "background", "shape")
 PURE = 0.8  # an attribute value is "shared" by a latent's top images when at least this share hold it
-
-
-def purity(attributes: list, indices) -> tuple[float, dict[str, str]]:
-    """The largest share of the images holding one value of one attribute, and the values held by
-    at least ``PURE`` of them (attribute -> value)."""
-    best, shared = 0.0, {}
-    for name in ATTRIBUTES:
-        value, count = collections.Counter(getattr(attributes[i], name) for i in indices).most_common(1)[0]
-        best = max(best, count / len(indices))
-        if count / len(indices) >= PURE:
-            shared[name] = value
-    return best, shared
 
 
 def toy_world_numbers(labels, world: ToyWorld, texts: list[str]) -> None:
     """How alike the top images of the latents are (ground truth), and how often the label names it."""
     attributes = world.attributes()
     firing = (labels.top_values > 0).all(0).nonzero().flatten().tolist()
-    shares = [purity(attributes, labels.top_indices[:, j].tolist()) for j in firing]
+    shares = [S.shared_values(attributes, labels.top_indices[:, j].tolist(), PURE) for j in firing]
     rng = np.random.default_rng(0)
-    chance = np.mean([purity(attributes, rng.choice(len(world), TOP, replace=False))[0] for _ in range(300)])
+    chance = np.mean([S.shared_values(attributes, rng.choice(len(world), TOP, replace=False))[0] for _ in range(300)])
     best = np.array([share for share, _ in shares])
     print(
         f"{len(firing)} latents fire on all of their top {TOP} images; their largest share of one value: "
@@ -86,7 +73,7 @@ def main() -> None:
     most = distinct_labels(labels, 4)
     outliers = [j for j in labels.semantic_outliers(2).tolist() if j not in most]
     for j in most + outliers:
-        shared = purity(world.attributes(), labels.top_indices[:, j].tolist())[1]
+        shared = S.shared_values(world.attributes(), labels.top_indices[:, j].tolist(), PURE)[1]
         print(f"latent {j}: {labels.label_of(j)!r} s={float(labels.score[j]):.2f} shared {shared}")
     print(gallery_strip(labels, images, most + outliers, out / "sae_labels_gallery.png"))
     toy_world_numbers(labels, world, texts)

@@ -18,41 +18,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hookedclip import HookedCLIP
 from hookedclip.methods import sae as S
 from hookedclip.report.sae_attribution import write_attribution_page
-from hookedclip.toy.attributes import BACKGROUNDS, COLORS, SHAPES, TEXTURES
+from hookedclip.toy.attributes import SHAPES
 from hookedclip.toy.dataset import SpuriousSpec, ToyWorld
-from hookedclip.toy.model import images_to_tensor
-
-NAMES = {"shape": SHAPES, "color": COLORS, "texture": TEXTURES, "background": BACKGROUNDS}
 
 
-def class_token(model, world: ToyWorld) -> torch.Tensor:
-    """The last block's class-token rows: what the autoencoder reads, cached once."""
-    x = images_to_tensor(world.images(), model.cfg.image_mean, model.cfg.image_std)
-    with torch.no_grad():
-        return model.encode_image(x, stop_at_layer=model.cfg.n_layers)[:, 0]
-
-
-def name_latents(sae: S.TopKSAE, h: torch.Tensor, world: ToyWorld) -> list[str]:
-    """Each latent named by the attribute value whose images activate it most above the others."""
-    a = sae.encode(h).numpy()
-    attrs = world.attributes()
-    labels = []
-    for j in range(sae.d_sae):
-        col, best, gap = a[:, j], "(rarely active)", -np.inf
-        for attribute, names in NAMES.items():
-            values = np.array([getattr(x, attribute) for x in attrs])
-            for v in names:
-                if (col != 0).sum() >= 10 and (values == v).any():
-                    g = (col[values == v].mean() - col[values != v].mean()) / (col.std() + 1e-9)
-                    best, gap = (v, g) if g > gap else (best, gap)
-        labels.append(best)
-    return labels
+def reliance_report(model, sae, labels: list[str], n_images: int):
+    """``(attribution, classes, report)``: Act×Grad of the balanced spurious split's images to "a
+    photo of a circle/square" and the unexpected-reliance report, alignment 1 where a latent is
+    named after the class (the toy world's ground truth)."""
+    split = ToyWorld(n_images, seed=1, split="test", spurious=SpuriousSpec(), group_balanced=True)
+    classes = torch.as_tensor(split.groups() // 2)
+    names = list(SpuriousSpec().classes)
+    texts = [f"a photo of a {c}." for c in names]
+    attribution = S.attribute(model, sae, residuals=S.class_tokens(model, split), texts=texts, labels=labels)
+    alignment = torch.tensor([[float(label == c) for c in names] for label in labels])
+    options = {"min_share": 0.05, "max_alignment": 0.5, "test": "absolute"}
+    report = S.unexpected_reliance(attribution, classes, alignment, labels=labels, class_names=names, **options)
+    return attribution, classes, report
 
 
 def main() -> None:
@@ -67,9 +54,9 @@ def main() -> None:
 
     model = HookedCLIP.from_pretrained("toy")
     world = ToyWorld(args.n, seed=0, split="test")
-    h = class_token(model, world)
+    h = S.class_tokens(model, world)
     sae = (S.TopKSAE.load(args.sae, model=model) if args.sae else S.toy(model)).requires_grad_(False)
-    labels = name_latents(sae, h, world)
+    labels = S.attribute_names(sae.encode(h), world)
 
     # 2. Act×Grad to the shape prompts; R[b, t, j] is exactly 0 wherever latent j is inactive.
     texts = [f"a photo of a {s}." for s in SHAPES]
@@ -90,22 +77,8 @@ def main() -> None:
     curves.to_csv(out / "deletion.csv")
     curves.plot(out / "deletion.png")
 
-    # 4. Unexpected reliance on the spurious split; alignment: 1 when a latent is named after the class.
-    split = ToyWorld(args.n, seed=1, split="test", spurious=SpuriousSpec(), group_balanced=True)
-    classes = torch.as_tensor(split.groups() // 2)
-    names = list(SpuriousSpec().classes)
-    spurious = S.attribute(model, sae, residuals=class_token(model, split), texts=[f"a photo of a {c}." for c in names])
-    alignment = torch.tensor([[float(label == c) for c in names] for label in labels])
-    report = S.unexpected_reliance(
-        spurious,
-        classes,
-        alignment,
-        labels=labels,
-        class_names=names,
-        min_share=0.05,
-        max_alignment=0.5,
-        test="absolute",
-    )
+    # 4. Unexpected reliance on the spurious split.
+    _, _, report = reliance_report(model, sae, labels, args.n)
     print(report.summary())
     report.to_csv(out / "reliance.csv")
     print(f"written to {out}")

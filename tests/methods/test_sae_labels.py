@@ -5,8 +5,6 @@ images of latents share an attribute far above chance and their labels name it.
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pytest
 import torch
@@ -132,20 +130,7 @@ def test_latent_embedding_is_the_mean_of_raw_embeddings_each_image_embedded_once
 
 
 # ---------------------------------------------------------------------------- the toy world
-ATTRIBUTES = ("color", "texture", "background", "shape")
 PURE = 0.8  # a latent's top images "share" an attribute when this fraction has its modal value
-
-
-def purity(attrs, idx) -> tuple[float, dict[str, str]]:
-    """The largest modal fraction over the four attributes, and every attribute shared by at
-    least ``PURE`` of the images (with its value)."""
-    best, shared = 0.0, {}
-    for a in ATTRIBUTES:
-        value, count = collections.Counter(getattr(attrs[i], a) for i in idx).most_common(1)[0]
-        best = max(best, count / len(idx))
-        if count / len(idx) >= PURE:
-            shared[a] = value
-    return best, shared
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +155,9 @@ def test_toy_latents_top_images_share_an_attribute_far_above_chance(toy_labels):
     firing = ((labels.top_values > 0).all(0)).nonzero().flatten().tolist()
     assert len(firing) >= 30
     rng = np.random.default_rng(0)
-    chance = np.mean([purity(attrs, rng.choice(len(world), 20, replace=False))[0] for _ in range(300)])
+    chance = np.mean([S.shared_values(attrs, rng.choice(len(world), 20, replace=False))[0] for _ in range(300)])
     assert 0.3 < chance < 0.5
-    purities = [purity(attrs, labels.top_indices[:, j].tolist())[0] for j in firing]
+    purities = [S.shared_values(attrs, labels.top_indices[:, j].tolist())[0] for j in firing]
     assert np.median(purities) >= max(0.9, chance + 0.4)
     assert np.mean([p >= PURE for p in purities]) >= 0.8
 
@@ -186,7 +171,7 @@ def test_toy_labels_name_the_shared_attribute_for_most_latents(toy_labels):
     attrs = world.attributes()
     hits, total = 0, 0
     for j in ((labels.top_values > 0).all(0)).nonzero().flatten().tolist():
-        _, shared = purity(attrs, labels.top_indices[:, j].tolist())
+        _, shared = S.shared_values(attrs, labels.top_indices[:, j].tolist(), PURE)
         if shared:
             words = {ATTRIBUTE_WORDS[a][v] for a, v in shared.items()}
             hits += bool(words & set(labels.label_of(j).split()))

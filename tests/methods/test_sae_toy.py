@@ -94,3 +94,22 @@ def test_the_best_word_of_a_pure_latent_names_its_value(toy_sae, held_out):
         hits += best == wanted
     assert len(pure) >= 20
     assert hits / len(pure) > 0.6 > 10 / len(pool)
+
+
+def test_attribute_names_recover_planted_latents():
+    """Latents planted on one attribute value each are named by that value; a latent active on too
+    few images is named as such."""
+    from hookedclip.toy.dataset import ToyWorld
+
+    attributes = ToyWorld(400, seed=5, split="test").attributes()
+    gen = torch.Generator().manual_seed(0)
+    noise = 0.3 * torch.rand(400, 4, generator=gen)
+    planted = {0: ("shape", "circle"), 1: ("color", "red"), 2: ("background", "brown")}
+    codes = noise.clone()
+    for j, (attribute, value) in planted.items():
+        codes[:, j] += torch.tensor([float(getattr(a, attribute) == value) for a in attributes])
+    codes[:, 3] = 0.0
+    codes[:5, 3] = 1.0  # active on 5 images only
+    names = S.attribute_names(codes, attributes, min_active=10)
+    assert names == ["circle", "red", "brown", "(rarely active)"]
+    assert S.attribute_names(codes, attributes, min_active=3)[3] != "(rarely active)"

@@ -42,7 +42,7 @@ from hookedclip.methods.sae.gallery import (
 from hookedclip.methods.sae.labels import *  # noqa: F403 (the names are labels.__all__, re-exported below)
 from hookedclip.methods.sae.labels import __all__ as _labels_names
 from hookedclip.methods.sae.model import SPLICE_MODES, SAEConfig, TopKSAE, densify
-from hookedclip.methods.sae.pretrained import attribute_purity, toy
+from hookedclip.methods.sae.pretrained import attribute_names, attribute_purity, class_tokens, shared_values, toy
 from hookedclip.methods.sae.pretrained import from_pretrained as _from_pretrained
 from hookedclip.methods.sae.readout import OutputHead, head_readout, output_head
 from hookedclip.methods.sae.reference import fold_reference, from_reference, read_reference_state
@@ -100,6 +100,9 @@ __all__ = [
     "TrainingDiverged",
     "cosine_loss",
     "train",
+    "attribute_names",
     "attribute_purity",
+    "class_tokens",
+    "shared_values",
     "toy",
 ]

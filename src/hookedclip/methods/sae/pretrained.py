@@ -12,6 +12,7 @@ colour, texture, background), against the same count for random images.
 
 from __future__ import annotations
 
+import collections
 import json
 import tempfile
 import time
@@ -101,6 +102,38 @@ def attribute_purity(codes: Float[Tensor, "n d_sae"], world, top_n: int = 16, se
     rng = np.random.default_rng(seed)
     chance = float(np.mean([best(rng.choice(len(attributes), top_n, replace=False))[2] for _ in range(200)]))
     return {"latents": latents, "chance": chance, "top_n": top_n}
+
+
+def shared_values(attributes, indices, threshold: float = 0.8) -> tuple[float, dict[str, str]]:
+    """Of the toy images ``indices`` (into ``attributes``): the largest share of them holding one
+    value of one attribute (shape, colour, texture, background), and every attribute held with
+    one value by at least ``threshold`` of them (attribute -> value)."""
+    best, shared = 0.0, {}
+    for name in ATTRIBUTES:
+        value, count = collections.Counter(getattr(attributes[i], name) for i in indices).most_common(1)[0]
+        best = max(best, count / len(indices))
+        if count / len(indices) >= threshold:
+            shared[name] = value
+    return best, shared
+
+
+def attribute_names(codes: Float[Tensor, "n d_sae"], world, min_active: int = 10) -> list[str]:
+    """A ground-truth name for every latent, to read attributions by: the toy attribute value
+    (shape, colour, texture or background) whose images activate the latent most above the other
+    images, ``(mean over images with v − mean over the rest) / std``; ``"(rarely active)"`` for a
+    latent active on fewer than ``min_active`` images. ``world`` as in :func:`attribute_purity`."""
+    attributes = world.attributes() if hasattr(world, "attributes") else list(world)
+    table = {a: np.array([getattr(x, a) for x in attributes]) for a in ATTRIBUTES}
+    names = []
+    for col in codes.detach().double().numpy().T:
+        best, gap = "(rarely active)", -np.inf
+        if (col != 0).sum() >= min_active:
+            for values in table.values():
+                for v in dict.fromkeys(values.tolist()):  # first-seen order: ties go to the earlier value
+                    g = (col[values == v].mean() - col[values != v].mean()) / (col.std() + 1e-9)
+                    best, gap = (v, g) if g > gap else (best, gap)
+        names.append(best)
+    return names
 
 
 def evaluate(sae: TopKSAE, residuals: Tensor) -> dict[str, float]:

@@ -4,33 +4,11 @@ against its baselines."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from hookedclip.report.sections.context import DemoContext
 from hookedclip.report.viz import Section
-from hookedclip.toy.attributes import BACKGROUNDS, COLORS, SHAPES, TEXTURES
-
-ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "texture": TEXTURES, "background": BACKGROUNDS}
-
-
-def _attribute_labels(a: np.ndarray, ctx: DemoContext) -> list[str]:
-    """Each latent named by the attribute value whose images activate it most above the rest."""
-    labels = []
-    for j in range(a.shape[1]):
-        col = a[:, j]
-        if (col != 0).sum() < 3:
-            labels.append("(rarely active)")
-            continue
-        best, gap = "", -np.inf
-        for attribute, names in ATTRIBUTES.items():
-            values = ctx.labels(attribute)
-            for v in set(values.tolist()):
-                g = (col[values == v].mean() - col[values != v].mean()) / (col.std() + 1e-9)
-                if g > gap:
-                    best, gap = names[v], g
-        labels.append(best)
-    return labels
+from hookedclip.toy.attributes import SHAPES
 
 
 def _auc(auc: dict, method: str) -> str:
@@ -45,7 +23,7 @@ def section_sae_attribution(ctx: DemoContext) -> Section:
     with torch.no_grad():
         h = model.encode_image(ctx.tensors, stop_at_layer=model.cfg.n_layers)[:, 0]
     sae = S.toy(model).to(h).requires_grad_(False)  # the shipped toy autoencoder
-    labels = _attribute_labels(sae.encode(h).numpy(), ctx)
+    labels = S.attribute_names(sae.encode(h), ctx.attributes, min_active=3)
     texts = [f"a photo of a {s}." for s in SHAPES]
     targets = torch.as_tensor(ctx.labels("shape"))
     attribution = S.attribute(model, sae, residuals=h, texts=texts, labels=labels)
