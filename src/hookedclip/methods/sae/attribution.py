@@ -246,13 +246,4 @@ def _leaf_hooks(saved: dict[str, Tensor]) -> list:
     return [("hook_sae_acts_post", code_leaf), ("hook_sae_error", keep_error), ("hook_sae_output", output_probe)]
 
 
-def scaled_ablation_effect(
-    model, sae: TopKSAE, h: Float[Tensor, "batch d"], head: OutputHead, latent: int, s: float
-) -> Float[Tensor, "batch n"]:
-    """``y(h − s·a_j d_j) − y(h)`` for class-token rows before ``ln_post`` (checks ``≈ −s·R_j``)."""
-    a = sae.encode(h)[:, latent : latent + 1]
-    edited = h - s * a * sae.W_dec[:, latent]
-    return head(head_readout(model, edited)) - head(head_readout(model, h))
-
-
 __all__ = ["ATTRIBUTION_SPLICES", "Attribution", "attribute", "closed_form", "autograd_path", "cls_residual"]
