@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
+from hookedclip._options import completed
 from hookedclip.hook_point import Direction, HookFn, HookPoint
 
 if TYPE_CHECKING:
@@ -198,9 +199,10 @@ class HookedRootModule(nn.Module):
         pass inside the block too, under ``name + "_grad"``."""
         from hookedclip.cache import ActivationCache
 
+        options = completed(self.get_caching_hooks, CachingOptions, options, "cache")
         store, fwd, bwd = self.get_caching_hooks(names_filter, **options)
         with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
-            yield ActivationCache(store, self, has_batch_dim=not options.get("remove_batch_dim", False))
+            yield ActivationCache(store, self, has_batch_dim=not options["remove_batch_dim"])
 
     def run_with_hooks(
         self,
