@@ -20,7 +20,7 @@ import torch
 from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
 from hookedclip.methods import pclens
-from hookedclip.methods.pclens.debias import debias_sweep, removal_accuracy, toy_attribute_data, toy_task
+from hookedclip.methods.pclens.debias import removal_accuracy, sweep_task, toy_attribute_data, toy_task
 from hookedclip.toy.model import images_to_tensor
 from hookedclip.toy.world import ToyWorld
 from hookedclip.zeroshot import accuracy_text
@@ -52,19 +52,8 @@ def main() -> None:
     for concept in task.concepts:
         print(qs.query_text(concept, top_k=3, approx=1.1), "\n")
 
-    sweep = debias_sweep(
-        model,
-        result,
-        task.classifier,
-        task.concepts,
-        task.images,
-        task.labels,
-        task.groups,
-        ks=(1, 2, 3, 5, 8, 12, 20, 30, 50),
-        margin=0.01,
-        group_names=task.group_names,
-        validation=validation,
-        random_draws=5,
+    sweep = sweep_task(
+        model, result, task, ks=(1, 2, 3, 5, 8, 12, 20, 30, 50), margin=0.01, validation=validation, random_draws=5
     )
     print(f"{'K':>3} {'PCs':>4}  {'validation worst':<20}{'test average':<22}{'test worst group':<22}")
     for p, v in zip(sweep.points, sweep.validation):

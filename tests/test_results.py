@@ -27,11 +27,12 @@ from hookedclip.identity import (
     ModelMismatch,
     check_same_model,
     model_identity,
+    model_label,
 )
 from hookedclip.methods import pclens
 from hookedclip.methods.neighbours import embedding_space, nearest_images
 from hookedclip.methods.pclens import PCLensResult, QueryResult, QuerySystem
-from hookedclip.methods.pclens.debias import DebiasSweep, debias_sweep, toy_task
+from hookedclip.methods.pclens.debias import DebiasSweep, sweep_task, toy_task
 from hookedclip.methods.pclens.recovered import accuracy_recovered
 from hookedclip.methods.segmentation import SegmentationMetrics, heatmaps, toy_batches
 from hookedclip.methods.textspan import TextSpanResult, text_span, text_span_heads
@@ -87,17 +88,7 @@ def results(toy, world_data) -> dict[str, Result]:
         "recovered": accuracy_recovered(
             toy, [(images, labels)], classifier, components="L3", budgets=(0, 1, 2), texts=texts, text_embeddings=pool
         ),
-        "debias": debias_sweep(
-            toy,
-            fitted,
-            task.classifier,
-            task.concepts,
-            task.images,
-            task.labels,
-            task.groups,
-            ks=(1, 2),
-            group_names=task.group_names,
-        ),
+        "debias": sweep_task(toy, fitted, task, ks=(1, 2)),
         "ablation_curve": mean_ablation_curve(toy, [(images, labels)], classifier, ["L0", "L1", "mlp1"]),
         "segmentation": segmentation,
         "neighbours": nearest_images(toy, images[0], images.split(16), embedding_space(toy), k=5),
@@ -208,6 +199,7 @@ def test_a_result_without_a_model_loads_but_cannot_be_checked(tmp_path, toy):
     gen = torch.Generator().manual_seed(0)
     span = text_span(torch.randn(20, 8, generator=gen), torch.randn(6, 8, generator=gen), list("abcdef"), 3, rank=None)
     assert span.model is None
+    assert "no recorded model" in span.summary()
     path = span.save(tmp_path / "span")
     assert TextSpanResult.load(path).texts == span.texts
     with pytest.raises(ModelMismatch, match="records no model"):
@@ -441,6 +433,7 @@ def test_check_same_model_names_both_models(toy, other):
 
 def test_reports_name_the_model_alike(results, toy):
     name = str(model_identity(toy))
+    assert model_label(dict(model_identity(toy))) == name  # a plain dict read back from JSON prints alike
     assert results["pclens"].summary().startswith(f"PCLens on {name}:")
     assert name in results["debias"].summary() and name in results["recovered"].summary()
     assert all(name in results[n].summary() for n in ("textspan", "ablation_curve", "component_stack"))

@@ -19,7 +19,7 @@ from hookedclip.ablation import component_means
 from hookedclip.components import ComponentLike, select
 from hookedclip.data.batches import check_reiterable, iter_labelled
 from hookedclip.decompose import decompose_image
-from hookedclip.identity import ModelIdentity, model_identity
+from hookedclip.identity import ModelIdentity, model_identity, model_label
 from hookedclip.results import Result, finish_figure, new_figure
 from hookedclip.zeroshot import ZeroShotClassifier
 
@@ -38,7 +38,7 @@ class AblationCurve(Result):
 
     # ---- the Result protocol
     def _title(self) -> str:
-        return f"Accumulated mean-ablation (direct) on {self.model or 'no recorded model'}: {len(self.steps)} steps"
+        return f"Accumulated mean-ablation (direct) on {model_label(self.model)}: {len(self.steps)} steps"
 
     def _table(self) -> tuple[list[str], list[list]]:
         rows = [[k, self.steps[k - 1] if k else "", acc] for k, acc in enumerate(self.accuracy)]

@@ -52,6 +52,12 @@ class ModelIdentity(dict):
         return None if identity is None else cls(identity)
 
 
+def model_label(identity: Mapping | None) -> str:
+    """How summaries, titles and reports name the model a result came from: the identity's short
+    form (:class:`ModelIdentity`), or ``"no recorded model"``."""
+    return str(ModelIdentity(identity)) if identity else "no recorded model"
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """16 hex digits of a sha256 over every state-dict tensor's name, shape and up to
     :data:`SAMPLE` strided values rounded to float16 (device- and fp32/fp16-independent)."""

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity, check_same_model
+from hookedclip.identity import ModelIdentity, check_same_model, model_label
 from hookedclip.plotting import finish_figure, new_figure  # noqa: F401 (a result's plot draws with these)
 
 #: Rows :meth:`Result.summary` prints before eliding the rest (``to_csv`` writes them all).
@@ -63,7 +63,7 @@ class Result:
         raise NotImplementedError(f"{type(self).__name__} defines no table")
 
     def _title(self) -> str:
-        return f"{type(self).__name__} of {self.model or 'no recorded model'}"
+        return f"{type(self).__name__} of {model_label(self.model)}"
 
     def summary(self) -> str:
         """A short human-readable table: a title line, then the first rows of :meth:`to_csv`."""

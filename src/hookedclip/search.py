@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.results import Result
 
 Score = Literal["score", "score_vis", "self"]
@@ -64,7 +64,7 @@ class Neighbours(Result):
 
     # ---- the Result protocol
     def _title(self) -> str:
-        return f"{len(self)} nearest neighbours ({self.model or 'no recorded model'})"
+        return f"{len(self)} nearest neighbours ({model_label(self.model)})"
 
     def _table(self) -> tuple[list[str], list[list]]:
         return ["rank", "index", "score"], [

@@ -30,6 +30,7 @@ from hookedclip.methods.pclens.debias import (
     debias_sweep,
     decompose_batches,
     removal_embeddings,
+    sweep_task,
     toy_task,
     waterbirds_task,
 )
@@ -60,23 +61,6 @@ def fitted(model):
 @pytest.fixture(scope="module")
 def task(model):
     return toy_task(model, n=400)
-
-
-def sweep_task(model, result, task, concepts=None, **options) -> DebiasSweep:
-    """``debias_sweep`` of ``result`` on the task's images, labels and groups, with its group
-    names and its spurious concepts (or ``concepts``); ``options`` go to ``debias_sweep``."""
-    concepts = task.concepts if concepts is None else concepts
-    return debias_sweep(
-        model,
-        result,
-        task.classifier,
-        concepts,
-        task.images,
-        task.labels,
-        task.groups,
-        group_names=task.group_names,
-        **options,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -324,17 +308,7 @@ def test_waterbirds_task_runs_the_sweep(tmp_path, model):
     write_waterbirds(tmp_path)
     wb = waterbirds_task(model, tmp_path, "test", templates="simple")
     result = pclens.fit(model, wb.batches(2), components=["L3"], texts=toy_text_pool(), n_texts=2)
-    sweep = debias_sweep(
-        model,
-        result,
-        wb.classifier,
-        wb.concepts,
-        wb.batches(3),
-        wb.labels,
-        wb.groups,
-        [1, 2],
-        group_names=wb.group_names,
-    )
+    sweep = sweep_task(model, result, wb, ks=[1, 2], batch_size=3)  # a dataset, read 3 images at a time
     assert wb.concepts == ["water background", "land background"]
     assert wb.labels.tolist() == [0, 0, 1, 1] and wb.groups.tolist() == [0, 1, 2, 3]
     assert sweep.group_names[1] == "landbird on water" and len(sweep.points) == 3 and sweep.n_images == 4
@@ -368,6 +342,10 @@ def test_debias_sweep_takes_labelled_batches(model):
         assert [(p.k, p.average, p.worst_group, p.groups) for p in sweep.points] == [
             (p.k, p.average, p.worst_group, p.groups) for p in separate.points
         ]
+    on_task = sweep_task(model, result, task, ks=[1, 2])  # the task's own images, labels, groups and names
+    assert [(p.k, p.average, p.groups) for p in on_task.points] == [(p.k, p.average, p.groups) for p in separate.points]
+    with pytest.raises(TypeError, match=r"sweep_task\(\) got unexpected option\(s\) \['group_names'\]"):
+        sweep_task(model, result, task, group_names=["a", "b"])  # the task names its groups
     with pytest.raises(TypeError, match="needs each image's group"):
         debias_sweep(model, result, task.classifier, task.concepts, [(task.images, task.labels)], **common)
     with pytest.raises(ValueError, match="give both labels= and groups="):

@@ -258,6 +258,10 @@ def test_comp_with_lam_zero_is_nnomp():
     a, b = sith.comp(X, D, k=5, lam=0.0), sith.nnomp(X, D, k=5)
     assert torch.equal(a.indices, b.indices) and torch.equal(a.coefficients, b.coefficients)
     assert b.method == "nnomp"
+    named = sith.nnomp(X, D, k=5, concepts=[f"c{j}" for j in range(D.shape[0])], screen=True)
+    assert torch.equal(named.indices, b.indices) and named.concepts[0] == "c0"
+    with pytest.raises(TypeError, match=r"nnomp\(\) got unexpected option\(s\) \['lam'\]"):
+        sith.nnomp(X, D, k=5, lam=0.3)  # lam is what makes COMP; nnomp has none
 
 
 def test_first_pick_is_the_most_similar_atom():

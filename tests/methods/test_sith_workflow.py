@@ -188,6 +188,10 @@ def test_fidelity_study(toy, toy_dictionary, tmp_path):
     assert header == "method,k,fidelity_mean,fidelity_std,coherence"
     study.plot(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
+    assert study.summary().splitlines()[0].endswith("COMP lam=0.3, lasso l1_penalty=0.1")
+    loaded = sith.FidelityStudy.load(study.save(tmp_path / "study"), model=toy)
+    assert (loaded.lam, loaded.l1_penalty, loaded.methods) == (0.3, 0.1, study.methods)
+    assert torch.equal(loaded.fidelity, study.fidelity)
 
 
 def test_coherence_by_brute_force():

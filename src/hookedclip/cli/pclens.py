@@ -2,7 +2,7 @@
 
 ``report`` fits PCLens on held-out toy images and writes the HTML report of
 :func:`hookedclip.report.pclens.write_pclens_report`. ``debias`` runs
-:func:`hookedclip.methods.pclens.debias.debias_sweep` (toy spurious split by default,
+:func:`hookedclip.methods.pclens.debias.sweep_task` (toy spurious split by default,
 ``--waterbirds DIR`` for Waterbirds) and writes ``debias.csv``, ``debias.png`` and ``summary.txt``.
 """
 
@@ -112,7 +112,7 @@ def _fit_images(model, args: argparse.Namespace, task):
 def _cmd_debias(args: argparse.Namespace) -> None:
     from hookedclip.data.vocab import load_vocabulary, toy_text_pool, vocabulary
     from hookedclip.methods import pclens
-    from hookedclip.methods.pclens.debias import debias_sweep, toy_task, waterbirds_task
+    from hookedclip.methods.pclens.debias import sweep_task, toy_task, waterbirds_task
 
     ks = int_list(args.ks, "--ks", minimum=1, what="PCs per concept", example="1,2,5")
     torch.set_num_threads(max(1, args.threads))
@@ -125,7 +125,6 @@ def _cmd_debias(args: argparse.Namespace) -> None:
         else:
             task = toy_task(model, args.n, args.eval_seed)
             validation = toy_task(model, split="validation")
-    concepts = args.concept or task.concepts
     if args.result:
         result = PCLensResult.load(args.result, model=model)
     else:
@@ -141,17 +140,15 @@ def _cmd_debias(args: argparse.Namespace) -> None:
                 max_pcs=args.max_pcs,
             )
     with step(DEBIAS, f"sweeping K = {args.ks}"):
-        sweep = debias_sweep(
+        sweep = sweep_task(
             model,
             result,
-            task.classifier,
-            concepts,
-            task.batches(args.batch_size, args.workers),
-            task.labels,
-            task.groups,
-            ks,
-            args.margin / 100,
-            task.group_names,
+            task,
+            concepts=args.concept or None,
+            workers=args.workers,
+            ks=ks,
+            margin=args.margin / 100,
+            batch_size=args.batch_size,
             validation=validation,
             random_draws=args.random_draws,
         )

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from hookedclip.components import MLP, Component, ComponentLike, Embed, Head, parse
 from hookedclip.decompose.readout import _final_ln
-from hookedclip.identity import ModelIdentity, same_model
+from hookedclip.identity import ModelIdentity, model_label, same_model
 from hookedclip.results import Result
 
 
@@ -43,7 +43,7 @@ class ComponentStack(Result):
     # ---- the Result protocol: one row per component
     def _title(self) -> str:
         shape = " × ".join(map(str, self.tensor.shape[1:]))
-        return f"ComponentStack of {self.model or 'no recorded model'}: {len(self)} components, rows {shape}"
+        return f"ComponentStack of {model_label(self.model)}: {len(self)} components, rows {shape}"
 
     def _table(self) -> tuple[list[str], list[list]]:
         norms = self.norms().flatten(1).to(torch.float64).mean(1).tolist() if len(self) else []

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from hookedclip import plotting
+from hookedclip.identity import model_label
 from hookedclip.methods.pclens import (
     LOW_COSINE,
     HeadPCA,
@@ -254,8 +255,7 @@ def write_pclens_report(
         ],
         [(["head", "k", f"PCs ≥ {min_strength:g}%", "PC0 strength %", "PC0 stronger side", "PC0 other side"], rows)],
     )
-    meta = f"model {result.model or 'not recorded'}"
-    path = viz.write_report(out, "PCLens report", [overview], meta=meta)
+    path = viz.write_report(out, "PCLens report", [overview], meta=model_label(result.model))
     return viz.link_head_pages(path, [p.label for p in heads])
 
 

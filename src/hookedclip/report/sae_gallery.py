@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hookedclip.identity import model_label
 from hookedclip.methods.sae import LatentLabels
 from hookedclip.report import viz
 
@@ -125,7 +126,7 @@ def write_gallery(
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{viz._CSS}{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><p class='meta'>model: {html.escape(str(labels.model or 'not recorded'))}</p>",
+        f"<h1>{html.escape(title)}</h1><p class='meta'>model: {html.escape(model_label(labels.model))}</p>",
         f"<p>{html.escape(intro)}</p>",
         "<figure><img src='labels.png' alt='alignment against clarity'><figcaption>Alignment against clarity, one "
         "dot per live latent; circled: the semantic outliers listed below.</figcaption></figure>",

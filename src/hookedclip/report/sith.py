@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hookedclip.identity import model_label
 from hookedclip.methods.sith import SithResult
 from hookedclip.report import viz
 
@@ -92,7 +93,7 @@ def write_sith_report(results: SithResult | Sequence[SithResult], out: str | Pat
         figures,
         [(header, rows)],
     )
-    path = viz.write_report(out, "SITH report", [overview], meta=f"model {first.model or 'not recorded'}")
+    path = viz.write_report(out, "SITH report", [overview], meta=model_label(first.model))
     return viz.link_head_pages(path, labels)
 
 

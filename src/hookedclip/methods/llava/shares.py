@@ -18,7 +18,7 @@ from torch import Tensor
 from hookedclip.axis_size import axis_size
 from hookedclip.components import MLP, Embed, Head
 from hookedclip.decompose import ComponentStack
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.results import Result, finish_figure, new_figure
 
 TOKENS = ("patch", "cls")
@@ -57,7 +57,7 @@ class NormShares(Result):
 
     def _title(self) -> str:
         return (
-            f"Attention vs MLP norm shares of hidden_states[{self.layer}] on {self.model or 'no recorded model'}: "
+            f"Attention vs MLP norm shares of hidden_states[{self.layer}] on {model_label(self.model)}: "
             f"patch tokens dominated by {self.dominant('patch')}, class token by {self.dominant('cls')}"
         )
 

@@ -27,12 +27,15 @@ importable from here too.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from typing_extensions import Unpack
 
 from hookedclip._compat import renamed_arguments
+from hookedclip._options import completed
 from hookedclip.data.batches import iter_images, iter_labelled
 from hookedclip.decompose import ComponentStack, decompose_image
 from hookedclip.methods.pclens.query import QueryResult, QuerySystem, union
@@ -311,10 +314,51 @@ def debias_sweep(
     )
 
 
+class SweepOptions(TypedDict, total=False):
+    """The options :func:`sweep_task` passes on to :func:`debias_sweep` (with its defaults)."""
+
+    ks: Sequence[int]
+    margin: float
+    approx: float
+    batch_size: int
+    validation: SpuriousTask | tuple | None
+    random_draws: int
+    seed: int
+
+
+def sweep_task(
+    model,
+    result: PCLensResult,
+    task: SpuriousTask,
+    concepts: Sequence[str] | None = None,
+    workers: int = 0,
+    **options: Unpack[SweepOptions],
+) -> DebiasSweep:
+    """:func:`debias_sweep` on ``task``: its classifier, its spurious concepts (or ``concepts``),
+    its images with their labels and groups, and its group names. ``workers`` load a dataset's
+    images; ``options`` are :func:`debias_sweep`'s (``ks``, ``margin``, ``validation``, ...)."""
+    options = completed(debias_sweep, SweepOptions, options, "sweep_task")
+    images = task.batches(options["batch_size"], workers)
+    concepts = task.concepts if concepts is None else concepts
+    return debias_sweep(
+        model,
+        result,
+        task.classifier,
+        concepts,
+        images,
+        task.labels,
+        task.groups,
+        group_names=task.group_names,
+        **options,
+    )
+
+
 __all__ = [
     "SweepPoint",
     "DebiasSweep",
     "debias_sweep",
+    "sweep_task",
+    "SweepOptions",
     "random_pcs",
     "removal_accuracy",
     "decompose_batches",

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hookedclip.axis_size import axis_size
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.methods.pclens.confidence import label_text
 from hookedclip.plotting import finish_figure, new_figure
 from hookedclip.results import Result
@@ -125,7 +125,7 @@ class HeadPCA(Result):
 
     # ---- the Result protocol
     def _title(self) -> str:
-        return f"{self.label} of {self.model or 'no recorded model'}: {self.k} PCs from {self.n} rows"
+        return f"{self.label} of {model_label(self.model)}: {self.k} PCs from {self.n} rows"
 
     def _table(self) -> tuple[list[str], list[list]]:
         header = list(self._HEADER)
@@ -152,7 +152,7 @@ class HeadPCA(Result):
         ax.bar(range(self.k), self.strength_rel.tolist(), color="#4C72B0")
         ax.set_xlabel("PC")
         ax.set_ylabel("share of retained variance (%)")
-        ax.set_title(title or f"{self.label} ({self.model or 'no recorded model'})", fontsize=10)
+        ax.set_title(title or f"{self.label} ({model_label(self.model)})", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         return finish_figure(fig, path)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.plotting import finish_figure, new_figure, wilson
 from hookedclip.results import Result, deprecated_alias, format_table
 from hookedclip.zeroshot import accuracy_text
@@ -45,7 +45,7 @@ class AccuracyRecovered(Result):
 
     def _title(self) -> str:
         return (
-            f"Accuracy recovered on {self.model or 'no recorded model'} ({self.n} images, "
+            f"Accuracy recovered on {model_label(self.model)} ({self.n} images, "
             f"{len(self.heads)} analysed heads; [95% Wilson interval]): mean-ablation baseline "
             f"{self._accuracy(self.baseline)}, full model {self._accuracy(self.full)}"
         )

@@ -15,7 +15,7 @@ from torch import Tensor
 from typing_extensions import Unpack
 
 from hookedclip._options import completed
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.methods.pclens.head import HeadPCA
 from hookedclip.methods.pclens.pca import LabelOptions, label_pcs
 from hookedclip.plotting import colormap, finish_figure, new_figure
@@ -100,7 +100,7 @@ class PCLensResult(Result):
     # ---- the Result protocol
     def summary(self) -> str:
         """One line per head: k, the share of ΣS kept, and PC 0's labels when present."""
-        lines = [f"PCLens on {self.model or 'no recorded model'}: {len(self)} heads, {self.n_pcs} PCs"]
+        lines = [f"PCLens on {model_label(self.model)}: {len(self)} heads, {self.n_pcs} PCs"]
         for pca in self._all():
             kept = float(pca.singular_values.sum()) / pca.total_singular if pca.total_singular > 0 else 0.0
             first = f"  PC0 {pca.label_of(0, 2).short()}" if pca.pos_idx is not None and pca.k else ""
@@ -147,7 +147,7 @@ class PCLensResult(Result):
         ax.set_yscale("log")
         ax.set_xlabel("principal component (0 = strongest)")
         ax.set_ylabel("strength (% of retained variance)")
-        ax.set_title(title or f"PCLens ({self.model or 'no recorded model'})", fontsize=10)
+        ax.set_title(title or f"PCLens ({model_label(self.model)})", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(-0.5, steps - 0.5)
         ax.grid(alpha=0.3)

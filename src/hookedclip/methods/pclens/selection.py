@@ -51,7 +51,10 @@ from hookedclip.decompose import ComponentStack
 if TYPE_CHECKING:
     from hookedclip.methods.pclens.result import PCLensResult
 
+#: One principal component: ``(head label, index)``.
 PCRef = tuple[str, int]
+#: How callers may name one: a :data:`PCRef` or a string ``"L3H1.PC2"`` / ``"L3H1:2"``.
+PCName = PCRef | str
 _PC_STRING = re.compile(r"^(L-?\d+H\d+)[.:/](?:PC)?(\d+)$", re.IGNORECASE)
 
 
@@ -60,7 +63,7 @@ _PC_STRING = re.compile(r"^(L-?\d+H\d+)[.:/](?:PC)?(\d+)$", re.IGNORECASE)
 # --------------------------------------------------------------------------------------
 
 
-def _parse_pc(item) -> PCRef:
+def _parse_pc(item: PCName) -> PCRef:
     if isinstance(item, str):
         m = _PC_STRING.match(item.strip())
         if not m:
@@ -85,7 +88,7 @@ class PCSelection:
     def indicator(
         cls,
         result: PCLensResult,
-        pcs: Iterable,
+        pcs: Iterable[PCName],
         value: float = 1.0,
         default: float = 0.0,
         components: Iterable[str] | None = None,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.plotting import colormap, finish_figure, new_figure
 from hookedclip.results import Result
 from hookedclip.zeroshot import accuracy_interval, accuracy_text
@@ -242,7 +242,7 @@ class DebiasSweep(Result):
         lines = [
             f"spurious concepts: {'; '.join(self.concepts)} ({self.n_images} images, "
             f"{len(self.points) - 1} values of K)",
-            f"model:            {self.model or 'not recorded'}",
+            f"model:            {model_label(self.model)}",
             f"original model:   average {b.text('average')}, worst group {b.text()} ({b.worst_group_name})",
         ]
         where = (

@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from hookedclip.axis_size import axis_size
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.results import Result, finish_figure, new_figure
 
 
@@ -150,7 +150,7 @@ class Attribution(Result, AttributionPart):
     # ---- the Result protocol
     def _title(self) -> str:
         return (
-            f"Act×Grad attribution ({self.output}, {self.splice}, {self.method}) on {self.model or 'no recorded model'}: "
+            f"Act×Grad attribution ({self.output}, {self.splice}, {self.method}) on {model_label(self.model)}: "
             f"{self.n_images} images x {len(self.texts)} outputs, {self.d_sae} latents"
         )
 

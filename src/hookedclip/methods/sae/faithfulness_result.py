@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.results import Result, finish_figure, new_figure
 
 
@@ -77,7 +77,7 @@ class Faithfulness(Result):
     def _title(self) -> str:
         return (
             f"{self.mode.capitalize()} curves ({self.ablation} ablation, {self.splice}, {self._unit()}) on "
-            f"{self.model or 'no recorded model'}: {self.curves.shape[1]} images, {len(self.steps)} steps"
+            f"{model_label(self.model)}: {self.curves.shape[1]} images, {len(self.steps)} steps"
         )
 
     def _table(self) -> tuple[list[str], list[list]]:

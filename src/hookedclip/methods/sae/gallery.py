@@ -29,7 +29,7 @@ from torch import Tensor
 
 from hookedclip.axis_size import axis_size
 from hookedclip.data.batches import iter_images
-from hookedclip.identity import ModelIdentity, as_identity, describe_mismatch, same_model
+from hookedclip.identity import ModelIdentity, as_identity, describe_mismatch, model_label, same_model
 from hookedclip.methods.sae.model import TopKSAE
 from hookedclip.methods.sae.splice import splice, splice_site
 from hookedclip.results import Result
@@ -123,7 +123,7 @@ class TopActivations(Result):
         s = self.settings
         return (
             f"Top {self.n} samples of {self.d_sae} latents (layer {s.get('layer')}, {s.get('token')}, "
-            f"pool {s.get('pool')}, {s.get('samples')} samples) of {self.model or 'no recorded model'}"
+            f"pool {s.get('pool')}, {s.get('samples')} samples) of {model_label(self.model)}"
         )
 
     def _table(self) -> tuple[list[str], list[list]]:

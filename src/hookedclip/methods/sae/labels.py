@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity, as_identity
+from hookedclip.identity import ModelIdentity, as_identity, model_label
 from hookedclip.methods.sae.gallery import TopActivations
 from hookedclip.results import Result, finish_figure, new_figure
 
@@ -257,7 +257,7 @@ class LatentLabels(Result, LabelChoice):
         s = self.settings
         return (
             f"Labels of {len(self)} latents (layer {s.get('layer')}, {s.get('token')}; top {s.get('n')} images "
-            f"embedded by {s.get('embedder')}; {len(self.concepts)} concepts) of {self.model or 'no recorded model'}"
+            f"embedded by {s.get('embedder')}; {len(self.concepts)} concepts) of {model_label(self.model)}"
         )
 
     def _rows(self, latents: Sequence[int]) -> list[list]:

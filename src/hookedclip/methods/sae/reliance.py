@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.methods.sae.attribution_result import Attribution
 from hookedclip.results import Result
 
@@ -52,7 +52,7 @@ class RelianceReport(Result):
     model: ModelIdentity | None = None
 
     def _title(self) -> str:
-        return f"Unexpected reliance on {self.model or 'no recorded model'}: {len(self.pairs)} flagged (class, latent) pairs"
+        return f"Unexpected reliance on {model_label(self.model)}: {len(self.pairs)} flagged (class, latent) pairs"
 
     def _table(self) -> tuple[list[str], list[list]]:
         header = ["class", "latent", "label", "share", "mean_R", "alignment", "z", "category", "images", "references"]

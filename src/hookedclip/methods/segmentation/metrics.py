@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from hookedclip.data.masks import MaskGeometry, resize_mask  # noqa: F401 (part of this module's API)
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.methods.segmentation.maps import binarize
 from hookedclip.results import Result
 
@@ -42,7 +42,7 @@ class SegmentationMetrics(Result):
 
     # ---- the Result protocol: one row, the dataset's metrics
     def _title(self) -> str:
-        return f"Segmentation metrics of {self.model or 'no recorded model'}"
+        return f"Segmentation metrics of {model_label(self.model)}"
 
     def _table(self) -> tuple[list[str], list[list]]:
         metrics = self.compute()

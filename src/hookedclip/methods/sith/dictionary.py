@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hookedclip.axis_size import axis_size
-from hookedclip.identity import ModelIdentity, check_same_model, model_identity
+from hookedclip.identity import ModelIdentity, check_same_model, model_identity, model_label
 from hookedclip.methods.sith.pursuit import prepare_dictionary
 from hookedclip.results import Result
 
@@ -88,9 +88,7 @@ class Dictionary(Result):
             check_same_model(self.model, model, f"this dictionary ({self.source})")
 
     def _title(self) -> str:
-        return (
-            f"Dictionary of {len(self)} concepts ({self.source}), width {self.width}, from {self.model or 'no model'}"
-        )
+        return f"Dictionary of {len(self)} concepts ({self.source}), width {self.width}, from {model_label(self.model)}"
 
     def _table(self) -> tuple[list[str], list[list]]:
         return ["index", "concept"], [[i, c] for i, c in enumerate(self.concepts)]

@@ -30,12 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+from typing_extensions import Unpack
 
+from hookedclip._options import completed
 from hookedclip.axis_size import axis_size
 from hookedclip.identity import ModelIdentity
 from hookedclip.methods.sith.nnls import nnls_gram
@@ -149,16 +152,23 @@ def comp(
     return _pursuit(found, lead, "comp" if lam > 0 else "nnomp", lam, concepts)
 
 
+class GreedyOptions(TypedDict, total=False):
+    """The keyword options :func:`nnomp` shares with :func:`comp` (with comp's defaults)."""
+
+    max_memory: int
+    concepts: list[str] | None
+    screen: bool
+
+
 def nnomp(
     targets: Float[Tensor, "... d"],
     dictionary: Float[Tensor, "n_atoms d"],
     k: int = 5,
-    max_memory: int = MAX_MEMORY,
-    concepts: list[str] | None = None,
-    screen: bool = False,
+    **options: Unpack[GreedyOptions],
 ) -> Pursuit:
-    """Non-negative orthogonal matching pursuit: :func:`comp` with ``lam = 0`` (any target scale)."""
-    return comp(targets, dictionary, k=k, lam=0.0, max_memory=max_memory, concepts=concepts, screen=screen)
+    """Non-negative orthogonal matching pursuit: :func:`comp` with ``lam = 0`` (any target scale);
+    ``max_memory``, ``concepts`` and ``screen`` as there."""
+    return comp(targets, dictionary, k=k, lam=0.0, **completed(comp, GreedyOptions, options, "nnomp"))
 
 
 def _fixed_pursuit(name: str, method: str, kernel: Callable[[Tensor, Tensor, int], _Codes], doc: str):
@@ -209,22 +219,21 @@ def lasso(
     dictionary: Float[Tensor, "n_atoms d"],
     k: int = 5,
     l1_penalty: float = 0.1,
-    positive: bool = True,
     concepts: list[str] | None = None,
 ) -> Pursuit:
-    """scikit-learn's ``Lasso`` per target, ``min_c ‖x - cD‖² + l1_penalty · ‖c‖₁`` (scikit-learn's
-    ``alpha = l1_penalty / (2 d)``, no intercept), then its ``k`` largest coefficients, descending
-    (``-1`` and ``0`` fill the slots when fewer are non-zero). One target at a time on the CPU."""
+    """scikit-learn's non-negative ``Lasso`` per target, ``min_{c ≥ 0} ‖x - cD‖² + l1_penalty · ‖c‖₁``
+    (scikit-learn's ``alpha = l1_penalty / (2 d)``, no intercept), then its ``k`` largest coefficients,
+    descending (``-1`` and ``0`` fill the slots when fewer are non-zero). One target at a time on the CPU."""
     from sklearn.linear_model import Lasso
 
     X, lead = _checked(targets, dictionary, k)
     D = dictionary.double().cpu().numpy()
-    model = Lasso(alpha=l1_penalty / (2 * D.shape[1]), fit_intercept=False, positive=positive, max_iter=10000, tol=1e-6)
+    model = Lasso(alpha=l1_penalty / (2 * D.shape[1]), fit_intercept=False, positive=True, max_iter=10000, tol=1e-6)
     idx = torch.full((X.shape[0], k), -1, dtype=torch.long)
     coef = torch.zeros(X.shape[0], k, dtype=torch.float64)
     for n, x in enumerate(X.double().cpu().numpy()):
         codes = torch.from_numpy(model.fit(D.T, x).coef_.copy())
-        best = codes.abs().topk(k)
+        best = codes.topk(k)
         keep = best.values > 0
         idx[n, : int(keep.sum())] = best.indices[keep]
         coef[n, : int(keep.sum())] = codes[best.indices[keep]]

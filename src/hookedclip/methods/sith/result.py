@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hookedclip.axis_size import axis_size
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.methods.sith._layer_heads import LayerHeads
 from hookedclip.results import Result, finish_figure, new_figure
 
@@ -101,7 +101,7 @@ class SithResult(LayerHeads, Result):
     # ---- the Result protocol
     def _title(self) -> str:
         return (
-            f"SITH of layer {self.layer} of {self.model or 'no recorded model'}: {self.n_heads} heads x {self.rank} "
+            f"SITH of layer {self.layer} of {model_label(self.model)}: {self.n_heads} heads x {self.rank} "
             f"vectors, {self.method} (lam={self.lam:g}, k={self.k}) over {len(self.concepts)} concepts, sides "
             f"{'/'.join(self.sides)}; mean fidelity "
             + ", ".join(f"{side} {float(self.fidelity[s].mean()):.3f}" for s, side in enumerate(self.sides))

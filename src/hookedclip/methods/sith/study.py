@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity, model_identity
+from hookedclip.identity import ModelIdentity, model_identity, model_label
 from hookedclip.methods.sith.decompose import METHODS, check_arguments, fidelity
 from hookedclip.methods.sith.dictionary import Dictionary
 from hookedclip.methods.sith.joint import image_mean as mean_of_images
@@ -41,30 +41,33 @@ class FidelityStudy(Result):
     """Mean fidelity and coherence per method and ``k``.
 
     Attributes:
-        fidelity, fidelity_std, coherence: ``[method, k]``.
         methods, ks: the rows and columns.
-        layer, side, lam, n_vectors: what was explained.
+        fidelity, fidelity_std, coherence: ``[method, k]``.
+        layer, side, lam, l1_penalty, n_vectors: what was explained, and the weights of COMP and lasso.
     """
 
     _kind = "sith_fidelity_study"
+    _version = 2  # v2 records l1_penalty
     _tensor_fields = ("fidelity", "fidelity_std", "coherence")
-    _json_fields = ("methods", "ks", "layer", "side", "lam", "n_vectors")
+    _json_fields = ("methods", "ks", "layer", "side", "lam", "l1_penalty", "n_vectors")
 
+    methods: list[str]
+    ks: list[int]
     fidelity: Float[Tensor, "method k"]
     fidelity_std: Float[Tensor, "method k"]
     coherence: Float[Tensor, "method k"]
-    methods: list[str]
-    ks: list[int]
     layer: int
-    side: str = "right"
-    lam: float = 0.3
-    n_vectors: int = 0
+    side: str
+    lam: float
+    l1_penalty: float
+    n_vectors: int
     model: ModelIdentity | None = None
 
     def _title(self) -> str:
+        lasso = f", lasso l1_penalty={self.l1_penalty:g}" if "lasso" in self.methods else ""
         return (
             f"Fidelity and coherence of layer {self.layer} ({self.side} vectors, {self.n_vectors} of them) "
-            f"of {self.model or 'no recorded model'}, COMP lam={self.lam:g}"
+            f"of {model_label(self.model)}, COMP lam={self.lam:g}{lasso}"
         )
 
     def _table(self) -> tuple[list[str], list[list]]:
@@ -141,6 +144,7 @@ def fidelity_study(
         layer=layer,
         side=side,
         lam=float(lam),
+        l1_penalty=float(l1_penalty),
         n_vectors=targets.shape[0],
         model=model_identity(model),
     )

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity, model_identity
+from hookedclip.identity import ModelIdentity, model_identity, model_label
 from hookedclip.methods.sith.edit import edit
 from hookedclip.methods.sith.result import SithResult
 from hookedclip.results import Result, finish_figure, new_figure
@@ -118,7 +118,7 @@ class Suppression(Result):
             )
         return (
             f"SITH suppression of {len(self.vectors)} vectors (x{self.multiplier:g}) on {int(self.counts.sum())} "
-            f"images of {self.model or 'no recorded model'}; " + "; ".join(parts)
+            f"images of {model_label(self.model)}; " + "; ".join(parts)
         )
 
     def _table(self) -> tuple[list[str], list[list]]:

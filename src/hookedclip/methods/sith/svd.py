@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity, model_identity
+from hookedclip.identity import ModelIdentity, model_identity, model_label
 from hookedclip.methods.sith._layer_heads import LayerHeads
 from hookedclip.model.factored import FactoredMatrix
 from hookedclip.results import Result, finish_figure, new_figure
@@ -81,9 +81,8 @@ class HeadSVD(LayerHeads, Result):
     # ---- the Result protocol
     def _title(self) -> str:
         options = ", ".join(name for name, on in (("ln1 folded", self.fold_ln), ("centred", self.center)) if on)
-        return (
-            f"HeadSVD of layer {self.layer} of {self.model or 'no recorded model'}: {self.n_heads} heads, "
-            f"rank {self.rank}" + (f" ({options})" if options else "")
+        return f"HeadSVD of layer {self.layer} of {model_label(self.model)}: {self.n_heads} heads, rank {self.rank}" + (
+            f" ({options})" if options else ""
         )
 
     def _table(self) -> tuple[list[str], list[list]]:

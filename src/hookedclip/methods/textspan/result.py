@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hookedclip.identity import ModelIdentity
+from hookedclip.identity import ModelIdentity, model_label
 from hookedclip.plotting import finish_figure, new_figure
 from hookedclip.results import Result
 
@@ -76,7 +76,7 @@ class TextSpanResult(Result):
     def _title(self) -> str:
         explained = float(self.explained_fraction[-1]) if len(self) else 0.0
         return (
-            f"TextSpan on {self.model or 'no recorded model'}: {len(self)} texts explain "
+            f"TextSpan on {model_label(self.model)}: {len(self)} texts explain "
             f"{100 * explained:.1f}% of the variance (N={self.n}, {self.criterion})"
         )
 
@@ -109,7 +109,7 @@ class TextSpanResult(Result):
         ax.set_ylabel("variance explained (%)")
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
-        ax.set_title(title or f"TextSpan ({self.model or 'no recorded model'})", fontsize=10)
+        ax.set_title(title or f"TextSpan ({model_label(self.model)})", fontsize=10)
         return finish_figure(fig, path)
 
     @property

@@ -178,24 +178,13 @@ def _pclens_pc(ctx: DemoContext, result):
 def _pclens_debias(ctx: DemoContext, result):
     """The debiasing sweep (K chosen on the validation set, reported on the test set) and its
     controls: as many random PCs, and texture / shape accuracy with the picked PCs removed."""
-    from hookedclip.methods.pclens.debias import debias_sweep, removal_accuracy, toy_attribute_data, toy_task
+    from hookedclip.methods.pclens.debias import removal_accuracy, sweep_task, toy_attribute_data, toy_task
     from hookedclip.zeroshot import accuracy_text
 
     task = toy_task(ctx.model, n=ctx.canonical_n("spurious"))
     validation = toy_task(ctx.model, n=ctx.canonical_n("spurious", validation=True), split="validation")
-    sweep = debias_sweep(
-        ctx.model,
-        result,
-        task.classifier,
-        task.concepts,
-        task.images,
-        task.labels,
-        task.groups,
-        ks=(1, 2, 3, 5, 10, 20),
-        margin=0.01,
-        group_names=task.group_names,
-        validation=validation,
-        random_draws=5,
+    sweep = sweep_task(
+        ctx.model, result, task, ks=(1, 2, 3, 5, 10, 20), margin=0.01, validation=validation, random_draws=5
     )
     ctx.cache["debias"] = sweep
     sweep.plot(ctx.out_dir / "pclens_debias.png")
