@@ -10,13 +10,13 @@ Run: python docs/make_attribution_figures.py [--out docs/figures]
 
 from __future__ import annotations
 
-import argparse
 import runpy
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from figure_args import figure_args
 
 from hookedclip import HookedCLIP
 from hookedclip.methods import sae as S
@@ -110,11 +110,7 @@ def augmentation(model, sae, labels: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "figures")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
+    args = figure_args(__doc__, argv)
     model = HookedCLIP.from_pretrained("toy")
     sae = S.toy(model).requires_grad_(False)
     labels = figures(model, sae, args.out)

@@ -17,7 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from figure_args import figure_args  # noqa: E402
 
 from hookedclip import HookedCLIP  # noqa: E402
 from hookedclip.data import toy_dataset  # noqa: E402
@@ -62,14 +62,14 @@ def plot(logs: dict[str, S.TrainLog], path: Path) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "figures"))
+def _compare_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", action="store_true", help="also train the published recipe (minutes)")
-    args = parser.parse_args()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = figure_args(__doc__, argv, _compare_option)
     logs = {"shipped: batch 256, lr 1e-3 (faster mode)": S.TrainLog.load(WEIGHTS / LOG_JSON)}
     if args.compare:
-        torch.set_num_threads(1)
         model = HookedCLIP.from_pretrained("toy").eval()
         target = "visual.blocks.3.hook_resid_post@0"
         with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +78,7 @@ def main() -> None:
             logs = curves(store, target, model)
     for name, log in logs.items():
         print(name, {k: round(v, 4) for k, v in log.final.items()})
-    print(plot(logs, Path(args.out) / "sae_training.png"))
+    print(plot(logs, args.out / "sae_training.png"))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ Run: python docs/make_sae_labels_figure.py [--out docs/figures]
 
 from __future__ import annotations
 
-import argparse
 import collections
-from pathlib import Path
 
 import numpy as np
+from figure_args import figure_args
 
 from hookedclip import HookedCLIP
 from hookedclip.data.vocab import toy_text_pool
@@ -57,11 +56,8 @@ def toy_world_numbers(labels, world: ToyWorld, texts: list[str]) -> None:
     print(f"misses (shared attributes, label): {dict(misses)}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "figures"))
-    out = Path(parser.parse_args().out)
-    out.mkdir(parents=True, exist_ok=True)
+def main(argv: list[str] | None = None) -> None:
+    out = figure_args(__doc__, argv).out
     model = HookedCLIP.from_pretrained("toy")
     sae = S.toy(model)
     world = ToyWorld(N_IMAGES, seed=SEED, split="test")

@@ -12,10 +12,7 @@ Run: python docs/make_sith_figures.py [--out docs/figures]
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-import torch
+from figure_args import figure_args
 
 from hookedclip import HookedCLIP
 from hookedclip.data.spurious import toy_task
@@ -25,11 +22,7 @@ from hookedclip.toy.world import ToyWorld
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "figures")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
+    args = figure_args(__doc__, argv)
 
     model = HookedCLIP.from_pretrained("toy")
     dictionary = sith.dictionary(model, "toy")

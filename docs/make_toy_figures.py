@@ -7,10 +7,10 @@ Run: python docs/make_toy_figures.py [--out docs/figures]
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
+from figure_args import figure_args
 
 from hookedclip import plotting
 from hookedclip.toy.world import SpuriousSpec, ToyWorld, caption
@@ -33,10 +33,7 @@ def toy_spurious(path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "figures")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = figure_args(__doc__, argv)
     for path in (toy_grid(args.out / "toy_grid.png"), toy_spurious(args.out / "toy_spurious.png")):
         print(f"wrote {path}")
 
